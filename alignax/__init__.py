@@ -1,0 +1,1 @@
+"""alignax: JAX post-training research framework."""

@@ -1,0 +1,1 @@
+"""alignax.objectives."""

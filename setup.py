@@ -1,0 +1,73 @@
+"""alignax: JAX post-training research framework.
+
+The top-level folders map onto subpackages of `alignax` (see api.md): bare names
+such as `kernels` or `agents` would collide with unrelated PyPI packages.
+"""
+import os
+
+import setuptools
+
+_SUBPACKAGES = ("framework", "agents", "objectives", "kernels", "experiments")
+
+
+def _packages_and_dirs():
+  package_dir = {"alignax": "alignax"}
+  packages = ["alignax"]
+  for top in _SUBPACKAGES:
+    for root, dirs, files in os.walk(top):
+      dirs[:] = [d for d in dirs if not d.startswith((".", "__"))]
+      if "__init__.py" not in files:
+        continue
+      name = "alignax." + root.replace(os.sep, ".")
+      packages.append(name)
+      package_dir[name] = root
+  return packages, package_dir
+
+
+_PACKAGES, _PACKAGE_DIR = _packages_and_dirs()
+
+setuptools.setup(
+    name="alignax",
+    version="0.1.0",
+    description=(
+        "JAX framework for LLM post-training research: GRPO family, re-weighted"
+        " EM, multi-agent alignment, Pareto unlearning, sparse attention."
+    ),
+    long_description=open("README.md").read() if os.path.exists("README.md") else "",
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=_PACKAGES,
+    package_dir=_PACKAGE_DIR,
+    package_data={"alignax.experiments": ["configs/*.py"]},
+    install_requires=[
+        "jax>=0.10.2,<0.13",
+        "flax>=0.12,<0.13",
+        "optax>=0.2.5,<0.3",
+        "orbax-checkpoint>=0.11,<0.13",
+        "chex>=0.1.90,<0.2",
+        "numpy>=1.26,<3",
+        "transformers>=5.0,<6",
+        "tokenizers>=0.21,<1",
+        "safetensors>=0.4,<1",
+        "tensorflow-datasets>=4.9.8,<5",
+        "array-record>=0.7,<1",
+        "absl-py>=2.1,<3",
+        "ml-collections>=1.0,<2",
+        "bm25s>=0.2.10,<0.4",
+        "tqdm>=4.66",
+        "matplotlib>=3.8",
+        "tensorboardX>=2.6,<3",
+    ],
+    extras_require={
+        "test": [
+            "pytest>=8",
+            "pytest-xdist>=3.5",
+            "scipy>=1.11",
+            "torch==2.13.0",
+            "trl==1.16.0",
+            "nbclient>=0.10",
+            "nbformat>=5.10",
+            "ipykernel>=6.29",
+        ],
+    },
+)
