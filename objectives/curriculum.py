@@ -1,0 +1,107 @@
+"""Curriculum samplers over unlearning samples, easy to hard (CAU, §9.4).
+
+Pure jax.numpy. `U` = number of unlearning samples, `B` = batch size. Index
+batches are padded with -1 where fewer than `B` samples are left; callers mask
+rows with `indices >= 0`.
+"""
+from __future__ import annotations
+
+import chex
+import jax
+import jax.numpy as jnp
+
+
+def hard_curriculum_batches(difficulty: jax.Array, batch_size: int) -> jax.Array:
+  """Hard sampling: sort by ascending difficulty, cut into consecutive batches.
+
+  Args:
+    difficulty: [U] difficulty scores.
+    batch_size: B (static).
+
+  Returns:
+    [ceil(U / B), B] int32 sample indices, easiest batch first; the last batch
+    is padded with -1. Ties keep the original order (stable sort).
+  """
+  chex.assert_rank(difficulty, 1)
+  u = difficulty.shape[0]
+  num_batches = -(-u // batch_size)
+  order = jnp.argsort(difficulty, stable=True).astype(jnp.int32)
+  pad = num_batches * batch_size - u
+  order = jnp.concatenate([order, jnp.full((pad,), -1, jnp.int32)])
+  return order.reshape(num_batches, batch_size)
+
+
+def soft_curriculum_sample(key: jax.Array, difficulty: jax.Array,
+                           remaining: jax.Array, batch_size: int,
+                           tau: float = 1.0) -> jax.Array:
+  """Soft sampling: B draws without replacement, p(u) ∝ exp(-d(u)/tau).
+
+  Uses the Gumbel-top-k trick, which is exactly sequential sampling without
+  replacement from the softmax over the remaining samples (Plackett-Luce).
+
+  Args:
+    key: PRNG key.
+    difficulty: [U] difficulty scores (normalised to [0, 1] for tau = 1).
+    remaining: [U] bool, samples not yet unlearned.
+    batch_size: B (static).
+    tau: temperature; small tau approaches the hard (sorted) curriculum.
+
+  Returns:
+    [B] int32 indices, -1 for slots beyond the number of remaining samples.
+  """
+  chex.assert_rank([difficulty, remaining], 1)
+  chex.assert_equal_shape([difficulty, remaining])
+  logits = -difficulty.astype(jnp.float32) / tau
+  gumbel = jax.random.gumbel(key, logits.shape)
+  keys = jnp.where(remaining, logits + gumbel, -jnp.inf)
+  k = min(batch_size, difficulty.shape[0])
+  top, idx = jax.lax.top_k(keys, k)
+  idx = jnp.where(jnp.isfinite(top), idx, -1).astype(jnp.int32)
+  if k < batch_size:
+    idx = jnp.concatenate([idx, jnp.full((batch_size - k,), -1, jnp.int32)])
+  return idx
+
+
+def soft_curriculum_batches(key: jax.Array, difficulty: jax.Array,
+                            batch_size: int, tau: float = 1.0) -> jax.Array:
+  """A whole soft-sampling schedule: successive draws until nothing is left.
+
+  Args:
+    key: PRNG key.
+    difficulty: [U] difficulty scores.
+    batch_size: B (static).
+    tau: temperature.
+
+  Returns:
+    [ceil(U / B), B] int32 indices (every sample exactly once, -1 padding).
+  """
+  chex.assert_rank(difficulty, 1)
+  u = difficulty.shape[0]
+  num_batches = -(-u // batch_size)
+
+  def step(remaining, k):
+    idx = soft_curriculum_sample(k, difficulty, remaining, batch_size, tau)
+    # Scatter into a padded copy so that -1 slots touch a dummy entry.
+    remaining = jnp.concatenate([remaining, jnp.zeros((1,), bool)])
+    remaining = remaining.at[jnp.where(idx >= 0, idx, u)].set(False)[:u]
+    return remaining, idx
+
+  _, batches = jax.lax.scan(step, jnp.ones((u,), bool),
+                            jax.random.split(key, num_batches))
+  return batches
+
+
+def random_batches(key: jax.Array, num_samples: int,
+                   batch_size: int) -> jax.Array:
+  """No curriculum: a uniformly random order, [ceil(U / B), B] with -1 padding."""
+  return hard_curriculum_batches(
+      jax.random.uniform(key, (num_samples,)), batch_size)
+
+
+# Registry so configs choose a schedule by name (no if-chains in binaries).
+# Each entry: (key, difficulty [U], batch_size, tau) -> [nb, B] indices.
+CURRICULA = {
+    "hard": lambda key, d, b, tau: hard_curriculum_batches(d, b),
+    "soft": soft_curriculum_batches,
+    "none": lambda key, d, b, tau: random_batches(key, d.shape[0], b),
+}

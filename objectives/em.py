@@ -1,0 +1,97 @@
+"""Re-weighted EM over sampled trajectories: EXSEARCH and DRO (§6, §7).
+
+E-step: self-normalised importance weights from the gold answer's likelihood;
+M-step: a weighted token-mean NLL.
+"""
+from typing import Optional
+
+import chex
+import jax
+import jax.numpy as jnp
+
+from alignax.objectives import primitives as P
+
+
+def answer_loglik(logp: jax.Array, answer_mask: jax.Array) -> jax.Array:
+  """Token-mean log-likelihood of the gold answer, `[N, T] -> [N]` (§6.2).
+
+  `l_n = sum_t logp m / max(sum_t m, 1)` (the reference stores `-l` as CE).
+  """
+  chex.assert_equal_shape([logp, answer_mask])
+  return P.masked_mean(logp, answer_mask, axis=-1)
+
+
+def em_weights(log_likelihoods: jax.Array, group_size: int, *,
+               temperature: float = 1.0) -> jax.Array:
+  """Self-normalised EM weights: softmax of `l / tau` within each group.
+
+  `w_k = exp(l_k/tau) / sum_j exp(l_j/tau)` over the contiguous group of
+  `group_size` trajectories of one question (EXSEARCH arXiv:2505.20128 §6.2,
+  DRO arXiv:2505.03075 §7.1). Each group sums to 1; NaN log-likelihoods get
+  weight 0 and an all-NaN group gets all zeros.
+
+  Args:
+    log_likelihoods: `[N]`.
+    group_size: `K`, static.
+    temperature: `tau > 0`.
+
+  Returns:
+    `[N]` weights.
+  """
+  P.check_temperature(temperature)
+  g = P._grouped(log_likelihoods, group_size) / temperature
+  valid = ~jnp.isnan(g)
+  z = jnp.where(valid, g, -jnp.inf)
+  m = jnp.max(z, axis=1, keepdims=True)
+  e = jnp.where(valid, jnp.exp(z - jnp.where(jnp.isfinite(m), m, 0.0)), 0.0)
+  return P.safe_divide(e, jnp.sum(e, axis=1, keepdims=True)).reshape(-1)
+
+
+def segment_em_weights(log_likelihoods: jax.Array, segment_ids: jax.Array,
+                       num_segments: int, temperature: float = 1.0) -> jax.Array:
+  """`em_weights` for ragged groups (after DRO's de-duplication), §7.1.
+
+  Args:
+    log_likelihoods: `[N]` (NaN -> weight 0).
+    segment_ids: `[N]` question ids in `[0, num_segments)`.
+    num_segments: static.
+    temperature: `tau > 0`.
+
+  Returns:
+    `[N]` weights summing to 1 within each non-empty segment.
+  """
+  P.check_temperature(temperature)
+  chex.assert_equal_shape([log_likelihoods, segment_ids])
+  x = P.as_float(log_likelihoods) / temperature
+  valid = ~jnp.isnan(x)
+  z = jnp.where(valid, x, -jnp.inf)
+  m = jax.ops.segment_max(z, segment_ids, num_segments)
+  m = jnp.where(jnp.isfinite(m), m, 0.0)
+  e = jnp.where(valid, jnp.exp(z - m[segment_ids]), 0.0)
+  total = jax.ops.segment_sum(e, segment_ids, num_segments)
+  return P.safe_divide(e, total[segment_ids])
+
+
+def weighted_sequence_nll(logp: jax.Array, mask: jax.Array,
+                          weights: jax.Array):
+  """Re-weighted M-step loss (EXSEARCH §6.3, DRO §7.2).
+
+  Per row the token-mean NLL `nll_n = -sum_t logp m / max(sum_t m, 1)`; the
+  spec's objective is `sum_n w_n nll_n`. Returned as a normalised value and an
+  additive normaliser, the gradient-accumulation contract of design.md:
+  `value = sum_n w_n nll_n / sum_n w_n`, `normaliser = sum_n w_n`, so
+  `value * normaliser` is the spec's sum (with `em_weights` the normaliser is
+  the number of questions). Weights are constants (no gradient).
+
+  Args:
+    logp: `[N, T]`. mask: `[N, T]` trainable tokens. weights: `[N]`.
+
+  Returns:
+    `(value scalar, normaliser scalar)`; 0 when all weights are 0.
+  """
+  chex.assert_equal_shape([logp, mask])
+  w = jax.lax.stop_gradient(P.as_float(weights, P.compute_dtype(logp)))
+  chex.assert_shape(w, (logp.shape[0],))
+  nll = -P.masked_mean(logp, mask, axis=-1)
+  total = jnp.sum(w)
+  return P.safe_divide(jnp.sum(w * nll), total), total

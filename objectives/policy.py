@@ -1,0 +1,422 @@
+"""Clipped policy-gradient losses of the GRPO family (algorithms.md §2.2–2.4).
+
+`policy_loss` equals TRL 1.16 `GRPOTrainer._compute_loss` (one process, no
+gradient accumulation, `num_items_in_batch = mask.sum()`) in value and
+gradient. Each loss type is a registered pair (per-token loss, aggregation);
+see `registry.POLICY_LOSSES`. Adding a loss = one decorated function.
+
+Gradient accumulation: `policy_loss_terms` returns `(numerator, normaliser,
+metrics)` with additive normalisers, so over micro-batches `i`
+
+  sum_i grad(numerator_i) / max(sum_i normaliser_i, 1)
+
+is exactly the gradient of the full-batch loss (any split, unequal sizes).
+"""
+import math
+from typing import Dict, NamedTuple, Optional, Tuple
+
+import chex
+import jax
+import jax.numpy as jnp
+
+from alignax.objectives import primitives as P
+from alignax.objectives.registry import (POLICY_LOSSES, get_aggregation,
+                                         get_policy_loss, register_aggregation,
+                                         register_policy_loss)
+
+
+# --------------------------------------------------------------------------
+# §2.2 importance ratio
+
+
+def importance_weights(logp: jax.Array, old_logp: jax.Array, mask: jax.Array,
+                       *, level: str = "token") -> jax.Array:
+  """Log importance weights (algorithms.md §2.2).
+
+  token:    `log_w = logp - old_logp`                            `[N, T]`
+  sequence: `log_w = sum_t (logp - old_logp) m / max(sum_t m, 1)`   `[N, 1]`
+  (GSPO, Zheng et al. 2025, arXiv:2507.18071: the geometric-mean ratio).
+  """
+  log_ratio = logp - old_logp
+  if level == "token":
+    return log_ratio
+  if level == "sequence":
+    return P.masked_mean(log_ratio, mask, axis=-1)[:, None]
+  raise ValueError(f"unknown importance_sampling_level {level!r}")
+
+
+# --------------------------------------------------------------------------
+# §2.3 per-token losses (pure building blocks)
+
+
+def clipped_surrogate(coef_1: jax.Array, adv: jax.Array, eps_low: float,
+                      eps_high: float, delta: Optional[float] = None):
+  """PPO clipped surrogate, TRL form (algorithms.md §2.3).
+
+  ```
+  coef_2   = clip(coef_1, 1 - eps_low, 1 + eps_high)
+  coef_1_d = min(coef_1, delta) if delta else coef_1   (INTELLECT-2 two-sided)
+  loss     = -min(coef_1_d * A, coef_2 * A)
+  ```
+  Papers: Schulman et al. 2017 (PPO); DAPO clip-higher (arXiv:2503.14476).
+
+  Args:
+    coef_1: `[N, T]` or `[N, 1]` ratios.
+    adv: `[N, 1]` or `[N, T]` advantages.
+    eps_low, eps_high: clip range.
+    delta: optional upper bound on the unclipped ratio.
+
+  Returns:
+    `(loss, coef_1_d)`, both broadcast of the inputs.
+  """
+  coef_2 = jnp.clip(coef_1, 1.0 - eps_low, 1.0 + eps_high)
+  coef_1_d = coef_1 if delta is None else jnp.minimum(coef_1, delta)
+  return -jnp.minimum(coef_1_d * adv, coef_2 * adv), coef_1_d
+
+
+def cispo_per_token(coef_1: jax.Array, adv: jax.Array, logp: jax.Array,
+                    eps_high: float) -> jax.Array:
+  """CISPO: `-sg(min(coef_1, eps_high)) * A * logp` (MiniMax-M1,
+  arXiv:2506.13585); `eps_high` is an absolute cap (recommended 5.0)."""
+  return -jax.lax.stop_gradient(jnp.minimum(coef_1, eps_high)) * adv * logp
+
+
+def sapo_per_token(coef_1: jax.Array, adv: jax.Array, tau_pos: float = 1.0,
+                   tau_neg: float = 1.05) -> jax.Array:
+  """SAPO soft gate: `-(sigmoid(tau (coef_1 - 1)) 4 / tau) A`, `tau = tau_pos`
+  if `A > 0` else `tau_neg` (arXiv:2511.20347)."""
+  tau = jnp.where(adv > 0, tau_pos, tau_neg)
+  return -(jax.nn.sigmoid(tau * (coef_1 - 1.0)) * 4.0 / tau) * adv
+
+
+def vespo_weights(log_ratio: jax.Array, mask: jax.Array, adv: jax.Array,
+                  k_pos: float = 2.0, lam_pos: float = 3.0, k_neg: float = 3.0,
+                  lam_neg: float = 2.0) -> jax.Array:
+  """VESPO gamma weights `phi = exp(lam + k s - lam e^s)` (no gradient), §2.3.
+
+  `s = clip(sum_t clip(log_ratio, -20, 20) m, log 1e-8, 20)`, `(k, lam)` by the
+  sign of `A` (`A >= 0` -> pos), lam floored at 1e-4, NaN/inf -> 0.
+  Source: TRL `GRPOTrainer.get_gamma_weights` (without vLLM IS ratios).
+
+  Returns:
+    `[N, 1]` weights.
+  """
+  lower = math.log(1e-8)
+  s = jnp.sum(jnp.clip(log_ratio, -20.0, 20.0) * mask, axis=-1, keepdims=True)
+  s = jnp.clip(s, lower, 20.0)
+  pos = adv >= 0
+  k = jnp.where(pos, k_pos, k_neg)
+  lam = jnp.maximum(jnp.where(pos, lam_pos, lam_neg), 1e-4)
+  phi = jnp.exp(lam + k * s - lam * jnp.exp(s))
+  phi = jnp.nan_to_num(phi, nan=0.0, posinf=0.0, neginf=0.0)
+  return jax.lax.stop_gradient(phi)
+
+
+def off_policy_sequence_mask(adv: jax.Array, logp: jax.Array,
+                             sampling_logp: jax.Array, mask: jax.Array,
+                             threshold: float) -> jax.Array:
+  """DeepSeek-V3.2 off-policy sequence mask (TRL `get_off_policy_mask`).
+
+  Keep a sequence if `A >= 0` or its mean `sampling_logp - sg(logp)` (NaN -> 0)
+  is `<= threshold`.
+
+  Returns:
+    `[N, 1]` float mask.
+  """
+  kl = jnp.nan_to_num(sampling_logp - jax.lax.stop_gradient(logp), nan=0.0)
+  avg = P.masked_mean(kl, mask, axis=-1)[:, None]
+  return ((adv >= 0) | (avg <= threshold)).astype(logp.dtype)
+
+
+# --------------------------------------------------------------------------
+# Registered per-token losses: uniform signature fn(PolicyLossInputs).
+
+
+class PolicyLossInputs(NamedTuple):
+  """Everything a registered per-token loss may read.
+
+  `coef_1` is the unclamped ratio, `[N, T]` (token) or `[N, 1]` (sequence).
+  """
+  logprobs: jax.Array
+  log_ratio: jax.Array
+  coef_1: jax.Array
+  advantages: jax.Array
+  mask: jax.Array
+  epsilon_low: float
+  epsilon_high: float
+  delta: Optional[float]
+  sapo_temperature_pos: float
+  sapo_temperature_neg: float
+  vespo_params: Tuple[float, float, float, float]
+
+
+def _clipped(x: PolicyLossInputs):
+  loss, _ = clipped_surrogate(x.coef_1, x.advantages, x.epsilon_low,
+                              x.epsilon_high, x.delta)
+  return loss
+
+
+for _name, _agg, _glob in (("grpo", "seq_mean_token_mean", False),
+                           ("bnpo", "token_mean", False),
+                           ("dr_grpo", "seq_sum_const", False),
+                           ("dapo", "token_mean", True),
+                           ("luspo", "seq_length_weighted", False)):
+  register_policy_loss(_name, _agg, uses_global_token_count=_glob)(_clipped)
+
+
+@register_policy_loss("cispo", "token_mean", uses_global_token_count=True,
+                      clip_metrics="cispo")
+def _cispo(x: PolicyLossInputs):
+  return cispo_per_token(x.coef_1, x.advantages, x.logprobs, x.epsilon_high)
+
+
+@register_policy_loss("sapo", "seq_mean_token_mean", clip_metrics=None)
+def _sapo(x: PolicyLossInputs):
+  return sapo_per_token(x.coef_1, x.advantages, x.sapo_temperature_pos,
+                        x.sapo_temperature_neg)
+
+
+@register_policy_loss("vespo", "token_mean", uses_global_token_count=True,
+                      clip_metrics=None)
+def _vespo(x: PolicyLossInputs):
+  phi = vespo_weights(x.log_ratio, x.mask, x.advantages, *x.vespo_params)
+  return -phi * x.advantages * x.logprobs
+
+
+# --------------------------------------------------------------------------
+# §1.3 / §2.4 aggregations: (per_token, mask) -> (numerator, normaliser)
+
+
+@register_aggregation("seq_mean_token_mean")
+def _seq_mean_token_mean(per_token, mask, *, max_len=None):
+  """grpo/sapo: `mean_n(sum_t l m / max(sum_t m, 1))`; normaliser N rows."""
+  del max_len
+  row = P.masked_sum(per_token, mask, -1) / P.clamp_min1(jnp.sum(mask, -1))
+  return jnp.sum(row), jnp.asarray(mask.shape[0], row.dtype)
+
+
+@register_aggregation("token_mean")
+def _token_mean(per_token, mask, *, max_len=None):
+  """bnpo/dapo: `sum l m / max(sum m, 1)`; normaliser = active tokens."""
+  del max_len
+  num = P.masked_sum(per_token, mask)
+  return num, jnp.sum(mask).astype(num.dtype)
+
+
+@register_aggregation("seq_sum_const")
+def _seq_sum_const(per_token, mask, *, max_len=None):
+  """dr_grpo: `sum l m / (N * L_max)`; `L_max` = max_completion_length."""
+  if max_len is None:
+    raise ValueError("loss_type 'dr_grpo' needs max_completion_length")
+  num = P.masked_sum(per_token, mask)
+  return num, jnp.asarray(mask.shape[0] * max_len, num.dtype)
+
+
+@register_aggregation("seq_length_weighted")
+def _seq_length_weighted(per_token, mask, *, max_len=None):
+  """luspo: `mean_n(sum_t l m)`; normaliser N rows."""
+  del max_len
+  num = P.masked_sum(per_token, mask)
+  return num, jnp.asarray(mask.shape[0], num.dtype)
+
+
+def aggregate_loss_terms(per_token: jax.Array, mask: jax.Array, mode: str, *,
+                         max_len: Optional[int] = None):
+  """`(numerator, normaliser)` of an aggregation mode (algorithms.md §1.3).
+
+  `mode` is an aggregation name ("seq_mean_token_mean", "token_mean",
+  "seq_sum_const", "seq_length_weighted") or a loss type ("grpo", "dapo", ...).
+  """
+  if mode in POLICY_LOSSES:
+    mode = get_policy_loss(mode).aggregation
+  m = P.as_float(mask, P.compute_dtype(per_token))
+  per_token = jnp.broadcast_to(P.as_float(per_token), m.shape)
+  return get_aggregation(mode)(per_token, m, max_len=max_len)
+
+
+def aggregate_loss(per_token: jax.Array, mask: jax.Array, mode: str, *,
+                   max_len: Optional[int] = None,
+                   num_items: Optional[jax.Array] = None):
+  """Scalar loss and its normaliser (algorithms.md §1.3, checklist #6).
+
+  Returns `(numerator / max(normaliser, 1), normaliser)`; `num_items` (a
+  global token count, "dapo") replaces the normaliser when given.
+  """
+  num, den = aggregate_loss_terms(per_token, mask, mode, max_len=max_len)
+  if num_items is not None:
+    den = jnp.asarray(num_items, num.dtype)
+  return num / P.clamp_min1(den), den
+
+
+# --------------------------------------------------------------------------
+# §2.4 metrics
+
+
+def _global_masked_mean(x, mask):
+  """TRL `global_masked_mean` on one process: [N,1] values count once per row."""
+  if x.shape[-1] == 1 and mask.shape[-1] != 1:
+    return jnp.sum(x) / P.clamp_min1(jnp.asarray(x.shape[0], x.dtype))
+  return P.masked_mean(x, mask)
+
+
+def clip_fraction_metrics(coef_1: jax.Array, adv: jax.Array, mask: jax.Array,
+                          eps_low: float, eps_high: float) -> Dict[str, jax.Array]:
+  """Clip fractions as TRL logs them (masked token means), §2.4.
+
+  low: `(coef_1 < 1 - eps_low) & (A < 0)`; high: `(coef_1 > 1 + eps_high) &
+  (A > 0)`; region: either. Pass the ratio after the `delta` clamp (TRL).
+  """
+  dtype = P.compute_dtype(coef_1)
+  low = ((coef_1 < 1 - eps_low) & (adv < 0)).astype(dtype)
+  high = ((coef_1 > 1 + eps_high) & (adv > 0)).astype(dtype)
+  region = jnp.maximum(low, high)
+  return {"clip_ratio/low_mean": _global_masked_mean(low, mask),
+          "clip_ratio/high_mean": _global_masked_mean(high, mask),
+          "clip_ratio/region_mean": _global_masked_mean(region, mask)}
+
+
+# --------------------------------------------------------------------------
+# policy_loss
+
+
+def policy_loss_terms(logprobs: jax.Array, old_logprobs: Optional[jax.Array],
+                      advantages: jax.Array, mask: jax.Array, *,
+                      loss_type: str = "dapo", epsilon_low: float = 0.2,
+                      epsilon_high: float = 0.2, delta: Optional[float] = None,
+                      importance_sampling_level: str = "token",
+                      beta: float = 0.0, ref_logprobs: Optional[jax.Array] = None,
+                      use_bias_correction_kl: bool = True,
+                      max_completion_length: Optional[int] = None,
+                      sapo_temperature_pos: float = 1.0,
+                      sapo_temperature_neg: float = 1.05,
+                      vespo_params=(2.0, 3.0, 3.0, 2.0),
+                      off_policy_mask_threshold: Optional[float] = None,
+                      sampling_logprobs: Optional[jax.Array] = None):
+  """Numerator, additive normaliser and metrics of `policy_loss`.
+
+  `policy_loss = numerator / max(normaliser, 1)` (or the global token count
+  for dapo/cispo/vespo when `num_items_in_batch` is given). Arguments as
+  `policy_loss`.
+
+  Returns:
+    `(numerator scalar, normaliser scalar, metrics dict)`.
+  """
+  spec = get_policy_loss(loss_type)
+  chex.assert_rank(logprobs, 2)
+  chex.assert_equal_shape([logprobs, mask])
+  dtype = P.compute_dtype(logprobs)
+  logp = P.as_float(logprobs, dtype)
+  m = P.as_float(mask, dtype)
+  # TRL with num_iterations == 1: old = logp.detach(), ratio 1 with gradient.
+  old = (jax.lax.stop_gradient(logp) if old_logprobs is None
+         else P.as_float(old_logprobs, dtype))
+  chex.assert_equal_shape([logp, old])
+  adv = P.as_float(advantages, dtype)
+  if adv.ndim == 1:
+    adv = adv[:, None]
+  chex.assert_shape(adv, (logp.shape[0], None))
+
+  log_ratio = logp - old
+  coef_1 = jnp.exp(importance_weights(logp, old, m,
+                                      level=importance_sampling_level))
+  inputs = PolicyLossInputs(logp, log_ratio, coef_1, adv, m, epsilon_low,
+                            epsilon_high, delta, sapo_temperature_pos,
+                            sapo_temperature_neg, tuple(vespo_params))
+  per_token = spec.per_token(inputs)
+
+  metrics = {}
+  if off_policy_mask_threshold is not None:
+    sampling = old if sampling_logprobs is None else P.as_float(
+        sampling_logprobs, dtype)
+    per_token = per_token * off_policy_sequence_mask(
+        adv, logp, sampling, m, off_policy_mask_threshold)
+  if beta != 0.0:
+    if ref_logprobs is None:
+      raise ValueError("beta != 0 needs ref_logprobs")
+    kl = P.kl_estimator(logp, P.as_float(ref_logprobs, dtype), "k3")
+    if use_bias_correction_kl:
+      # The unclamped ratio, differentiable: changes the gradient even at 1.
+      kl = kl * coef_1
+    per_token = per_token + beta * kl
+    metrics["kl"] = _global_masked_mean(kl, m)
+
+  numerator, normaliser = get_aggregation(spec.aggregation)(
+      jnp.broadcast_to(per_token, m.shape), m, max_len=max_completion_length)
+
+  if spec.clip_metrics == "ppo":
+    coef_1_d = coef_1 if delta is None else jnp.minimum(coef_1, delta)
+    metrics.update(clip_fraction_metrics(coef_1_d, adv, m, epsilon_low,
+                                         epsilon_high))
+  elif spec.clip_metrics == "cispo":
+    clipped = ((coef_1 > epsilon_high) & (adv > 0)).astype(dtype)
+    metrics["cispo_clip_ratio"] = _global_masked_mean(clipped, m)
+  metrics = jax.tree.map(jax.lax.stop_gradient, metrics)
+  return numerator, normaliser, metrics
+
+
+def policy_loss(logprobs: jax.Array, old_logprobs: Optional[jax.Array],
+                advantages: jax.Array, mask: jax.Array, *,
+                loss_type: str = "dapo",
+                num_items_in_batch: Optional[jax.Array] = None, **kwargs):
+  """GRPO-family clipped policy loss, identical to TRL 1.16 (§2.2–2.4).
+
+  ```
+  coef_1 = exp(log_w)          token: logp - old;  sequence (GSPO): masked mean
+  l      = per-token loss of `loss_type` (clipped surrogate, cispo, sapo, vespo)
+  l     += beta * k3(logp, ref) * (coef_1 if use_bias_correction_kl else 1)
+  grpo, sapo : mean_n(sum_t l m / max(sum_t m, 1))
+  bnpo       : sum l m / max(sum m, 1)
+  dr_grpo    : sum l m / (N * max_completion_length)
+  dapo, cispo, vespo : sum l m / max(num_items_in_batch, 1)  (default sum m)
+  luspo      : mean_n(sum_t l m)
+  ```
+  Papers: GRPO (arXiv:2402.03300), DAPO (arXiv:2503.14476), Dr. GRPO
+  (arXiv:2503.20783), GSPO (arXiv:2507.18071), CISPO (arXiv:2506.13585).
+  Source: TRL 1.16 `GRPOTrainer._compute_loss`.
+
+  Args:
+    logprobs: `[N, T]` current-policy per-token log-probs (differentiated).
+    old_logprobs: `[N, T]` behaviour-policy log-probs, or None
+      (= `stop_gradient(logprobs)`, TRL with `num_iterations == 1`).
+    advantages: `[N]` or `[N, T]`.
+    mask: `[N, T]` 1 for completion tokens.
+    loss_type: a key of `POLICY_LOSSES` (static).
+    num_items_in_batch: global active-token count for dapo/cispo/vespo (TRL's
+      `num_items_in_batch`); default = `mask.sum()`.
+    **kwargs: `epsilon_low=0.2, epsilon_high=0.2, delta=None,
+      importance_sampling_level="token", beta=0.0, ref_logprobs=None,
+      use_bias_correction_kl=True, max_completion_length=None` (required for
+      dr_grpo), `sapo_temperature_pos/neg`, `vespo_params`,
+      `off_policy_mask_threshold`, `sampling_logprobs`.
+
+  Returns:
+    `(loss scalar, metrics dict[str, scalar])`.
+  """
+  numerator, normaliser, metrics = policy_loss_terms(
+      logprobs, old_logprobs, advantages, mask, loss_type=loss_type, **kwargs)
+  if num_items_in_batch is not None and get_policy_loss(
+      loss_type).uses_global_token_count:
+    normaliser = jnp.asarray(num_items_in_batch, numerator.dtype)
+  loss = numerator / P.clamp_min1(normaliser)
+  metrics = dict(metrics, normaliser=jax.lax.stop_gradient(normaliser))
+  return loss, metrics
+
+
+def rloo_sequence_loss(seq_logp: jax.Array, old_seq_logp: jax.Array,
+                       adv: jax.Array, eps_low: float = 0.2,
+                       eps_high: float = 0.2) -> jax.Array:
+  """TRL RLOO sequence-level clipped loss (algorithms.md §3.1).
+
+  `ratio = exp(seq_logp - old_seq_logp)`; `mean_n -min(ratio A, clip(ratio) A)`.
+  Source: TRL `RLOOTrainer._compute_loss`.
+
+  Args:
+    seq_logp: `[N]` `sum_t logp m`. old_seq_logp: `[N]`. adv: `[N]`.
+
+  Returns:
+    Scalar loss.
+  """
+  chex.assert_equal_shape([seq_logp, old_seq_logp, adv])
+  coef_1 = jnp.exp(P.as_float(seq_logp) - P.as_float(old_seq_logp))
+  loss, _ = clipped_surrogate(coef_1, P.as_float(adv), eps_low, eps_high)
+  return jnp.mean(loss)
