@@ -1,0 +1,181 @@
+"""One configuration dataclass for the Llama / Qwen2 decoder family."""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Mapping
+
+import jax.numpy as jnp
+
+SUPPORTED_MODEL_TYPES = ("llama", "qwen2")
+SUPPORTED_ROPE_TYPES = ("default", "linear", "llama3")
+
+_DTYPES = {
+    "float32": jnp.float32,
+    "bfloat16": jnp.bfloat16,
+    "float16": jnp.float16,
+}
+
+
+def as_dtype(dtype: Any) -> jnp.dtype:
+  """Accepts a dtype or its name ('bfloat16') and returns the jnp dtype."""
+  if isinstance(dtype, str):
+    if dtype not in _DTYPES:
+      raise ValueError(f"Unknown dtype {dtype!r}; use one of {sorted(_DTYPES)}.")
+    return jnp.dtype(_DTYPES[dtype])
+  return jnp.dtype(dtype)
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+  """Hyper-parameters of a decoder-only LM (Llama and Qwen2 are both this).
+
+  Field names follow alignax; `from_hf_dict` / `to_hf_dict` translate the
+  transformers `config.json` spelling.
+
+  Dtype policy: `param_dtype` is what parameters are stored in, `dtype` is what
+  matmuls run in. Norms, softmax and rotary tables are always float32.
+  """
+
+  vocab_size: int = 256
+  hidden_size: int = 64
+  intermediate_size: int = 128
+  num_layers: int = 2
+  num_heads: int = 4
+  num_kv_heads: int = 2
+  head_dim: int | None = None
+  max_position_embeddings: int = 2048
+  rms_norm_eps: float = 1e-6
+  rope_theta: float = 10000.0
+  # transformers' `rope_scaling` / `rope_parameters` minus rope_theta, e.g.
+  # {"rope_type": "llama3", "factor": 8.0, ...}; None means default RoPE.
+  rope_scaling: tuple[tuple[str, Any], ...] | None = None
+  tie_word_embeddings: bool = False
+  qkv_bias: bool = False  # Qwen2: True.
+  o_bias: bool = False
+  mlp_bias: bool = False
+  model_type: str = "llama"
+  param_dtype: str = "float32"
+  dtype: str = "float32"
+  attention_impl: str = "dense"
+  bos_token_id: int | None = None
+  eos_token_id: int | tuple[int, ...] | None = None
+  pad_token_id: int | None = None
+
+  def __post_init__(self):
+    if self.model_type not in SUPPORTED_MODEL_TYPES:
+      raise ValueError(
+          f"Unsupported model_type {self.model_type!r}; alignax supports"
+          f" {SUPPORTED_MODEL_TYPES}.")
+    if self.num_heads % self.num_kv_heads:
+      raise ValueError(
+          f"num_heads ({self.num_heads}) must be a multiple of num_kv_heads"
+          f" ({self.num_kv_heads}) for grouped-query attention.")
+    if self.head_dim is None and self.hidden_size % self.num_heads:
+      raise ValueError(
+          f"hidden_size ({self.hidden_size}) is not divisible by num_heads"
+          f" ({self.num_heads}); set head_dim explicitly.")
+    rope_type = self.rope_dict.get("rope_type", "default")
+    if rope_type not in SUPPORTED_ROPE_TYPES:
+      raise ValueError(
+          f"Unsupported rope_type {rope_type!r}; alignax supports"
+          f" {SUPPORTED_ROPE_TYPES}.")
+    as_dtype(self.param_dtype)
+    as_dtype(self.dtype)
+
+  @property
+  def dim_per_head(self) -> int:
+    return self.head_dim or self.hidden_size // self.num_heads
+
+  @property
+  def rope_dict(self) -> dict[str, Any]:
+    return dict(self.rope_scaling or ())
+
+  def replace(self, **kwargs) -> "ModelConfig":
+    return dataclasses.replace(self, **kwargs)
+
+  # --- transformers config.json translation -------------------------------
+
+  @classmethod
+  def from_hf_dict(cls, hf: Mapping[str, Any], **overrides) -> "ModelConfig":
+    """Builds a config from a transformers config (dict or PretrainedConfig)."""
+    hf = dict(hf.to_dict() if hasattr(hf, "to_dict") else hf)
+    model_type = hf.get("model_type")
+    if model_type not in SUPPORTED_MODEL_TYPES:
+      raise ValueError(
+          f"config.json has model_type={model_type!r}; alignax supports"
+          f" {SUPPORTED_MODEL_TYPES} (Llama and Qwen2 causal LMs).")
+    if hf.get("use_sliding_window"):
+      raise ValueError(
+          "config.json sets use_sliding_window=True; sliding-window Qwen2 is"
+          " not supported (set it to false if the window exceeds the context).")
+    if model_type == "llama" and hf.get("hidden_act", "silu") != "silu":
+      raise ValueError(f"config.json hidden_act={hf['hidden_act']!r}; only 'silu'.")
+    rope = dict(hf.get("rope_parameters") or hf.get("rope_scaling") or {})
+    rope_theta = rope.pop("rope_theta", hf.get("rope_theta", 10000.0))
+    if "type" in rope and "rope_type" not in rope:
+      rope["rope_type"] = rope.pop("type")
+    rope = {k: v for k, v in rope.items() if v is not None}
+    if rope.get("rope_type", "default") == "default":
+      rope = {}
+    is_qwen2 = model_type == "qwen2"
+    eos = hf.get("eos_token_id")
+    kwargs = dict(
+        vocab_size=hf["vocab_size"],
+        hidden_size=hf["hidden_size"],
+        intermediate_size=hf["intermediate_size"],
+        num_layers=hf["num_hidden_layers"],
+        num_heads=hf["num_attention_heads"],
+        num_kv_heads=hf.get("num_key_value_heads") or hf["num_attention_heads"],
+        head_dim=hf.get("head_dim"),
+        max_position_embeddings=hf.get("max_position_embeddings", 2048),
+        rms_norm_eps=hf.get("rms_norm_eps", 1e-6),
+        rope_theta=float(rope_theta),
+        rope_scaling=tuple(sorted(rope.items())) or None,
+        tie_word_embeddings=bool(hf.get("tie_word_embeddings", False)),
+        qkv_bias=True if is_qwen2 else bool(hf.get("attention_bias", False)),
+        o_bias=False if is_qwen2 else bool(hf.get("attention_bias", False)),
+        mlp_bias=False if is_qwen2 else bool(hf.get("mlp_bias", False)),
+        model_type=model_type,
+        bos_token_id=hf.get("bos_token_id"),
+        eos_token_id=tuple(eos) if isinstance(eos, list) else eos,
+        pad_token_id=hf.get("pad_token_id"),
+    )
+    kwargs.update(overrides)
+    return cls(**kwargs)
+
+  def to_hf_dict(self) -> dict[str, Any]:
+    """The transformers config.json fields for this model."""
+    rope = {"rope_type": "default", **self.rope_dict, "rope_theta": self.rope_theta}
+    out = {
+        "model_type": self.model_type,
+        "architectures": [
+            "LlamaForCausalLM" if self.model_type == "llama" else "Qwen2ForCausalLM"
+        ],
+        "vocab_size": self.vocab_size,
+        "hidden_size": self.hidden_size,
+        "intermediate_size": self.intermediate_size,
+        "num_hidden_layers": self.num_layers,
+        "num_attention_heads": self.num_heads,
+        "num_key_value_heads": self.num_kv_heads,
+        "head_dim": self.dim_per_head,
+        "max_position_embeddings": self.max_position_embeddings,
+        "rms_norm_eps": self.rms_norm_eps,
+        "rope_theta": self.rope_theta,
+        "rope_parameters": rope,
+        "tie_word_embeddings": self.tie_word_embeddings,
+        "hidden_act": "silu",
+        "torch_dtype": self.param_dtype,
+        "bos_token_id": self.bos_token_id,
+        "eos_token_id": (
+            list(self.eos_token_id) if isinstance(self.eos_token_id, tuple)
+            else self.eos_token_id),
+        "pad_token_id": self.pad_token_id,
+    }
+    if self.model_type == "llama":
+      if self.qkv_bias != self.o_bias:
+        raise ValueError("Llama's attention_bias covers q/k/v and o together.")
+      out["attention_bias"] = self.qkv_bias
+      out["mlp_bias"] = self.mlp_bias
+    elif self.o_bias or self.mlp_bias or not self.qkv_bias:
+      raise ValueError("Qwen2 has q/k/v biases only (qkv_bias=True).")
+    return out

@@ -1,0 +1,154 @@
+"""Hugging Face interop: read and write `save_pretrained` directories.
+
+No torch at run time: config.json goes through transformers' config classes,
+weights through safetensors' NumPy API (single file or sharded with an index).
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+from typing import Iterator
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from safetensors import safe_open
+from safetensors.numpy import save_file
+
+from alignax.framework.config import ModelConfig, as_dtype
+from alignax.framework.model import Decoder
+
+_SINGLE = "model.safetensors"
+_INDEX = "model.safetensors.index.json"
+# Buffers some checkpoints carry that are recomputed from the config.
+_IGNORED = re.compile(r".*rotary_emb\.inv_freq$")
+
+
+def hf_name(path: tuple) -> tuple[str, bool]:
+  """Maps an alignax parameter path to (transformers tensor name, transposed)."""
+  parts = [str(p) for p in path]
+  if parts == ["embed_tokens"]:
+    return "model.embed_tokens.weight", False
+  if parts == ["lm_head", "kernel"]:
+    return "lm_head.weight", True
+  leaf = {"kernel": "weight", "bias": "bias", "scale": "weight"}[parts[-1]]
+  prefix = "model." + ".".join(parts[:-1])
+  return f"{prefix}.{leaf}", parts[-1] == "kernel"
+
+
+def _params(model: Decoder) -> Iterator[tuple[tuple, nnx.Variable]]:
+  yield from nnx.to_flat_state(nnx.state(model, nnx.Param))
+
+
+class _TensorReader:
+  """Reads tensors by name from a single or sharded safetensors checkpoint."""
+
+  def __init__(self, path: str):
+    index_path = os.path.join(path, _INDEX)
+    if os.path.exists(index_path):
+      with open(index_path) as f:
+        weight_map = json.load(f)["weight_map"]
+      self.files = {name: os.path.join(path, fn) for name, fn in weight_map.items()}
+    elif os.path.exists(os.path.join(path, _SINGLE)):
+      file = os.path.join(path, _SINGLE)
+      with safe_open(file, framework="numpy") as f:
+        self.files = {name: file for name in f.keys()}
+    else:
+      raise FileNotFoundError(
+          f"No {_SINGLE} or {_INDEX} in {path!r}: expected a directory written"
+          " by transformers' save_pretrained (safetensors weights).")
+    self._open = {}
+
+  def names(self) -> set[str]:
+    return set(self.files)
+
+  def get(self, name: str) -> np.ndarray:
+    file = self.files[name]
+    if file not in self._open:
+      self._open[file] = safe_open(file, framework="numpy")
+    return self._open[file].get_tensor(name)
+
+
+def load_config(path: str, **overrides) -> ModelConfig:
+  """Reads `path/config.json` into a `ModelConfig` (clear error if unsupported)."""
+  file = os.path.join(path, "config.json")
+  if not os.path.exists(file):
+    raise FileNotFoundError(f"No config.json in {path!r}; is it a model directory?")
+  with open(file) as f:
+    return ModelConfig.from_hf_dict(json.load(f), **overrides)
+
+
+def from_pretrained(path: str, *, dtype=jnp.float32, compute_dtype=None,
+                    **config_overrides) -> Decoder:
+  """Loads a Llama or Qwen2 causal LM written by `save_pretrained`.
+
+  Args:
+    path: local directory with config.json and *.safetensors.
+    dtype: parameter dtype.
+    compute_dtype: matmul dtype (defaults to `dtype`).
+    **config_overrides: other `ModelConfig` fields (e.g. attention_impl).
+  """
+  dtype = as_dtype(dtype)
+  config = load_config(
+      path, param_dtype=dtype.name, dtype=as_dtype(compute_dtype or dtype).name,
+      **config_overrides)
+  model = nnx.eval_shape(lambda: Decoder(config))
+  reader = _TensorReader(path)
+  used = set()
+  for p, var in _params(model):
+    name, transpose = hf_name(p)
+    if name not in reader.files:
+      raise KeyError(
+          f"Tensor {name!r} is missing from the checkpoint in {path!r}"
+          f" (needed for parameter {'/'.join(map(str, p))}).")
+    array = reader.get(name)
+    expected = tuple(var.shape[::-1] if transpose else var.shape)
+    if tuple(array.shape) != expected:
+      raise ValueError(
+          f"Tensor {name!r} has shape {tuple(array.shape)} in {path!r}, but"
+          f" config.json implies {expected}.")
+    array = array.T if transpose else array
+    var.set_value(jnp.asarray(array, dtype=dtype))
+    used.add(name)
+  extra = {n for n in reader.names() - used if not _IGNORED.match(n)}
+  if config.tie_word_embeddings:
+    extra.discard("lm_head.weight")  # the tied copy some writers keep
+  if extra:
+    raise ValueError(
+        f"The checkpoint in {path!r} has tensors this {config.model_type} config"
+        f" does not use: {sorted(extra)[:5]} (of {len(extra)}); check config.json.")
+  return model
+
+
+def save_pretrained(model: Decoder, path: str) -> None:
+  """Writes config.json + model.safetensors that transformers loads."""
+  import transformers  # transformers' config class writes a config it accepts.
+
+  os.makedirs(path, exist_ok=True)
+  hf = model.config.to_hf_dict()
+  model_type = hf.pop("model_type")
+  transformers.AutoConfig.for_model(model_type, **hf).save_pretrained(path)
+  tensors = {}
+  for p, var in _params(model):
+    name, transpose = hf_name(p)
+    array = np.asarray(jax.device_get(var[...]))
+    tensors[name] = np.ascontiguousarray(array.T if transpose else array)
+  tmp = os.path.join(path, _SINGLE + ".tmp")
+  save_file(tensors, tmp, metadata={"format": "pt"})
+  os.replace(tmp, os.path.join(path, _SINGLE))
+
+
+def load_tokenizer(path: str, config: ModelConfig | None = None):
+  """`transformers.AutoTokenizer` for `path`, checked against the model's vocab."""
+  import transformers
+
+  tokenizer = transformers.AutoTokenizer.from_pretrained(path)
+  config = config or load_config(path)
+  if len(tokenizer) > config.vocab_size:
+    raise ValueError(
+        f"The tokenizer in {path!r} has {len(tokenizer)} tokens but config.json"
+        f" vocab_size is {config.vocab_size}: token ids would index past the"
+        " embedding. Use the tokenizer the model was trained with.")
+  return tokenizer

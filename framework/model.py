@@ -1,0 +1,268 @@
+"""Llama / Qwen2 decoder-only LM in Flax NNX, with a functional KV cache.
+
+Parameters carry `logical_axes` metadata (e.g. ("embed", "mlp")); the single
+mapping from logical axes to mesh axes lives in `alignax.framework.sharding`.
+Kernels are stored [in, out] (transformers stores [out, in]; `hf.py` transposes).
+
+Shapes: B batch, T new tokens, S cache slots, H hidden, V vocab, L layers.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from alignax.framework import attention as attention_lib
+from alignax.framework.config import ModelConfig, as_dtype
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass
+class KVCache:
+  """Preallocated keys and values of every layer.
+
+  k, v: [L, B, S, Hkv, D]; mask: bool [B, S], True where a slot holds a real
+  (non-padding) token. Slots are filled left to right by `Decoder.forward`.
+  """
+
+  k: jax.Array
+  v: jax.Array
+  mask: jax.Array
+
+  @classmethod
+  def zeros(cls, config: ModelConfig, batch: int, slots: int) -> "KVCache":
+    shape = (config.num_layers, batch, slots, config.num_kv_heads,
+             config.dim_per_head)
+    dtype = as_dtype(config.dtype)
+    return cls(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype),
+               jnp.zeros((batch, slots), bool))
+
+
+def rope_inv_freq(config: ModelConfig) -> np.ndarray:
+  """Inverse RoPE frequencies [D/2] for default, linear and llama3 scaling.
+
+  Follows transformers' `modeling_rope_utils` (float32 like torch).
+  """
+  dim = config.dim_per_head
+  inv = 1.0 / (np.float32(config.rope_theta) **
+               (np.arange(0, dim, 2, dtype=np.float32) / np.float32(dim)))
+  inv = inv.astype(np.float32)
+  rope = config.rope_dict
+  kind = rope.get("rope_type", "default")
+  if kind == "linear":
+    inv = inv / np.float32(rope["factor"])
+  elif kind == "llama3":
+    factor = rope["factor"]
+    low, high = rope["low_freq_factor"], rope["high_freq_factor"]
+    old_len = rope["original_max_position_embeddings"]
+    wavelen = 2 * math.pi / inv
+    scaled = np.where(wavelen > old_len / low, inv / factor, inv)
+    smooth = (old_len / wavelen - low) / (high - low)
+    smoothed = (1 - smooth) * scaled / factor + smooth * scaled
+    medium = (wavelen >= old_len / high) & (wavelen <= old_len / low)
+    inv = np.where(medium, smoothed, scaled).astype(np.float32)
+  return inv
+
+
+def apply_rope(x: jax.Array, positions: jax.Array, inv_freq: jax.Array) -> jax.Array:
+  """Rotates x [B, T, heads, D] by positions [B, T] (rotate-half convention)."""
+  freqs = positions[..., None].astype(jnp.float32) * inv_freq
+  emb = jnp.concatenate([freqs, freqs], axis=-1)[:, :, None, :]
+  cos, sin = jnp.cos(emb).astype(x.dtype), jnp.sin(emb).astype(x.dtype)
+  half = x.shape[-1] // 2
+  rotated = jnp.concatenate([-x[..., half:], x[..., :half]], axis=-1)
+  return x * cos + rotated * sin
+
+
+def positions_from_mask(attention_mask: jax.Array) -> jax.Array:
+  """Positions [B, T] of a left-padded batch, as transformers' generate.
+
+  cumsum(mask) - 1 on real tokens, 0 on padding.
+  """
+  mask = attention_mask.astype(jnp.int32)
+  return jnp.where(mask > 0, jnp.cumsum(mask, axis=-1) - 1, 0)
+
+
+class Dense(nnx.Module):
+  """y = x @ kernel (+ bias), kernel [in, out] with logical axes."""
+
+  def __init__(self, din, dout, *, axes, bias, config, rngs):
+    pdt = as_dtype(config.param_dtype)
+    init = nnx.initializers.normal(0.02)
+    self.kernel = nnx.Param(init(rngs.params(), (din, dout), pdt),
+                            logical_axes=axes)
+    self.bias = (nnx.Param(jnp.zeros((dout,), pdt), logical_axes=axes[1:])
+                 if bias else None)
+    self.dtype = as_dtype(config.dtype)
+
+  def __call__(self, x):
+    y = jnp.dot(x.astype(self.dtype), self.kernel[...].astype(self.dtype))
+    if self.bias is not None:
+      y = y + self.bias[...].astype(self.dtype)
+    return y
+
+
+class RMSNorm(nnx.Module):
+
+  def __init__(self, dim, *, config):
+    self.scale = nnx.Param(jnp.ones((dim,), as_dtype(config.param_dtype)),
+                           logical_axes=("norm",))
+    self.eps = config.rms_norm_eps
+
+  def __call__(self, x):
+    xf = x.astype(jnp.float32)
+    xf = xf * jax.lax.rsqrt(jnp.mean(xf * xf, axis=-1, keepdims=True) + self.eps)
+    # Cast back before scaling, as transformers does.
+    return self.scale[...].astype(x.dtype) * xf.astype(x.dtype)
+
+
+class Attention(nnx.Module):
+
+  def __init__(self, config: ModelConfig, *, rngs):
+    h, d = config.hidden_size, config.dim_per_head
+    self.num_heads, self.num_kv_heads, self.head_dim = (
+        config.num_heads, config.num_kv_heads, d)
+    qkv = dict(bias=config.qkv_bias, config=config, rngs=rngs)
+    self.q_proj = Dense(h, config.num_heads * d, axes=("embed", "heads"), **qkv)
+    self.k_proj = Dense(h, config.num_kv_heads * d, axes=("embed", "kv_heads"), **qkv)
+    self.v_proj = Dense(h, config.num_kv_heads * d, axes=("embed", "kv_heads"), **qkv)
+    self.o_proj = Dense(config.num_heads * d, h, axes=("heads", "embed"),
+                        bias=config.o_bias, config=config, rngs=rngs)
+    self.impl = config.attention_impl
+
+  def __call__(self, x, positions, inv_freq, mask, layer_cache, cache_index):
+    b, t, _ = x.shape
+    q = self.q_proj(x).reshape(b, t, self.num_heads, self.head_dim)
+    k = self.k_proj(x).reshape(b, t, self.num_kv_heads, self.head_dim)
+    v = self.v_proj(x).reshape(b, t, self.num_kv_heads, self.head_dim)
+    q, k = apply_rope(q, positions, inv_freq), apply_rope(k, positions, inv_freq)
+    if layer_cache is not None:
+      # Write into the whole [L, ...] buffer in place (it is donated by the
+      # sampler), then read this layer's slots back.
+      ck, cv, i = layer_cache
+      start = (i, 0, cache_index, 0, 0)
+      ck = jax.lax.dynamic_update_slice(ck, k.astype(ck.dtype)[None], start)
+      cv = jax.lax.dynamic_update_slice(cv, v.astype(cv.dtype)[None], start)
+      layer_cache, k, v = (ck, cv, i), ck[i], cv[i]
+    attend = attention_lib.get_attention(self.impl)
+    out = attend(q, k.astype(q.dtype), v.astype(q.dtype), mask=mask,
+                 scale=self.head_dim ** -0.5)
+    return self.o_proj(out.reshape(b, t, -1)), layer_cache
+
+
+class MLP(nnx.Module):
+  """SwiGLU: down(silu(gate(x)) * up(x))."""
+
+  def __init__(self, config: ModelConfig, *, rngs):
+    h, f = config.hidden_size, config.intermediate_size
+    kw = dict(bias=config.mlp_bias, config=config, rngs=rngs)
+    self.gate_proj = Dense(h, f, axes=("embed", "mlp"), **kw)
+    self.up_proj = Dense(h, f, axes=("embed", "mlp"), **kw)
+    self.down_proj = Dense(f, h, axes=("mlp", "embed"), **kw)
+
+  def __call__(self, x):
+    return self.down_proj(jax.nn.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class DecoderLayer(nnx.Module):
+
+  def __init__(self, config: ModelConfig, *, rngs):
+    self.input_layernorm = RMSNorm(config.hidden_size, config=config)
+    self.self_attn = Attention(config, rngs=rngs)
+    self.post_attention_layernorm = RMSNorm(config.hidden_size, config=config)
+    self.mlp = MLP(config, rngs=rngs)
+
+  def __call__(self, x, positions, inv_freq, mask, layer_cache, cache_index):
+    h, layer_cache = self.self_attn(self.input_layernorm(x), positions, inv_freq,
+                                    mask, layer_cache, cache_index)
+    x = x + h
+    x = x + self.mlp(self.post_attention_layernorm(x))
+    return x, layer_cache
+
+
+class Decoder(nnx.Module):
+  """Causal decoder LM (Llama / Qwen2).
+
+  `model(input_ids, attention_mask=...)` gives logits [B, T, V]; `forward` is
+  the general entry point (KV cache, hidden states for chunked log-probs).
+  """
+
+  def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs | None = None,
+               seed: int = 0):
+    rngs = rngs or nnx.Rngs(seed)
+    self.config = config
+    pdt = as_dtype(config.param_dtype)
+    self.embed_tokens = nnx.Param(
+        nnx.initializers.normal(0.02)(rngs.params(),
+                                      (config.vocab_size, config.hidden_size), pdt),
+        logical_axes=("vocab", "embed"))
+    self.layers = nnx.List(
+        [DecoderLayer(config, rngs=rngs) for _ in range(config.num_layers)])
+    self.norm = RMSNorm(config.hidden_size, config=config)
+    self.lm_head = (None if config.tie_word_embeddings else Dense(
+        config.hidden_size, config.vocab_size, axes=("embed", "vocab"),
+        bias=False, config=config, rngs=rngs))
+
+  def unembedding(self) -> jax.Array:
+    """The output projection [H, V] (the embedding transposed when tied)."""
+    if self.lm_head is None:
+      return self.embed_tokens[...].T
+    return self.lm_head.kernel[...]
+
+  def logits(self, hidden: jax.Array) -> jax.Array:
+    dtype = as_dtype(self.config.dtype)
+    return jnp.dot(hidden.astype(dtype), self.unembedding().astype(dtype),
+                   preferred_element_type=jnp.float32)
+
+  def forward(self, input_ids, *, attention_mask=None, positions=None,
+              cache: KVCache | None = None, cache_index=0):
+    """Runs the decoder and returns (final-normed hidden [B, T, H], cache).
+
+    Args:
+      input_ids: int32 [B, T].
+      attention_mask: [B, T], 1 for real tokens, 0 for (left) padding.
+      positions: int32 [B, T]; default `positions_from_mask(attention_mask)`.
+      cache: a `KVCache`; the T new keys/values are written at slots
+        [cache_index, cache_index + T) and the queries attend to every filled
+        slot up to their own. None: plain causal attention over the T tokens.
+      cache_index: int32 scalar, the first slot to write.
+    """
+    chex.assert_rank(input_ids, 2)
+    b, t = input_ids.shape
+    if attention_mask is None:
+      attention_mask = jnp.ones((b, t), bool)
+    chex.assert_shape(attention_mask, (b, t))
+    attention_mask = attention_mask.astype(bool)
+    if positions is None:
+      positions = positions_from_mask(attention_mask)
+    if cache is None:
+      key_mask, key_slot, query_slot = attention_mask, jnp.arange(t), jnp.arange(t)
+    else:
+      key_mask = jax.lax.dynamic_update_slice(cache.mask, attention_mask,
+                                              (0, cache_index))
+      key_slot = jnp.arange(cache.mask.shape[1])
+      query_slot = cache_index + jnp.arange(t)
+    mask = key_mask[:, None, :] & (key_slot[None, None, :] <= query_slot[None, :, None])
+
+    x = jnp.take(self.embed_tokens[...], input_ids, axis=0).astype(
+        as_dtype(self.config.dtype))
+    inv_freq = jnp.asarray(rope_inv_freq(self.config))  # a compile-time constant
+    layer_cache = None if cache is None else (cache.k, cache.v, 0)
+    for i, layer in enumerate(self.layers):
+      if cache is not None:
+        layer_cache = (layer_cache[0], layer_cache[1], i)
+      x, layer_cache = layer(x, positions, inv_freq, mask, layer_cache, cache_index)
+    if cache is not None:
+      cache = KVCache(layer_cache[0], layer_cache[1], key_mask)
+    return self.norm(x), cache
+
+  def __call__(self, input_ids, *, attention_mask=None, positions=None):
+    """Logits [B, T, V] (float32) of a full (left-padded) batch."""
+    hidden, _ = self.forward(input_ids, attention_mask=attention_mask,
+                             positions=positions)
+    return self.logits(hidden)
