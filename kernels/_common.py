@@ -84,3 +84,13 @@ def guarded_softmax_out(s, vis, v, out_dtype):
   out = jnp.where(l > 0, pv / l_safe, 0.0)
   lse = jnp.where(l[..., 0] > 0, m[..., 0] + jnp.log(l_safe[..., 0]), -jnp.inf)
   return out.astype(out_dtype), lse
+
+
+def rule_vis(rule, pos, j, ks, kl):
+  """Element predicate of a partial block; pos `[r, 1]`, j `[1, c]`."""
+  vis = (j >= ks) & (j < kl)
+  if rule.causal:
+    vis = vis & (j <= pos)
+  if rule.window is not None:
+    vis = vis & ((pos - j < rule.window) | (j - ks < rule.sinks))
+  return vis

@@ -53,16 +53,6 @@ def _compiler_params(d, interpret, num_warps=None, num_stages=2):
       num_warps=num_warps or (4 if d <= 64 else 8), num_stages=num_stages)
 
 
-def _rule_vis(rule, pos, j, ks, kl):
-  """Element predicate of a partial block; pos `[r, 1]`, j `[1, c]`."""
-  vis = (j >= ks) & (j < kl)
-  if rule.causal:
-    vis = vis & (j <= pos)
-  if rule.window is not None:
-    vis = vis & ((pos - j < rule.window) | (j - ks < rule.sinks))
-  return vis
-
-
 def _tables(mask: BlockMask, transposed: bool):
   """Packs lists for the kernels: counts `[Bm,Hm,n,2]`, ids, tile ids.
 
@@ -149,7 +139,7 @@ def _fwd_kernel(*refs, scale, bq, bk, kp, rule, has_tiles, prec):
       if has_tiles:
         vis = tiles_ref[tid_ref[t]] != 0
       else:
-        vis = _rule_vis(rule, pos, kb * bk + col, ks, kl)
+        vis = _common.rule_vis(rule, pos, kb * bk + col, ks, kl)
       s = jnp.where(vis, s, -jnp.inf)
     return _online_step(carry, s, v, prec)
 
@@ -268,7 +258,7 @@ def _dq_kernel(*refs, scale, bq, bk, kp, rule, has_tiles, prec):
       if has_tiles:
         vis = tiles_ref[tid_ref[t]] != 0
       else:
-        vis = _rule_vis(rule, pos, kb * bk + col, ks, kl)
+        vis = _common.rule_vis(rule, pos, kb * bk + col, ks, kl)
       p = jnp.where(vis, p, 0.0)
     dpv = lax.dot_general(do, v, _NT, precision=prec,
                           preferred_element_type=jnp.float32)
@@ -312,7 +302,7 @@ def _dkv_kernel(*refs, scale, bq, bk, kp, rule, has_tiles, prec):
       if has_tiles:
         vis = tiles_ref[tid_ref[t]] != 0
       else:
-        vis = _rule_vis(rule, offs_ref[0] + qb * bq + row, jj, ks, kl)
+        vis = _common.rule_vis(rule, offs_ref[0] + qb * bq + row, jj, ks, kl)
       p = jnp.where(vis, p, 0.0)
     dv = dv + lax.dot_general(p.astype(do.dtype), do, _TN, precision=prec,
                               preferred_element_type=jnp.float32)
