@@ -14,7 +14,6 @@ from alignax.kernels.reference import block_sparse_attention_reference
 
 IMPLEMENTATIONS = ("auto", "xla", "reference", "pallas", "pallas_gpu",
                    "pallas_tpu")
-_DECODE_MAX_TQ = 16
 
 
 def _resolve(implementation: str) -> str:
@@ -138,11 +137,9 @@ def block_sparse_attention(q, k, v, block_mask: BlockMask, *, sm_scale=None,
     raise ValueError("Pallas interpret mode on CPU needs jax_enable_x64 off")
   if not interpret:
     _check_lowerable(impl, block_mask, d, q.dtype)
-  if (tq <= _DECODE_MAX_TQ and block_mask.rule is not None
-      and block_mask.num_heads in (1, hkv) and block_mask.num_q_blocks == 1):
-    from alignax.kernels import decode  # pylint: disable=g-import-not-at-top
+  from alignax.kernels import decode  # pylint: disable=g-import-not-at-top
+  if impl == "pallas_gpu" and decode.decode_supported(block_mask, tq, hkv):
     out, lse = decode.decode_attention(q, k, v, block_mask, sm_scale=scale,
-                                       implementation=impl,
                                        interpret=interpret)
   else:
     out, lse = _kernel_attention(q, k, v, block_mask, scale, impl,
