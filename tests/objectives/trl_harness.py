@@ -18,6 +18,7 @@ import torch
 import trl
 from trl.trainer import grpo_trainer as trl_grpo
 from trl.trainer import dpo_trainer as trl_dpo
+from trl.trainer import rloo_trainer as trl_rloo
 from trl.trainer.utils import nanstd
 
 assert trl.__version__ == "1.16.0", trl.__version__
@@ -101,18 +102,33 @@ def trl_grpo_loss(logprobs, old_logprobs, advantages, mask, *,
   return loss.item(), grad.numpy(), metrics
 
 
-def _advantage_source():
-  """TRL's advantage lines from `_generate_and_score_completions`, verbatim."""
-  src = inspect.getsource(trl_grpo.GRPOTrainer._generate_and_score_completions)
-  lines = textwrap.dedent(src).splitlines()
-  start = next(i for i, l in enumerate(lines)
-               if "unscorable_mask = torch.isnan(rewards_per_func)" in l)
-  end = next(i for i, l in enumerate(lines)
-             if "advantages = torch.nan_to_num(advantages" in l)
-  return textwrap.dedent("\n".join(lines[start:end + 1]))
+def _source_block(fn, first, last):
+  """The lines of TRL function `fn` from the one containing `first` to the
+  one containing `last`, verbatim (dedented), compiled."""
+  lines = textwrap.dedent(inspect.getsource(fn)).splitlines()
+  start = next(i for i, l in enumerate(lines) if first in l)
+  end = next(i for i, l in enumerate(lines) if i > start and last in l)
+  return compile(textwrap.dedent("\n".join(lines[start:end + 1])),
+                 f"<trl {fn.__qualname__}>", "exec")
 
 
-_ADV_CODE = compile(_advantage_source(), "<trl advantages>", "exec")
+_ADV_CODE = _source_block(
+    trl_grpo.GRPOTrainer._generate_and_score_completions,
+    "unscorable_mask = torch.isnan(rewards_per_func)",
+    "advantages = torch.nan_to_num(advantages")
+_RLOO_CODE = _source_block(
+    trl_rloo.RLOOTrainer._generate_and_score_completions,
+    "grouped_rewards = rewards.view(-1, num_generations)",
+    "advantages = torch.nan_to_num(advantages")
+
+
+def trl_rloo_advantages(rewards, num_generations, *, normalize=False):
+  """Executes TRL 1.16's RLOO advantage block on `[N]` rewards."""
+  ns = {"self": types.SimpleNamespace(normalize_advantages=normalize),
+        "rewards": torch.tensor(np.asarray(rewards), dtype=torch.float32),
+        "num_generations": num_generations, "torch": torch, "nanstd": nanstd}
+  exec(_RLOO_CODE, ns)  # pylint: disable=exec-used
+  return ns["advantages"].numpy()
 
 
 def trl_grpo_advantages(rewards_per_func, num_generations, *,
@@ -165,7 +181,6 @@ def trl_dpo_loss(per_token_logps, completion_mask, ref_chosen, ref_rejected, *,
                        requires_grad=True)
   mask = torch.tensor(np.asarray(completion_mask), dtype=torch.long)
   t = object.__new__(trl_dpo.DPOTrainer)
-  torch.nn.Module  # noqa: B018
   attrs = dict(
       beta=beta, loss_types=[loss_type], loss_weights=[1.0], ld_alpha=None,
       f_divergence_type="reverse_kl", label_smoothing=label_smoothing,
