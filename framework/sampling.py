@@ -1,0 +1,265 @@
+"""Rollout sampler: one jitted prefill and a `lax.while_loop` decode over a KV cache.
+
+Log-prob convention (as TRL): `Generation.logprobs[b, t]` is
+`log_softmax(logits / temperature)[token]` of the sampled token, with the
+temperature applied but *before* top-k / top-p filtering, so a trainer can use
+them as `old_logprobs` without a second forward pass. With `temperature=0`
+(greedy) it is the plain `log_softmax(logits)[token]`.
+
+Layout (TRL): with `num_generations=G`, row `p * G + g` is completion `g` of
+prompt `p`; groups are contiguous.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from alignax.framework import sharding as sharding_lib
+from alignax.framework.model import Decoder, KVCache
+
+_MIN_BUCKET = 16
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass
+class Generation:
+  """Sampler output. B = prompts x num_generations, N = max_new_tokens.
+
+  tokens:        int32 [B, N], `pad_token_id` after a stop token.
+  mask:          bool [B, N], True up to and including the stop token.
+  logprobs:      float32 [B, N], log-prob of each sampled token (0 where masked).
+  prompt_tokens: int32 [B, P], left-padded prompts (P is the bucketed length).
+  prompt_mask:   bool [B, P].
+  """
+
+  tokens: jax.Array
+  mask: jax.Array
+  logprobs: jax.Array
+  prompt_tokens: jax.Array
+  prompt_mask: jax.Array
+
+  @property
+  def sequences(self) -> jax.Array:
+    """Prompt + completion token ids [B, P + N], ready for the loss."""
+    return jnp.concatenate([self.prompt_tokens, self.tokens], axis=1)
+
+  @property
+  def attention_mask(self) -> jax.Array:
+    """[B, P + N] mask of real tokens of `sequences`."""
+    return jnp.concatenate([self.prompt_mask, self.mask], axis=1)
+
+  @property
+  def lengths(self) -> jax.Array:
+    """Completion lengths [B] (stop token included)."""
+    return self.mask.sum(axis=1)
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplingParams:
+  """Static (hashable) sampling settings; changing one recompiles."""
+
+  max_new_tokens: int
+  temperature: float = 0.0
+  top_k: int | None = None
+  top_p: float | None = None
+  stop_token_ids: tuple[int, ...] = ()
+  pad_token_id: int = 0
+
+  def validate(self, vocab_size: int) -> None:
+    if self.max_new_tokens < 1:
+      raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}.")
+    if not (self.temperature >= 0.0 and np.isfinite(self.temperature)):
+      raise ValueError(
+          f"temperature must be a finite number >= 0 (0 = greedy), got {self.temperature}.")
+    if self.top_k is not None and not 1 <= self.top_k:
+      raise ValueError(f"top_k must be a positive integer or None, got {self.top_k}.")
+    if self.top_p is not None and not 0.0 < self.top_p <= 1.0:
+      raise ValueError(f"top_p must be in (0, 1] or None, got {self.top_p}.")
+    for t in self.stop_token_ids + (self.pad_token_id,):
+      if not 0 <= t < vocab_size:
+        raise ValueError(f"Token id {t} (stop or pad) is outside the vocabulary [0, {vocab_size}).")
+
+
+def filter_logits(logits: jax.Array, top_k: int | None, top_p: float | None) -> jax.Array:
+  """Top-k then top-p (nucleus) filtering of [B, V] logits, as transformers.
+
+  Removed entries become -inf; at least one token is always kept.
+  """
+  neg_inf = jnp.finfo(logits.dtype).min
+  if top_k is not None and top_k < logits.shape[-1]:
+    kth = jax.lax.top_k(logits, top_k)[0][..., -1:]
+    logits = jnp.where(logits < kth, neg_inf, logits)
+  if top_p is not None and top_p < 1.0:
+    order = jnp.argsort(-logits, axis=-1)
+    sorted_logits = jnp.take_along_axis(logits, order, axis=-1)
+    probs = jax.nn.softmax(sorted_logits, axis=-1)
+    mass_before = jnp.cumsum(probs, axis=-1) - probs
+    keep_sorted = mass_before < top_p
+    keep_sorted = keep_sorted.at[..., 0].set(True)
+    keep = jnp.zeros_like(keep_sorted).at[
+        jnp.arange(logits.shape[0])[:, None], order].set(keep_sorted)
+    logits = jnp.where(keep, logits, neg_inf)
+  return logits
+
+
+def sample_next(key, logits, params: SamplingParams):
+  """Samples tokens [B] from float32 logits [B, V]; returns (tokens, logprobs)."""
+  if params.temperature == 0.0:
+    tokens = jnp.argmax(logits, axis=-1)
+    scaled = logits
+  else:
+    scaled = logits / params.temperature
+    filtered = filter_logits(scaled, params.top_k, params.top_p)
+    tokens = jax.random.categorical(key, filtered, axis=-1)
+  logprobs = jnp.take_along_axis(jax.nn.log_softmax(scaled, axis=-1),
+                                 tokens[:, None], axis=-1)[:, 0]
+  return tokens.astype(jnp.int32), logprobs
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "slots"))
+def prefill(graphdef, state, ids, mask, *, slots):
+  """Runs the prompts [B, P] into a fresh cache of `slots` slots.
+
+  Returns (cache, logits of the last prompt position [B, V]).
+  """
+  model = nnx.merge(graphdef, state)
+  cache = KVCache.zeros(model.config, ids.shape[0], slots)
+  hidden, cache = model.forward(ids, attention_mask=mask, cache=cache, cache_index=0)
+  return cache, model.logits(hidden[:, -1])
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "params"),
+                   donate_argnames=("cache",))
+def decode(graphdef, state, cache, logits, positions, start, key, *, params):
+  """Samples up to `params.max_new_tokens` tokens per row with a while_loop.
+
+  Args:
+    cache: `KVCache` holding the prompts in slots [0, start); donated.
+    logits: float32 [B, V] predicting the first new token.
+    positions: int32 [B], the position of the first new token of each row.
+    start: int32 scalar, the first free cache slot.
+    key: PRNG key.
+  Returns (tokens [B, N], mask [B, N], logprobs [B, N], cache). Stops early
+  when every row has emitted a stop token. The returned cache (which reuses the
+  donated buffers) holds every token fed so far, for multi-turn rollouts.
+  """
+  model = nnx.merge(graphdef, state)
+  b, n = logits.shape[0], params.max_new_tokens
+  stop = jnp.asarray(params.stop_token_ids or (-1,), jnp.int32)
+
+  def cond(carry):
+    i, _, _, done, *_ = carry
+    return (i < n) & ~jnp.all(done)
+
+  def body(carry):
+    i, cache, logits, done, key, tokens, mask, logps = carry
+    key, sub = jax.random.split(key)
+    tok, logp = sample_next(sub, logits, params)
+    live = ~done
+    tok = jnp.where(live, tok, params.pad_token_id)
+    tokens = tokens.at[:, i].set(tok)
+    mask = mask.at[:, i].set(live)
+    logps = logps.at[:, i].set(jnp.where(live, logp, 0.0))
+    done = done | jnp.isin(tok, stop)
+    hidden, cache = model.forward(
+        tok[:, None], attention_mask=live[:, None], positions=(positions + i)[:, None],
+        cache=cache, cache_index=start + i)
+    return (i + 1, cache, model.logits(hidden[:, 0]), done, key, tokens, mask, logps)
+
+  carry = (jnp.int32(0), cache, logits, jnp.zeros((b,), bool), key,
+           jnp.full((b, n), params.pad_token_id, jnp.int32), jnp.zeros((b, n), bool),
+           jnp.zeros((b, n), jnp.float32))
+  _, cache, _, _, _, tokens, mask, logps = jax.lax.while_loop(cond, body, carry)
+  return tokens, mask, logps, cache
+
+
+def bucket_length(n: int, limit: int) -> int:
+  """Rounds a prompt length up to a power of two (>= 16), capped at `limit`."""
+  return min(max(_MIN_BUCKET, 1 << (max(n, 1) - 1).bit_length()), limit)
+
+
+def pad_prompts(prompts: Sequence[Sequence[int]], length: int, pad_token_id: int):
+  """Left-pads token lists to `length`: (ids int32 [B, length], mask bool)."""
+  ids = np.full((len(prompts), length), pad_token_id, np.int32)
+  mask = np.zeros((len(prompts), length), bool)
+  for i, p in enumerate(prompts):
+    if len(p):
+      ids[i, length - len(p):] = p
+      mask[i, length - len(p):] = True
+  return ids, mask
+
+
+def _as_tuple(ids) -> tuple[int, ...]:
+  if ids is None:
+    return ()
+  return tuple(int(i) for i in (ids if isinstance(ids, (list, tuple)) else [ids]))
+
+
+def generate(model: Decoder, prompts: Sequence[Sequence[int]], *, max_new_tokens: int,
+             temperature: float = 0.0, top_k: int | None = None,
+             top_p: float | None = None, eos_token_id=None, seed=0,
+             num_generations: int = 1, stop_token_ids=None,
+             pad_token_id: int | None = None, mesh=None) -> Generation:
+  """Samples completions for ragged prompts.
+
+  Args:
+    model: a `Decoder`.
+    prompts: list of token-id lists (different lengths allowed).
+    max_new_tokens: completion budget N.
+    temperature: 0 is greedy (matches transformers' greedy generate).
+    top_k, top_p: optional filtering, applied after the temperature.
+    eos_token_id: an id or a list of ids that end a completion.
+    seed: an int or a PRNG key.
+    num_generations: completions per prompt, contiguous per prompt (TRL layout).
+    stop_token_ids: more ids that end a completion.
+    pad_token_id: fills prompts' left padding and finished completions
+      (default: the config's pad id, else 0).
+    mesh: optional `Mesh`; the batch is sharded over its data and fsdp axes
+      (padded with empty rows to a multiple of their size).
+  """
+  config = model.config
+  if not prompts:
+    raise ValueError("generate() got an empty prompt list.")
+  if num_generations < 1:
+    raise ValueError(f"num_generations must be >= 1, got {num_generations}.")
+  limit = config.max_position_embeddings - max_new_tokens
+  longest = max(len(p) for p in prompts)
+  if longest > limit:
+    raise ValueError(
+        f"A prompt has {longest} tokens but the model's maximum length"
+        f" ({config.max_position_embeddings}) minus max_new_tokens ({max_new_tokens})"
+        f" leaves room for {limit}. Shorten the prompt or max_new_tokens.")
+  if any(len(p) == 0 for p in prompts):
+    raise ValueError("generate() got an empty prompt; every prompt needs a token.")
+  if pad_token_id is None:
+    pad_token_id = config.pad_token_id if config.pad_token_id is not None else 0
+  params = SamplingParams(
+      max_new_tokens=max_new_tokens, temperature=float(temperature), top_k=top_k,
+      top_p=top_p, pad_token_id=int(pad_token_id),
+      stop_token_ids=tuple(sorted(set(_as_tuple(eos_token_id) + _as_tuple(stop_token_ids)))))
+  params.validate(config.vocab_size)
+
+  rows = [p for p in prompts for _ in range(num_generations)]
+  num_rows = len(rows)
+  if mesh is not None:
+    shards = mesh.shape["data"] * mesh.shape["fsdp"]
+    rows += [[params.pad_token_id]] * (-num_rows % shards)
+  length = bucket_length(longest, limit)
+  ids, mask = pad_prompts(rows, length, params.pad_token_id)
+  if mesh is not None:
+    ids, mask = (jax.device_put(a, sharding_lib.batch_sharding(mesh)) for a in (ids, mask))
+  key = jax.random.key(seed) if isinstance(seed, (int, np.integer)) else seed
+
+  graphdef, state = nnx.split(model)
+  cache, logits = prefill(graphdef, state, ids, mask, slots=length + max_new_tokens)
+  positions = jnp.asarray(mask.sum(axis=1), jnp.int32)
+  tokens, out_mask, logprobs, _ = decode(graphdef, state, cache, logits, positions,
+                                      jnp.int32(length), key, params=params)
+  return Generation(tokens[:num_rows], out_mask[:num_rows], logprobs[:num_rows],
+                    jnp.asarray(ids[:num_rows]), jnp.asarray(mask[:num_rows]))
