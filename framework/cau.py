@@ -1,0 +1,113 @@
+"""CAU unlearning steps over a functional recommender (algorithms.md §9).
+
+Wires the pure objectives (`alignax.objectives.unlearning`, `.mgda`) to an NNX
+recommender split into `(graphdef, params)`. One jitted step takes a batch of
+unlearning samples and returns new params: the three objective gradients come
+from a single `jax.jacrev` of the loss vector (one forward pass, K backward
+passes), then a combiner from `COMBINERS` turns them into one update:
+
+- "mgda": Pareto-stationary weights `min_norm_weights(G G^T)` (§9.2);
+- "fixed": constant weights (the fixed-weight sum and gradient-ascent baselines).
+
+Batch layout (all leading dim B, rows with `row_mask` False are padding):
+  prefixes [B, L] int32, targets [B], next_items [B], has_next [B] bool,
+  orig_logits [B, I] (the frozen original model's scores), row_mask [B] bool.
+"""
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+import optax
+
+from alignax.objectives import mgda
+from alignax.objectives import unlearning
+
+OBJECTIVES = ("unlearn", "normal", "kl")
+
+
+def loss_vector(graphdef: nnx.GraphDef, params, batch) -> jax.Array:
+  """[3] = (L_unlearn, L_normal, L_KL) on one unlearning batch (§9.1)."""
+  logits = nnx.merge(graphdef, params)(batch["prefixes"])
+  mask = batch["row_mask"]
+  return jnp.stack([
+      unlearning.cau_unlearn_loss(logits, batch["targets"], mask),
+      unlearning.cau_normal_loss(logits, batch["next_items"],
+                                 batch["has_next"] & mask),
+      unlearning.kl_to_original(logits, batch["orig_logits"], mask),
+  ])
+
+
+def _mgda_weights(grads_list, losses, *, normalization="none", **_):
+  grads_list = mgda.normalize_gradients(grads_list, losses, normalization)
+  return mgda.min_norm_weights(mgda.gram_from_grads(grads_list)), grads_list
+
+
+def _fixed_weights(grads_list, losses, *, weights, **_):
+  del losses
+  return jnp.asarray(weights, jnp.float32), grads_list
+
+
+# name -> (grads_list, losses [K], **options) -> (weights [K], grads to combine)
+COMBINERS: dict[str, Callable] = {"mgda": _mgda_weights, "fixed": _fixed_weights}
+
+
+def make_unlearn_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation,
+                      *, combiner: str = "mgda",
+                      weights: Sequence[float] = (1 / 3, 1 / 3, 1 / 3),
+                      normalization: str = "none") -> Callable:
+  """Jitted (params, opt_state, batch) -> (params, opt_state, metrics).
+
+  Args:
+    graphdef: the recommender's graph definition.
+    tx: optimiser for the combined update.
+    combiner: key of `COMBINERS`.
+    weights: [3] constant weights for "fixed".
+    normalization: gradient normalisation for "mgda" (see
+      `mgda.normalize_gradients`).
+  """
+  combine = COMBINERS[combiner]
+
+  @jax.jit
+  def step(params, opt_state, batch):
+    # One forward pass, three backward passes; has_aux returns the values.
+    jac, losses = jax.jacrev(
+        lambda p: (loss_vector(graphdef, p, batch),) * 2, has_aux=True)(params)
+    grads_list = [jax.tree.map(lambda g, i=i: g[i], jac) for i in range(3)]
+    alpha, grads_list = combine(grads_list, losses, weights=weights,
+                                normalization=normalization)
+    alpha = jax.lax.stop_gradient(alpha)
+    update = mgda.mgda_combine(grads_list, alpha)
+    updates, opt_state = tx.update(update, opt_state, params)
+    metrics = {f"loss/{n}": losses[i] for i, n in enumerate(OBJECTIVES)}
+    metrics.update({f"alpha/{n}": alpha[i] for i, n in enumerate(OBJECTIVES)})
+    return optax.apply_updates(params, updates), opt_state, metrics
+
+  return step
+
+
+def make_difficulty_fn(graphdef: nnx.GraphDef, kind: str) -> Callable:
+  """Jitted (params, prefixes [U, L], targets [U]) -> [U] difficulty (§9.3).
+
+  kind: "gradient" (per-sample |grad L_unlearn|, via vmap of grad) or
+  "embedding" (cosine of session representation and forgotten item).
+  """
+
+  def per_sample_grad_norms(params, prefixes, targets):
+    def one(prefix, target):
+      g = jax.grad(lambda p: unlearning.cau_unlearn_loss(
+          nnx.merge(graphdef, p)(prefix[None]), target[None]))(params)
+      return jnp.concatenate([x.ravel() for x in jax.tree.leaves(g)])
+    # Chunked through lax.map so memory stays [chunk, P], not [U, P].
+    flat = jax.lax.map(lambda a: one(*a), (prefixes, targets), batch_size=64)
+    return unlearning.gradient_difficulty(flat)
+
+  def embedding(params, prefixes, targets):
+    model = nnx.merge(graphdef, params)
+    return unlearning.embedding_difficulty(
+        model.encode(prefixes), model.item_embeddings()[targets])
+
+  return jax.jit({"gradient": per_sample_grad_norms,
+                  "embedding": embedding}[kind])

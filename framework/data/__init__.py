@@ -1,0 +1,1 @@
+"""Session data: synthetic generator and tfds builders for public data sets."""
