@@ -477,16 +477,19 @@ class BlockMask:
     """int8 `[Bm, Hm, nQ, nK]`: 0 empty, 1 partial, 2 full."""
     xp = self._xpm()
     nk = self.num_kv_blocks
-    part = _status_from_lists(self.kv_num_blocks, self.kv_indices, nk, xp)
-    full = _status_from_lists(self.full_kv_num_blocks, self.full_kv_indices,
-                              nk, xp)
+    a = xp.asarray   # concrete jax leaves -> NumPy (also inside a jit trace)
+    part = _status_from_lists(a(self.kv_num_blocks), a(self.kv_indices), nk,
+                              xp)
+    full = _status_from_lists(a(self.full_kv_num_blocks),
+                              a(self.full_kv_indices), nk, xp)
     return xp.where(full, 2, xp.where(part, 1, 0)).astype(np.int8)
 
   def tile_map(self):
     """int32 `[Bm, Hm, nQ, nK]` tile id of each partial block (else 0)."""
     xp = self._xpm()
-    return _map_from_lists(self.kv_num_blocks, self.kv_indices,
-                           self.partial_tile_ids, self.num_kv_blocks, xp)
+    a = xp.asarray
+    return _map_from_lists(a(self.kv_num_blocks), a(self.kv_indices),
+                           a(self.partial_tile_ids), self.num_kv_blocks, xp)
 
   def to_dense(self):
     """bool `[Bm, Hm, Tq, Tk]` element mask."""
@@ -499,7 +502,8 @@ class BlockMask:
     full_el = xp.repeat(xp.repeat(status == 2, bq, 2), bk, 3)
     part_el = xp.repeat(xp.repeat(status == 1, bq, 2), bk, 3)
     if self.rule is not None:
-      pred = rule_dense(self.rule, self.q_pos0, self.kv_start, self.kv_len,
+      pred = rule_dense(self.rule, xp.asarray(self.q_pos0),
+                        xp.asarray(self.kv_start), xp.asarray(self.kv_len),
                         nq * bq, nk * bk, xp)[:, None]
     else:
       tm = self.tile_map()
