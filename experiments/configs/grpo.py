@@ -1,0 +1,57 @@
+r"""GRPO on the built-in addition task.
+
+  python -m alignax.experiments.grpo --config=experiments/configs/grpo.py:tiny
+
+Presets: `default` (the main job: a few minutes on a laptop CPU) and `tiny`
+(seconds; tests and the notebook).
+"""
+import ml_collections
+from ml_collections import config_dict
+
+
+def get_config(preset: str = "default") -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+  # A directory written by save_pretrained (+ its tokenizer); empty: the built-in
+  # model, warm-started on the task and saved under <workdir>/init_model.
+  c.model_path = ""
+
+  c.task = ml_collections.ConfigDict(dict(num_digits=2, eval_fraction=0.1, eval_size=256))
+
+  # The built-in model (ignored when model_path is set).
+  c.model = ml_collections.ConfigDict(dict(
+      hidden_size=128, intermediate_size=256, num_layers=2, num_heads=4, num_kv_heads=2,
+      max_position_embeddings=64, tie_word_embeddings=True))
+  # Supervised warm-start of the built-in model, so the policy starts with
+  # a non-zero reward.
+  c.warmup = ml_collections.ConfigDict(dict(steps=120, batch_size=64, learning_rate=3e-3))
+
+  c.rollout = ml_collections.ConfigDict(dict(
+      prompts_per_step=16, num_generations=8, max_new_tokens=5, temperature=1.0,
+      top_k=0, top_p=1.0))  # top_k=0 / top_p=1: no filtering
+
+  c.loss = ml_collections.ConfigDict(dict(
+      loss_type="dapo",             # any key of alignax.objectives.POLICY_LOSSES
+      advantage="grpo",             # "grpo" | "dr_grpo" | "rloo" | "f_grpo"
+      scale_rewards="group",        # for "grpo": group | batch | none
+      epsilon_low=0.2, epsilon_high=0.28,
+      delta=config_dict.placeholder(float),
+      importance_sampling_level="token",  # "sequence" = GSPO
+      beta=0.0, use_bias_correction_kl=True))
+
+  c.train = ml_collections.ConfigDict(dict(
+      steps=150, num_iterations=1, micro_batches=1, learning_rate=1e-3, warmup_steps=5,
+      max_grad_norm=1.0, eval_every=25, checkpoint_every=25, keep_checkpoints=3))
+
+  c.mesh = ml_collections.ConfigDict(dict(data=1, fsdp=1, tensor=1))
+
+  if preset == "tiny":
+    c.task.eval_size = 32
+    c.model.update(hidden_size=32, intermediate_size=64, num_layers=1, num_heads=2,
+                   num_kv_heads=1)
+    c.warmup.update(steps=10, batch_size=16)
+    c.rollout.update(prompts_per_step=4, num_generations=4)
+    c.train.update(steps=6, eval_every=3, checkpoint_every=2, warmup_steps=1)
+  elif preset != "default":
+    raise ValueError(f"Unknown preset {preset!r}; use 'default' or 'tiny'.")
+  return c

@@ -1,0 +1,175 @@
+"""Train state and jitted updates (GRPO family, SFT) with exact gradient accumulation.
+
+Everything compiled is a pure function: `update(state, batch) -> (state, metrics)`
+with `state = TrainState(params, opt_state, step)`. A batch of N rows is split into
+M micro-batches that are scanned inside the jit; each micro-batch returns the
+*numerator* of its loss and the loss's normaliser (the objectives expose both),
+so the accumulated gradient `sum_m grad(num_m) / max(sum_m den_m, 1)` is exactly
+the full-batch gradient whatever M is.
+
+Shapes: N rows, L = P + C sequence length (P prompt, C completion tokens).
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any, Callable, Mapping
+
+import chex
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+
+from alignax import objectives
+from alignax.framework.logprobs import fused_logprobs_and_entropy
+from alignax.framework.model import Decoder
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass
+class TrainState:
+  params: Any     # nnx.State of the model's parameters
+  opt_state: Any  # optax state
+  step: jax.Array  # int32 scalar, optimiser updates done
+
+
+def make_optimizer(learning_rate: float, *, warmup_steps: int = 0,
+                   total_steps: int | None = None, max_grad_norm: float | None = 1.0,
+                   weight_decay: float = 0.0, b2: float = 0.999) -> optax.GradientTransformation:
+  """AdamW with optional linear warm-up + cosine decay and global-norm clipping."""
+  if total_steps:
+    schedule = optax.warmup_cosine_decay_schedule(
+        0.0 if warmup_steps else learning_rate, learning_rate, max(warmup_steps, 1),
+        max(total_steps, warmup_steps + 1), end_value=0.1 * learning_rate)
+  else:
+    schedule = learning_rate
+  chain = [optax.clip_by_global_norm(max_grad_norm)] if max_grad_norm else []
+  chain.append(optax.adamw(schedule, b2=b2, weight_decay=weight_decay))
+  return optax.chain(*chain)
+
+
+def init_train_state(model: Decoder, optimizer: optax.GradientTransformation):
+  """Returns (graphdef, TrainState) for `model`."""
+  graphdef, params = nnx.split(model)
+  return graphdef, TrainState(params, optimizer.init(params), jnp.int32(0))
+
+
+def completion_logprobs(graphdef, params, sequences, attention_mask, completion_tokens, *,
+                        temperature: float = 1.0, with_entropy: bool = False,
+                        token_chunk: int = 1024):
+  """Per-token log-probs (and entropies) [N, C] of the completion tokens.
+
+  `sequences` [N, P + C] = prompt + completion; the hidden state at position
+  P + t - 1 predicts completion token t. Log-probs go through the fused chunked
+  kernel, so [N, C, V] logits are never held.
+  """
+  model = nnx.merge(graphdef, params)
+  c = completion_tokens.shape[1]
+  hidden, _ = model.forward(sequences, attention_mask=attention_mask)
+  hidden = hidden[:, -c - 1:-1]
+  return fused_logprobs_and_entropy(
+      hidden, model.unembedding(), completion_tokens, temperature=temperature,
+      token_chunk=token_chunk, entropy=with_entropy)
+
+
+def _split_micro(batch: Mapping[str, jax.Array], micro_batches: int):
+  def split(x):
+    if x.shape[0] % micro_batches:
+      raise ValueError(
+          f"Batch of {x.shape[0]} rows is not divisible into {micro_batches} micro-batches.")
+    return x.reshape(micro_batches, x.shape[0] // micro_batches, *x.shape[1:])
+  return jax.tree.map(split, dict(batch))
+
+
+def accumulate_and_apply(state: TrainState, batch, terms_fn: Callable, optimizer,
+                         micro_batches: int):
+  """Scans `terms_fn(params, micro_batch) -> (numerator, (normaliser, metrics))`.
+
+  Applies `sum grad(numerator) / max(sum normaliser, 1)` with the optimiser and
+  returns (new state, metrics averaged over micro-batches, plus loss and
+  grad_norm).
+  """
+  grad_fn = jax.value_and_grad(terms_fn, has_aux=True)
+
+  def body(acc, mb):
+    (num, (den, metrics)), grads = grad_fn(state.params, mb)
+    g_acc, num_acc, den_acc, m_acc = acc
+    return (jax.tree.map(jnp.add, g_acc, grads), num_acc + num, den_acc + den,
+            jax.tree.map(jnp.add, m_acc, metrics)), None
+
+  micro = _split_micro(batch, micro_batches)
+  first = jax.tree.map(lambda x: x[0], micro)
+  (_, (_, metrics_shape)) = jax.eval_shape(terms_fn, state.params, first)
+  zeros = jax.tree.map(jnp.zeros_like, state.params)
+  init = (zeros, jnp.float32(0), jnp.float32(0),
+          jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), metrics_shape))
+  (grads, num, den, metrics), _ = jax.lax.scan(body, init, micro)
+  scale = 1.0 / jnp.maximum(den, 1.0)
+  grads = jax.tree.map(lambda g: g * scale, grads)
+  updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+  params = optax.apply_updates(state.params, updates)
+  metrics = jax.tree.map(lambda m: m / micro_batches, metrics)
+  metrics.update(loss=num * scale, grad_norm=optax.global_norm(grads))
+  return TrainState(params, opt_state, state.step + 1), metrics
+
+
+def make_grpo_update(graphdef, optimizer: optax.GradientTransformation, *,
+                     loss_kwargs: Mapping[str, Any], temperature: float = 1.0,
+                     micro_batches: int = 1, token_chunk: int = 1024):
+  """Jitted `update(state, batch) -> (state, metrics)` for a GRPO-family loss.
+
+  batch (N rows): `sequences` int32 [N, L], `attention_mask` [N, L],
+  `completion_tokens` int32 [N, C], `completion_mask` [N, C],
+  `old_logprobs` [N, C] (the sampler's), `advantages` [N], and `ref_logprobs`
+  [N, C] when `loss_kwargs["beta"] > 0`. `loss_kwargs` are `policy_loss_terms`
+  keyword arguments (loss_type, epsilon_low/high, delta, beta, ...).
+  """
+  loss_kwargs = dict(loss_kwargs)
+
+  def terms(params, mb):
+    logp, ent = completion_logprobs(
+        graphdef, params, mb["sequences"], mb["attention_mask"], mb["completion_tokens"],
+        temperature=temperature, with_entropy=True, token_chunk=token_chunk)
+    num, den, metrics = objectives.policy_loss_terms(
+        logp, mb["old_logprobs"], mb["advantages"], mb["completion_mask"],
+        ref_logprobs=mb.get("ref_logprobs"), **loss_kwargs)
+    metrics = dict(metrics, entropy=objectives.masked_mean(
+        jax.lax.stop_gradient(ent), mb["completion_mask"]))
+    return num, (den, metrics)
+
+  @functools.partial(jax.jit, donate_argnums=0)
+  def update(state, batch):
+    return accumulate_and_apply(state, batch, terms, optimizer, micro_batches)
+
+  return update
+
+
+def make_sft_update(graphdef, optimizer: optax.GradientTransformation, *,
+                    micro_batches: int = 1):
+  """Jitted `update(state, batch)` minimising token-mean NLL of the completion.
+
+  batch: `sequences`, `attention_mask`, `completion_tokens`, `completion_mask`
+  as for GRPO.
+  """
+
+  def terms(params, mb):
+    logp, _ = completion_logprobs(graphdef, params, mb["sequences"], mb["attention_mask"],
+                                  mb["completion_tokens"])
+    mask = mb["completion_mask"].astype(jnp.float32)
+    return -jnp.sum(logp * mask), (jnp.sum(mask), {})
+
+  @functools.partial(jax.jit, donate_argnums=0)
+  def update(state, batch):
+    return accumulate_and_apply(state, batch, terms, optimizer, micro_batches)
+
+  return update
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "temperature"))
+def reference_logprobs(graphdef, params, sequences, attention_mask, completion_tokens, *,
+                       temperature: float = 1.0):
+  """Log-probs [N, C] of the completion under frozen `params` (no gradient)."""
+  chex.assert_rank(sequences, 2)
+  return completion_logprobs(graphdef, params, sequences, attention_mask, completion_tokens,
+                             temperature=temperature)[0]
