@@ -144,7 +144,7 @@ def rloo_advantages(rewards: jax.Array, group_size: int, *,
   r = P.as_float(rewards)
   if group_size == 1:
     return jnp.zeros_like(r)
-  g = P._grouped(r, group_size)
+  g = P.group_view(r, group_size)
   count = jnp.sum(~jnp.isnan(g), axis=1, keepdims=True).astype(r.dtype)
   total = jnp.nansum(g, axis=1, keepdims=True)
   adv = (r - ((total - g) / (count - 1)).reshape(-1))
@@ -186,7 +186,7 @@ def dynamic_sampling_filter(rewards: jax.Array, group_size: int) -> jax.Array:
   Returns:
     `[P]` bool, True = keep the group.
   """
-  g = P._grouped(rewards, group_size)
+  g = P.group_view(rewards, group_size)
   valid = ~jnp.isnan(g)
   hi = jnp.max(jnp.where(valid, g, -jnp.inf), axis=1)
   lo = jnp.min(jnp.where(valid, g, jnp.inf), axis=1)

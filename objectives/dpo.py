@@ -56,7 +56,7 @@ def build_dpo_pairs(scores: jax.Array, group_size: int, min_gap: float = 0.1):
   Returns:
     `(chosen_idx [P], rejected_idx [P], valid [P] bool)`, indices into `[N]`.
   """
-  g = P._grouped(scores, group_size)
+  g = P.group_view(scores, group_size)
   base = jnp.arange(g.shape[0]) * group_size
   chosen = base + jnp.argmin(g, axis=1)
   rejected = base + jnp.argmax(g, axis=1)

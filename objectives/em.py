@@ -39,7 +39,7 @@ def em_weights(log_likelihoods: jax.Array, group_size: int, *,
     `[N]` weights.
   """
   P.check_temperature(temperature)
-  g = P._grouped(log_likelihoods, group_size) / temperature
+  g = P.group_view(log_likelihoods, group_size) / temperature
   valid = ~jnp.isnan(g)
   z = jnp.where(valid, g, -jnp.inf)
   m = jnp.max(z, axis=1, keepdims=True)

@@ -5,6 +5,7 @@ Sener & Koltun 2018, "Multi-Task Learning as Multi-Objective Optimization"
 `sum_i alpha_i g_i` with `alpha = argmin_{alpha in simplex} alpha^T M alpha`,
 `M = G G^T` the Gram matrix of the gradients. Used by CAU (§9).
 """
+import functools
 import itertools
 from typing import Sequence
 
@@ -52,6 +53,7 @@ def _supports(k: int) -> np.ndarray:
                   dtype=np.float32)
 
 
+@jax.jit
 def _min_norm_exact(m: jax.Array) -> jax.Array:
   """Exact simplex QP by enumerating supports (active-set, small K).
 
@@ -81,6 +83,7 @@ def _min_norm_exact(m: jax.Array) -> jax.Array:
   return alphas[jnp.argmin(objs)]
 
 
+@functools.partial(jax.jit, static_argnames=("max_iter",))
 def min_norm_frank_wolfe(gram: jax.Array, *, max_iter: int = 250,
                          tol: float = 1e-3) -> jax.Array:
   """Frank–Wolfe for the simplex QP, as Sener & Koltun (§9.2).

@@ -163,7 +163,8 @@ def kl_estimator(logp: jax.Array, ref_logp: jax.Array, kind: str = "k3",
 # §1.5 contiguous group statistics
 
 
-def _grouped(x: jax.Array, group_size: int) -> jax.Array:
+def group_view(x: jax.Array, group_size: int) -> jax.Array:
+  """`[N] -> [N / G, G]` (float), asserting `N % G == 0`."""
   chex.assert_rank(x, 1)
   if x.shape[0] % group_size:
     raise ValueError(
@@ -177,7 +178,7 @@ def _broadcast_back(stat: jax.Array, group_size: int) -> jax.Array:
 
 def group_mean(x: jax.Array, group_size: int) -> jax.Array:
   """Mean over each contiguous block of `group_size` rows, broadcast to `[N]`."""
-  return _broadcast_back(_grouped(x, group_size).mean(axis=1), group_size)
+  return _broadcast_back(group_view(x, group_size).mean(axis=1), group_size)
 
 
 def group_std(x: jax.Array, group_size: int, ddof: int = 1) -> jax.Array:
@@ -187,7 +188,7 @@ def group_std(x: jax.Array, group_size: int, ddof: int = 1) -> jax.Array:
   """
   if group_size == 1:
     return jnp.zeros_like(as_float(x))
-  g = _grouped(x, group_size)
+  g = group_view(x, group_size)
   return _broadcast_back(jnp.std(g, axis=1, ddof=ddof), group_size)
 
 
@@ -218,14 +219,14 @@ def nanstd(x: jax.Array, axis=None, keepdims: bool = False) -> jax.Array:
 
 def nan_group_mean(x: jax.Array, group_size: int) -> jax.Array:
   """NaN-ignoring group mean `[N]` (TRL `torch.nanmean(r.view(-1, G), 1)`)."""
-  return _broadcast_back(nanmean(_grouped(x, group_size), axis=1), group_size)
+  return _broadcast_back(nanmean(group_view(x, group_size), axis=1), group_size)
 
 
 def nan_group_std(x: jax.Array, group_size: int) -> jax.Array:
   """NaN-ignoring ddof=1 group std `[N]`; zeros when `group_size == 1` (TRL)."""
   if group_size == 1:
     return jnp.zeros_like(as_float(x))
-  return _broadcast_back(nanstd(_grouped(x, group_size), axis=1), group_size)
+  return _broadcast_back(nanstd(group_view(x, group_size), axis=1), group_size)
 
 
 def segment_mean_std(x: jax.Array, segment_ids: jax.Array, num_segments: int,
