@@ -92,6 +92,13 @@ def test_matches_trl_with_delta(loss_type, level):
   assert loss != no_delta  # the delta clamp is active in this batch
 
 
+@pytest.mark.parametrize("loss_type", ["dapo", "grpo"])
+def test_matches_trl_with_off_policy_mask(loss_type):
+  # threshold between the per-row mean KLs, so some negative rows are dropped
+  loss = _compare(loss_type, off_policy_mask_threshold=0.05, drift=0.1)
+  assert loss != _compare(loss_type, drift=0.1)
+
+
 @pytest.mark.parametrize("loss_type", LOSS_TYPES)
 def test_matches_trl_without_old_logprobs(loss_type):
   # num_iterations == 1: old = logp.detach(); ratio 1 but gradient flows.

@@ -41,7 +41,8 @@ class _Accelerator:
 
 def _grpo_trainer(loss_type, *, epsilon_low, epsilon_high, delta,
                   importance_sampling_level, beta, use_bias_correction_kl,
-                  max_completion_length, logps, entropies):
+                  max_completion_length, logps, entropies,
+                  off_policy_mask_threshold=None):
   t = object.__new__(trl_grpo.GRPOTrainer)
   args = types.SimpleNamespace(
       use_bias_correction_kl=use_bias_correction_kl, delta=delta,
@@ -52,7 +53,8 @@ def _grpo_trainer(loss_type, *, epsilon_low, epsilon_high, delta,
       args=args, loss_type=loss_type, epsilon_low=epsilon_low,
       epsilon_high=epsilon_high, importance_sampling_level=importance_sampling_level,
       beta=beta, max_completion_length=max_completion_length,
-      top_entropy_quantile=1.0, off_policy_mask_threshold=None, use_vllm=False,
+      top_entropy_quantile=1.0,
+      off_policy_mask_threshold=off_policy_mask_threshold, use_vllm=False,
       vllm_importance_sampling_correction=False, aux_loss_enabled=False,
       _entropy_bonus_enabled=False, current_gradient_accumulation_steps=1,
       accelerator=_Accelerator(), model=types.SimpleNamespace(training=True),
@@ -70,7 +72,7 @@ def trl_grpo_loss(logprobs, old_logprobs, advantages, mask, *,
                   loss_type, epsilon_low=0.2, epsilon_high=0.2, delta=None,
                   importance_sampling_level="token", beta=0.0,
                   ref_logprobs=None, use_bias_correction_kl=True,
-                  max_completion_length=None):
+                  max_completion_length=None, off_policy_mask_threshold=None):
   """Runs `GRPOTrainer._compute_loss`; returns (loss, d loss / d logprobs, metrics)."""
   logps = torch.tensor(np.asarray(logprobs), dtype=torch.float64,
                        requires_grad=True)
@@ -81,7 +83,8 @@ def trl_grpo_loss(logprobs, old_logprobs, advantages, mask, *,
       delta=delta, importance_sampling_level=importance_sampling_level,
       beta=beta, use_bias_correction_kl=use_bias_correction_kl,
       max_completion_length=max_completion_length, logps=logps,
-      entropies=torch.zeros(n, t, dtype=torch.float64))
+      entropies=torch.zeros(n, t, dtype=torch.float64),
+      off_policy_mask_threshold=off_policy_mask_threshold)
   inputs = {
       "prompt_ids": torch.zeros(n, 1, dtype=torch.long),
       "prompt_mask": torch.ones(n, 1, dtype=torch.long),
