@@ -15,7 +15,7 @@ Batch layout (all leading dim B, rows with `row_mask` False are padding):
 """
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
@@ -28,61 +28,70 @@ from alignax.objectives import unlearning
 OBJECTIVES = ("unlearn", "normal", "kl")
 
 
-def loss_vector(graphdef: nnx.GraphDef, params, batch) -> jax.Array:
+def loss_vector(graphdef: nnx.GraphDef, params, batch,
+                return_logits: bool = False):
   """[3] = (L_unlearn, L_normal, L_KL) on one unlearning batch (§9.1)."""
   logits = nnx.merge(graphdef, params)(batch["prefixes"])
   mask = batch["row_mask"]
-  return jnp.stack([
+  losses = jnp.stack([
       unlearning.cau_unlearn_loss(logits, batch["targets"], mask),
       unlearning.cau_normal_loss(logits, batch["next_items"],
                                  batch["has_next"] & mask),
       unlearning.kl_to_original(logits, batch["orig_logits"], mask),
   ])
+  return (losses, logits) if return_logits else losses
 
 
-def _mgda_weights(grads_list, losses, *, normalization="none", **_):
-  grads_list = mgda.normalize_gradients(grads_list, losses, normalization)
-  return mgda.min_norm_weights(mgda.gram_from_grads(grads_list)), grads_list
+def _mgda_weights(grads_list, *, weights):
+  del weights
+  return mgda.min_norm_weights(mgda.gram_from_grads(grads_list))
 
 
-def _fixed_weights(grads_list, losses, *, weights, **_):
-  del losses
-  return jnp.asarray(weights, jnp.float32), grads_list
+def _fixed_weights(grads_list, *, weights):
+  del grads_list
+  return jnp.asarray(weights, jnp.float32)
 
 
-# name -> (grads_list, losses [K], **options) -> (weights [K], grads to combine)
+# name -> (normalised grads_list, weights=[K]) -> weights [K]
 COMBINERS: dict[str, Callable] = {"mgda": _mgda_weights, "fixed": _fixed_weights}
 
 
 def make_unlearn_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation,
                       *, combiner: str = "mgda",
-                      weights: Sequence[float] = (1 / 3, 1 / 3, 1 / 3),
-                      normalization: str = "none") -> Callable:
-  """Jitted (params, opt_state, batch) -> (params, opt_state, metrics).
+                      normalization: str = "none", topk: int = 10) -> Callable:
+  """Jitted (params, opt_state, batch, weights) -> (params, opt_state, metrics).
+
+  `weights` [3] are a runtime argument (used by "fixed", ignored by "mgda"), so
+  that one compilation serves every fixed-weight baseline.
 
   Args:
     graphdef: the recommender's graph definition.
     tx: optimiser for the combined update.
     combiner: key of `COMBINERS`.
-    weights: [3] constant weights for "fixed".
-    normalization: gradient normalisation for "mgda" (see
-      `mgda.normalize_gradients`).
+    normalization: gradient normalisation applied before any combiner (see
+      `mgda.normalize_gradients`), so that methods differ only in weighting.
+    topk: K of the `batch/hr@K` metric (pre-update hit rate of the forgotten
+      items), which callers use to stop once a batch is forgotten.
   """
   combine = COMBINERS[combiner]
 
   @jax.jit
-  def step(params, opt_state, batch):
+  def step(params, opt_state, batch, weights):
     # One forward pass, three backward passes; has_aux returns the values.
-    jac, losses = jax.jacrev(
-        lambda p: (loss_vector(graphdef, p, batch),) * 2, has_aux=True)(params)
+    def f(p):
+      losses, logits = loss_vector(graphdef, p, batch, return_logits=True)
+      return losses, (losses, logits)
+
+    jac, (losses, logits) = jax.jacrev(f, has_aux=True)(params)
     grads_list = [jax.tree.map(lambda g, i=i: g[i], jac) for i in range(3)]
-    alpha, grads_list = combine(grads_list, losses, weights=weights,
-                                normalization=normalization)
-    alpha = jax.lax.stop_gradient(alpha)
+    grads_list = mgda.normalize_gradients(grads_list, losses, normalization)
+    alpha = jax.lax.stop_gradient(combine(grads_list, weights=weights))
     update = mgda.mgda_combine(grads_list, alpha)
     updates, opt_state = tx.update(update, opt_state, params)
     metrics = {f"loss/{n}": losses[i] for i, n in enumerate(OBJECTIVES)}
     metrics.update({f"alpha/{n}": alpha[i] for i, n in enumerate(OBJECTIVES)})
+    metrics[f"batch/hr@{topk}"] = unlearning.hit_rate_at_k(
+        logits, batch["targets"], topk, batch["row_mask"])
     return optax.apply_updates(params, updates), opt_state, metrics
 
   return step
