@@ -382,8 +382,16 @@ def _checks(r) -> dict[str, bool]:
   }
 
 
+class _DropOrbaxInfo:
+  """absl log filter: orbax logs every checkpoint step at INFO; keep WARNING+."""
+
+  def filter(self, record) -> bool:
+    return record.levelno >= 30 or "orbax" not in record.pathname
+
+
 def main(argv):
   del argv
+  logging.get_absl_handler().addFilter(_DropOrbaxInfo())
   workdir = _WORKDIR.value or _default_workdir()
   summary = run(_CONFIG.value, workdir)
   print(json.dumps({k: summary[k] for k in summary if k != "details"},

@@ -45,6 +45,16 @@ def _split(key, n):
   return [None] * n if key is None else list(jax.random.split(key, n))
 
 
+def _positions(seqs):
+  """Position of each item counted from the session's first real item: [B, L].
+
+  Counting from the start (not from the padded window) keeps a causal model's
+  prediction after a prefix identical whether the prefix is scored on its own
+  or inside a longer training session, and makes left padding irrelevant.
+  """
+  return jnp.maximum(jnp.cumsum(seqs != PAD, axis=1) - 1, 0)
+
+
 def _mask_pad_logits(logits):
   return logits.at[..., PAD].set(_NEG)
 
@@ -156,9 +166,7 @@ class SASRec(_Recommender):
     b, l = seqs.shape
     keys = _split(key, len(self.blocks) + 1)
     x = self.item_emb(seqs) * jnp.sqrt(self.item_emb.features)
-    # Positions count back from the end so that left padding does not shift
-    # the most recent item's position.
-    x = x + self.pos_emb(jnp.arange(l)[::-1])[None]
+    x = x + self.pos_emb(_positions(seqs))
     x = _dropout(x, self.dropout, keys[0]) * (seqs != PAD)[..., None]
     valid = seqs != PAD
     causal = jnp.tril(jnp.ones((l, l), bool))
@@ -189,7 +197,7 @@ class BERT4Rec(_Recommender):
   def hidden(self, seqs, key=None):
     b, l = seqs.shape
     keys = _split(key, len(self.blocks) + 1)
-    x = self.item_emb(seqs) + self.pos_emb(jnp.arange(l)[::-1])[None]
+    x = self.item_emb(seqs) + self.pos_emb(_positions(seqs))
     x = _dropout(self.emb_ln(x), self.dropout, keys[0])
     valid = seqs != PAD
     mask = valid[:, None, :] | jnp.eye(l, dtype=bool)[None]
