@@ -1,8 +1,6 @@
-"""Built-in verifiable task: multi-digit addition with an exact-match reward.
+"""Built-in verifiable tasks (addition, digit reversal) with an exact-match reward.
 
-Deterministic: problem `i` of a split depends only on (seed, split, i). A pair
-(a, b) belongs to the held-out split iff a hash of it says so, so train and
-eval never share a problem. The tokenizer is a character-level WordLevel model
+Deterministic: problem `i` of a split depends only on (seed, split, i). The tokenizer is a character-level WordLevel model
 trained locally with `tokenizers` and saved in the Hugging Face format.
 """
 from __future__ import annotations
@@ -24,42 +22,101 @@ class Problem:
   answer: str  # e.g. "132"
 
 
-@dataclasses.dataclass(frozen=True)
-class AdditionTask:
-  """`a+b=` for a, b with `num_digits` digits; held-out fraction by hash."""
+class Task:
+  """A deterministic verifiable task: problems by (split, batch index).
 
-  num_digits: int = 2
-  seed: int = 0
-  eval_fraction: float = 0.1
+  Subclasses define `sample(rng) -> Problem`; a problem belongs to the held-out
+  split iff a hash of its prompt says so, so train and eval never share one.
+  """
 
-  def __post_init__(self):
-    if not 1 <= self.num_digits <= 6:
-      raise ValueError(f"num_digits must be in [1, 6], got {self.num_digits}.")
-    if not 0.0 < self.eval_fraction < 1.0:
-      raise ValueError(f"eval_fraction must be in (0, 1), got {self.eval_fraction}.")
+  seed: int
+  eval_fraction: float
 
-  def is_eval(self, a: int, b: int) -> bool:
-    h = hashlib.sha256(f"{self.seed}:{a}+{b}".encode()).digest()
+  def sample(self, rng: np.random.RandomState) -> Problem:
+    raise NotImplementedError
+
+  def is_eval(self, problem: Problem) -> bool:
+    h = hashlib.sha256(f"{self.seed}:{problem.prompt}".encode()).digest()
     return int.from_bytes(h[:4], "little") / 2**32 < self.eval_fraction
-
-  def _draw(self, rng: np.random.RandomState, want_eval: bool) -> Problem:
-    hi = 10 ** self.num_digits
-    while True:
-      a, b = (int(x) for x in rng.randint(0, hi, 2))
-      if self.is_eval(a, b) == want_eval:
-        return Problem(f"{a}+{b}=", str(a + b))
 
   def problems(self, split: str, index: int, count: int) -> list[Problem]:
     """`count` problems of batch `index` of `split` ("train" or "eval")."""
     if split not in ("train", "eval"):
       raise ValueError(f"split must be 'train' or 'eval', got {split!r}.")
+    if not 0.0 < self.eval_fraction < 1.0:
+      raise ValueError(f"eval_fraction must be in (0, 1), got {self.eval_fraction}.")
     key = (self.seed, 0 if split == "train" else 1, index)
     rng = np.random.RandomState(np.random.SeedSequence(key).generate_state(1)[0])
-    return [self._draw(rng, split == "eval") for _ in range(count)]
+    out = []
+    while len(out) < count:
+      problem = self.sample(rng)
+      if self.is_eval(problem) == (split == "eval"):
+        out.append(problem)
+    return out
+
+  def flawed_answer(self, problem: Problem) -> str:
+    """A plausible wrong answer a flawed demonstrator would write."""
+    raise NotImplementedError
 
   def corpus(self) -> str:
     """Text covering every symbol of the task (to train the tokenizer)."""
-    return "0123456789+=\n"
+    return "0123456789+=>\n"
+
+
+@dataclasses.dataclass(frozen=True)
+class AdditionTask(Task):
+  """`a+b=` with `num_digits`-digit operands; the answer is the sum."""
+
+  num_digits: int = 2
+  seed: int = 0
+  eval_fraction: float = 0.1
+  # Write the sum least-significant digit first ("47+85=" -> "231"): each
+  # output digit then depends only on digits already seen (Lee et al., 2023,
+  # "Teaching arithmetic to small transformers").
+  reverse_answer: bool = False
+
+  def sample(self, rng):
+    a, b = (int(x) for x in rng.randint(0, 10 ** self.num_digits, 2))
+    answer = str(a + b)
+    return Problem(f"{a}+{b}=", answer[::-1] if self.reverse_answer else answer)
+
+  def flawed_answer(self, problem):
+    """Digit-wise sum that forgets every carry (the classic error)."""
+    a, b = problem.prompt[:-1].split("+")
+    width = max(len(a), len(b))
+    digits = "".join(str((int(x) + int(y)) % 10) for x, y in zip(a.zfill(width), b.zfill(width)))
+    answer = str(int(digits))
+    return answer[::-1] if self.reverse_answer else answer
+
+
+@dataclasses.dataclass(frozen=True)
+class ReverseTask(Task):
+  """`d1 d2 ... dn>` -> the digits reversed, n in [min_len, max_len]."""
+
+  min_len: int = 3
+  max_len: int = 6
+  seed: int = 0
+  eval_fraction: float = 0.1
+
+  def sample(self, rng):
+    n = rng.randint(self.min_len, self.max_len + 1)
+    digits = "".join(str(d) for d in rng.randint(0, 10, n))
+    return Problem(digits + ">", digits[::-1])
+
+  def flawed_answer(self, problem):
+    """Copies the digits instead of reversing them."""
+    return problem.prompt[:-1]
+
+
+# Tasks a config can name (config.task.name); the other config.task fields are
+# passed to the class.
+TASKS = {"addition": AdditionTask, "reverse": ReverseTask}
+
+
+def make_task(name: str, **kwargs) -> Task:
+  if name not in TASKS:
+    raise ValueError(f"Unknown task {name!r}; choose one of {sorted(TASKS)}.")
+  return TASKS[name](**kwargs)
 
 
 def exact_match_reward(completion: str, answer: str) -> float:
@@ -67,7 +124,7 @@ def exact_match_reward(completion: str, answer: str) -> float:
   return float(completion.strip() == answer)
 
 
-def train_tokenizer(task: AdditionTask, path: str | None = None):
+def train_tokenizer(task: Task, path: str | None = None):
   """Trains a character-level tokenizer on the task's symbols.
 
   Returns a `transformers.PreTrainedTokenizerFast` (saved to `path` if given).

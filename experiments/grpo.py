@@ -28,7 +28,7 @@ from flax import nnx
 from ml_collections import config_flags
 
 from alignax import objectives
-from alignax.agents import arithmetic
+from alignax.agents import tasks
 from alignax.experiments import common
 from alignax.framework import checkpoint, experiment, hf, sampling, sharding, train
 from alignax.framework.config import ModelConfig
@@ -60,14 +60,25 @@ def _pad_right(rows, length, pad):
 
 def sft_batch(tokenizer, problems, max_new_tokens):
   """Teacher-forcing batch (prompt left-padded, answer + eos right-padded)."""
-  prompts = arithmetic.encode_prompts(tokenizer, problems)
+  prompts = tasks.encode_prompts(tokenizer, problems)
   p_len = sampling.bucket_length(max(map(len, prompts)), 1 << 30)
   p_ids, p_mask = sampling.pad_prompts(prompts, p_len, tokenizer.pad_token_id)
-  c_ids, c_mask = _pad_right(arithmetic.encode_answers(tokenizer, problems),
+  c_ids, c_mask = _pad_right(tasks.encode_answers(tokenizer, problems),
                              max_new_tokens, tokenizer.pad_token_id)
   return dict(sequences=np.concatenate([p_ids, c_ids], 1),
               attention_mask=np.concatenate([p_mask, c_mask], 1),
               completion_tokens=c_ids, completion_mask=c_mask)
+
+
+def demonstrations(task, index, count, flawed_fraction):
+  """Warm-start demonstrations, a `flawed_fraction` of them written by a flawed
+  demonstrator (`task.flawed_answer`): the imitation policy then mixes the right
+  and the flawed behaviour, and only the verifiable reward can tell them apart."""
+  problems = task.problems("train", index, count)
+  rng = np.random.RandomState(index)
+  flawed = rng.rand(count) < flawed_fraction
+  return [tasks.Problem(p.prompt, task.flawed_answer(p)) if f else p
+          for p, f in zip(problems, flawed)]
 
 
 def warm_start(model, tokenizer, task, config):
@@ -77,7 +88,8 @@ def warm_start(model, tokenizer, task, config):
   graphdef, state = train.init_train_state(model, optimizer)
   update = train.make_sft_update(graphdef, optimizer)
   for i in tqdm.trange(w.steps, desc="warm-start SFT", leave=False):
-    batch = sft_batch(tokenizer, task.problems("train", 10**6 + i, w.batch_size),
+    batch = sft_batch(tokenizer, demonstrations(task, 10**6 + i, w.batch_size,
+                                                w.flawed_fraction),
                       config.rollout.max_new_tokens)
     state, _ = update(state, batch)
   return nnx.merge(graphdef, state.params)
@@ -101,7 +113,7 @@ def build_policy(config, workdir, task):
     if not os.path.exists(os.path.join(path, "model.safetensors")):
       tmp = path + ".tmp"
       shutil.rmtree(tmp, ignore_errors=True)
-      tokenizer = arithmetic.train_tokenizer(task, tmp)
+      tokenizer = tasks.train_tokenizer(task, tmp)
       model_config = ModelConfig(
           vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id,
           bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
@@ -118,11 +130,11 @@ def build_policy(config, workdir, task):
 def evaluate(model, tokenizer, task, config, mesh):
   """Greedy held-out accuracy (= mean exact-match reward)."""
   problems = task.problems("eval", 0, config.task.eval_size)
-  gen = sampling.generate(model, arithmetic.encode_prompts(tokenizer, problems),
+  gen = sampling.generate(model, tasks.encode_prompts(tokenizer, problems),
                           max_new_tokens=config.rollout.max_new_tokens,
                           eos_token_id=tokenizer.eos_token_id,
                           pad_token_id=tokenizer.pad_token_id, mesh=mesh)
-  rewards = arithmetic.score_completions(tokenizer, gen.tokens, gen.mask, problems)
+  rewards = tasks.score_completions(tokenizer, gen.tokens, gen.mask, problems)
   return {"eval/accuracy": float(rewards.mean()), "eval/reward": float(rewards.mean())}
 
 
@@ -131,12 +143,12 @@ def rollout(graphdef, params, tokenizer, task, config, step, mesh, ref_params):
   r = config.rollout
   problems = task.problems("train", step, r.prompts_per_step)
   gen = sampling.generate(
-      nnx.merge(graphdef, params), arithmetic.encode_prompts(tokenizer, problems),
+      nnx.merge(graphdef, params), tasks.encode_prompts(tokenizer, problems),
       max_new_tokens=r.max_new_tokens, temperature=r.temperature, top_k=r.top_k or None,
       top_p=r.top_p if r.top_p < 1.0 else None, eos_token_id=tokenizer.eos_token_id,
       pad_token_id=tokenizer.pad_token_id, num_generations=r.num_generations,
       seed=jax.random.fold_in(jax.random.key(config.seed), step), mesh=mesh)
-  rewards = arithmetic.score_completions(tokenizer, gen.tokens, gen.mask, problems,
+  rewards = tasks.score_completions(tokenizer, gen.tokens, gen.mask, problems,
                                          r.num_generations)
   advantages = ADVANTAGES[config.loss.advantage](jnp.asarray(rewards), r.num_generations,
                                                  config.loss)
@@ -174,8 +186,8 @@ def _check_config(config):
 def run(config, workdir: str, *, stop_after: int | None = None, progress: bool = True):
   """Trains per `config` in `workdir` (resuming) and returns the summary dict.
 
-  `stop_after` ends the process's work after that many steps (tests use it to
-  simulate a kill; the checkpoint written at that point is what a resume sees).
+  `stop_after` ends the loop after that many steps without a final checkpoint,
+  as a kill would (tests use it); a re-run resumes from the last periodic one.
   """
   _check_config(config)
   sharding.maybe_initialize_distributed()
@@ -184,8 +196,8 @@ def run(config, workdir: str, *, stop_after: int | None = None, progress: bool =
   mesh_sizes = config.mesh.to_dict()
   mesh = None if all(v == 1 for v in mesh_sizes.values()) else sharding.make_mesh(**mesh_sizes)
 
-  task = arithmetic.AdditionTask(num_digits=config.task.num_digits, seed=config.seed,
-                                 eval_fraction=config.task.eval_fraction)
+  task = tasks.make_task(config.task.name, seed=config.seed,
+                         **config.task.get(config.task.name, {}))
   model, tokenizer = build_policy(config, workdir, task)
   if mesh is not None:
     sharding.shard_model(model, mesh)
@@ -208,16 +220,17 @@ def run(config, workdir: str, *, stop_after: int | None = None, progress: bool =
   ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"),
                                  max_to_keep=t.keep_checkpoints)
   restored = ckpt.restore_latest(state)
-  writer = experiment.MetricWriter(workdir)
   if restored is None:
     start = 0
     before = evaluate(model, tokenizer, task, config, mesh)
     extras = {"eval_before": before, "seconds": 0.0, "last_eval": before}
-    writer.write(0, before)
   else:
     start, state, extras = restored
-    common.truncate_metrics(workdir, start)
     logging.info("Resumed from step %d in %s", start, workdir)
+  common.truncate_metrics(workdir, start)  # before the writer opens the file
+  writer = experiment.MetricWriter(workdir)
+  if restored is None:
+    writer.write(0, before)
   del model  # its buffers are donated to the first update
 
   end = t.steps if stop_after is None else min(t.steps, start + stop_after)
@@ -245,7 +258,7 @@ def run(config, workdir: str, *, stop_after: int | None = None, progress: bool =
     writer.write(step + 1, metrics)
     bar.set_postfix(reward=f"{metrics['train/reward']:.2f}",
                     acc=f"{extras['last_eval']['eval/accuracy']:.2f}")
-    if (step + 1) % t.checkpoint_every == 0 or step + 1 == end:
+    if (step + 1) % t.checkpoint_every == 0 or step + 1 == t.steps:
       ckpt.save(step + 1, state, extras)
       last_saved = step + 1
   writer.close()
@@ -254,7 +267,7 @@ def run(config, workdir: str, *, stop_after: int | None = None, progress: bool =
   common.plot_curves(workdir, "reward.png", {
       "reward": ["train/reward", "eval/reward"],
       "held-out accuracy": ["eval/accuracy"],
-  }, title=f"GRPO ({config.loss.loss_type}) on {config.task.num_digits}-digit addition")
+  }, title=f"GRPO ({config.loss.loss_type}) on the {config.task.name} task")
   summary = {
       "eval/accuracy_before": extras["eval_before"]["eval/accuracy"],
       "eval/reward_before": extras["eval_before"]["eval/reward"],

@@ -1,4 +1,4 @@
-r"""GRPO on the built-in addition task.
+r"""GRPO on a built-in verifiable task (digit reversal by default).
 
   python -m alignax.experiments.grpo --config=experiments/configs/grpo.py:tiny
 
@@ -16,18 +16,26 @@ def get_config(preset: str = "default") -> ml_collections.ConfigDict:
   # model, warm-started on the task and saved under <workdir>/init_model.
   c.model_path = ""
 
-  c.task = ml_collections.ConfigDict(dict(num_digits=2, eval_fraction=0.1, eval_size=256))
+  # config.task.name picks a task of alignax.agents.tasks.TASKS; its settings
+  # are the sub-config of the same name.
+  c.task = ml_collections.ConfigDict(dict(
+      name="reverse", eval_size=256,
+      reverse=dict(min_len=3, max_len=7, eval_fraction=0.1),
+      addition=dict(num_digits=2, reverse_answer=True, eval_fraction=0.1)))
 
   # The built-in model (ignored when model_path is set).
   c.model = ml_collections.ConfigDict(dict(
       hidden_size=128, intermediate_size=256, num_layers=2, num_heads=4, num_kv_heads=2,
       max_position_embeddings=64, tie_word_embeddings=True))
-  # Supervised warm-start of the built-in model, so the policy starts with
-  # a non-zero reward.
-  c.warmup = ml_collections.ConfigDict(dict(steps=120, batch_size=64, learning_rate=3e-3))
+  # Supervised warm-start of the built-in model on demonstrations, a
+  # `flawed_fraction` of which come from a flawed demonstrator (the task's
+  # typical error): the policy starts with a non-zero reward, and RL with the
+  # verifiable reward has something to fix that imitation cannot.
+  c.warmup = ml_collections.ConfigDict(dict(steps=400, batch_size=64, learning_rate=3e-3,
+                                            flawed_fraction=0.6))
 
   c.rollout = ml_collections.ConfigDict(dict(
-      prompts_per_step=16, num_generations=8, max_new_tokens=5, temperature=1.0,
+      prompts_per_step=16, num_generations=8, max_new_tokens=8, temperature=1.0,
       top_k=0, top_p=1.0))  # top_k=0 / top_p=1: no filtering
 
   c.loss = ml_collections.ConfigDict(dict(
@@ -40,13 +48,15 @@ def get_config(preset: str = "default") -> ml_collections.ConfigDict:
       beta=0.0, use_bias_correction_kl=True))
 
   c.train = ml_collections.ConfigDict(dict(
-      steps=150, num_iterations=1, micro_batches=1, learning_rate=1e-3, warmup_steps=5,
+      steps=200, num_iterations=1, micro_batches=1, learning_rate=5e-4, warmup_steps=5,
       max_grad_norm=1.0, eval_every=25, checkpoint_every=25, keep_checkpoints=3))
 
   c.mesh = ml_collections.ConfigDict(dict(data=1, fsdp=1, tensor=1))
 
   if preset == "tiny":
     c.task.eval_size = 32
+    c.task.reverse.max_len = 4
+    c.rollout.max_new_tokens = 5
     c.model.update(hidden_size=32, intermediate_size=64, num_layers=1, num_heads=2,
                    num_kv_heads=1)
     c.warmup.update(steps=10, batch_size=16)

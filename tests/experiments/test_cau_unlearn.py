@@ -1,0 +1,87 @@
+"""cau_unlearn end-to-end on the tiny preset, and the shared experiment utilities."""
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from alignax.experiments import cau_unlearn
+from alignax.experiments.configs import cau_unlearn as cau_config
+from alignax.framework import checkpoint
+from alignax.framework import experiment
+
+METHODS = ("original", "retrained", "cau", "gradient_ascent", "weighted_sum")
+KEYS = ("forget/hr@10", "forget/ndcg@10", "retain/hr@10", "retain/ndcg@10",
+        "seconds")
+
+
+def test_tiny_preset_end_to_end(tmp_path):
+  cfg = cau_config.get_config("tiny")
+  workdir = str(tmp_path / "run")
+  summary = cau_unlearn.run(cfg, workdir)
+  with open(os.path.join(workdir, "summary.json")) as f:
+    on_disk = json.load(f)
+  for name in METHODS:
+    for key in KEYS:
+      assert np.isfinite(on_disk[name][key]), (name, key)
+      assert 0.0 <= on_disk[name][key] <= (1e6 if key == "seconds" else 1.0)
+  assert set(on_disk["ablation"]) == set(cfg.ablations)
+  assert on_disk == json.loads(json.dumps(summary))
+  assert os.path.exists(os.path.join(workdir, "methods.png"))
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    lines = [json.loads(l) for l in f]
+  assert all("step" in l for l in lines)
+  assert any("cau/alpha/kl" in l for l in lines)
+  assert any(f.startswith("events.out.tfevents") for f in os.listdir(workdir))
+  assert os.path.isdir(os.path.join(workdir, "checkpoints", "original"))
+  # The retrained model never saw the forget items.
+  assert on_disk["retrained"]["forget/hr@10"] <= on_disk["original"][
+      "forget/hr@10"]
+  # Same workdir, different config: one clear error before any work.
+  cfg.unlearn.lr = 0.5
+  with pytest.raises(experiment.ConfigMismatchError, match="unlearn.lr"):
+    cau_unlearn.run(cfg, workdir)
+
+
+def test_check_or_store_config(tmp_path):
+  d = str(tmp_path)
+  cfg = {"a": 1, "b": {"c": [1, 2], "d": "x"}}
+  experiment.check_or_store_config(d, cfg)
+  experiment.check_or_store_config(d, cfg)  # same config: fine
+  with pytest.raises(experiment.ConfigMismatchError) as e:
+    experiment.check_or_store_config(d, {"a": 2, "b": {"c": [1, 2]}, "e": 0})
+  msg = str(e.value)
+  assert "a: 1 -> 2" in msg and "b.d" in msg and "e" in msg and "b.c" not in msg
+
+
+def test_metric_writer_and_summary(tmp_path):
+  d = str(tmp_path)
+  with experiment.MetricWriter(d) as w:
+    w.write(1, {"loss": jnp.float32(0.5), "name": "x"})
+    w.write(2, {"loss": np.float64(0.25)})
+  with open(os.path.join(d, "metrics.jsonl")) as f:
+    lines = [json.loads(l) for l in f]
+  assert lines == [{"step": 1, "loss": 0.5, "name": "x"},
+                   {"step": 2, "loss": 0.25}]
+  path = experiment.write_summary(d, {"m": {"x": np.float32(1.5)}})
+  with open(path) as f:
+    assert json.load(f) == {"m": {"x": 1.5}}
+  assert not [f for f in os.listdir(d) if f.startswith(".tmp_")]
+
+
+def test_checkpoint_round_trip_keeps_last_few(tmp_path):
+  ckpt = checkpoint.Checkpointer(str(tmp_path / "ckpt"), max_to_keep=2)
+  template = {"w": jnp.zeros((3, 2)), "b": jnp.zeros(2, jnp.int32)}
+  assert ckpt.restore_latest(template) is None
+  for step in (1, 2, 3):
+    state = {"w": jnp.full((3, 2), float(step)), "b": jnp.arange(2) + step}
+    ckpt.save(step, state, {"epoch": step, "rng": [0, step]})
+  step, state, extras = ckpt.restore_latest(template)
+  assert step == 3 and extras == {"epoch": 3, "rng": [0, 3]}
+  np.testing.assert_array_equal(state["w"], np.full((3, 2), 3.0))
+  np.testing.assert_array_equal(state["b"], [3, 4])
+  assert sorted(int(p) for p in os.listdir(tmp_path / "ckpt")
+                if p.isdigit()) == [2, 3]
+  ckpt.close()

@@ -1,0 +1,100 @@
+"""The GRPO binary on the `tiny` preset: outputs, exact resume, mesh, errors."""
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from alignax.experiments import grpo
+from alignax.experiments.common import load_config_file
+from alignax.framework import experiment
+
+TINY = os.path.join(os.path.dirname(grpo.__file__), "configs", "grpo.py") + ":tiny"
+
+
+def tiny(**overrides):
+  config = load_config_file(TINY)
+  for key, value in overrides.items():
+    node = config
+    *parents, leaf = key.split(".")
+    for p in parents:
+      node = node[p]
+    node[leaf] = value
+  return config
+
+
+def _leaves(state):
+  return [np.asarray(x) for x in jax.tree.leaves(state.params)]
+
+
+@pytest.fixture(scope="module")
+def full_run(tmp_path_factory):
+  workdir = str(tmp_path_factory.mktemp("full"))
+  summary, state = grpo.run(tiny(), workdir, progress=False)
+  return workdir, summary, _leaves(state)
+
+
+def test_outputs(full_run):
+  workdir, summary, _ = full_run
+  with open(os.path.join(workdir, "summary.json")) as f:
+    written = json.load(f)
+  for key in ("eval/accuracy_before", "eval/accuracy_after", "eval/reward_before",
+              "eval/reward_after", "train/steps", "train/seconds"):
+    assert key in written
+  assert written["train/steps"] == 6
+  rows = [json.loads(l) for l in open(os.path.join(workdir, "metrics.jsonl"))]
+  assert [r["step"] for r in rows] == list(range(7))
+  assert all(np.isfinite(r["train/loss"]) for r in rows[1:])
+  assert os.path.getsize(os.path.join(workdir, "reward.png")) > 1000
+  assert any(f.startswith("events.out.tfevents") for f in os.listdir(workdir))
+  assert os.path.exists(os.path.join(workdir, "init_model", "tokenizer.json"))
+
+
+def test_kill_and_resume_is_bitwise_identical(full_run, tmp_path):
+  _, _, expected = full_run
+  workdir = str(tmp_path)
+  # "Killed" after step 3: the last checkpoint is step 2 (checkpoint_every=2).
+  grpo.run(tiny(), workdir, stop_after=3, progress=False)
+  summary, state = grpo.run(tiny(), workdir, progress=False)
+  for a, b in zip(_leaves(state), expected):
+    np.testing.assert_array_equal(a, b)
+  steps = [json.loads(l)["step"] for l in open(os.path.join(workdir, "metrics.jsonl"))]
+  assert steps == list(range(7))  # step 3 was not logged twice
+  assert summary["train/steps"] == 6
+
+
+def test_eight_device_mesh_gives_the_same_losses(full_run, tmp_path):
+  workdir, _, _ = full_run
+  summary, _ = grpo.run(tiny(**{"mesh.data": 2, "mesh.fsdp": 2, "mesh.tensor": 2}),
+                        str(tmp_path), progress=False)
+  def losses(d):
+    return [json.loads(l).get("train/loss") for l in open(os.path.join(d, "metrics.jsonl"))][1:]
+  np.testing.assert_allclose(losses(str(tmp_path)), losses(workdir), atol=1e-5)
+
+
+def test_other_config_on_same_workdir_is_refused(full_run):
+  workdir, _, _ = full_run
+  with pytest.raises(experiment.ConfigMismatchError, match="train.learning_rate"):
+    grpo.run(tiny(**{"train.learning_rate": 0.5}), workdir, progress=False)
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
+  with pytest.raises(FloatingPointError, match=r"Non-finite loss .* at step 2"):
+    grpo.run(tiny(**{"train.learning_rate": float("nan")}), str(tmp_path), progress=False)
+
+
+def test_missing_model_path(tmp_path):
+  with pytest.raises(FileNotFoundError, match="model_path"):
+    grpo.run(tiny(model_path=str(tmp_path / "nope")), str(tmp_path / "w"), progress=False)
+
+
+def test_unknown_config_key_lists_valid_keys(tmp_path):
+  out = subprocess.run(
+      [sys.executable, "-m", "alignax.experiments.grpo", f"--config={TINY}",
+       "--config.train.stepz=3", f"--workdir={tmp_path}"], capture_output=True, text=True)
+  assert out.returncode != 0
+  assert "Unknown config key(s): config.train.stepz" in out.stderr
+  assert "train.steps" in out.stderr
