@@ -272,6 +272,8 @@ def unlearn(name, ucfg, data: Data, graphdef, orig_params, orig_logits, seed,
         writer.write(steps, {f"{name}/{k}": v for k, v in metrics.items()})
   jax.block_until_ready(params)
   seconds = time.perf_counter() - t
+  writer.write(steps, {f"{name}/seconds": seconds, f"{name}/steps": steps,
+                       f"{name}/compile_seconds": compile_s})
   return params, {"seconds": seconds, "compile_seconds": compile_s,
                   "steps": steps}
 
