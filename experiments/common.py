@@ -76,12 +76,13 @@ def truncate_metrics(workdir: str, last_step: int) -> None:
 def plot_curves(workdir: str, filename: str, panels: dict[str, Sequence[str]],
                 title: str = "") -> str:
   """One panel per entry {panel title: [metric keys]} of metrics.jsonl vs step."""
-  import matplotlib
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
+  # A bare Figure draws without pyplot, so it neither needs a display nor
+  # switches the backend of a notebook that imported us.
+  from matplotlib.figure import Figure
 
   rows = read_metrics(workdir)
-  fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.5), squeeze=False)
+  fig = Figure(figsize=(5 * len(panels), 3.5))
+  axes = fig.subplots(1, len(panels), squeeze=False)
   for ax, (panel, keys) in zip(axes[0], panels.items()):
     for key in keys:
       pts = [(r["step"], r[key]) for r in rows if key in r]
@@ -97,5 +98,4 @@ def plot_curves(workdir: str, filename: str, panels: dict[str, Sequence[str]],
   fig.tight_layout()
   path = os.path.join(workdir, filename)
   fig.savefig(path, dpi=110)
-  plt.close(fig)
   return path

@@ -35,9 +35,6 @@ from alignax.framework.config import ModelConfig
 from alignax.framework.model import Decoder
 
 DEFAULT_CONFIG = os.path.join(os.path.dirname(__file__), "configs", "grpo.py")
-_CONFIG = config_flags.DEFINE_config_file("config", DEFAULT_CONFIG,
-                                          "Experiment config (ml_collections file[:preset]).")
-_WORKDIR = flags.DEFINE_string("workdir", "runs/grpo", "Output folder; re-use it to resume.")
 
 # Advantage estimators a config can name, each as f(rewards [N], group_size, cfg).
 ADVANTAGES = {
@@ -286,10 +283,15 @@ def main(argv):
   del argv
   if not flags.FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO.
-  summary, _ = run(_CONFIG.value, _WORKDIR.value)
+  summary, _ = run(flags.FLAGS.config, flags.FLAGS.workdir)
   print("\n".join(f"{k}: {v}" for k, v in summary.items()))
 
 
 if __name__ == "__main__":
+  # Flags are defined only when run as a binary, so tests and notebooks can
+  # import this module beside other binaries without duplicate-flag errors.
+  config_flags.DEFINE_config_file("config", DEFAULT_CONFIG,
+                                  "Experiment config (ml_collections file[:preset]).")
+  flags.DEFINE_string("workdir", "runs/grpo", "Output folder; re-use it to resume.")
   common.check_config_overrides(__import__("sys").argv, DEFAULT_CONFIG)
   app.run(main)
