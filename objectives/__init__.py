@@ -75,3 +75,15 @@ from alignax.objectives.mgda import min_norm_frank_wolfe
 from alignax.objectives.mgda import min_norm_two
 from alignax.objectives.mgda import min_norm_weights
 from alignax.objectives.mgda import normalize_gradients
+from alignax.objectives.unlearning import cau_normal_loss
+from alignax.objectives.unlearning import cau_unlearn_loss
+from alignax.objectives.unlearning import embedding_difficulty
+from alignax.objectives.unlearning import gradient_difficulty
+from alignax.objectives.unlearning import hit_rate_at_k
+from alignax.objectives.unlearning import kl_to_original
+from alignax.objectives.unlearning import ndcg_at_k
+from alignax.objectives.unlearning import target_rank
+from alignax.objectives.curriculum import CURRICULA
+from alignax.objectives.curriculum import hard_curriculum_batches
+from alignax.objectives.curriculum import soft_curriculum_batches
+from alignax.objectives.curriculum import soft_curriculum_sample
