@@ -65,6 +65,7 @@ ABLATIONS: dict[str, dict[str, Any]] = {
     "soft": dict(curriculum="soft"),
     "embedding_difficulty": dict(difficulty="embedding"),
     "no_mgda": dict(combiner="fixed"),
+    "full_kl": dict(kl_exclude_target=False),  # §9.1 literally
 }
 
 
@@ -225,11 +226,12 @@ def unlearn(name, ucfg, data: Data, graphdef, orig_params, orig_logits, seed,
                         jnp.float32)
   step_key = ("step", ucfg["optimizer"], ucfg["lr"],
               ucfg.get("combiner", "mgda"), ucfg["normalization"],
-              ucfg["stop_topk"], bs)
+              ucfg["stop_topk"], ucfg["kl_exclude_target"], bs)
   if step_key not in _COMPILED:
     step_fn = cau.make_unlearn_step(
         graphdef, tx, combiner=ucfg.get("combiner", "mgda"),
-        normalization=ucfg["normalization"], topk=ucfg["stop_topk"])
+        normalization=ucfg["normalization"], topk=ucfg["stop_topk"],
+        kl_exclude_target=ucfg["kl_exclude_target"])
     _COMPILED[step_key], c = _compile(step_fn, orig_params, opt_state,
                                       make_batch(np.arange(bs)), weights)
     compile_s += c
@@ -265,7 +267,7 @@ def unlearn(name, ucfg, data: Data, graphdef, orig_params, orig_logits, seed,
         new_params, new_opt, metrics = step(params, opt_state, batch,
                                             weights)
         hr = float(metrics[f"batch/hr@{ucfg['stop_topk']}"])  # pre-update
-        if hr == 0.0:
+        if ucfg["stop_when_forgotten"] and hr == 0.0:
           break  # this batch is forgotten: no more steps on it
         params, opt_state = new_params, new_opt
         steps += 1

@@ -28,16 +28,33 @@ from alignax.objectives import unlearning
 OBJECTIVES = ("unlearn", "normal", "kl")
 
 
+def _drop_target(logits, targets):
+  """Sets the forgotten item's logit to a very low value: [B, I], [B]."""
+  return logits.at[jnp.arange(logits.shape[0]), targets].set(-1e9)
+
+
 def loss_vector(graphdef: nnx.GraphDef, params, batch,
-                return_logits: bool = False):
-  """[3] = (L_unlearn, L_normal, L_KL) on one unlearning batch (§9.1)."""
+                return_logits: bool = False, kl_exclude_target: bool = False):
+  """[3] = (L_unlearn, L_normal, L_KL) on one unlearning batch (§9.1).
+
+  With `kl_exclude_target`, L_KL compares the two models' distributions over
+  every item except the forgotten one (both renormalised) instead of the full
+  distributions of §9.1. [DEVIATION, option] The full KL asks the model to keep
+  P_theta0(v_t | prefix), which is exactly what L_unlearn removes; MGDA then
+  stops at a Pareto-stationary point before the item is forgotten (observed on
+  the synthetic default: forget HR@10 stays near 0.1).
+  """
   logits = nnx.merge(graphdef, params)(batch["prefixes"])
   mask = batch["row_mask"]
+  kl_logits, kl_orig = logits, batch["orig_logits"]
+  if kl_exclude_target:
+    kl_logits = _drop_target(logits, batch["targets"])
+    kl_orig = _drop_target(kl_orig, batch["targets"])
   losses = jnp.stack([
       unlearning.cau_unlearn_loss(logits, batch["targets"], mask),
       unlearning.cau_normal_loss(logits, batch["next_items"],
                                  batch["has_next"] & mask),
-      unlearning.kl_to_original(logits, batch["orig_logits"], mask),
+      unlearning.kl_to_original(kl_logits, kl_orig, mask),
   ])
   return (losses, logits) if return_logits else losses
 
@@ -58,7 +75,8 @@ COMBINERS: dict[str, Callable] = {"mgda": _mgda_weights, "fixed": _fixed_weights
 
 def make_unlearn_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation,
                       *, combiner: str = "mgda",
-                      normalization: str = "none", topk: int = 10) -> Callable:
+                      normalization: str = "none", topk: int = 10,
+                      kl_exclude_target: bool = False) -> Callable:
   """Jitted (params, opt_state, batch, weights) -> (params, opt_state, metrics).
 
   `weights` [3] are a runtime argument (used by "fixed", ignored by "mgda"), so
@@ -70,6 +88,7 @@ def make_unlearn_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation,
     combiner: key of `COMBINERS`.
     normalization: gradient normalisation applied before any combiner (see
       `mgda.normalize_gradients`), so that methods differ only in weighting.
+    kl_exclude_target: see `loss_vector`.
     topk: K of the `batch/hr@K` metric (pre-update hit rate of the forgotten
       items), which callers use to stop once a batch is forgotten.
   """
@@ -79,7 +98,8 @@ def make_unlearn_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation,
   def step(params, opt_state, batch, weights):
     # One forward pass, three backward passes; has_aux returns the values.
     def f(p):
-      losses, logits = loss_vector(graphdef, p, batch, return_logits=True)
+      losses, logits = loss_vector(graphdef, p, batch, return_logits=True,
+                                   kl_exclude_target=kl_exclude_target)
       return losses, (losses, logits)
 
     jac, (losses, logits) = jax.jacrev(f, has_aux=True)(params)

@@ -32,20 +32,29 @@ def _base() -> ml_collections.ConfigDict:
   c.load_original_from = ""
   c.unlearn = ml_collections.ConfigDict(dict(
       optimizer="sgd",          # key of cau_unlearn.OPTIMIZERS
-      lr=1.0,
+      lr=0.5,
       # Unit-norm gradients before weighting: the step size is then set by lr
       # alone, and MGDA is not stalled by the KL term's vanishing gradient.
       normalization="l2",
       batch_size=32,
-      max_steps_per_batch=8,    # stop a batch early once its items leave top-k
+      # Every method gets the same fixed budget: E steps per batch (§9.4).
+      max_steps_per_batch=3,
+      # Option: stop a batch early once none of its items is in the top-k any
+      # more. Off by default: it hides plain gradient ascent's failure mode
+      # (it cannot overshoot if it stops as soon as the items leave the top-k).
+      stop_when_forgotten=False,
       stop_topk=10,
-      passes=2,                 # sweeps over the curriculum
+      passes=1,                 # sweeps over the curriculum
       difficulty="gradient",    # "gradient" | "embedding"
       curriculum="hard",        # key of objectives.curriculum.CURRICULA
       tau=1.0,
       fixed_weights=(1.0 / 3, 1.0 / 3, 1.0 / 3),
+      # KL over all items but the forgotten one [DEVIATION from §9.1, see
+      # framework/cau.py]; the "full_kl" ablation runs the literal form.
+      kl_exclude_target=True,
   ))
-  c.ablations = ("no_curriculum", "soft", "embedding_difficulty", "no_mgda")
+  c.ablations = ("no_curriculum", "soft", "embedding_difficulty", "no_mgda",
+                 "full_kl")
   c.eval_batch_size = 512
   c.plot = True
   return c
