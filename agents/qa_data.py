@@ -1,0 +1,159 @@
+"""QA data sources for the search agents, picked by `config.dataset`.
+
+  builtin   the generated world of `agents.qa_world` (no download)
+  hotpotqa  HotpotQA JSON (a list of {_id, question, answer, context,
+            supporting_facts}); `data_dir/train.json`, `data_dir/dev.json`;
+            the corpus is every context paragraph.
+  kilt      KILT JSONL (NQ, TriviaQA, 2WikiMultihopQA: {id, input,
+            output: [{answer}, ...]}); `data_dir/train.jsonl`,
+            `data_dir/dev.jsonl` and a passage corpus `data_dir/corpus.jsonl`.
+
+A malformed file raises `DataFormatError` naming the file, the line and the
+missing field. Also here: the word-level tokenizer the built-in agents use.
+"""
+from __future__ import annotations
+
+import json
+import os
+from typing import Callable, Sequence
+
+from alignax.agents import qa_world
+from alignax.agents.qa_world import Passage, QADataset, QAExample
+from alignax.agents.retrieval import DataFormatError, read_corpus_jsonl
+
+PAD, BOS, EOS, UNK = "<pad>", "<s>", "</s>", "<unk>"
+
+
+def _require(row: dict, field: str, path: str, line: int):
+  if not isinstance(row, dict) or field not in row:
+    raise DataFormatError(f"{path}, line {line}: missing field {field!r}.")
+  return row[field]
+
+
+def _json_array_records(path: str):
+  """Yields (line number, record) of a JSON array file, element by element."""
+  with open(path) as f:
+    text = f.read()
+  decoder = json.JSONDecoder()
+  pos = len(text) - len(text.lstrip())
+  if not text.startswith("[", pos):
+    raise DataFormatError(f"{path}, line 1: expected a JSON list of examples.")
+  pos += 1
+  while True:
+    while pos < len(text) and text[pos] in " \t\r\n,":
+      pos += 1
+    if pos >= len(text):
+      raise DataFormatError(f"{path}: unterminated JSON list.")
+    if text[pos] == "]":
+      return
+    line = text.count("\n", 0, pos) + 1
+    try:
+      record, pos = decoder.raw_decode(text, pos)
+    except json.JSONDecodeError as e:
+      raise DataFormatError(f"{path}, line {e.lineno}: not valid JSON ({e.msg}).") from e
+    yield line, record
+
+
+def load_hotpotqa(path: str) -> list[QAExample]:
+  """HotpotQA examples with their context paragraphs as passages."""
+  out = []
+  for line, row in _json_array_records(path):
+    qid = str(_require(row, "_id", path, line))
+    question = _require(row, "question", path, line)
+    answer = _require(row, "answer", path, line)
+    context = _require(row, "context", path, line)
+    _require(row, "supporting_facts", path, line)
+    passages = []
+    for item in context:
+      if not (isinstance(item, (list, tuple)) and len(item) == 2):
+        raise DataFormatError(f"{path}, line {line}: field 'context' must hold"
+                              " [title, [sentences]] pairs.")
+      title, sentences = item
+      passages.append(Passage(title, title, " ".join(s.strip() for s in sentences)))
+    out.append(QAExample(qid, question, (answer,), hops=2,
+                         plan=((question, answer),), passages=tuple(passages)))
+  return out
+
+
+def load_kilt(path: str) -> list[QAExample]:
+  """KILT JSONL examples (answers from `output[].answer`)."""
+  out = []
+  with open(path) as f:
+    for line, text in enumerate(f, 1):
+      if not text.strip():
+        continue
+      try:
+        row = json.loads(text)
+      except json.JSONDecodeError as e:
+        raise DataFormatError(f"{path}, line {line}: not valid JSON ({e.msg}).") from e
+      qid = str(_require(row, "id", path, line))
+      question = _require(row, "input", path, line)
+      outputs = _require(row, "output", path, line)
+      answers = tuple(o["answer"] for o in outputs if isinstance(o, dict) and "answer" in o)
+      if not answers:
+        raise DataFormatError(f"{path}, line {line}: missing field 'output[].answer'.")
+      out.append(QAExample(qid, question, answers, plan=((question, answers[0]),)))
+  return out
+
+
+def _builtin(config) -> QADataset:
+  w = config.world
+  return qa_world.make_world(seed=config.seed, num_people=w.num_people,
+                             num_cities=w.num_cities, num_countries=w.num_countries,
+                             num_companies=w.num_companies,
+                             heldout_fraction=w.heldout_fraction).dataset()
+
+
+def _path(data_dir: str, name: str) -> str:
+  path = os.path.join(data_dir, name)
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"{path} not found; set --config.data_dir to a folder with {name}.")
+  return path
+
+
+def _hotpotqa(config) -> QADataset:
+  train = load_hotpotqa(_path(config.data_dir, "train.json"))
+  dev = load_hotpotqa(_path(config.data_dir, "dev.json"))
+  corpus = {p.title: p for ex in train + dev for p in ex.passages}
+  return QADataset(tuple(train), tuple(dev), tuple(corpus.values()))
+
+
+def _kilt(config) -> QADataset:
+  return QADataset(tuple(load_kilt(_path(config.data_dir, "train.jsonl"))),
+                   tuple(load_kilt(_path(config.data_dir, "dev.jsonl"))),
+                   tuple(read_corpus_jsonl(_path(config.data_dir, "corpus.jsonl"))))
+
+
+# config.dataset -> loader(config) -> QADataset.
+DATASETS: dict[str, Callable] = {"builtin": _builtin, "hotpotqa": _hotpotqa, "kilt": _kilt}
+
+
+def load_dataset(config) -> QADataset:
+  if config.dataset not in DATASETS:
+    raise ValueError(f"Unknown dataset {config.dataset!r}; choose one of {sorted(DATASETS)}.")
+  return DATASETS[config.dataset](config)
+
+
+def train_word_tokenizer(texts: Sequence[str], path: str | None = None,
+                         max_vocab: int = 8192):
+  """A word-level tokenizer (whitespace + punctuation split, lower case) with
+  the special tokens `<pad> <s> </s> <unk>` (ids 0..3) and the trajectory
+  markers of `qa_world.MARKERS`. Returns a `PreTrainedTokenizerFast`, saved
+  in the Hugging Face format under `path` if given."""
+  import transformers  # pylint: disable=g-import-not-at-top
+  from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+
+  tok = Tokenizer(models.WordLevel(unk_token=UNK))
+  tok.normalizer = normalizers.Lowercase()
+  tok.pre_tokenizer = pre_tokenizers.Whitespace()
+  tok.decoder = decoders.WordPiece(prefix="##", cleanup=False)  # joins words with spaces
+  specials = [PAD, BOS, EOS, UNK, *qa_world.MARKERS]
+  trainer = trainers.WordLevelTrainer(vocab_size=max_vocab, special_tokens=specials)
+  tok.train_from_iterator(list(texts), trainer=trainer)
+  fast = transformers.PreTrainedTokenizerFast(
+      tokenizer_object=tok, pad_token=PAD, bos_token=BOS, eos_token=EOS, unk_token=UNK,
+      additional_special_tokens=list(qa_world.MARKERS))
+  if path:
+    os.makedirs(path, exist_ok=True)
+    fast.save_pretrained(path)
+  return fast
