@@ -50,7 +50,7 @@ def test_tiny_preset_end_to_end(tmp_path):
   assert on_disk["retrained"]["forget/hr@10"] <= on_disk["original"][
       "forget/hr@10"]
   # Same workdir, different config: one clear error before any work.
-  cfg.unlearn.lr = 0.5
+  cfg.unlearn.lr = cfg.unlearn.lr / 2
   with pytest.raises(experiment.ConfigMismatchError, match="unlearn.lr"):
     cau_unlearn.run(cfg, workdir)
 
