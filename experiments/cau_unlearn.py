@@ -22,6 +22,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import sys
 import time
 from typing import Any
 
@@ -36,6 +37,7 @@ import optax
 from flax import nnx
 import tqdm
 
+from alignax.experiments import common
 from alignax.framework import cau
 from alignax.framework import checkpoint
 from alignax.framework import experiment
@@ -43,11 +45,7 @@ from alignax.framework import recommenders
 from alignax.framework.data import sessions
 from alignax.objectives import curriculum
 
-_CONFIG = config_flags.DEFINE_config_file(
-    "config", os.path.join(os.path.dirname(__file__), "configs/cau_unlearn.py"),
-    "Experiment config file (ml_collections).")
-_WORKDIR = flags.DEFINE_string(
-    "workdir", None, "Output folder; default runs/cau_unlearn_<timestamp>.")
+DEFAULT_CONFIG = os.path.join(os.path.dirname(__file__), "configs", "cau_unlearn.py")
 
 OPTIMIZERS = {"sgd": optax.sgd, "adam": optax.adam}
 
@@ -286,15 +284,15 @@ def unlearn(name, ucfg, data: Data, graphdef, orig_params, orig_logits, seed,
 
 def plot_methods(results: dict[str, dict], path: str) -> None:
   """Bar charts of forget HR@10, retain NDCG@10 and seconds per method."""
-  import matplotlib  # pylint: disable=g-import-not-at-top
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  # A bare Figure draws without pyplot: no display, no backend switch.
+  from matplotlib.figure import Figure  # pylint: disable=g-import-not-at-top
 
   names = list(results)
   panels = [("forget/hr@10", "forget HR@10 (lower = forgotten)"),
             ("retain/ndcg@10", "retain NDCG@10 (higher = better)"),
             ("seconds", "seconds (log)")]
-  fig, axes = plt.subplots(1, 3, figsize=(15, 4.5))
+  fig = Figure(figsize=(15, 4.5))
+  axes = fig.subplots(1, 3)
   for ax, (key, title) in zip(axes, panels):
     vals = [results[n][key] for n in names]
     ax.bar(range(len(names)), vals,
@@ -306,11 +304,6 @@ def plot_methods(results: dict[str, dict], path: str) -> None:
       ax.set_yscale("log")
   fig.tight_layout()
   fig.savefig(path, dpi=100)
-  plt.close(fig)
-
-
-def _default_workdir() -> str:
-  return os.path.join("runs", time.strftime("cau_unlearn_%Y%m%d_%H%M%S"))
 
 
 def run(cfg, workdir: str) -> dict:
@@ -396,11 +389,17 @@ class _DropOrbaxInfo:
 def main(argv):
   del argv
   logging.get_absl_handler().addFilter(_DropOrbaxInfo())
-  workdir = _WORKDIR.value or _default_workdir()
-  summary = run(_CONFIG.value, workdir)
+  summary = run(flags.FLAGS.config, flags.FLAGS.workdir)
   print(json.dumps({k: summary[k] for k in summary if k != "details"},
                    indent=2))
 
 
 if __name__ == "__main__":
+  # Flags are defined only when run as a binary, so tests can import this
+  # module beside other binaries without duplicate-flag errors.
+  config_flags.DEFINE_config_file("config", DEFAULT_CONFIG,
+                                  "Experiment config file (ml_collections).")
+  flags.DEFINE_string("workdir", "runs/cau_unlearn",
+                      "Output folder; re-use it to resume.")
+  common.check_config_overrides(sys.argv, DEFAULT_CONFIG)
   app.run(main)
