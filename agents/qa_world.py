@@ -176,19 +176,26 @@ def make_world(seed: int = 0, num_people: int = 200, num_cities: int = 24,
                  frozenset(p for p in people if heldout(p)))
 
 
-def oracle_trajectory(example: QAExample, search_fn) -> str:
-  """The text of an expert trajectory (after the prompt) for `example`.
+def oracle_segments(example: QAExample, search_fn) -> list[tuple[str, bool]]:
+  """An expert trajectory (after the prompt) as (text, model-written) pieces.
 
   Follows `example.plan`, calling `search_fn(query) -> tool text` for each
-  query, so the tool outputs are the retriever's real results.
+  query, so the tool outputs are the retriever's real results. The answer
+  piece is last (`<FINAL> answer`; the trainer appends EOS).
   """
   parts = []
-  for query, fact in example.plan:
-    parts.append(f"{QUERY} {query} {SEARCH}")
+  for i, (query, fact) in enumerate(example.plan):
+    parts.append((f"{FACT} {example.plan[i - 1][1]} " if i else "")
+                 + f"{QUERY} {query} {SEARCH}")
     parts.append(search_fn(query))
-    parts.append(f"{FACT} {fact}")
-  parts.append(f"{FINAL} {example.answers[0]}")
-  return " ".join(parts)
+  parts.append((f"{FACT} {example.plan[-1][1]} " if example.plan else "")
+               + f"{FINAL} {example.answers[0]}")
+  return [(text, i % 2 == 0) for i, text in enumerate(parts)]
+
+
+def oracle_trajectory(example: QAExample, search_fn) -> str:
+  """The text of an expert trajectory (after the prompt) for `example`."""
+  return " ".join(text for text, _ in oracle_segments(example, search_fn))
 
 
 def prompt_text(example: QAExample) -> str:

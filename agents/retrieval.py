@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import shutil
 from typing import Sequence
@@ -59,6 +60,8 @@ def _fingerprint(passages: Sequence[Passage]) -> str:
 
 def _tokenize(texts: Sequence[str]):
   import bm25s  # pylint: disable=g-import-not-at-top
+  # bm25s logs every build and every empty query at INFO.
+  logging.getLogger("bm25s").setLevel(logging.WARNING)
   return bm25s.tokenize(list(texts), stopwords="en", show_progress=False)
 
 

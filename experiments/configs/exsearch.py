@@ -1,0 +1,55 @@
+r"""EXSEARCH (generalized EM for a search agent) on the built-in QA world.
+
+  python -m alignax.experiments.exsearch --config=experiments/configs/exsearch.py:tiny
+
+Presets: `default` (a few minutes on a 2-core CPU) and `tiny` (tests).
+"""
+import ml_collections
+
+
+def get_config(preset: str = "default") -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+  # "builtin" (generated world) | "hotpotqa" | "kilt" (files under data_dir).
+  c.dataset = "builtin"
+  c.data_dir = ""
+  c.world = ml_collections.ConfigDict(dict(
+      num_people=200, num_cities=24, num_countries=6, num_companies=16,
+      heldout_fraction=0.2))
+  # The built-in model: a word-level tokenizer is trained on the corpus and
+  # the model warm-started on oracle trajectories, both saved in
+  # <workdir>/init_model (transformers format) and re-loaded from there.
+  c.model = ml_collections.ConfigDict(dict(
+      hidden_size=128, intermediate_size=256, num_layers=2, num_heads=4, num_kv_heads=2,
+      max_position_embeddings=256, tie_word_embeddings=True))
+  c.retrieval = ml_collections.ConfigDict(dict(top_k=3))
+  c.rollout = ml_collections.ConfigDict(dict(
+      max_turns=3, max_turn_tokens=12, max_tool_tokens=40, max_total_tokens=160,
+      max_answer_tokens=8, temperature=1.0))
+  # Warm-up SFT on a few oracle trajectories (the "annotated" set).
+  c.warmup = ml_collections.ConfigDict(dict(num_oracle=48, steps=120, batch_size=16,
+                                            learning_rate=3e-3))
+  # E-step: `num_samples` (K) trajectories for each of `questions_per_iteration`
+  # train questions, weighted per `methods`; M-step: `epochs` passes of the
+  # re-weighted NLL.
+  c.em = ml_collections.ConfigDict(dict(
+      num_iterations=3, questions_per_iteration=192, num_samples=4, temperature=1.0,
+      epochs=2, batch_size=32, micro_batches=1, learning_rate=1e-3))
+  # The method ("exsearch") and the baselines trained in the same run, each
+  # from the same warm-up model; keys of exsearch.WEIGHTINGS.
+  c.methods = ("exsearch", "uniform", "rejection_sft")
+  c.eval = ml_collections.ConfigDict(dict(size=180))
+
+  if preset == "tiny":
+    c.world.update(num_people=40, num_cities=8, num_countries=3, num_companies=5)
+    c.model.update(hidden_size=32, intermediate_size=64, num_layers=1, num_heads=2,
+                   num_kv_heads=1)
+    c.rollout.update(max_turns=3, max_turn_tokens=8, max_tool_tokens=40,
+                     max_total_tokens=128)
+    c.warmup.update(num_oracle=8, steps=4, batch_size=8)
+    c.em.update(num_iterations=2, questions_per_iteration=8, num_samples=2, epochs=1,
+                batch_size=8)
+    c.eval.size = 8
+  elif preset != "default":
+    raise ValueError(f"Unknown preset {preset!r}; use 'default' or 'tiny'.")
+  return c

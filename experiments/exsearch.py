@@ -1,0 +1,388 @@
+r"""EXSEARCH: a search agent trained by generalized EM (algorithms.md §6).
+
+  python -m alignax.experiments.exsearch                    # default preset, runs/exsearch
+  python -m alignax.experiments.exsearch --config=experiments/configs/exsearch.py:tiny \
+      --workdir=runs/exsearch_tiny
+
+1. Warm-up: a word-level tokenizer and a small decoder are built and trained
+   (SFT) on a few oracle trajectories (search the right sub-queries, record the
+   facts, answer), then saved to `<workdir>/init_model`.
+2. For every method of `config.methods`, from the warm-up model, repeat
+   `em.num_iterations` times:
+   E-step: K trajectories per train question with the batched multi-turn BM25
+     rollout; each is re-written with the *gold* answer after `<FINAL>` and
+     scored by the token-mean log-likelihood of that answer (`answer_loglik`);
+     the method turns the scores into weights (`WEIGHTINGS`):
+       exsearch       `em_weights` (softmax within each question)
+       uniform        1/K (EM without the posterior)
+       rejection_sft  1 for trajectories whose own answer is right, else 0
+   M-step: `weighted_sequence_nll` over the model-written tokens (queries,
+     recorded facts, `<FINAL>` + gold answer; tool outputs and prompt masked).
+   Held-out EM/F1 (greedy rollouts) after every iteration.
+   The warm-up model's own figures are the "no EM" baseline.
+
+Under --workdir: bm25/ (the index), init_model/, metrics.jsonl, TensorBoard
+events, em.png, summary.json, checkpoints/ (one per method iteration; a re-run
+resumes after the last one).
+"""
+from __future__ import annotations
+
+import functools
+import os
+import shutil
+import time
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import tqdm
+from absl import app, flags, logging
+from flax import nnx
+from ml_collections import config_flags
+
+from alignax import objectives
+from alignax.agents import metrics as metrics_lib
+from alignax.agents import qa_data, qa_world, retrieval
+from alignax.agents import rollout as rollout_lib
+from alignax.experiments import common
+from alignax.framework import checkpoint, experiment, hf, train
+from alignax.framework.config import ModelConfig
+from alignax.framework.model import Decoder
+
+DEFAULT_CONFIG = os.path.join(os.path.dirname(__file__), "configs", "exsearch.py")
+
+
+# ---------------------------------------------------------------- weightings
+# method name -> f(loglik [Q*K], correct [Q*K], K) -> weights [Q*K]
+# (rows of one question contiguous).
+WEIGHTINGS: dict[str, Callable] = {
+    "exsearch": lambda ll, ok, k, tau: objectives.em_weights(ll, k, temperature=tau),
+    "uniform": lambda ll, ok, k, tau: jnp.full(ll.shape, 1.0 / k),
+    "rejection_sft": lambda ll, ok, k, tau: jnp.asarray(ok, jnp.float32),
+}
+
+
+# ------------------------------------------------------ sequences and losses
+class Agent:
+  """What every phase needs: tokenizer, marker ids, search tool, limits."""
+
+  def __init__(self, tokenizer, retriever, config):
+    self.tokenizer = tokenizer
+    self.fmt = rollout_lib.TokenFormat.from_tokenizer(tokenizer)
+    self.tool = rollout_lib.SearchTool(retriever, tokenizer, config.retrieval.top_k)
+    r = config.rollout
+    self.rollout_config = rollout_lib.RolloutConfig(
+        max_turns=r.max_turns, max_turn_tokens=r.max_turn_tokens,
+        max_tool_tokens=r.max_tool_tokens, max_total_tokens=r.max_total_tokens,
+        temperature=r.temperature)
+    self.max_answer = r.max_answer_tokens
+    # Fixed padded length of every training row (one compile).
+    self.seq_len = r.max_total_tokens + r.max_answer_tokens + 2
+
+  def encode(self, text: str) -> list[int]:
+    return self.tokenizer.encode(text, add_special_tokens=False)
+
+  def prompt(self, example) -> list[int]:
+    return [self.tokenizer.bos_token_id] + self.encode(qa_world.prompt_text(example))
+
+  def gold_ids(self, example) -> list[int]:
+    return self.encode(example.answers[0])[:self.max_answer]
+
+  def decode_query(self, ids) -> str:
+    return self.tokenizer.decode(ids, skip_special_tokens=True)
+
+  def answer_text(self, traj) -> str:
+    return self.tokenizer.decode(traj.answer_ids(self.fmt), skip_special_tokens=True)
+
+  def oracle_row(self, example):
+    """(tokens, loss mask, answer mask) of an oracle trajectory."""
+    toks, mask = list(self.prompt(example)), [False] * len(self.prompt(example))
+    for text, model_written in qa_world.oracle_segments(example, self.tool.text):
+      ids = self.encode(text)
+      if not model_written:
+        ids = ids[:self.rollout_config.max_tool_tokens]
+      toks += ids
+      mask += [model_written] * len(ids)
+    toks.append(self.fmt.eos_id)
+    mask.append(True)
+    n_answer = len(self.gold_ids(example)) + 1
+    answer = [False] * (len(toks) - n_answer) + [True] * n_answer
+    return toks, mask, answer
+
+  def with_gold_answer(self, traj, example):
+    """The trajectory cut after its first `<FINAL>` (appended if absent), then
+    the gold answer + EOS: (tokens, loss mask, answer mask). §6.3."""
+    toks, mask = traj.tokens.tolist(), traj.loss_mask.tolist()
+    finals = [i for i, (t, m) in enumerate(zip(toks, mask)) if m and t == self.fmt.final_id]
+    if finals:
+      toks, mask = toks[:finals[0] + 1], mask[:finals[0] + 1]
+    else:
+      toks, mask = toks + [self.fmt.final_id], mask + [True]
+    gold = self.gold_ids(example) + [self.fmt.eos_id]
+    return (toks + gold, mask + [True] * len(gold),
+            [False] * len(toks) + [True] * len(gold))
+
+  def batch(self, rows, weights=None):
+    """Right-padded arrays of `rows` [(tokens, loss mask, answer mask)]."""
+    tokens, attn, (loss, answer) = rollout_lib.pad_trajectories(
+        [np.asarray(r[0]) for r in rows], [[np.asarray(r[1]) for r in rows],
+                                           [np.asarray(r[2]) for r in rows]],
+        self.seq_len, self.fmt.pad_id)
+    out = dict(sequences=tokens, attention_mask=attn, loss_mask=loss[:, 1:],
+               answer_mask=answer[:, 1:])
+    out["weights"] = (np.ones(len(rows), np.float32) if weights is None
+                      else np.asarray(weights, np.float32))
+    return out
+
+
+def _token_logprobs(graphdef, params, batch):
+  """log p(token_t | tokens_<t) [N, L-1] of the padded sequences."""
+  seq = batch["sequences"]
+  logp, _ = train.completion_logprobs(graphdef, params, seq, batch["attention_mask"],
+                                      seq[:, 1:])
+  return logp
+
+
+def make_weighted_update(graphdef, optimizer, micro_batches: int = 1):
+  """Jitted M-step update minimising `weighted_sequence_nll` (§6.3, §7.2).
+
+  batch: sequences [N, L], attention_mask [N, L], loss_mask [N, L-1]
+  (trainable next tokens), weights [N]. Accumulates the numerator
+  `sum_n w_n nll_n` and normaliser `sum_n w_n` exactly over micro-batches.
+  """
+
+  def terms(params, mb):
+    logp = _token_logprobs(graphdef, params, mb)
+    value, total = objectives.weighted_sequence_nll(logp, mb["loss_mask"], mb["weights"])
+    return value * total, (total, {})
+
+  @jax.jit
+  def update(state, batch):
+    return train.accumulate_and_apply(state, batch, terms, optimizer, micro_batches)
+
+  return update
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef",))
+def answer_logliks(graphdef, params, batch):
+  """Token-mean gold-answer log-likelihood [N] (`answer_loglik`, §6.2)."""
+  return objectives.answer_loglik(_token_logprobs(graphdef, params, batch),
+                                  batch["answer_mask"])
+
+
+def train_epochs(update, state, batch, batch_size: int, epochs: int, seed: int):
+  """`epochs` shuffled passes of `update` over the rows of `batch`."""
+  n = len(batch["weights"])
+  rng = np.random.RandomState(seed)
+  for _ in range(epochs):
+    order = np.resize(rng.permutation(n), -(-n // batch_size) * batch_size)  # wrap to full batches
+    for s in range(0, len(order), batch_size):
+      idx = order[s:s + batch_size]
+      state, _ = update(state, {k: v[idx] for k, v in batch.items()})
+  return state
+
+
+# ------------------------------------------------------------------ phases
+def run_rollouts(graphdef, params, agent, examples, repeats, key, greedy=False):
+  config = agent.rollout_config
+  if greedy:
+    config = rollout_lib.RolloutConfig(**{**config.__dict__, "temperature": 0.0})
+  prompts = [agent.prompt(e) for e in examples for _ in range(repeats)]
+  return rollout_lib.rollout(graphdef, params, prompts, agent.tool, agent.fmt, config, key,
+                             agent.decode_query)
+
+
+def evaluate(graphdef, params, agent, examples) -> dict[str, float]:
+  """Greedy held-out EM / F1 / accuracy (in points, 0-100) and search stats."""
+  trajs = run_rollouts(graphdef, params, agent, examples, 1, jax.random.key(0), greedy=True)
+  scores = metrics_lib.score_answers([agent.answer_text(t) for t in trajs],
+                                     [e.answers for e in examples])
+  out = {f"eval/{k}": 100.0 * v for k, v in scores.items()}
+  out["eval/tool_calls"] = float(np.mean([len(t.tool_calls) for t in trajs]))
+  out["eval/truncated"] = float(np.mean([t.truncated for t in trajs]))
+  return out
+
+
+def warm_up(model, agent, examples, config):
+  """SFT on oracle trajectories (every model-written token, uniform weights)."""
+  w = config.warmup
+  optimizer = train.make_optimizer(w.learning_rate, warmup_steps=min(10, w.steps),
+                                   total_steps=w.steps)
+  graphdef, state = train.init_train_state(model, optimizer)
+  update = make_weighted_update(graphdef, optimizer)
+  batch = agent.batch([agent.oracle_row(e) for e in examples])
+  rng = np.random.RandomState(config.seed)
+  for _ in tqdm.trange(w.steps, desc="warm-up SFT", leave=False):
+    idx = rng.randint(0, len(examples), w.batch_size)
+    state, _ = update(state, {k: v[idx] for k, v in batch.items()})
+  return nnx.merge(graphdef, state.params)
+
+
+def build_policy(config, workdir, dataset, retriever):
+  """Loads `<workdir>/init_model`, or builds, warm-starts and saves it."""
+  path = os.path.join(workdir, "init_model")
+  if not os.path.exists(os.path.join(path, "model.safetensors")):
+    tmp = path + ".tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tokenizer = qa_data.train_word_tokenizer(qa_world.vocabulary_text(dataset), tmp)
+    model_config = ModelConfig(
+        vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        **config.model.to_dict())
+    agent = Agent(tokenizer, retriever, config)
+    model = warm_up(Decoder(model_config, seed=config.seed), agent,
+                    dataset.train[:config.warmup.num_oracle], config)
+    hf.save_pretrained(model, tmp)
+    shutil.rmtree(path, ignore_errors=True)
+    os.replace(tmp, path)
+  model = hf.from_pretrained(path)
+  tokenizer = hf.load_tokenizer(path, model.config)
+  return model, Agent(tokenizer, retriever, config)
+
+
+def e_step(graphdef, params, agent, examples, method, config, key):
+  """Samples K trajectories per question and weights them. Returns (M-step
+  batch, metrics)."""
+  k = config.em.num_samples
+  trajs = run_rollouts(graphdef, params, agent, examples, k, key)
+  rows_ex = [e for e in examples for _ in range(k)]
+  correct = np.asarray([metrics_lib.exact_match(agent.answer_text(t), e.answers)
+                        for t, e in zip(trajs, rows_ex)], np.float32)
+  batch = agent.batch([agent.with_gold_answer(t, e) for t, e in zip(trajs, rows_ex)])
+  ll = answer_logliks(graphdef, params, batch)
+  weights = WEIGHTINGS[method](ll, correct, k, config.em.temperature)
+  batch["weights"] = np.asarray(weights, np.float32)
+  w = batch["weights"].reshape(-1, k)
+  stats = {"train/sample_em": 100.0 * float(correct.mean()),
+           "train/answer_loglik": float(jnp.mean(ll)),
+           "train/weight_max": float(w.max(axis=1).mean()),
+           "train/tool_calls": float(np.mean([len(t.tool_calls) for t in trajs])),
+           "train/truncated": float(np.mean([t.truncated for t in trajs]))}
+  return batch, stats
+
+
+def _check_config(config):
+  unknown = [m for m in config.methods if m not in WEIGHTINGS]
+  if unknown or "exsearch" not in config.methods:
+    raise ValueError(f"config.methods={tuple(config.methods)!r} must include 'exsearch' and"
+                     f" only name {sorted(WEIGHTINGS)}.")
+  if config.em.num_samples < 1 or config.em.num_iterations < 1:
+    raise ValueError("config.em.num_samples and num_iterations must be >= 1.")
+
+
+def run(config, workdir: str, *, stop_after: int | None = None, progress: bool = True):
+  """Runs warm-up + every method's EM iterations in `workdir` (resuming).
+
+  `stop_after` ends after that many method iterations (as a kill would).
+  Returns the summary dict.
+  """
+  _check_config(config)
+  os.makedirs(workdir, exist_ok=True)
+  experiment.check_or_store_config(workdir, config)
+  dataset = qa_data.load_dataset(config)
+  retriever = retrieval.BM25Retriever.build_or_load(dataset.corpus,
+                                                    os.path.join(workdir, "bm25"))
+  t0 = time.perf_counter()
+  model, agent = build_policy(config, workdir, dataset, retriever)
+  held_out = dataset.eval[:config.eval.size]
+  em = config.em
+  optimizer = train.make_optimizer(em.learning_rate, total_steps=None)
+  graphdef, fresh = train.init_train_state(model, optimizer)
+  update = make_weighted_update(graphdef, optimizer, em.micro_batches)
+  methods, iters = list(config.methods), em.num_iterations
+
+  ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"), max_to_keep=2)
+  restored = ckpt.restore_latest(fresh)
+  if restored is None:
+    done, state = 0, fresh
+    before = evaluate(graphdef, fresh.params, agent, held_out)
+    extras = {"before": before, "curves": {m: [] for m in methods},
+              "seconds": time.perf_counter() - t0}
+  else:
+    done, state, extras = restored
+  common.truncate_metrics(workdir, done)
+  writer = experiment.MetricWriter(workdir)
+  if restored is None:
+    writer.write(0, {f"{m}/{k}": v for m in methods for k, v in before.items()})
+
+  total = len(methods) * iters
+  end = total if stop_after is None else min(total, done + stop_after)
+  bar = tqdm.tqdm(range(done, end), initial=done, total=total, desc="EM", disable=not progress)
+  for phase in bar:
+    method, it = methods[phase // iters], phase % iters
+    if it == 0:
+      state = jax.tree.map(jnp.copy, fresh)  # every method starts from the warm-up model
+    t1 = time.perf_counter()
+    q = em.questions_per_iteration
+    start = (it * q) % max(len(dataset.train) - q + 1, 1)
+    examples = dataset.train[start:start + q]
+    key = jax.random.fold_in(jax.random.key(config.seed), phase)
+    batch, stats = e_step(graphdef, state.params, agent, examples, method, config, key)
+    state = train_epochs(update, state, batch, em.batch_size, em.epochs, config.seed + phase)
+    scores = evaluate(graphdef, state.params, agent, held_out)
+    extras["curves"][method].append(scores)
+    extras["seconds"] += time.perf_counter() - t1
+    writer.write(phase + 1, {"iteration": it + 1,
+                             **{f"{method}/{k}": v for k, v in {**stats, **scores}.items()}})
+    bar.set_postfix(method=method, em=f"{scores['eval/em']:.1f}")
+    ckpt.save(phase + 1, state, extras)
+  writer.close()
+  ckpt.close()
+  finished = end == total
+  plot_per_iteration(workdir, "em.png", extras, "EXSEARCH vs baselines (held-out)")
+  summary = _summary(extras, methods)
+  if finished:
+    experiment.write_summary(workdir, summary)
+  return summary
+
+
+def plot_per_iteration(workdir, filename, extras, title):
+  """Held-out EM and F1 per EM iteration (0 = warm-up) of every method."""
+  from matplotlib.figure import Figure  # pylint: disable=g-import-not-at-top
+  fig = Figure(figsize=(10, 3.5))
+  for ax, key in zip(fig.subplots(1, 2), ("eval/em", "eval/f1")):
+    for method, curve in extras["curves"].items():
+      ys = [extras["before"][key]] + [c[key] for c in curve]
+      ax.plot(range(len(ys)), ys, marker="o", label=method)
+    ax.set_title(f"held-out {key.split('/')[1].upper()}")
+    ax.set_xlabel("EM iteration (0 = warm-up only)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+  fig.suptitle(title)
+  fig.tight_layout()
+  fig.savefig(os.path.join(workdir, filename), dpi=110)
+
+
+def _summary(extras, methods):
+  """summary.json: EXSEARCH's keys bare, each baseline's prefixed by its name."""
+  before = extras["before"]
+  out = {"no_em/eval/em": before["eval/em"], "no_em/eval/f1": before["eval/f1"],
+         "train/seconds": extras["seconds"]}
+  for m in methods:
+    curve = extras["curves"][m]
+    prefix = "" if m == "exsearch" else f"{m}/"
+    last = curve[-1] if curve else before
+    out.update({f"{prefix}eval/em_before": before["eval/em"],
+                f"{prefix}eval/f1_before": before["eval/f1"],
+                f"{prefix}eval/em_after": last["eval/em"],
+                f"{prefix}eval/f1_after": last["eval/f1"],
+                f"{prefix}eval/em_per_iteration": [c["eval/em"] for c in curve],
+                f"{prefix}eval/f1_per_iteration": [c["eval/f1"] for c in curve]})
+  return out
+
+
+def main(argv):
+  del argv
+  if not flags.FLAGS["verbosity"].present:
+    logging.set_verbosity(logging.WARNING)
+  summary = run(flags.FLAGS.config, flags.FLAGS.workdir)
+  print("\n".join(f"{k}: {v}" for k, v in summary.items()))
+
+
+if __name__ == "__main__":
+  config_flags.DEFINE_config_file("config", DEFAULT_CONFIG,
+                                  "Experiment config (ml_collections file[:preset]).")
+  flags.DEFINE_string("workdir", "runs/exsearch", "Output folder; re-use it to resume.")
+  common.check_config_overrides(__import__("sys").argv, DEFAULT_CONFIG)
+  app.run(main)
