@@ -9,10 +9,29 @@ Every implementation has the signature
       out  [B, Tq, Hq, D]     a query row that sees no key gets zeros
 
 and is registered by name in `ATTENTION_IMPLS`; `ModelConfig.attention_impl`
-picks one. The block-sparse kernels of `alignax.kernels` register here too.
+picks one. The block-sparse kernels of `alignax.kernels` register here too
+(`"block_sparse"`, in `alignax.framework.sparse_attention`).
+
+Optional context. `mask` is the whole truth about visibility, but a
+structured implementation (window, sinks, block selection) needs to know
+where the rows sit. The decoder therefore calls `attend(...)`, which also
+passes any of these keywords that the implementation declares (or all of
+them when it takes `**kwargs`); implementations with the plain signature
+above keep working unchanged:
+
+      config      the `ModelConfig` (hyper-parameters such as sparse_window)
+      query_slot0 int32 scalar: slot index of query row 0 (the cache index;
+                  0 without a cache). Query row i sits at slot
+                  `query_slot0 + i` and `mask[b, i, j]` implies
+                  `j <= query_slot0 + i`.
+      key_valid   bool [B, Tk]: True where key slot j holds a real token
+                  (False for padding and for empty cache slots).
 """
 from __future__ import annotations
 
+import functools
+import importlib
+import inspect
 from typing import Callable
 
 import jax
@@ -29,13 +48,55 @@ def register_attention(name: str) -> Callable[[AttentionFn], AttentionFn]:
   return wrap
 
 
+# Implementations that live in their own module and register on import; the
+# import is deferred so that this module stays importable on its own (the
+# sparse module imports this one).
+_LAZY_IMPLS = {"block_sparse": "alignax.framework.sparse_attention"}
+
+CONTEXT_KWARGS = ("config", "query_slot0", "key_valid")
+
+
 def get_attention(name: str) -> AttentionFn:
+  if name not in ATTENTION_IMPLS and name in _LAZY_IMPLS:
+    importlib.import_module(_LAZY_IMPLS[name])
   try:
     return ATTENTION_IMPLS[name]
   except KeyError:
     raise ValueError(
         f"Unknown attention implementation {name!r}; registered:"
         f" {sorted(ATTENTION_IMPLS)}.") from None
+
+
+@functools.lru_cache(maxsize=None)
+def _accepted_context(fn: AttentionFn) -> tuple[str, ...]:
+  """The context keywords `fn` declares (all of them for `**kwargs`)."""
+  params = inspect.signature(fn).parameters.values()
+  if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
+    return CONTEXT_KWARGS
+  names = {p.name for p in params}
+  return tuple(n for n in CONTEXT_KWARGS if n in names)
+
+
+def attend(name: str, q, k, v, *, mask, scale, **context) -> jax.Array:
+  """Runs implementation `name`, passing only the context it accepts.
+
+  Args:
+    name: a registered implementation.
+    q: [B, Tq, Hq, D]; k, v: [B, Tk, Hkv, D].
+    mask: bool [B, Tq, Tk].
+    scale: score scale.
+    **context: any of `CONTEXT_KWARGS` (see the module docstring).
+
+  Returns:
+    [B, Tq, Hq, D].
+  """
+  unknown = set(context) - set(CONTEXT_KWARGS)
+  if unknown:
+    raise ValueError(f"Unknown attention context {sorted(unknown)}; expected"
+                     f" a subset of {CONTEXT_KWARGS}.")
+  fn = get_attention(name)
+  extra = {n: context[n] for n in _accepted_context(fn) if n in context}
+  return fn(q, k, v, mask=mask, scale=scale, **extra)
 
 
 @register_attention("dense")

@@ -56,7 +56,19 @@ class ModelConfig:
   model_type: str = "llama"
   param_dtype: str = "float32"
   dtype: str = "float32"
+  # Attention implementation, a name in `framework.attention.ATTENTION_IMPLS`:
+  # "dense" (default) or "block_sparse" (DeltaLLM-style hybrid, see
+  # `framework/sparse_attention.py`). The `sparse_*` fields are read only by
+  # "block_sparse"; they are alignax-only and never written to config.json.
   attention_impl: str = "dense"
+  sparse_window: int = 1024      # exact causal window, in keys incl. self
+  sparse_sinks: int = 4          # first real tokens of each row, always seen
+  sparse_top_k: int = 8          # earlier whole key blocks picked per q block
+  sparse_block_q: int = 128
+  sparse_block_k: int = 128
+  # `alignax.kernels.block_sparse_attention` implementation: "auto" picks the
+  # Pallas kernel on GPU/TPU and the gathered XLA path on CPU.
+  sparse_implementation: str = "auto"
   bos_token_id: int | None = None
   eos_token_id: int | tuple[int, ...] | None = None
   pad_token_id: int | None = None
@@ -81,6 +93,17 @@ class ModelConfig:
           f" {SUPPORTED_ROPE_TYPES}.")
     as_dtype(self.param_dtype)
     as_dtype(self.dtype)
+    if self.attention_impl == "block_sparse":
+      if self.sparse_window < 1:
+        raise ValueError(f"sparse_window must be >= 1, got {self.sparse_window}.")
+      if self.sparse_sinks < 0 or self.sparse_top_k < 0:
+        raise ValueError(
+            f"sparse_sinks ({self.sparse_sinks}) and sparse_top_k"
+            f" ({self.sparse_top_k}) must be >= 0.")
+      if self.sparse_block_q < 1 or self.sparse_block_k < 1:
+        raise ValueError(
+            f"sparse_block_q ({self.sparse_block_q}) and sparse_block_k"
+            f" ({self.sparse_block_k}) must be >= 1.")
 
   @property
   def dim_per_head(self) -> int:

@@ -134,6 +134,7 @@ class Attention(nnx.Module):
     self.o_proj = Dense(config.num_heads * d, h, axes=("heads", "embed"),
                         bias=config.o_bias, config=config, rngs=rngs)
     self.impl = config.attention_impl
+    self.config = config
 
   def __call__(self, x, positions, inv_freq, mask, layer_cache, cache_index):
     b, t, _ = x.shape
@@ -149,9 +150,14 @@ class Attention(nnx.Module):
       ck = jax.lax.dynamic_update_slice(ck, k.astype(ck.dtype)[None], start)
       cv = jax.lax.dynamic_update_slice(cv, v.astype(cv.dtype)[None], start)
       layer_cache, k, v = (ck, cv, i), ck[i], cv[i]
-    attend = attention_lib.get_attention(self.impl)
-    out = attend(q, k.astype(q.dtype), v.astype(q.dtype), mask=mask,
-                 scale=self.head_dim ** -0.5)
+    # Context for structured (block-sparse) implementations; dense ignores it.
+    # Every key after the last query's slot is in the future of all queries,
+    # so the last mask row is exactly the set of usable key slots.
+    query_slot0 = 0 if layer_cache is None else cache_index
+    out = attention_lib.attend(
+        self.impl, q, k.astype(q.dtype), v.astype(q.dtype), mask=mask,
+        scale=self.head_dim ** -0.5, config=self.config,
+        query_slot0=query_slot0, key_valid=mask[:, -1, :])
     return self.o_proj(out.reshape(b, t, -1)), layer_cache
 
 
