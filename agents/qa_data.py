@@ -101,7 +101,8 @@ def _builtin(config) -> QADataset:
   return qa_world.make_world(seed=config.seed, num_people=w.num_people,
                              num_cities=w.num_cities, num_countries=w.num_countries,
                              num_companies=w.num_companies,
-                             heldout_fraction=w.heldout_fraction).dataset()
+                             heldout_fraction=w.heldout_fraction,
+                             split=w.get("split", "question")).dataset()
 
 
 def _path(data_dir: str, name: str) -> str:

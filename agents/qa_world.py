@@ -7,7 +7,8 @@ what a company *sells*). Questions need 1 hop (`where was P born ?`) or 2 hops
 (`in which country was P born ?` = born-in then city-in-country). Answers are
 made-up words, so a model can only find them in the corpus. The held-out split
 holds the questions about a held-out set of people, so the held-out answers are
-never seen in training questions.
+never seen in training questions (`split="person"`), or a random fifth
+of the questions (`split="question"`, the default).
 
 Everything depends only on `(seed, sizes)`: the same config gives the same
 world, corpus and splits on every machine.
@@ -111,7 +112,13 @@ class QAWorld:
   people: tuple[str, ...]
   facts: dict  # relation -> {subject: object}
   distractors: tuple[Passage, ...]
-  heldout_people: frozenset
+  split: str
+  heldout_fraction: float
+
+  def is_heldout(self, person: str, qtype: str) -> bool:
+    key = person if self.split == "person" else f"{qtype}:{person}"
+    h = hashlib.sha256(f"{self.seed}:{key}".encode()).digest()
+    return int.from_bytes(h[:4], "little") / 2**32 < self.heldout_fraction
 
   def corpus(self) -> list[Passage]:
     """Fact passages and distractors, in a fixed order, ids `p0, p1, ...`."""
@@ -136,7 +143,7 @@ class QAWorld:
     train, held = [], []
     for p in self.people:
       for qtype in QUESTION_TYPES:
-        (held if p in self.heldout_people else train).append(self.question(p, qtype))
+        (held if self.is_heldout(p, qtype) else train).append(self.question(p, qtype))
     # A fixed shuffle so that a prefix of `train` mixes every question type.
     order = np.random.RandomState(self.seed + 1).permutation(len(train))
     return QADataset(tuple(train[i] for i in order), tuple(held), tuple(self.corpus()))
@@ -144,8 +151,18 @@ class QAWorld:
 
 def make_world(seed: int = 0, num_people: int = 200, num_cities: int = 24,
                num_countries: int = 6, num_companies: int = 16,
-               heldout_fraction: float = 0.2) -> QAWorld:
-  """Generates the world deterministically from its arguments."""
+               heldout_fraction: float = 0.2, split: str = "question") -> QAWorld:
+  """Generates the world deterministically from its arguments.
+
+  `split`: "question" holds out a random `heldout_fraction` of the questions
+  (their answers are still only in the corpus: no training question has the
+  same answer *for the same question*); "person" holds out every question
+  about a random fraction of the people, whose names then never occur in a
+  training question (with a word-level tokenizer their embeddings stay
+  untrained, which makes copying them into a query much harder).
+  """
+  if split not in ("question", "person"):
+    raise ValueError(f"split must be 'question' or 'person', got {split!r}.")
   rng = np.random.RandomState(seed)
   taken: set[str] = set()
   people = _names(rng, num_people, taken)
@@ -168,12 +185,7 @@ def make_world(seed: int = 0, num_people: int = 200, num_cities: int = 24,
   for c in cities:
     distractors.append(Passage("", c, f"{c} has a river and an old market ."))
 
-  def heldout(p):
-    h = hashlib.sha256(f"{seed}:{p}".encode()).digest()
-    return int.from_bytes(h[:4], "little") / 2**32 < heldout_fraction
-
-  return QAWorld(seed, tuple(people), facts, tuple(distractors),
-                 frozenset(p for p in people if heldout(p)))
+  return QAWorld(seed, tuple(people), facts, tuple(distractors), split, heldout_fraction)
 
 
 def oracle_segments(example: QAExample, search_fn) -> list[tuple[str, bool]]:

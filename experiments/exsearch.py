@@ -174,6 +174,8 @@ def answer_logliks(graphdef, params, batch):
 def train_epochs(update, state, batch, batch_size: int, epochs: int, seed: int):
   """`epochs` shuffled passes of `update` over the rows of `batch`."""
   n = len(batch["weights"])
+  if n == 0:
+    return state
   rng = np.random.RandomState(seed)
   for _ in range(epochs):
     order = np.resize(rng.permutation(n), -(-n // batch_size) * batch_size)  # wrap to full batches
@@ -254,11 +256,17 @@ def e_step(graphdef, params, agent, examples, method, config, key):
   weights = WEIGHTINGS[method](ll, correct, k, config.em.temperature)
   batch["weights"] = np.asarray(weights, np.float32)
   w = batch["weights"].reshape(-1, k)
+  # Rows whose weight is below `min_weight` add (almost) nothing to the
+  # weighted loss; skipping them makes the M-step cost follow the posterior's
+  # effective sample size instead of K. (min_weight=0 keeps every row with w > 0.)
+  keep = batch["weights"] > config.em.min_weight
+  batch = {name: v[keep] for name, v in batch.items()}
   stats = {"train/sample_em": 100.0 * float(correct.mean()),
            "train/answer_loglik": float(jnp.mean(ll)),
            "train/weight_max": float(w.max(axis=1).mean()),
            "train/tool_calls": float(np.mean([len(t.tool_calls) for t in trajs])),
-           "train/truncated": float(np.mean([t.truncated for t in trajs]))}
+           "train/truncated": float(np.mean([t.truncated for t in trajs])),
+           "train/rows_trained": float(keep.sum())}
   return batch, stats
 
 

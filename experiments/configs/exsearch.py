@@ -15,7 +15,7 @@ def get_config(preset: str = "default") -> ml_collections.ConfigDict:
   c.data_dir = ""
   c.world = ml_collections.ConfigDict(dict(
       num_people=200, num_cities=24, num_countries=6, num_companies=16,
-      heldout_fraction=0.2))
+      heldout_fraction=0.2, split="question"))
   # The built-in model: a word-level tokenizer is trained on the corpus and
   # the model warm-started on oracle trajectories, both saved in
   # <workdir>/init_model (transformers format) and re-loaded from there.
@@ -27,14 +27,14 @@ def get_config(preset: str = "default") -> ml_collections.ConfigDict:
       max_turns=3, max_turn_tokens=12, max_tool_tokens=40, max_total_tokens=160,
       max_answer_tokens=8, temperature=1.0))
   # Warm-up SFT on a few oracle trajectories (the "annotated" set).
-  c.warmup = ml_collections.ConfigDict(dict(num_oracle=48, steps=120, batch_size=16,
+  c.warmup = ml_collections.ConfigDict(dict(num_oracle=64, steps=150, batch_size=16,
                                             learning_rate=3e-3))
   # E-step: `num_samples` (K) trajectories for each of `questions_per_iteration`
   # train questions, weighted per `methods`; M-step: `epochs` passes of the
   # re-weighted NLL.
   c.em = ml_collections.ConfigDict(dict(
-      num_iterations=3, questions_per_iteration=192, num_samples=4, temperature=1.0,
-      epochs=2, batch_size=32, micro_batches=1, learning_rate=1e-3))
+      num_iterations=3, questions_per_iteration=160, num_samples=8, temperature=1.0,
+      epochs=1, batch_size=32, micro_batches=1, learning_rate=1e-3, min_weight=0.01))
   # The method ("exsearch") and the baselines trained in the same run, each
   # from the same warm-up model; keys of exsearch.WEIGHTINGS.
   c.methods = ("exsearch", "uniform", "rejection_sft")

@@ -13,13 +13,15 @@ def world():
   return qa_world.make_world(seed=3, num_people=60)
 
 
-def test_world_is_deterministic_and_split_by_person(world):
+def test_world_is_deterministic_and_splits(world):
   again = qa_world.make_world(seed=3, num_people=60)
   assert world.dataset() == again.dataset()
   ds = world.dataset()
   assert ds.train and ds.eval
+  assert not {e.id for e in ds.train} & {e.id for e in ds.eval}
+  by_person = qa_world.make_world(seed=3, num_people=60, split="person").dataset()
   people = lambda exs: {e.id.split(":")[1] for e in exs}
-  assert not people(ds.train) & people(ds.eval)
+  assert by_person.eval and not people(by_person.train) & people(by_person.eval)
   assert {e.hops for e in ds.eval} == {1, 2}
   for ex in ds.train + ds.eval:
     # The answer is never in the question, and a passage states it.

@@ -5,6 +5,7 @@ import os
 
 import jax
 import numpy as np
+import optax
 import pytest
 
 from alignax.agents import rollout as rollout_lib
@@ -80,7 +81,9 @@ def test_weighted_update_accumulation_is_exact(tiny_run):
   workdir, _ = tiny_run
   from alignax.framework import hf
   model = hf.from_pretrained(os.path.join(workdir, "init_model"))
-  opt = train.make_optimizer(1e-2, max_grad_norm=None)
+  # SGD with lr 1: the update is the accumulated gradient itself (Adam would
+  # turn float noise on near-zero gradients into full-size steps).
+  opt = optax.sgd(1.0)
   rng = np.random.RandomState(0)
   n, length = 4, 12
   seq = rng.randint(4, model.config.vocab_size, (n, length)).astype(np.int32)
@@ -93,4 +96,4 @@ def test_weighted_update_accumulation_is_exact(tiny_run):
     update = exsearch.make_weighted_update(graphdef, opt, micro)
     outs.append(update(state, batch)[0])
   for a, b in zip(jax.tree.leaves(outs[0].params), jax.tree.leaves(outs[1].params)):
-    np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-6)
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-5)
