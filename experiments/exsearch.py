@@ -322,9 +322,11 @@ def run(config, workdir: str, *, stop_after: int | None = None, progress: bool =
     if it == 0:
       state = jax.tree.map(jnp.copy, fresh)  # every method starts from the warm-up model
     t1 = time.perf_counter()
-    q = em.questions_per_iteration
-    start = (it * q) % max(len(dataset.train) - q + 1, 1)
-    examples = dataset.train[start:start + q]
+    # E-step questions start after the warm-up's oracle questions, so that
+    # iteration 1 is not scored on questions the warm-up saw solved.
+    q, pool = em.questions_per_iteration, dataset.train[config.warmup.num_oracle:]
+    start = (it * q) % max(len(pool) - q + 1, 1)
+    examples = pool[start:start + q]
     key = jax.random.fold_in(jax.random.key(config.seed), phase)
     batch, stats = e_step(graphdef, state.params, agent, examples, method, config, key)
     state = train_epochs(update, state, batch, em.batch_size, em.epochs, config.seed + phase)
