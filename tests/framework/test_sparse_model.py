@@ -91,8 +91,12 @@ SELECTED = []   # top-k blocks selected by the reference (per call)
 @attention_lib.register_attention("test_hybrid_numpy_reference")
 def _reference_attention(q, k, v, *, mask, scale, config, query_slot0,
                          key_valid):
-  """float64 softmax attention under the NumPy hybrid mask (eager only)."""
+  """float64 softmax attention under the NumPy hybrid mask (eager only).
+
+  k, v arrive head-major [B, Hkv, Tk, D] (the hook's contract).
+  """
   q, k, v = (np.asarray(x, np.float64) for x in (q, k, v))
+  k, v = np.swapaxes(k, 1, 2), np.swapaxes(v, 1, 2)
   mask, key_valid = np.asarray(mask), np.asarray(key_valid)
   hyb, n = numpy_hybrid_mask(
       q, k, key_valid, int(query_slot0), window=config.sparse_window,
@@ -167,8 +171,9 @@ def test_hook_equals_numpy_reference(case):
   pos = slot0 + np.arange(tq)
   mask = key_valid[:, None, :] & (slot[None, None, :] <= pos[None, :, None])
   q = rng.normal(size=(b, tq, hq, d)).astype(np.float32)
-  k = rng.normal(size=(b, tk, hkv, d)).astype(np.float32)
-  v = rng.normal(size=(b, tk, hkv, d)).astype(np.float32)
+  # Head-major [B, Hkv, Tk, D], the hook's layout.
+  k = rng.normal(size=(b, hkv, tk, d)).astype(np.float32)
+  v = rng.normal(size=(b, hkv, tk, d)).astype(np.float32)
   kw = dict(mask=jnp.asarray(mask), scale=d ** -0.5, config=cfg,
             query_slot0=slot0, key_valid=jnp.asarray(mask[:, -1]))
   ref = np.asarray(_reference_attention(q, k, v, **kw))
