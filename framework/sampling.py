@@ -108,6 +108,34 @@ def filter_logits(logits: jax.Array, top_k: int | None, top_p: float | None) -> 
   return logits
 
 
+def sample_inverse_cdf(key, logits, block: int = 256):
+  """Draws one token per row of [B, V] logits by inverting the CDF.
+
+  Exact in distribution like `jax.random.categorical`, but needs one uniform
+  per row instead of V Gumbel draws (`categorical` measured 130 ms per
+  [64, 32000] call on CPU, most of a GRPO rollout; this, 2-level, a few ms).
+  Two levels keep the cumulative sums short: first over blocks of `block`
+  tokens, then inside the chosen block. Zero-probability (filtered) tokens are
+  never drawn: the CDF does not rise at them.
+  """
+  b, v = logits.shape
+  probs = jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
+  probs = jnp.pad(probs, ((0, 0), (0, -v % block))).reshape(b, -1, block)
+  block_mass = probs.sum(-1)                                   # [B, nb]
+  block_cdf = jnp.cumsum(block_mass, axis=-1)
+  u = jax.random.uniform(key, (b, 1), minval=jnp.finfo(jnp.float32).tiny) * block_cdf[:, -1:]
+  blk = jnp.minimum(jnp.sum(block_cdf < u, axis=-1), block_cdf.shape[1] - 1)
+  # Only blocks with mass can be chosen (rounding could land past the last one).
+  last_live = jnp.max(jnp.where(block_mass > 0, jnp.arange(block_mass.shape[1]), 0), axis=-1)
+  blk = jnp.minimum(blk, last_live)
+  rows = jnp.arange(b)
+  inner = probs[rows, blk]                                     # [B, block]
+  rest = u[:, 0] - (block_cdf[rows, blk] - block_mass[rows, blk])
+  idx = jnp.sum(jnp.cumsum(inner, axis=-1) < rest[:, None], axis=-1)
+  last_nz = jnp.max(jnp.where(inner > 0, jnp.arange(block), 0), axis=-1)
+  return (blk * block + jnp.minimum(idx, last_nz)).astype(jnp.int32)
+
+
 def sample_next(key, logits, params: SamplingParams):
   """Samples tokens [B] from float32 logits [B, V]; returns (tokens, logprobs)."""
   if params.temperature == 0.0:
@@ -116,7 +144,7 @@ def sample_next(key, logits, params: SamplingParams):
   else:
     scaled = logits / params.temperature
     filtered = filter_logits(scaled, params.top_k, params.top_p)
-    tokens = jax.random.categorical(key, filtered, axis=-1)
+    tokens = sample_inverse_cdf(key, filtered)
   logprobs = jnp.take_along_axis(jax.nn.log_softmax(scaled, axis=-1),
                                  tokens[:, None], axis=-1)[:, 0]
   return tokens.astype(jnp.int32), logprobs
