@@ -147,35 +147,8 @@ def decode_turn(graphdef, state, cache, logits, positions, start, key, done, bud
     tokens int32 [B, N], mask bool [B, N] (real tokens), logprobs float32
     [B, N], steps (int32 scalar, slots used), cache.
   """
-  model = nnx.merge(graphdef, state)
-  b, n = logits.shape[0], params.max_new_tokens
-  stop = jnp.asarray(params.stop_token_ids or (-1,), jnp.int32)
-  done = done | (budget <= 0)
-
-  def cond(carry):
-    i, _, _, done, *_ = carry
-    return (i < n) & ~jnp.all(done)
-
-  def body(carry):
-    i, cache, logits, done, key, tokens, mask, logps = carry
-    key, sub = jax.random.split(key)
-    tok, logp = sampling.sample_next(sub, logits, params)
-    live = ~done
-    tok = jnp.where(live, tok, params.pad_token_id)
-    tokens = tokens.at[:, i].set(tok)
-    mask = mask.at[:, i].set(live)
-    logps = logps.at[:, i].set(jnp.where(live, logp, 0.0))
-    done = done | jnp.isin(tok, stop) | (i + 1 >= budget)
-    hidden, cache = model.forward(
-        tok[:, None], attention_mask=live[:, None], positions=(positions + i)[:, None],
-        cache=cache, cache_index=start + i)
-    return (i + 1, cache, model.logits(hidden[:, 0]), done, key, tokens, mask, logps)
-
-  carry = (jnp.int32(0), cache, logits, done, key,
-           jnp.full((b, n), params.pad_token_id, jnp.int32), jnp.zeros((b, n), bool),
-           jnp.zeros((b, n), jnp.float32))
-  steps, cache, _, _, _, tokens, mask, logps = jax.lax.while_loop(cond, body, carry)
-  return tokens, mask, logps, steps, cache
+  return sampling.decode_loop(nnx.merge(graphdef, state), cache, logits, positions,
+                              start, key, done, budget, params)
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef",), donate_argnames=("cache",))

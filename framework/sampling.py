@@ -162,6 +162,52 @@ def prefill(graphdef, state, ids, mask, *, slots):
   return cache, model.logits(hidden[:, -1])
 
 
+def decode_loop(model, cache, logits, positions, start, key, done, budget, params):
+  """The decode `while_loop`, shared by `decode` and multi-turn rollouts.
+
+  Args:
+    model: a `Decoder` (already merged; call inside jit).
+    cache: `KVCache` holding each row's history in slots [0, start).
+    logits: float32 [B, V] predicting each row's next token.
+    positions: int32 [B], the position of each row's next token.
+    start: int32 scalar, the first free cache slot (shared by all rows).
+    key: PRNG key.
+    done: bool [B], rows that write nothing (their slots stay holes).
+    budget: int32 [B], the most tokens row b may write.
+  Returns (tokens [B, N], mask [B, N], logprobs [B, N], steps, cache), N =
+  `params.max_new_tokens`; `steps` is the number of slots used. Stops early
+  when every row is done (stop token, budget, or done from the start).
+  """
+  b, n = logits.shape[0], params.max_new_tokens
+  stop = jnp.asarray(params.stop_token_ids or (-1,), jnp.int32)
+  done = done | (budget <= 0)
+
+  def cond(carry):
+    i, _, _, done, *_ = carry
+    return (i < n) & ~jnp.all(done)
+
+  def body(carry):
+    i, cache, logits, done, key, tokens, mask, logps = carry
+    key, sub = jax.random.split(key)
+    tok, logp = sample_next(sub, logits, params)
+    live = ~done
+    tok = jnp.where(live, tok, params.pad_token_id)
+    tokens = tokens.at[:, i].set(tok)
+    mask = mask.at[:, i].set(live)
+    logps = logps.at[:, i].set(jnp.where(live, logp, 0.0))
+    done = done | jnp.isin(tok, stop) | (i + 1 >= budget)
+    hidden, cache = model.forward(
+        tok[:, None], attention_mask=live[:, None], positions=(positions + i)[:, None],
+        cache=cache, cache_index=start + i)
+    return (i + 1, cache, model.logits(hidden[:, 0]), done, key, tokens, mask, logps)
+
+  carry = (jnp.int32(0), cache, logits, done, key,
+           jnp.full((b, n), params.pad_token_id, jnp.int32), jnp.zeros((b, n), bool),
+           jnp.zeros((b, n), jnp.float32))
+  steps, cache, _, _, _, tokens, mask, logps = jax.lax.while_loop(cond, body, carry)
+  return tokens, mask, logps, steps, cache
+
+
 @functools.partial(jax.jit, static_argnames=("graphdef", "params"),
                    donate_argnames=("cache",))
 def decode(graphdef, state, cache, logits, positions, start, key, *, params):
@@ -177,33 +223,10 @@ def decode(graphdef, state, cache, logits, positions, start, key, *, params):
   when every row has emitted a stop token. The returned cache (which reuses the
   donated buffers) holds every token fed so far, for multi-turn rollouts.
   """
-  model = nnx.merge(graphdef, state)
-  b, n = logits.shape[0], params.max_new_tokens
-  stop = jnp.asarray(params.stop_token_ids or (-1,), jnp.int32)
-
-  def cond(carry):
-    i, _, _, done, *_ = carry
-    return (i < n) & ~jnp.all(done)
-
-  def body(carry):
-    i, cache, logits, done, key, tokens, mask, logps = carry
-    key, sub = jax.random.split(key)
-    tok, logp = sample_next(sub, logits, params)
-    live = ~done
-    tok = jnp.where(live, tok, params.pad_token_id)
-    tokens = tokens.at[:, i].set(tok)
-    mask = mask.at[:, i].set(live)
-    logps = logps.at[:, i].set(jnp.where(live, logp, 0.0))
-    done = done | jnp.isin(tok, stop)
-    hidden, cache = model.forward(
-        tok[:, None], attention_mask=live[:, None], positions=(positions + i)[:, None],
-        cache=cache, cache_index=start + i)
-    return (i + 1, cache, model.logits(hidden[:, 0]), done, key, tokens, mask, logps)
-
-  carry = (jnp.int32(0), cache, logits, jnp.zeros((b,), bool), key,
-           jnp.full((b, n), params.pad_token_id, jnp.int32), jnp.zeros((b, n), bool),
-           jnp.zeros((b, n), jnp.float32))
-  _, cache, _, _, _, tokens, mask, logps = jax.lax.while_loop(cond, body, carry)
+  b = logits.shape[0]
+  tokens, mask, logps, _, cache = decode_loop(
+      nnx.merge(graphdef, state), cache, logits, positions, start, key,
+      jnp.zeros((b,), bool), jnp.full((b,), params.max_new_tokens, jnp.int32), params)
   return tokens, mask, logps, cache
 
 
