@@ -99,9 +99,13 @@ def attend(name: str, q, k, v, *, mask, scale, **context) -> jax.Array:
   return fn(q, k, v, mask=mask, scale=scale, **extra)
 
 
-@register_attention("dense")
-def dense_attention(q, k, v, *, mask, scale):
-  """Softmax attention in XLA; scores and softmax in float32."""
+def grouped_softmax_attention(q, k, v, mask, scale):
+  """Softmax attention under a mask that may differ per head.
+
+  q [B, Tq, Hq, D]; k, v [B, Hkv, Tk, D]; mask bool, broadcastable to
+  [B, Hkv, G, Tq, Tk] with G = Hq // Hkv (query head h = kv * G + g).
+  Scores and softmax in float32; a row that sees no key gets zeros.
+  """
   out_dtype = q.dtype
   if jax.default_backend() == "cpu":
     # XLA:CPU has no bf16 x bf16 -> f32 dot for these layouts; compute in f32.
@@ -112,10 +116,15 @@ def dense_attention(q, k, v, *, mask, scale):
   qg = q.reshape(b, tq, hkv, hq // hkv, d)
   scores = jnp.einsum("bqhgd,bhkd->bhgqk", qg, k,
                       preferred_element_type=jnp.float32) * scale
-  m = mask[:, None, None, :, :]
-  scores = jnp.where(m, scores, jnp.finfo(jnp.float32).min)
+  scores = jnp.where(mask, scores, jnp.finfo(jnp.float32).min)
   probs = jax.nn.softmax(scores, axis=-1)
-  probs = jnp.where(jnp.any(m, axis=-1, keepdims=True), probs, 0.0)
+  probs = jnp.where(jnp.any(mask, axis=-1, keepdims=True), probs, 0.0)
   out = jnp.einsum("bhgqk,bhkd->bqhgd", probs.astype(v.dtype), v,
                    preferred_element_type=jnp.float32)
   return out.reshape(b, tq, hq, d).astype(out_dtype)
+
+
+@register_attention("dense")
+def dense_attention(q, k, v, *, mask, scale):
+  """Softmax attention in XLA; one mask [B, Tq, Tk] for every head."""
+  return grouped_softmax_attention(q, k, v, mask[:, None, None], scale)

@@ -122,21 +122,13 @@ def masked_dense_attention(q, k, v, mask, scale):
   Returns:
     [B, Tq, Hq, D]; rows that see no key are zeros.
   """
-  b, tq, hq, d = q.shape
+  b, tq, hq, _ = q.shape
   tk, hkv = k.shape[1], k.shape[2]
-  g = hq // hkv
   rows = (np.arange(hq) * mask.shape[1]) // hq
   m = jnp.broadcast_to(mask, (b,) + mask.shape[1:])[:, rows]
-  m = m.reshape(b, hkv, g, tq, tk)
-  qg = q.reshape(b, tq, hkv, g, d)
-  scores = jnp.einsum("bqhgd,bkhd->bhgqk", qg, k,
-                      preferred_element_type=jnp.float32) * scale
-  scores = jnp.where(m, scores, jnp.finfo(jnp.float32).min)
-  probs = jax.nn.softmax(scores, axis=-1)
-  probs = jnp.where(jnp.any(m, axis=-1, keepdims=True), probs, 0.0)
-  out = jnp.einsum("bhgqk,bkhd->bqhgd", probs.astype(v.dtype), v,
-                   preferred_element_type=jnp.float32)
-  return out.reshape(b, tq, hq, d).astype(q.dtype)
+  m = m.reshape(b, hkv, hq // hkv, tq, tk)
+  return attention_lib.grouped_softmax_attention(
+      q, jnp.swapaxes(k, 1, 2), jnp.swapaxes(v, 1, 2), m, scale)
 
 
 @attention_lib.register_attention("block_sparse")
