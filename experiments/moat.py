@@ -1,0 +1,375 @@
+r"""MOAT: joint alignment of a planning agent and a grounding agent (algorithms.md §8).
+
+  python -m alignax.experiments.moat                       # default preset, runs/moat
+  python -m alignax.experiments.moat --config=experiments/configs/moat.py:tiny \
+      --workdir=runs/moat_tiny
+
+Tasks come from the built-in QA world (`agents.moat_world`): relation chains
+applied to a person, with gold subgoals and gold actions; held-in chains are
+trained on, held-out chains (new compositions, longer chains) only evaluated.
+
+1. Warm-up: a word tokenizer and two decoders (planner, grounder) are built
+   and SFT-trained on `warmup.num_gold` gold tasks, then saved (HF format) to
+   `<workdir>/{planner,grounder}_init` (or loaded from `planner_dir`/`grounder_dir`).
+2. For `num_iterations`:
+   Stage 1: K plans per task from ONE batched `generate` call; ONE batched
+     grounder pass scores each by the token-mean CE of the gold actions given
+     (task, plan); `build_dpo_pairs` (argmin vs argmax, gap >= min_gap); DPO
+     (sigmoid) of the planner against a frozen copy of itself.
+   Stage 2: the grounder acts on the sampled plans (one generate call); the
+     critic (`agents.moat_critic.CRITICS`) corrects each (subgoals, actions)
+     pair; the grounder is SFT-trained on the corrected pairs.
+   Held-in and held-out success (greedy planner -> greedy grounder -> world
+   execution) after every iteration.
+3. The `separate` baseline: from the same warm-up agents, each agent SFT-trained
+   alone on the gold set with the same number of updates per iteration as
+   MOAT's stage 1 (planner) and stage 2 (grounder), no interaction.
+
+Under --workdir: bm25/, planner_init/, grounder_init/, metrics.jsonl,
+TensorBoard events, success.png, summary.json, checkpoints/ (one per
+iteration of each method; a re-run resumes, a finished one returns its summary).
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import tqdm
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from alignax import objectives
+from alignax.agents import moat as agents
+from alignax.agents import moat_critic, qa_data, retrieval
+from alignax.agents import moat_world as mw
+from alignax.experiments import common
+from alignax.framework import checkpoint, experiment, hf, sharding, train
+from alignax.framework.config import ModelConfig
+from alignax.framework.model import Decoder
+
+DEFAULT_CONFIG = os.path.join(os.path.dirname(__file__), "configs", "moat.py")
+METHODS = ("moat", "separate")
+
+
+def _check_config(config):
+  if config.num_iterations < 1:
+    raise ValueError(f"config.num_iterations must be >= 1, got {config.num_iterations}.")
+  if config.stage1.num_samples < 2:
+    raise ValueError("config.stage1.num_samples (K) must be >= 2 to form DPO pairs.")
+  if config.critic.name not in moat_critic.CRITICS:
+    raise ValueError(f"config.critic.name={config.critic.name!r}; choose one of"
+                     f" {sorted(moat_critic.CRITICS)}.")
+  if bool(config.planner_dir) != bool(config.grounder_dir):
+    raise ValueError("Set both config.planner_dir and config.grounder_dir, or neither.")
+
+
+def make_world(config):
+  w = config.world
+  return mw.make_moat_world(config.seed, num_people=w.num_people, num_cities=w.num_cities,
+                            num_countries=w.num_countries, num_companies=w.num_companies)
+
+
+def make_io(tokenizer, config):
+  return agents.AgentIO(tokenizer, **config.lengths.to_dict())
+
+
+def sft_batches(io, tasks):
+  """Gold planner rows and gold grounder rows of `tasks`."""
+  plans = [mw.gold_subgoals(t) for t in tasks]
+  planner = io.planner_batch(tasks, plans)
+  grounder = io.grounder_batch(tasks, [io.encode(p) for p in plans],
+                               [mw.actions_text(mw.gold_actions(t)) for t in tasks])
+  return planner, grounder
+
+
+def _warm_up(model, batch, w, seed):
+  optimizer = train.make_optimizer(w.learning_rate, warmup_steps=min(10, w.steps),
+                                   total_steps=w.steps)
+  graphdef, state = train.init_train_state(model, optimizer)
+  update = train.make_sft_update(graphdef, optimizer)
+  state = agents.run_steps(update, state, batch, w.batch_size, w.steps, seed)
+  return agents.merge(graphdef, state.params)
+
+
+def build_agents(config, workdir, world, gold_tasks):
+  """Loads the two agents (HF dirs), building and warm-starting them first
+  when `<workdir>/{planner,grounder}_init` do not exist."""
+  if config.planner_dir:
+    paths = config.planner_dir, config.grounder_dir
+  else:
+    paths = tuple(os.path.join(workdir, f"{n}_init") for n in ("planner", "grounder"))
+    if not all(os.path.exists(os.path.join(p, "model.safetensors")) for p in paths):
+      tmp = os.path.join(workdir, "init.tmp")
+      shutil.rmtree(tmp, ignore_errors=True)
+      _, held_in, held_out = world.splits(config.world.eval_fraction)
+      tokenizer = qa_data.train_word_tokenizer(
+          mw.vocabulary(world, list(gold_tasks) + held_in + held_out))
+      io = make_io(tokenizer, config)
+      batches = sft_batches(io, gold_tasks)
+      for i, (name, batch) in enumerate(zip(("planner", "grounder"), batches)):
+        model_config = ModelConfig(
+            vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id,
+            bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+            **config[name].to_dict())
+        model = _warm_up(Decoder(model_config, seed=config.seed + i), batch, config.warmup,
+                         config.seed + i)
+        out = os.path.join(tmp, name)
+        hf.save_pretrained(model, out)
+        tokenizer.save_pretrained(out)
+      for name, path in zip(("planner", "grounder"), paths):
+        shutil.rmtree(path, ignore_errors=True)
+        os.replace(os.path.join(tmp, name), path)
+      shutil.rmtree(tmp, ignore_errors=True)
+  planner, grounder = (hf.from_pretrained(p) for p in paths)
+  tokenizer = hf.load_tokenizer(paths[0], planner.config)
+  if len(hf.load_tokenizer(paths[1], grounder.config)) != len(tokenizer):
+    raise ValueError("The planner and grounder directories must share one tokenizer.")
+  return planner, grounder, make_io(tokenizer, config)
+
+
+# ------------------------------------------------------------------ stages
+def stage1(p_graphdef, p_state, g_graphdef, g_params, io, tasks, config, update, seed,
+           mesh):
+  """Planner alignment. Returns (planner state, per-row plan ids, stats)."""
+  s = config.stage1
+  k = s.num_samples
+  t0 = time.perf_counter()
+  planner = agents.merge(p_graphdef, p_state.params)
+  gen = agents.sample_plans(planner, io, tasks, num_samples=k, temperature=s.temperature,
+                            top_p=s.top_p, seed=seed, mesh=mesh)  # one call, T*K rows
+  plans = io.subgoal_ids(gen)
+  rows = [t for t in tasks for _ in range(k)]
+  gold = [mw.actions_text(mw.gold_actions(t)) for t in rows]
+  scores = agents.grounder_scores(g_graphdef, g_params,  # one pass over T*K rows
+                                  io.grounder_batch(rows, plans, gold))
+  t_sample = time.perf_counter() - t0
+  chosen, rejected, valid = (np.asarray(x) for x in
+                             objectives.build_dpo_pairs(scores, k, min_gap=s.min_gap))
+  toks, mask = np.asarray(gen.tokens), np.asarray(gen.mask)
+  completions = [r[m].tolist() for r, m in zip(toks, mask)]
+  pb = io.batch([io.planner_prompt(t) for t in rows], completions, io.plan_prompt_len,
+                io.plan_len)
+  ref = agents.sequence_logps(p_graphdef, p_state.params, pb)  # frozen copy
+  batch = agents.dpo_batch(pb, chosen[valid], rejected[valid], ref)
+  p_state, steps, m = agents.run_epochs(update, p_state, batch, s.batch_size, s.epochs, seed)
+  scores = np.asarray(scores).reshape(-1, k)
+  plan_ok = [mw.normalize(io.decode(p)) == mw.normalize(mw.gold_subgoals(t))
+             for p, t in zip(plans, rows)]
+  stats = {"stage1/pairs": int(valid.sum()), "stage1/updates": steps,
+           "stage1/score_mean": float(scores.mean()),
+           "stage1/score_gap": float((scores.max(1) - scores.min(1)).mean()),
+           "stage1/sample_plan_exact": 100.0 * float(np.mean(plan_ok)),
+           "stage1/sample_and_score_seconds": t_sample,
+           "stage1/seconds": time.perf_counter() - t0}
+  stats.update({f"stage1/dpo_{k_}": float(v) for k_, v in m.items()})
+  return p_state, plans, stats
+
+
+def stage2(g_graphdef, g_state, io, world, tasks, plans, critic, config, update, seed, mesh,
+           search_fn):
+  """Grounder improving. Returns (grounder state, stats)."""
+  s = config.stage2
+  k = config.stage1.num_samples
+  t0 = time.perf_counter()
+  row_tasks, row_plans = [], []
+  for i, task in enumerate(tasks):  # up to plans_per_task distinct plans per task
+    seen = set()
+    for p in plans[i * k:(i + 1) * k]:
+      if tuple(p) not in seen and len(seen) < s.plans_per_task:
+        seen.add(tuple(p))
+        row_tasks.append(task)
+        row_plans.append(p)
+  grounder = agents.merge(g_graphdef, g_state.params)
+  actions = agents.ground(grounder, io, row_tasks, row_plans, temperature=s.temperature,
+                          top_p=s.top_p, seed=seed, mesh=mesh)
+  own_ok = [mw.success(world, t, a, search_fn) for t, a in zip(row_tasks, actions)]
+  fixes = critic([moat_critic.CriticInput(t, io.decode(p), a)
+                  for t, p, a in zip(row_tasks, row_plans, actions)])
+  sft, seen = [], set()
+  for t, fix in zip(row_tasks, fixes):
+    if fix is not None and (t.id, fix.subgoals, fix.actions) not in seen:
+      seen.add((t.id, fix.subgoals, fix.actions))
+      sft.append((t, io.encode(fix.subgoals), fix.actions))
+  steps = 0
+  if sft:
+    batch = io.grounder_batch(*zip(*sft))
+    g_state, steps, _ = agents.run_epochs(update, g_state, batch, s.batch_size, s.epochs,
+                                          seed)
+  return g_state, {
+      "stage2/rows": len(row_tasks), "stage2/sft_rows": len(sft), "stage2/updates": steps,
+      "stage2/own_success": 100.0 * float(np.mean(own_ok)),
+      "stage2/corrected": 100.0 * float(np.mean([f is not None and f.changed
+                                                  for f in fixes])),
+      "stage2/seconds": time.perf_counter() - t0}
+
+
+# ------------------------------------------------------------------- run
+def run(config, workdir: str, *, stop_after: int | None = None, progress: bool = True,
+        critic=None):
+  """Warm-up + MOAT iterations + the separate baseline in `workdir` (resuming).
+
+  `stop_after` ends after that many (method, iteration) phases, as a kill
+  would. `critic` overrides `config.critic` (e.g. a stub). Returns the summary.
+  """
+  _check_config(config)
+  os.makedirs(workdir, exist_ok=True)
+  experiment.check_or_store_config(workdir, config)
+  mesh_sizes = config.mesh.to_dict()
+  mesh = None if all(v == 1 for v in mesh_sizes.values()) else sharding.make_mesh(**mesh_sizes)
+  world = make_world(config)
+  train_tasks, held_in, held_out = world.splits(config.world.eval_fraction)
+  held_in, held_out = held_in[:config.eval.held_in_size], held_out[:config.eval.held_out_size]
+  gold_tasks = train_tasks[:config.warmup.num_gold]
+  pool = train_tasks[config.warmup.num_gold:]
+  retriever = retrieval.BM25Retriever.build_or_load(world.corpus,
+                                                    os.path.join(workdir, "bm25"))
+  search_fn = mw.make_search_fn(retriever)
+  if critic is None:
+    critic = moat_critic.make_critic(config.critic.name, world=world, search_fn=search_fn,
+                                     model_dir=config.critic.model_dir,
+                                     max_new_tokens=config.critic.max_new_tokens)
+  t0 = time.perf_counter()
+  planner, grounder, io = build_agents(config, workdir, world, gold_tasks)
+  if mesh is not None:  # both agents on the same mesh
+    sharding.shard_model(planner, mesh)
+    sharding.shard_model(grounder, mesh)
+
+  dpo_opt = train.make_optimizer(config.stage1.learning_rate)
+  sft_opt = train.make_optimizer(config.stage2.learning_rate)
+  sep_opt = train.make_optimizer(config.separate.learning_rate)
+  p_graphdef, p_fresh = train.init_train_state(planner, dpo_opt)
+  g_graphdef, g_fresh = train.init_train_state(grounder, sft_opt)
+  fresh = {"planner": p_fresh, "grounder": g_fresh}
+  dpo_update = agents.make_dpo_update(p_graphdef, dpo_opt, beta=config.stage1.beta)
+  g_update = train.make_sft_update(g_graphdef, sft_opt)
+  sep_p_update = train.make_sft_update(p_graphdef, sep_opt)
+  sep_g_update = train.make_sft_update(g_graphdef, sep_opt)
+
+  def evaluate(state):
+    p = agents.merge(p_graphdef, state["planner"].params)
+    g = agents.merge(g_graphdef, state["grounder"].params)
+    out = {}
+    for split, tasks in (("held_in", held_in), ("held_out", held_out)):
+      for k, v in agents.evaluate(p, g, io, world, tasks, search_fn, mesh).items():
+        out[f"eval/{split}_{k}"] = v
+    return out
+
+  methods = [m for m in METHODS if m == "moat" or config.separate.enabled]
+  iters = config.num_iterations
+  ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"), max_to_keep=2)
+  restored = ckpt.restore_latest(fresh)
+  if restored is None:
+    done, state = 0, fresh
+    before = evaluate(fresh)
+    extras = {"before": before, "curves": {m: [] for m in methods}, "budgets": [],
+              "stage_seconds": {"stage1": [], "stage2": []},
+              "seconds": time.perf_counter() - t0}
+  else:
+    done, state, extras = restored
+  common.truncate_metrics(workdir, done)
+  writer = experiment.MetricWriter(workdir)
+  if restored is None:
+    writer.write(0, {f"{m}/{k}": v for m in methods for k, v in before.items()})
+
+  total = len(methods) * iters
+  end = total if stop_after is None else min(total, done + stop_after)
+  q = config.stage1.tasks_per_iteration
+  bar = tqdm.tqdm(range(done, end), initial=done, total=total, desc="MOAT",
+                  disable=not progress)
+  gold_p, gold_g = sft_batches(io, gold_tasks)
+  for phase in bar:
+    method, it = methods[phase // iters], phase % iters
+    if it == 0:
+      state = jax.tree.map(jnp.copy, fresh)  # every method starts from the warm-up agents
+    t1 = time.perf_counter()
+    seed = config.seed * 1000 + phase
+    if method == "moat":
+      start = (it * q) % max(len(pool) - q + 1, 1)
+      tasks = pool[start:start + q]
+      p_state, plans, s1 = stage1(p_graphdef, state["planner"], g_graphdef,
+                                  state["grounder"].params, io, tasks, config, dpo_update,
+                                  seed, mesh)
+      g_state, s2 = stage2(g_graphdef, state["grounder"], io, world, tasks, plans, critic,
+                           config, g_update, seed, mesh, search_fn)
+      stats = {**s1, **s2}
+      extras["budgets"].append([s1["stage1/updates"], s2["stage2/updates"]])
+      extras["stage_seconds"]["stage1"].append(s1["stage1/seconds"])
+      extras["stage_seconds"]["stage2"].append(s2["stage2/seconds"])
+    else:  # the same number of updates, each agent alone on the gold set
+      p_steps, g_steps = extras["budgets"][it]
+      p_state = agents.run_steps(sep_p_update, state["planner"], gold_p,
+                                 config.stage1.batch_size, p_steps, seed)
+      g_state = agents.run_steps(sep_g_update, state["grounder"], gold_g,
+                                 config.stage2.batch_size, g_steps, seed)
+      stats = {"planner_updates": p_steps, "grounder_updates": g_steps}
+    state = {"planner": p_state, "grounder": g_state}
+    scores = evaluate(state)
+    extras["curves"][method].append(scores)
+    extras["seconds"] += time.perf_counter() - t1
+    writer.write(phase + 1, {"iteration": it + 1, **{f"{method}/{k}": v for k, v in
+                                                     {**stats, **scores}.items()}})
+    bar.set_postfix(method=method, held_in=f"{scores['eval/held_in_success']:.1f}",
+                    held_out=f"{scores['eval/held_out_success']:.1f}")
+    ckpt.save(phase + 1, state, extras)
+  writer.close()
+  ckpt.close()
+  plot_success(workdir, extras)
+  summary = _summary(extras, methods)
+  if end == total:
+    experiment.write_summary(workdir, summary)
+  return summary
+
+
+def plot_success(workdir, extras):
+  """Held-in / held-out success per iteration (0 = warm-up), MOAT vs separate."""
+  from matplotlib.figure import Figure  # pylint: disable=g-import-not-at-top
+  fig = Figure(figsize=(10, 3.5))
+  for ax, split in zip(fig.subplots(1, 2), ("held_in", "held_out")):
+    key = f"eval/{split}_success"
+    for method, curve in extras["curves"].items():
+      ys = [extras["before"][key]] + [c[key] for c in curve]
+      ax.plot(range(len(ys)), ys, marker="o", label=method)
+    ax.set_title(f"{split.replace('_', '-')} success (%)")
+    ax.set_xlabel("iteration (0 = warm-up)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+  fig.suptitle("MOAT vs separately fine-tuned agents")
+  fig.tight_layout()
+  fig.savefig(os.path.join(workdir, "success.png"), dpi=110)
+
+
+def _summary(extras, methods):
+  before = extras["before"]
+  out = {"train/seconds": extras["seconds"],
+         "time/stage1_seconds": extras["stage_seconds"]["stage1"],
+         "time/stage2_seconds": extras["stage_seconds"]["stage2"]}
+  for m in methods:
+    curve = extras["curves"][m]
+    prefix = "" if m == "moat" else f"{m}/"
+    last = curve[-1] if curve else before
+    for split in ("held_in", "held_out"):
+      key = f"eval/{split}_success"
+      out[f"{prefix}eval/{split}_before"] = before[key]
+      out[f"{prefix}eval/{split}_after"] = last[key]
+      out[f"{prefix}eval/{split}_per_iteration"] = [c[key] for c in curve]
+  return out
+
+
+def main(argv):
+  del argv
+  if not flags.FLAGS["verbosity"].present:
+    logging.set_verbosity(logging.WARNING)
+  summary = run(flags.FLAGS.config, flags.FLAGS.workdir)
+  print("\n".join(f"{k}: {v}" for k, v in summary.items()))
+
+
+if __name__ == "__main__":
+  config_flags.DEFINE_config_file("config", DEFAULT_CONFIG,
+                                  "Experiment config (ml_collections file[:preset]).")
+  flags.DEFINE_string("workdir", "runs/moat", "Output folder; re-use it to resume.")
+  common.check_config_overrides(__import__("sys").argv, DEFAULT_CONFIG)
+  app.run(main)
