@@ -114,14 +114,24 @@ def sample_inverse_cdf(key, logits, block: int = 256):
   Exact in distribution like `jax.random.categorical`, but needs one uniform
   per row instead of V Gumbel draws (`categorical` measured 130 ms per
   [64, 32000] call on CPU, most of a GRPO rollout; this, 2-level, a few ms).
-  Two levels keep the cumulative sums short: first over blocks of `block`
-  tokens, then inside the chosen block. Zero-probability (filtered) tokens are
-  never drawn: the CDF does not rise at them.
+  Zero-probability (filtered, -inf) tokens are never drawn.
   """
-  b, v = logits.shape
-  probs = jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
-  probs = jnp.pad(probs, ((0, 0), (0, -v % block))).reshape(b, -1, block)
-  block_mass = probs.sum(-1)                                   # [B, nb]
+  logits = logits.astype(jnp.float32)
+  weights = jnp.exp(logits - jnp.max(logits, axis=-1, keepdims=True))
+  return _draw_from_weights(key, weights, block)
+
+
+def _draw_from_weights(key, weights, block: int = 256):
+  """Token [B] drawn with probability proportional to weights [B, V] >= 0.
+
+  Two levels keep the cumulative sums short: first over blocks of `block`
+  tokens, then inside the chosen block. The weights need not be normalised
+  (the uniform is scaled by their total); the CDF does not rise at zero
+  weights, so those tokens are never drawn.
+  """
+  b, v = weights.shape
+  w = jnp.pad(weights, ((0, 0), (0, -v % block))).reshape(b, -1, block)
+  block_mass = w.sum(-1)                                       # [B, nb]
   block_cdf = jnp.cumsum(block_mass, axis=-1)
   u = jax.random.uniform(key, (b, 1), minval=jnp.finfo(jnp.float32).tiny) * block_cdf[:, -1:]
   blk = jnp.minimum(jnp.sum(block_cdf < u, axis=-1), block_cdf.shape[1] - 1)
@@ -129,7 +139,7 @@ def sample_inverse_cdf(key, logits, block: int = 256):
   last_live = jnp.max(jnp.where(block_mass > 0, jnp.arange(block_mass.shape[1]), 0), axis=-1)
   blk = jnp.minimum(blk, last_live)
   rows = jnp.arange(b)
-  inner = probs[rows, blk]                                     # [B, block]
+  inner = w[rows, blk]                                         # [B, block]
   rest = u[:, 0] - (block_cdf[rows, blk] - block_mass[rows, blk])
   idx = jnp.sum(jnp.cumsum(inner, axis=-1) < rest[:, None], axis=-1)
   last_nz = jnp.max(jnp.where(inner > 0, jnp.arange(block), 0), axis=-1)
@@ -137,29 +147,42 @@ def sample_inverse_cdf(key, logits, block: int = 256):
 
 
 def sample_next(key, logits, params: SamplingParams):
-  """Samples tokens [B] from float32 logits [B, V]; returns (tokens, logprobs)."""
+  """Samples tokens [B] from float32 logits [B, V]; returns (tokens, logprobs).
+
+  One exp pass over [B, V] serves both the draw and the log-prob when nothing
+  is filtered (the row max survives any filtering, so it is shared).
+  """
+  rows = jnp.arange(logits.shape[0])
   if params.temperature == 0.0:
     tokens = jnp.argmax(logits, axis=-1)
-    scaled = logits
+    return tokens.astype(jnp.int32), logits[rows, tokens] - jax.nn.logsumexp(logits, axis=-1)
+  scaled = logits / params.temperature
+  filtered = filter_logits(scaled, params.top_k, params.top_p)
+  top = jnp.max(scaled, axis=-1, keepdims=True)
+  weights = jnp.exp(filtered - top)
+  tokens = _draw_from_weights(key, weights)
+  if filtered is scaled:
+    lse = top[:, 0] + jnp.log(jnp.sum(weights, axis=-1))
   else:
-    scaled = logits / params.temperature
-    filtered = filter_logits(scaled, params.top_k, params.top_p)
-    tokens = sample_inverse_cdf(key, filtered)
-  logprobs = jnp.take_along_axis(jax.nn.log_softmax(scaled, axis=-1),
-                                 tokens[:, None], axis=-1)[:, 0]
-  return tokens.astype(jnp.int32), logprobs
+    lse = jax.nn.logsumexp(scaled, axis=-1)
+  return tokens, scaled[rows, tokens] - lse
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef", "slots"))
-def prefill(graphdef, state, ids, mask, *, slots):
-  """Runs the prompts [B, P] into a fresh cache of `slots` slots.
+@functools.partial(jax.jit, static_argnames=("graphdef", "slots", "repeats"))
+def prefill(graphdef, state, ids, mask, *, slots, repeats=1):
+  """Runs the prompts [U, P] into a fresh cache of `slots` slots.
 
-  Returns (cache, logits of the last prompt position [B, V]).
+  Returns (cache, logits of the last prompt position), each row repeated
+  `repeats` times (batch U * repeats): a group of completions of one prompt
+  shares one prompt pass.
   """
   model = nnx.merge(graphdef, state)
   cache = KVCache.zeros(model.config, ids.shape[0], slots)
   hidden, cache = model.forward(ids, attention_mask=mask, cache=cache, cache_index=0)
-  return cache, model.logits(hidden[:, -1])
+  out = cache, model.logits(hidden[:, -1])
+  if repeats > 1:
+    out = jax.tree.map(lambda x: jnp.repeat(x, repeats, axis=0), out)
+  return out
 
 
 def decode_loop(model, cache, logits, positions, start, key, done, budget, params):
@@ -296,19 +319,23 @@ def generate(model: Decoder, prompts: Sequence[Sequence[int]], *, max_new_tokens
       stop_token_ids=tuple(sorted(set(_as_tuple(eos_token_id) + _as_tuple(stop_token_ids)))))
   params.validate(config.vocab_size)
 
-  rows = [p for p in prompts for _ in range(num_generations)]
-  num_rows = len(rows)
+  # The prompt pass runs once per prompt; its cache is repeated per completion.
+  rows = list(prompts)
+  num_rows = len(rows) * num_generations
   if mesh is not None:
     shards = mesh.shape["data"] * mesh.shape["fsdp"]
-    rows += [[params.pad_token_id]] * (-num_rows % shards)
+    rows += [[params.pad_token_id]] * (-len(rows) % shards)
   length = bucket_length(longest, limit)
-  ids, mask = pad_prompts(rows, length, params.pad_token_id)
+  host_ids, host_mask = pad_prompts(rows, length, params.pad_token_id)
+  ids, mask = host_ids, host_mask
   if mesh is not None:
     ids, mask = (jax.device_put(a, sharding_lib.batch_sharding(mesh)) for a in (ids, mask))
   key = jax.random.key(seed) if isinstance(seed, (int, np.integer)) else seed
 
   graphdef, state = nnx.split(model)
-  cache, logits = prefill(graphdef, state, ids, mask, slots=length + max_new_tokens)
+  cache, logits = prefill(graphdef, state, ids, mask, slots=length + max_new_tokens,
+                          repeats=num_generations)
+  ids, mask = (np.repeat(a, num_generations, axis=0) for a in (host_ids, host_mask))
   positions = jnp.asarray(mask.sum(axis=1), jnp.int32)
   tokens, out_mask, logprobs, _ = decode(graphdef, state, cache, logits, positions,
                                       jnp.int32(length), key, params=params)
