@@ -174,10 +174,11 @@ def _check_config(config):
   objectives.get_policy_loss(config.loss.loss_type)  # raises, listing the valid names
   if config.rollout.num_generations < 2:
     raise ValueError("config.rollout.num_generations must be >= 2 for group advantages.")
-  n = config.rollout.prompts_per_step * config.rollout.num_generations
-  if n % config.train.micro_batches:
-    raise ValueError(f"prompts_per_step x num_generations = {n} is not divisible by"
-                     f" config.train.micro_batches={config.train.micro_batches}.")
+  # A micro-batch holds whole groups: each group's prompt is run once.
+  if config.rollout.prompts_per_step % config.train.micro_batches:
+    raise ValueError(f"config.rollout.prompts_per_step={config.rollout.prompts_per_step}"
+                     " is not divisible by config.train.micro_batches="
+                     f"{config.train.micro_batches} (micro-batches hold whole groups).")
 
 
 def run(config, workdir: str, *, stop_after: int | None = None, progress: bool = True):
@@ -212,7 +213,8 @@ def run(config, workdir: str, *, stop_after: int | None = None, progress: bool =
                      max_completion_length=config.rollout.max_new_tokens)
   update = train.make_grpo_update(graphdef, optimizer, loss_kwargs=loss_kwargs,
                                   temperature=config.rollout.temperature,
-                                  micro_batches=t.micro_batches)
+                                  micro_batches=t.micro_batches,
+                                  prompt_groups=config.rollout.num_generations)
 
   ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"),
                                  max_to_keep=t.keep_checkpoints)

@@ -6,7 +6,10 @@ Here the LM-head matmul, log-softmax, gather and entropy run chunk by chunk
 over rows (and optionally vocabulary slices), under a `jax.custom_vjp` whose
 residuals are only `hidden, W, tokens, lse, ent`: backward recomputes each
 chunk's logits. Peak memory is `O(token_chunk * V)` (or
-`O(token_chunk * vocab_chunk)`) instead of `O(N T V)`. Same idea as Liger's
+`O(token_chunk * vocab_chunk)`) instead of `O(N T V)`; `remat=False`
+trades that back for speed (the logits are kept, one matmul fewer). A
+cotangent that is a symbolic zero (entropy only logged under
+`stop_gradient`) skips its backward term. Same idea as Liger's
 fused linear cross-entropy and MaxText's vocab tiling; unlike them the outputs
 are per-token, so gradients are finished only in backward (one extra LM-head
 pass of compute).
@@ -47,14 +50,15 @@ def _vocab_blocks(w, vocab_chunk):
 
 
 def _chunk_forward(h, w, tok, tau, vocab_chunk, with_entropy):
-  """One row chunk: `(lse, target logit, entropy)`, each `[C]` f32."""
+  """One row chunk: `(lse, target logit, entropy, logits)`; the first three
+  `[C]` f32, the logits `[C, V]` (None with `vocab_chunk`)."""
   if vocab_chunk is None:
     z = _logits(h, w, tau)
     lse = jax.nn.logsumexp(z, axis=-1)
     tgt = jnp.take_along_axis(z, tok[:, None], axis=-1)[:, 0]
-    ent = (lse - jnp.sum(jax.nn.softmax(z, axis=-1) * z, axis=-1)
+    ent = (lse - jnp.sum(jnp.exp(z - lse[:, None]) * z, axis=-1)
            if with_entropy else jnp.zeros_like(lse))
-    return lse, tgt, ent
+    return lse, tgt, ent, z
 
   v = w.shape[1]
   blocks, offsets = _vocab_blocks(w, vocab_chunk)
@@ -82,7 +86,7 @@ def _chunk_forward(h, w, tok, tau, vocab_chunk, with_entropy):
   (m, s, t, tgt), _ = jax.lax.scan(body, init, (blocks, offsets))
   lse = m + jnp.log(s)
   ent = lse - t / s if with_entropy else jnp.zeros_like(lse)
-  return lse, tgt, ent
+  return lse, tgt, ent, None
 
 
 def _dlogits(z, tok, col_ids, lse, ent, g_lp, g_ent, with_entropy):
@@ -99,10 +103,10 @@ def _dlogits(z, tok, col_ids, lse, ent, g_lp, g_ent, with_entropy):
 
 
 def _chunk_backward(h, w, tok, lse, ent, g_lp, g_ent, tau, vocab_chunk,
-                    with_entropy):
-  """One row chunk: `(dh [C, D] f32, dW contribution)`."""
+                    with_entropy, z=None):
+  """One row chunk: `(dh [C, D] f32, dW contribution)`; `z`: saved logits."""
   if vocab_chunk is None:
-    z = _logits(h, w, tau)
+    z = _logits(h, w, tau) if z is None else z
     dz = _dlogits(z, tok, jnp.arange(w.shape[1]), lse, ent, g_lp, g_ent,
                   with_entropy) / tau
     dh = jnp.dot(dz, w.T.astype(_F32))
@@ -137,45 +141,59 @@ def _split_rows(x, chunk):
   return x.reshape((x.shape[0] // chunk, chunk) + x.shape[1:])
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5, 6))
-def _fused(h, w, tok, tau, chunk, vocab_chunk, with_entropy):
-  return _fused_fwd(h, w, tok, tau, chunk, vocab_chunk, with_entropy)[0]
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5, 6, 7))
+def _fused(h, w, tok, tau, chunk, vocab_chunk, with_entropy, remat):
+  return _forward(h, w, tok, tau, chunk, vocab_chunk, with_entropy)[0]
 
 
-def _fused_fwd(h, w, tok, tau, chunk, vocab_chunk, with_entropy):
-  lse, tgt, ent = jax.lax.map(
+def _forward(h, w, tok, tau, chunk, vocab_chunk, with_entropy):
+  """`((logp, entropy), lse, logits [n_chunks, chunk, V] or None)`."""
+  lse, tgt, ent, z = jax.lax.map(
       lambda xs: _chunk_forward(xs[0], w, xs[1], tau, vocab_chunk,
                                 with_entropy),
       (_split_rows(h, chunk), _split_rows(tok, chunk)))
   lse, tgt, ent = (x.reshape(-1) for x in (lse, tgt, ent))
-  return (tgt - lse, ent), (h, w, tok, lse, ent)
+  return (tgt - lse, ent), lse, z
 
 
-def _fused_bwd(tau, chunk, vocab_chunk, with_entropy, res, cts):
-  h, w, tok, lse, ent = res
+def _fused_fwd(h, w, tok, tau, chunk, vocab_chunk, with_entropy, remat):
+  h, w, tok = (x.value for x in (h, w, tok))  # symbolic_zeros: primals are wrapped
+  out, lse, z = _forward(h, w, tok, tau, chunk, vocab_chunk, with_entropy)
+  return out, (h, w, tok, lse, out[1], None if remat else z)
+
+
+def _fused_bwd(tau, chunk, vocab_chunk, with_entropy, remat, res, cts):
+  h, w, tok, lse, ent, saved_z = res
   g_lp, g_ent = cts
+  # A loss that only logs the entropy (stop_gradient) sends a symbolic zero:
+  # skip its [rows, V] term.
+  entropy_grad = with_entropy and not isinstance(g_ent, jax.custom_derivatives.SymbolicZero)
+  zeros = jnp.zeros(lse.shape, _F32)
+  g_lp = zeros if isinstance(g_lp, jax.custom_derivatives.SymbolicZero) else g_lp
+  g_ent = g_ent if entropy_grad else zeros
 
   def body(dw, xs):
-    h_c, tok_c, lse_c, ent_c, glp_c, gent_c = xs
+    h_c, tok_c, lse_c, ent_c, glp_c, gent_c, z_c = xs
     dh_c, dw_c = _chunk_backward(h_c, w, tok_c, lse_c, ent_c, glp_c, gent_c,
-                                 tau, vocab_chunk, with_entropy)
+                                 tau, vocab_chunk, entropy_grad, z_c)
     return dw + dw_c, dh_c.astype(h.dtype)
 
   xs = tuple(_split_rows(x, chunk) for x in (h, tok, lse, ent,
                                               g_lp.astype(_F32),
-                                              g_ent.astype(_F32)))
+                                              g_ent.astype(_F32))) + (saved_z,)
   dw, dh = jax.lax.scan(body, jnp.zeros(w.shape, _F32), xs)
   return dh.reshape(h.shape), dw.astype(w.dtype), None
 
 
-_fused.defvjp(_fused_fwd, _fused_bwd)
+_fused.defvjp(_fused_fwd, _fused_bwd, symbolic_zeros=True)
 
 
 def fused_logprobs_and_entropy(hidden: jax.Array, w_out: jax.Array,
                                tokens: jax.Array, *, temperature: float = 1.0,
                                token_chunk: int = 1024,
                                vocab_chunk: Optional[int] = None,
-                               entropy: bool = True
+                               entropy: bool = True,
+                               remat: bool = True
                                ) -> Tuple[jax.Array, jax.Array]:
   """Per-token log-probs and entropies of `softmax(hidden @ w_out / tau)`.
 
@@ -191,6 +209,9 @@ def fused_logprobs_and_entropy(hidden: jax.Array, w_out: jax.Array,
     token_chunk: rows per chunk (R = N*T is zero-padded to a multiple).
     vocab_chunk: optional vocabulary slice size (need not divide V).
     entropy: also compute the entropy (else zeros, and cheaper backward).
+    remat: backward recomputes each chunk's logits (memory O(chunk x V)).
+      False keeps the forward's logits instead (memory O(rows x V), as
+      unfused code; saves one LM-head matmul); needs `vocab_chunk=None`.
 
   Returns:
     `(logp [N, T] f32, entropy [N, T] f32)`; differentiable w.r.t. `hidden`
@@ -208,8 +229,11 @@ def fused_logprobs_and_entropy(hidden: jax.Array, w_out: jax.Array,
   tok = jnp.pad(tokens.reshape(rows).astype(jnp.int32), (0, pad))
   vc = None if vocab_chunk is None or vocab_chunk >= w_out.shape[1] else (
       vocab_chunk)
+  if not remat and vc is not None:
+    raise ValueError("remat=False keeps whole-vocabulary logits; it cannot be"
+                     " combined with vocab_chunk (use one or the other).")
   logp, ent = _fused(h, w_out, tok, float(temperature), chunk, vc,
-                     bool(entropy))
+                     bool(entropy), bool(remat))
   return logp[:rows].reshape(n, t), ent[:rows].reshape(n, t)
 
 

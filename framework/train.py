@@ -23,7 +23,7 @@ from flax import nnx
 
 from alignax import objectives
 from alignax.framework.logprobs import fused_logprobs_and_entropy
-from alignax.framework.model import Decoder
+from alignax.framework.model import Decoder, KVCache
 
 
 @jax.tree_util.register_dataclass
@@ -57,20 +57,55 @@ def init_train_state(model: Decoder, optimizer: optax.GradientTransformation):
 
 def completion_logprobs(graphdef, params, sequences, attention_mask, completion_tokens, *,
                         temperature: float = 1.0, with_entropy: bool = False,
-                        token_chunk: int = 1024):
+                        token_chunk: int = 1024, prompt_groups: int = 1,
+                        remat: bool = True):
   """Per-token log-probs (and entropies) [N, C] of the completion tokens.
 
   `sequences` [N, P + C] = prompt + completion; the hidden state at position
   P + t - 1 predicts completion token t. Log-probs go through the fused chunked
-  kernel, so [N, C, V] logits are never held.
+  kernel, so [N, C, V] logits are never held (`remat=False`: kept, faster).
+
+  prompt_groups: G > 1 declares that rows g*G .. g*G + G - 1 share one prompt
+    (tokens and mask; the sampler's `num_generations` layout). The prompt is
+    then run once per group and its keys/values shared by the G completions
+    (Prefix Grouper, algorithms.md §4.5): same values and gradients, with the
+    prompt's share of the compute divided by G.
   """
   model = nnx.merge(graphdef, params)
   c = completion_tokens.shape[1]
-  hidden, _ = model.forward(sequences, attention_mask=attention_mask)
-  hidden = hidden[:, -c - 1:-1]
+  if prompt_groups > 1:
+    hidden = _shared_prompt_hidden(model, sequences, attention_mask, c, prompt_groups)
+  else:
+    hidden, _ = model.forward(sequences, attention_mask=attention_mask)
+    hidden = hidden[:, -c - 1:-1]
   return fused_logprobs_and_entropy(
       hidden, model.unembedding(), completion_tokens, temperature=temperature,
-      token_chunk=token_chunk, entropy=with_entropy)
+      token_chunk=token_chunk, entropy=with_entropy, remat=remat)
+
+
+def _shared_prompt_hidden(model: Decoder, sequences, attention_mask, c: int, groups: int):
+  """Hidden states [N, C, H] predicting the completions, one prompt pass per group."""
+  n, length = sequences.shape
+  if n % groups:
+    raise ValueError(f"{n} rows (per micro-batch) are not whole groups of"
+                     f" prompt_groups={groups}; make rows per micro-batch a multiple of it.")
+  p = length - c
+  attention_mask = attention_mask.astype(bool)
+  prompt_mask = attention_mask[::groups, :p]
+  cache = KVCache.zeros(model.config, n // groups, length - 1)
+  prompt_hidden, cache = model.forward(sequences[::groups, :p], attention_mask=prompt_mask,
+                                       cache=cache, cache_index=0)
+  first = jnp.repeat(prompt_hidden[:, -1:], groups, axis=0)  # predicts completion token 0
+  if c == 1:
+    return first
+  cache = jax.tree.map(lambda x: jnp.repeat(x, groups, axis=0), cache)
+  mask = attention_mask[:, p:-1]
+  # Positions continue each row's prompt, as positions_from_mask on the full row.
+  prompt_len = jnp.repeat(prompt_mask.sum(axis=1), groups)
+  positions = jnp.where(mask, prompt_len[:, None] + jnp.cumsum(mask, axis=1) - 1, 0)
+  rest, _ = model.forward(sequences[:, p:-1], attention_mask=mask, positions=positions,
+                          cache=cache, cache_index=p)
+  return jnp.concatenate([first, rest], axis=1)
 
 
 def _split_micro(batch: Mapping[str, jax.Array], micro_batches: int):
@@ -116,7 +151,8 @@ def accumulate_and_apply(state: TrainState, batch, terms_fn: Callable, optimizer
 
 def make_grpo_update(graphdef, optimizer: optax.GradientTransformation, *,
                      loss_kwargs: Mapping[str, Any], temperature: float = 1.0,
-                     micro_batches: int = 1, token_chunk: int = 1024):
+                     micro_batches: int = 1, token_chunk: int = 1024,
+                     prompt_groups: int = 1, remat: bool = True):
   """Jitted `update(state, batch) -> (state, metrics)` for a GRPO-family loss.
 
   batch (N rows): `sequences` int32 [N, L], `attention_mask` [N, L],
@@ -124,13 +160,16 @@ def make_grpo_update(graphdef, optimizer: optax.GradientTransformation, *,
   `old_logprobs` [N, C] (the sampler's), `advantages` [N], and `ref_logprobs`
   [N, C] when `loss_kwargs["beta"] > 0`. `loss_kwargs` are `policy_loss_terms`
   keyword arguments (loss_type, epsilon_low/high, delta, beta, ...).
+  `prompt_groups` (rows of a group share the prompt, run once) and `remat`:
+  see `completion_logprobs`.
   """
   loss_kwargs = dict(loss_kwargs)
 
   def terms(params, mb):
     logp, ent = completion_logprobs(
         graphdef, params, mb["sequences"], mb["attention_mask"], mb["completion_tokens"],
-        temperature=temperature, with_entropy=True, token_chunk=token_chunk)
+        temperature=temperature, with_entropy=True, token_chunk=token_chunk,
+        prompt_groups=prompt_groups, remat=remat)
     num, den, metrics = objectives.policy_loss_terms(
         logp, mb["old_logprobs"], mb["advantages"], mb["completion_mask"],
         ref_logprobs=mb.get("ref_logprobs"), **loss_kwargs)

@@ -36,14 +36,15 @@ def _objective(fn):
   return f
 
 
-@pytest.mark.parametrize("token_chunk,vocab_chunk,tau", [
-    (1024, None, 1.0), (4, None, 0.7), (3, None, 1.0), (10, 8, 0.7),
-    (3, 37, 1.0), (7, 5, 0.7), (1, 36, 1.0)])
-def test_matches_unfused_value_and_grad(token_chunk, vocab_chunk, tau):
+@pytest.mark.parametrize("token_chunk,vocab_chunk,tau,remat", [
+    (1024, None, 1.0, True), (4, None, 0.7, True), (3, None, 1.0, True),
+    (10, 8, 0.7, True), (3, 37, 1.0, True), (7, 5, 0.7, True), (1, 36, 1.0, True),
+    (1024, None, 0.7, False), (3, None, 1.0, False)])
+def test_matches_unfused_value_and_grad(token_chunk, vocab_chunk, tau, remat):
   h, w, tok = _inputs()
   fused = lambda h, w, tok: fused_logprobs_and_entropy(
       h, w, tok, temperature=tau, token_chunk=token_chunk,
-      vocab_chunk=vocab_chunk)
+      vocab_chunk=vocab_chunk, remat=remat)
   lp, ent = jax.jit(fused)(h, w, tok)
   ref_lp, ref_ent = _naive(h, w, tok, tau)
   np.testing.assert_allclose(lp, ref_lp, rtol=1e-5, atol=1e-5)
@@ -54,6 +55,34 @@ def test_matches_unfused_value_and_grad(token_chunk, vocab_chunk, tau):
   for a, b in zip(g, g_ref):
     assert a.shape == b.shape
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("vocab_chunk,remat", [(None, True), (8, True), (None, False)])
+def test_logged_entropy_gradient_skipped_exactly(vocab_chunk, remat):
+  """Entropy only logged (stop_gradient: a symbolic-zero cotangent, whose
+  [rows, V] backward term is skipped) and entropy not computed at all give
+  the log-prob-only gradient of the unfused reference."""
+  h, w, tok = _inputs(2)
+  c1 = jnp.linspace(-1.0, 2.0, N * T).reshape(N, T)
+
+  def f(h, w, entropy, stop):
+    lp, ent = fused_logprobs_and_entropy(h, w, tok, temperature=0.7, token_chunk=3,
+                                         vocab_chunk=vocab_chunk, entropy=entropy,
+                                         remat=remat)
+    return jnp.sum(c1 * lp) + (0.0 * jnp.sum(jax.lax.stop_gradient(ent)) if stop else 0.0)
+
+  ref = jax.grad(lambda h, w: jnp.sum(c1 * token_logprobs(
+      jnp.einsum("ntd,dv->ntv", h, w), tok, temperature=0.7)), (0, 1))(h, w)
+  for entropy, stop in ((True, True), (True, False), (False, False)):
+    got = jax.jit(jax.grad(f, (0, 1)), static_argnums=(2, 3))(h, w, entropy, stop)
+    for a, b in zip(got, ref):
+      np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_remat_false_rejects_vocab_chunk():
+  h, w, tok = _inputs()
+  with pytest.raises(ValueError, match="vocab_chunk"):
+    fused_logprobs_and_entropy(h, w, tok, vocab_chunk=8, remat=False)
 
 
 def test_chunked_token_logprobs_grad_and_chunk_independence():

@@ -4,6 +4,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from flax import nnx
 
 from alignax.framework import train
 from alignax.framework.config import ModelConfig
@@ -64,3 +65,68 @@ def test_sft_update_lowers_the_loss():
     state, m = update(state, batch)
     losses.append(float(m["loss"]))
   assert losses[-1] < 0.5 * losses[0]
+
+
+def _grouped_batch(groups, prompts=2, p=6, c=5, vocab=32, seed=1):
+  """A batch in the sampler's layout: each prompt (left-padded) repeated `groups`
+  times, ragged completions (tokens after the stop are padding)."""
+  b = _batch(n=prompts * groups, p=p, c=c, vocab=vocab, seed=seed)
+  for key in ("sequences", "attention_mask"):
+    b[key][:, :p] = np.repeat(b[key][::groups, :p], groups, axis=0)
+  return b
+
+
+@pytest.mark.parametrize("c", [5, 1])
+def test_shared_prompt_forward_matches_full_rows(c):
+  """Prefix Grouper (algorithms.md §4.5): running each group's prompt once gives
+  the per-row forward's log-probs, entropies and parameter gradients (1e-5)."""
+  config = ModelConfig(vocab_size=32, hidden_size=32, intermediate_size=64, num_layers=2,
+                       num_heads=4, num_kv_heads=2, qkv_bias=True)
+  graphdef, params = nnx.split(Decoder(config, seed=3))
+  b = _grouped_batch(groups=3, c=c)
+  weights = jnp.asarray(np.random.RandomState(0).randn(*b["completion_tokens"].shape),
+                        jnp.float32)
+
+  def f(params, groups):
+    lp, ent = train.completion_logprobs(
+        graphdef, params, b["sequences"], b["attention_mask"], b["completion_tokens"],
+        temperature=0.8, with_entropy=True, prompt_groups=groups)
+    mask = jnp.asarray(b["completion_mask"])
+    return jnp.sum(jnp.where(mask, weights * lp + 0.1 * ent, 0.0)), (lp, ent)
+
+  (v1, (lp1, ent1)), g1 = jax.value_and_grad(f, has_aux=True)(params, 1)
+  (v3, (lp3, ent3)), g3 = jax.jit(jax.value_and_grad(f, has_aux=True),
+                                  static_argnums=1)(params, 3)
+  m = b["completion_mask"]
+  np.testing.assert_allclose(np.asarray(lp3)[m], np.asarray(lp1)[m], atol=1e-5)
+  np.testing.assert_allclose(np.asarray(ent3)[m], np.asarray(ent1)[m], atol=1e-5)
+  np.testing.assert_allclose(float(v3), float(v1), rtol=1e-5)
+  for a, b_ in zip(jax.tree.leaves(g3), jax.tree.leaves(g1)):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b_), atol=1e-5)
+
+
+def test_grpo_update_with_shared_prompts_and_kept_logits_matches_plain():
+  config = ModelConfig(vocab_size=32, hidden_size=32, intermediate_size=64, num_layers=1,
+                       num_heads=2, num_kv_heads=1)
+  optimizer = optax.sgd(1.0)
+  batch = _grouped_batch(groups=4)
+  out = []
+  for kw in (dict(), dict(prompt_groups=4, remat=False, micro_batches=2)):
+    graphdef, state = train.init_train_state(Decoder(config, seed=0), optimizer)
+    update = train.make_grpo_update(graphdef, optimizer, temperature=0.9, loss_kwargs=dict(
+        loss_type="dapo", max_completion_length=5), **kw)
+    state, metrics = update(state, batch)
+    out.append((jax.tree.leaves(state.params), float(metrics["loss"])))
+  assert abs(out[0][1] - out[1][1]) < 1e-6
+  for a, b in zip(out[0][0], out[1][0]):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-6)
+
+
+def test_shared_prompt_groups_must_divide_rows():
+  config = ModelConfig(vocab_size=32, hidden_size=32, intermediate_size=64, num_layers=1,
+                       num_heads=2, num_kv_heads=1)
+  graphdef, params = nnx.split(Decoder(config, seed=0))
+  b = _grouped_batch(groups=2)
+  with pytest.raises(ValueError, match="prompt_groups=3"):
+    train.completion_logprobs(graphdef, params, b["sequences"], b["attention_mask"],
+                              b["completion_tokens"], prompt_groups=3)
