@@ -11,9 +11,12 @@ rollout batch (no gradient accumulation, num_iterations 1) on both sides.
 Settings chosen for a like-for-like step: TRL's activation checkpointing (on by
 default in TRL) is turned off, since alignax does not rematerialise
 (`--trl-gradient-checkpointing` restores it); alignax's fused log-prob kernel
-gets `token_chunk` = the whole batch (rows x completion tokens), i.e. one LM-head
-chunk holding the full [64 x 64, 32000] logits as TRL does (`--token-chunk 1024`,
-the library default, saves memory and was ~1.7x slower for the update here).
+gets `token_chunk` = the whole batch (rows x completion tokens) and
+`remat=False`, i.e. the full [64 x 64, 32000] logits are held from forward to
+backward as TRL holds them (`--token-chunk 1024 --remat`, the library
+defaults, save memory for one more LM-head matmul). alignax runs each group's
+shared prompt once (`prompt_groups`, Prefix Grouper; `--no-shared-prompt` runs
+it per row as TRL does); generation shares the prompt pass per group too.
 
 Same weights: the alignax `Decoder` is written with `hf.save_pretrained` and the
 TRL policy is `AutoModelForCausalLM.from_pretrained` of that folder. Same
@@ -81,6 +84,7 @@ def bench_alignax(a, model, prompt_sets):
   graphdef, state = train.init_train_state(model, optimizer)
   update = train.make_grpo_update(
       graphdef, optimizer, temperature=1.0, token_chunk=a.token_chunk,
+      prompt_groups=1 if a.no_shared_prompt else a.generations, remat=a.remat,
       loss_kwargs=dict(loss_type="dapo", epsilon_low=0.2, epsilon_high=0.2, beta=0.0,
                        max_completion_length=a.new))
 
@@ -202,6 +206,11 @@ def main():
   ap.add_argument("--token-chunk", type=int, default=0,
                   help="alignax log-prob chunk (rows x tokens per LM-head chunk); 0: the"
                        " whole batch, i.e. full logits like TRL")
+  ap.add_argument("--remat", action="store_true",
+                  help="alignax recomputes the LM-head logits in backward (default: keeps"
+                       " them, as TRL does)")
+  ap.add_argument("--no-shared-prompt", action="store_true",
+                  help="alignax runs every row's prompt (default: once per group)")
   ap.add_argument("--trl-gradient-checkpointing", action="store_true",
                   help="keep TRL's default activation checkpointing (off by default here)")
   ap.add_argument("--no-repeat-alignax", action="store_true",
