@@ -54,7 +54,8 @@ def make_critic(name: str, **kwargs):
 @register_critic("builtin")
 class BuiltinCritic:
   """Executes every action; keeps hop i when it reaches `task.path[i]`, else
-  replaces it by `Lookup[subject or #i, relation_i]` from the world's facts."""
+  replaces it by `Lookup[#i, relation_i]` (`#0` = the task's entity) from the
+  world's facts."""
 
   def __init__(self, world: mw.MoatWorld, search_fn=None, **unused):
     del unused
@@ -63,15 +64,15 @@ class BuiltinCritic:
   def correct_one(self, item: CriticInput) -> Correction:
     task = item.task
     parsed = mw.parse_actions(item.actions)
-    values = mw.execute(self.world, parsed, self.search_fn).values
+    values = mw.execute(self.world, parsed, self.search_fn, task.subject).values
     fixed = []
     for i, relation in enumerate(task.chain):
       ok = (i < len(parsed) and parsed[i].kind in ("lookup", "search")
             and values[i] == task.path[i])
       fixed.append(parsed[i] if ok else
-                   mw.Action("lookup", (task.subject if i == 0 else f"#{i}", relation)))
+                   mw.Action("lookup", (f"#{i}", relation)))
     fixed.append(mw.Action("answer", (f"#{len(task.chain)}",)))
-    if mw.execute(self.world, fixed, self.search_fn).answer != task.answer:
+    if mw.execute(self.world, fixed, self.search_fn, task.subject).answer != task.answer:
       fixed = mw.gold_actions(task)  # a kept Search must have been non-deterministic
     changed = fixed != parsed
     want = mw.parse_subgoals(mw.subgoals_text(fixed))

@@ -10,16 +10,19 @@ capital) so that relation *chains* from a person compose in many ways:
                        company --founder--> person
 
 A task is a chain `(r1, ..., rn)` applied to a person:
-  task     : what is the country of the birthplace of zor ?
-  subgoals : 1 . find birthplace of zor 2 . find country of #1 3 . answer #2
-  actions  : Lookup [ zor , birthplace ] Lookup [ #1 , country ] Answer [ #2 ]
-`#k` is the result of action k. Actions run against the world:
+  task     : what is zor 's birthplace 's country ?
+  subgoals : 1 . find birthplace of #0 2 . find country of #1 3 . answer #2
+  actions  : Lookup [ #0 , birthplace ] Lookup [ #1 , country ] Answer [ #2 ]
+`#k` is the result of action k and `#0` the entity the task names (Lumos-style
+variables: the tiny word-level agents cannot copy names they never saw in
+training, see notes/issue10.md, so the subject is bound, not copied; a
+literal name is accepted too). Actions run against the world:
   Lookup[e, r]  the object of relation r for subject e (or "none");
   Search[q]     the last word of the top BM25 passage for q (every passage
                 ends with its object, so a good query finds the fact);
   Answer[x]     ends the episode with x (or the value of #k).
-Held-in tasks use the chains of `HELD_IN_CHAINS` (seen in training); held-out
-tasks use `HELD_OUT_CHAINS` (new compositions of length 3, and length 4).
+Chains start from any entity type; `chain_split` keeps held-in chains (seen in
+training) apart from held-out ones (new compositions of length 3, and length 4).
 """
 from __future__ import annotations
 
@@ -45,18 +48,33 @@ RELATIONS = {
 _WORLD_RELATION = {"birthplace": "born", "employer": "works", "country": "city_country",
                    "hq": "company_city"}
 
-HELD_IN_CHAINS = (
-    ("birthplace",), ("employer",),
-    ("birthplace", "country"), ("birthplace", "mayor"), ("employer", "hq"),
-    ("employer", "founder"),
-    ("birthplace", "country", "capital"), ("birthplace", "mayor", "employer"),
-    ("employer", "hq", "mayor"), ("employer", "founder", "birthplace"),
-)
-HELD_OUT_CHAINS = (
-    ("employer", "hq", "country"), ("birthplace", "mayor", "birthplace"),
-    ("employer", "founder", "employer"),
-    ("employer", "hq", "country", "capital"), ("birthplace", "mayor", "employer", "hq"),
-)
+
+
+def all_chains(max_len: int = 4) -> list[tuple[str, ...]]:
+  """Every type-valid relation chain of length 1..max_len, from any entity type."""
+  out, frontier = [], [(r,) for r in RELATIONS]
+  for _ in range(max_len):
+    out += frontier
+    frontier = [c + (r,) for c in frontier for r, (st, _, _) in RELATIONS.items()
+                if st == RELATIONS[c[-1]][1]]
+  return out
+
+
+def _frac(*key) -> float:
+  h = hashlib.sha256(":".join(map(str, key)).encode()).digest()
+  return int.from_bytes(h[:4], "little") / 2**32
+
+
+def chain_split(seed: int = 0, heldout_fraction: float = 0.25, num_long: int = 4):
+  """(held-in chains, held-out chains). Held-in: every chain of length 1-2 and
+  the length-3 chains outside a hashed `heldout_fraction`; held-out: those
+  length-3 chains (new compositions of seen relations) and `num_long`
+  length-4 chains (longer than any training chain)."""
+  held_in, held_out = [], []
+  for c in all_chains(3):
+    (held_out if len(c) == 3 and _frac(seed, c) < heldout_fraction else held_in).append(c)
+  longer = sorted(all_chains(4)[len(all_chains(3)):], key=lambda c: _frac(seed, "long", c))
+  return held_in, held_out + longer[:num_long]
 
 ACTION_RE = re.compile(r"(search|lookup|answer)\s*\[([^\]]*)\]", re.IGNORECASE)
 _REF_RE = re.compile(r"#\s*(\d+)")
@@ -72,7 +90,7 @@ class Task:
 
   @property
   def question(self) -> str:
-    return "what is the " + " of the ".join(reversed(self.chain)) + f" of {self.subject} ?"
+    return f"what is {self.subject} " + " ".join(f"'s {r}" for r in self.chain) + " ?"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -104,20 +122,36 @@ class MoatWorld:
       path.append(e)
     return Task(f"{'.'.join(chain)}:{person}", person, tuple(chain), e, tuple(path))
 
-  def splits(self, eval_fraction: float = 0.2):
-    """(train held-in, eval held-in, eval held-out) task lists. Held-in tasks
-    are split by a hash of (person, chain); held-out tasks use other chains."""
-    train, held_in, held_out = [], [], []
-    for p in self.people:
-      for chain in HELD_IN_CHAINS:
-        h = hashlib.sha256(f"{self.seed}:{p}:{chain}".encode()).digest()
-        frac = int.from_bytes(h[:4], "little") / 2**32
-        (held_in if frac < eval_fraction else train).append(self.task(p, chain))
-      for chain in HELD_OUT_CHAINS:
-        held_out.append(self.task(p, chain))
+  def subjects(self, entity_type: str) -> list[str]:
+    rel = next(r for r, (st, _, _) in RELATIONS.items() if st == entity_type)
+    return sorted(self.facts[rel])
+
+  def splits(self, eval_fraction: float = 0.2, heldout_fraction: float = 0.25,
+             num_long: int = 4):
+    """(train held-in, eval held-in, eval held-out) task lists.
+
+    Held-in tasks (held-in chains) are split into train / eval by a hash of
+    (subject, chain); held-out tasks use the held-out chains only. Each list
+    interleaves the chains round-robin (subjects shuffled), so any prefix
+    covers every chain about equally.
+    """
+    chains_in, chains_out = chain_split(self.seed, heldout_fraction, num_long)
     rng = np.random.RandomState(self.seed + 7)
-    shuffle = lambda xs: [xs[i] for i in rng.permutation(len(xs))]
-    return shuffle(train), shuffle(held_in), shuffle(held_out)
+    train, held_in, held_out = [], [], []
+    for chains, lists in ((chains_in, (train, held_in)), (chains_out, (held_out,))):
+      groups = []
+      for c in chains:
+        subjects = self.subjects(RELATIONS[c[0]][0])
+        parts = [[], []]
+        for i in rng.permutation(len(subjects)):
+          t = self.task(subjects[i], c)
+          parts[len(lists) == 2 and _frac(self.seed, t.id) < eval_fraction].append(t)
+        groups.append(parts)
+      for j, out in enumerate(lists):
+        seqs = [g[j] if len(lists) == 2 else g[0] + g[1] for g in groups]
+        for i in range(max(len(x) for x in seqs)):
+          out += [x[i] for x in seqs if i < len(x)]
+    return train, held_in, held_out
 
 
 def make_moat_world(seed: int = 0, **world_kwargs) -> MoatWorld:
@@ -152,7 +186,7 @@ def task_text(task: Task) -> str:
 def gold_actions(task: Task) -> list[Action]:
   out = []
   for i, r in enumerate(task.chain):
-    out.append(Action("lookup", (task.subject if i == 0 else f"#{i}", r)))
+    out.append(Action("lookup", (f"#{i}", r)))
   out.append(Action("answer", (f"#{len(task.chain)}",)))
   return out
 
@@ -214,14 +248,18 @@ class Execution:
 
 
 def execute(world: MoatWorld, actions: Sequence[Action],
-            search_fn: Callable[[str], str | None] | None = None) -> Execution:
-  """Runs `actions` in order; `#k` refers to the value of action k."""
+            search_fn: Callable[[str], str | None] | None = None,
+            subject: str | None = None) -> Execution:
+  """Runs `actions` in order; `#k` refers to the value of action k, `#0` to
+  `subject` (the task's entity)."""
   values: list = []
 
   def resolve(x: str):
     m = re.fullmatch(r"#(\d+)", x.strip())
     if m:
       k = int(m.group(1))
+      if k == 0:
+        return subject
       return values[k - 1] if 1 <= k <= len(values) else None
     return x.strip()
 
@@ -256,14 +294,15 @@ def make_search_fn(retriever) -> Callable[[str], str | None]:
 
 
 def success(world: MoatWorld, task: Task, actions_str: str, search_fn=None) -> bool:
-  return execute(world, parse_actions(actions_str), search_fn).answer == task.answer
+  return execute(world, parse_actions(actions_str), search_fn,
+                 task.subject).answer == task.answer
 
 
 def vocabulary(world: MoatWorld, tasks: Sequence[Task]) -> list[str]:
   """Texts covering every word of tasks, subgoals, actions and the corpus."""
   texts = [p.text for p in world.corpus]
   texts += ["task : subgoals : actions : plan : search find answer of what is the ?",
-            "Search [ ] Lookup [ , ] Answer [ ] # 1 2 3 4 5 6 7 8 9 .",
+            "Search [ ] Lookup [ , ] Answer [ ] # 1 2 3 4 5 6 7 8 9 . 's",
             "Corrected Subgoals : Corrected Actions :", " ".join(RELATIONS), "none"]
   for t in tasks:
     texts += [task_text(t), gold_subgoals(t), actions_text(gold_actions(t))]

@@ -26,13 +26,13 @@ def get_config(preset: str = "default") -> ml_collections.ConfigDict:
   c.lengths = ml_collections.ConfigDict(dict(
       plan_prompt_len=32, plan_len=40, ground_prompt_len=80, action_len=40))
   # Warm-up SFT of each agent on `num_gold` gold (task, subgoals, actions).
-  c.warmup = ml_collections.ConfigDict(dict(num_gold=96, steps=150, batch_size=32,
+  c.warmup = ml_collections.ConfigDict(dict(num_gold=32, steps=200, batch_size=32,
                                             learning_rate=3e-3))
   # Stage 1 (§8.1): K plans per task (temperature 1, top-p 0.95), grounder
   # scores, pairs with gap >= min_gap, DPO (sigmoid, beta) vs a frozen copy.
   c.stage1 = ml_collections.ConfigDict(dict(
       tasks_per_iteration=192, num_samples=8, temperature=1.0, top_p=0.95, min_gap=0.1,
-      beta=0.2, learning_rate=2e-4, batch_size=16, epochs=1))
+      beta=0.2, learning_rate=5e-5, batch_size=16, epochs=1))
   # Stage 2 (§8.2): the grounder acts (temperature 0.1, top-p 0.95) on up to
   # `plans_per_task` distinct sampled plans per task; the critic's corrected
   # pairs are the grounder's SFT set.
@@ -46,7 +46,7 @@ def get_config(preset: str = "default") -> ml_collections.ConfigDict:
   # The separate baseline: each agent SFT alone on the gold set, the same
   # number of updates per iteration as MOAT's stage 1 / stage 2 used.
   c.separate = ml_collections.ConfigDict(dict(enabled=True, learning_rate=1e-3))
-  c.eval = ml_collections.ConfigDict(dict(held_in_size=200, held_out_size=200))
+  c.eval = ml_collections.ConfigDict(dict(held_in_size=300, held_out_size=300))
 
   if preset == "tiny":
     c.world.update(num_people=24, num_cities=6, num_countries=3, num_companies=4)

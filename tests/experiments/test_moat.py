@@ -1,0 +1,78 @@
+"""MOAT binary on the `tiny` preset: outputs, summary keys, resume after a
+stop, a finished workdir returns the same summary, config checks."""
+import json
+import os
+
+import pytest
+
+from alignax.experiments import moat
+from alignax.experiments.common import load_config_file
+from alignax.framework.experiment import ConfigMismatchError
+
+TINY = os.path.join(os.path.dirname(moat.__file__), "configs", "moat.py") + ":tiny"
+SPLITS = ("held_in", "held_out")
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+  workdir = str(tmp_path_factory.mktemp("moat"))
+  # Stop after one phase (as a kill would), then resume to the end.
+  partial = moat.run(load_config_file(TINY), workdir, stop_after=1, progress=False)
+  assert len(partial["eval/held_in_per_iteration"]) == 1
+  assert not os.path.exists(os.path.join(workdir, "summary.json"))
+  summary = moat.run(load_config_file(TINY), workdir, progress=False)
+  return workdir, summary
+
+
+def test_outputs_and_summary_keys(tiny_run):
+  workdir, summary = tiny_run
+  with open(os.path.join(workdir, "summary.json")) as f:
+    written = json.load(f)
+  for prefix in ("", "separate/"):
+    for split in SPLITS:
+      for key in ("before", "after"):
+        assert isinstance(written[f"{prefix}eval/{split}_{key}"], float)
+      curve = written[f"{prefix}eval/{split}_per_iteration"]
+      assert len(curve) == 2
+      assert written[f"{prefix}eval/{split}_after"] == curve[-1]
+  assert written["train/seconds"] > 0
+  assert len(written["time/stage1_seconds"]) == len(written["time/stage2_seconds"]) == 2
+  rows = [json.loads(l) for l in open(os.path.join(workdir, "metrics.jsonl"))]
+  assert [r["step"] for r in rows] == list(range(5))  # warm-up + 2 methods x 2 iterations
+  for key in ("moat/stage1/seconds", "moat/stage2/seconds", "moat/stage1/pairs",
+              "moat/stage2/sft_rows", "moat/eval/held_out_success"):
+    assert key in rows[1], key
+  assert rows[3]["separate/planner_updates"] == rows[1]["moat/stage1/updates"]
+  assert rows[3]["separate/grounder_updates"] == rows[1]["moat/stage2/updates"]
+  assert os.path.getsize(os.path.join(workdir, "success.png")) > 1000
+  assert any(f.startswith("events.out.tfevents") for f in os.listdir(workdir))
+  for f in ("planner_init/tokenizer.json", "grounder_init/model.safetensors",
+            "bm25/corpus.jsonl"):
+    assert os.path.exists(os.path.join(workdir, f)), f
+
+
+def test_finished_workdir_returns_the_same_summary(tiny_run):
+  workdir, summary = tiny_run
+  assert moat.run(load_config_file(TINY), workdir, progress=False) == summary
+
+
+def test_agents_load_from_hf_dirs_and_config_checks(tiny_run, tmp_path):
+  workdir, _ = tiny_run
+  config = load_config_file(TINY)
+  config.planner_dir = os.path.join(workdir, "planner_init")
+  config.grounder_dir = os.path.join(workdir, "grounder_init")
+  config.num_iterations = 1
+  config.separate.enabled = False
+  summary = moat.run(config, str(tmp_path / "loaded"), progress=False)
+  assert "separate/eval/held_in_after" not in summary
+  assert len(summary["eval/held_out_per_iteration"]) == 1
+  with pytest.raises(ConfigMismatchError):
+    moat.run(load_config_file(TINY), str(tmp_path / "loaded"), progress=False)
+  bad = load_config_file(TINY)
+  bad.critic.name = "nope"
+  with pytest.raises(ValueError, match="critic"):
+    moat.run(bad, str(tmp_path / "bad"), progress=False)
+  bad = load_config_file(TINY)
+  bad.planner_dir = "x"
+  with pytest.raises(ValueError, match="grounder_dir"):
+    moat.run(bad, str(tmp_path / "bad2"), progress=False)
