@@ -1,0 +1,174 @@
+"""DRO binary on the `tiny` preset (outputs, summary keys, resume), its E-step
+weighting (parse + dedup + segment softmax + dropping) against a NumPy
+re-derivation of algorithms.md §7.1, the prompts, the world's candidates and
+config errors."""
+import json
+import os
+
+import numpy as np
+import pytest
+
+from alignax.agents import dro_world, retrieval
+from alignax.experiments import dro
+from alignax.experiments.common import load_config_file
+
+TINY = os.path.join(os.path.dirname(dro.__file__), "configs", "dro.py") + ":tiny"
+KEYS = ("eval/em_before", "eval/em_after", "eval/f1_before", "eval/f1_after",
+        "eval/em_per_iteration", "eval/f1_per_iteration")
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+  workdir = str(tmp_path_factory.mktemp("dro"))
+  summary = dro.run(load_config_file(TINY), workdir, progress=False)
+  return workdir, summary
+
+
+def test_outputs_and_summary_keys(tiny_run):
+  workdir, summary = tiny_run
+  with open(os.path.join(workdir, "summary.json")) as f:
+    written = json.load(f)
+  assert written == summary
+  for prefix in ("", "bm25_top5/", "rejection_sft/"):
+    for key in KEYS:
+      assert prefix + key in written, prefix + key
+    assert len(written[prefix + "eval/em_per_iteration"]) == 2
+    assert 0 <= written[prefix + "eval/em_after"] <= 100
+  assert written["train/seconds"] > 0
+  rows = [json.loads(l) for l in open(os.path.join(workdir, "metrics.jsonl"))]
+  assert [r["step"] for r in rows] == list(range(7))  # warm-up + 3 methods x 2 iterations
+  assert "dro/train/weight_max" in rows[1] and "rejection_sft/train/sample_em" in rows[5]
+  assert os.path.getsize(os.path.join(workdir, "em.png")) > 1000
+  assert any(f.startswith("events.out.tfevents") for f in os.listdir(workdir))
+  for f in ("init_model/tokenizer.json", "bm25/corpus.jsonl", "bm25/corpus.sha256"):
+    assert os.path.exists(os.path.join(workdir, f))
+
+
+def test_rerun_resumes_without_work(tiny_run):
+  workdir, summary = tiny_run
+  assert dro.run(load_config_file(TINY), workdir, progress=False) == summary
+
+
+def test_prompts_and_rows(tiny_run):
+  workdir, _ = tiny_run
+  config = load_config_file(TINY)
+  w = config.world
+  world = dro_world.make_dro_world(seed=config.seed, num_people=w.num_people,
+                                   num_cities=w.num_cities, num_countries=w.num_countries,
+                                   num_companies=w.num_companies)
+  retriever = retrieval.BM25Retriever.build_or_load(world.dataset.corpus,
+                                                    os.path.join(workdir, "bm25"))
+  cand = dro.build_task(config, workdir, world, retriever)
+  _, task = dro.build_policies(config, workdir, world, cand)
+  ex = next(e for e in world.dataset.train if e.hops == 2)
+  # The ranking the selector is trained to write parses back to its positions.
+  out = task.ranking_ids([4, 0, 7, 2, 1])
+  text = task.tokenizer.decode(out, skip_special_tokens=True)
+  assert text == "[5] > [1] > [8] > [3] > [2]"
+  perms, valid = dro.parse_selections([text], task.num, task.top_k)
+  assert perms[0][:5] == [4, 0, 7, 2, 1] and valid[0]
+  # Selector prompt: every candidate behind its id token, in BM25 order.
+  prompt = task.tokenizer.decode(task.selector_prompt(ex))
+  for pos, i in enumerate(cand[ex.id]):
+    assert f"[{pos + 1}] {world.dataset.corpus[i].text}" in prompt
+  # The oracle ranking puts both gold passages first; the generator row
+  # trains only the gold answer + EOS.
+  gold = task.docs(ex, task.oracle_ranking(ex))[:2]
+  assert gold == list(world.gold[ex.id])
+  toks, mask, _ = task.generator_row(ex, gold)
+  assert task.tokenizer.decode(np.asarray(toks)[np.asarray(mask)]) == ex.answers[0] + " </s>"
+
+
+def test_world_candidates():
+  world = dro_world.make_dro_world(num_people=30, num_cities=8, num_countries=3,
+                                   num_companies=5)
+  d = world.dataset
+  retriever = retrieval.BM25Retriever.build(d.corpus)
+  examples = d.train + d.eval
+  raw = dro_world.candidates(retriever, examples, world.gold, 8, insert_gold=False)
+  cand = dro_world.candidates(retriever, examples, world.gold, 8, keep_top=5)
+  np.testing.assert_array_equal(raw[:, :5], cand[:, :5])  # BM25's top 5 untouched
+  for e, row, r in zip(examples, cand, raw):
+    assert set(world.gold[e.id]) <= set(row.tolist())
+    assert len(set(row.tolist())) == len(row)
+    if e.hops == 2:  # the bridge passage shares no word with the question
+      assert world.gold[e.id][1] not in r[:5]
+
+
+def _spec_weights(texts, ll, qids, num_candidates, top_k, renormalize):
+  """§7.1 step by step: parse, de-duplicate, softmax over kept, drop, renormalise."""
+  import re
+  w = np.zeros(len(texts))
+  for q in sorted(set(qids)):
+    rows = [i for i in range(len(texts)) if qids[i] == q]
+    kept, seen = [], set()
+    for i in rows:
+      if texts[i] not in seen:
+        seen.add(texts[i])
+        kept.append(i)
+    x = np.asarray([ll[i] for i in kept])
+    p = np.exp(x - x.max())
+    p /= p.sum()
+    for i, pi in zip(kept, p):
+      ids = []
+      for m in re.findall(r"\[(\d+)\]", texts[i]):
+        if 1 <= int(m) <= num_candidates and int(m) not in ids:
+          ids.append(int(m))
+      w[i] = pi if len(ids) == top_k else 0.0
+    if renormalize and w[rows].sum() > 0:
+      w[rows] /= w[rows].sum()
+  return w
+
+
+@pytest.mark.parametrize("renormalize", [False, True])
+def test_weights_hand_worked(renormalize):
+  texts = ["[2] > [1] > [5]", "[2] > [1] > [5]", "[3] > [3] > [9] > [1]", "[6] > [4] > [1]",
+           "[1] > [2] > [3]", "no ids here", "[4] > [5] > [6] > [1]", "[1] > [2] > [3]"]
+  ll = np.asarray([-0.5, -0.5, -2.0, -1.0, -0.2, -3.0, -0.1, -0.2], np.float32)
+  qids = np.repeat([0, 1], 4)
+  perms, valid = dro.parse_selections(texts, num_candidates=6, top_k=3)
+  assert perms[0] == [1, 0, 4, 2, 3, 5]
+  assert perms[2] == [2, 0, 1, 3, 4, 5]  # [9] out of range, repeat dropped, completed
+  assert perms[5] == list(range(6))
+  assert valid.tolist() == [True, True, False, True, True, False, False, True]
+  keep = dro.first_occurrences(texts, qids)
+  assert keep.tolist() == [True, False, True, True, True, True, True, False]
+  w = dro.dro_weights(ll, qids, 2, keep, valid, renormalize_after_filter=renormalize)
+  np.testing.assert_allclose(w, _spec_weights(texts, ll, qids, 6, 3, renormalize),
+                             rtol=1e-6, atol=1e-7)
+  # By hand: question 0 softmaxes over rows {0, 2, 3} (row 1 is a duplicate),
+  # then row 2 (two ids) is dropped; question 1 keeps only row 4.
+  s0 = np.exp(-0.5) + np.exp(-2.0) + np.exp(-1.0)
+  s1 = np.exp(-0.2) + np.exp(-3.0) + np.exp(-0.1)
+  if renormalize:
+    want = [np.exp(-0.5) / (np.exp(-0.5) + np.exp(-1.0)), 0, 0,
+            np.exp(-1.0) / (np.exp(-0.5) + np.exp(-1.0)), 1, 0, 0, 0]
+  else:
+    want = [np.exp(-0.5) / s0, 0, 0, np.exp(-1.0) / s0, np.exp(-0.2) / s1, 0, 0, 0]
+  np.testing.assert_allclose(w, want, rtol=1e-6, atol=1e-7)
+
+
+def test_weights_question_with_nothing_valid():
+  w = dro.dro_weights(np.asarray([-1.0, -2.0]), np.asarray([0, 0]), 1,
+                      np.asarray([True, True]), np.asarray([False, False]),
+                      renormalize_after_filter=True)
+  np.testing.assert_array_equal(w, [0.0, 0.0])
+
+
+@pytest.mark.parametrize("change, message", [
+    (dict(methods=("bm25_top5",)), "must include 'dro'"),
+    (dict(methods=("dro", "uniform")), "must include 'dro'"),
+    (dict(dataset="hotpotqa"), "built-in selection world"),
+    (dict(selector=dict(top_k=9)), "top_k=9"),
+    (dict(em=dict(num_samples=0)), ">= 1"),
+])
+def test_bad_config(tmp_path, change, message):
+  config = load_config_file(TINY)
+  for k, v in change.items():
+    if isinstance(v, dict):
+      config[k].update(v)
+    else:
+      config[k] = v
+  with pytest.raises(ValueError, match=message):
+    dro.run(config, str(tmp_path))
+  assert not os.listdir(tmp_path)  # rejected before any work
