@@ -102,7 +102,8 @@ def _builtin(config) -> QADataset:
                              num_cities=w.num_cities, num_countries=w.num_countries,
                              num_companies=w.num_companies,
                              heldout_fraction=w.heldout_fraction,
-                             split=w.get("split", "question")).dataset()
+                             split=w.get("split", "question"),
+                             name_words=w.get("name_words", 1)).dataset()
 
 
 def _path(data_dir: str, name: str) -> str:

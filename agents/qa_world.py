@@ -149,9 +149,25 @@ class QAWorld:
     return QADataset(tuple(train[i] for i in order), tuple(held), tuple(self.corpus()))
 
 
+def _person_names(rng: np.random.RandomState, count: int, taken: set[str],
+                  name_words: int) -> list[str]:
+  """`count` distinct person names. name_words=1: one made-up word each.
+  name_words=2: "first last", from two disjoint inventories of about
+  sqrt(3 * count) words each, so every word is shared by several people."""
+  if name_words == 1:
+    return _names(rng, count, taken)
+  if name_words != 2:
+    raise ValueError(f"name_words must be 1 or 2, got {name_words}.")
+  size = max(4, int(np.ceil(np.sqrt(3 * count))))
+  firsts, lasts = _names(rng, size, taken), _names(rng, size, taken)
+  pairs = rng.permutation(size * size)[:count]
+  return [f"{firsts[i // size]} {lasts[i % size]}" for i in pairs]
+
+
 def make_world(seed: int = 0, num_people: int = 200, num_cities: int = 24,
                num_countries: int = 6, num_companies: int = 16,
-               heldout_fraction: float = 0.2, split: str = "question") -> QAWorld:
+               heldout_fraction: float = 0.2, split: str = "question",
+               name_words: int = 1) -> QAWorld:
   """Generates the world deterministically from its arguments.
 
   `split`: "question" holds out a random `heldout_fraction` of the questions
@@ -160,12 +176,19 @@ def make_world(seed: int = 0, num_people: int = 200, num_cities: int = 24,
   about a random fraction of the people, whose names then never occur in a
   training question (with a word-level tokenizer their embeddings stay
   untrained, which makes copying them into a query much harder).
+
+  `name_words`: 1 (default) gives every person a single made-up word as a
+  name; 2 gives "first last" names built from two shared inventories of
+  words. With a word-level tokenizer a single-word name that no training
+  target contains has an untrained output embedding, so a small model cannot
+  copy it into a query; with two-word names every word is in many names, so
+  copying a name the model never wrote is possible (the EXSEARCH default).
   """
   if split not in ("question", "person"):
     raise ValueError(f"split must be 'question' or 'person', got {split!r}.")
   rng = np.random.RandomState(seed)
   taken: set[str] = set()
-  people = _names(rng, num_people, taken)
+  people = _person_names(rng, num_people, taken, name_words)
   cities = _names(rng, num_cities, taken)
   countries = _names(rng, num_countries, taken)
   companies = _names(rng, num_companies, taken)

@@ -14,8 +14,8 @@ def get_config(preset: str = "default") -> ml_collections.ConfigDict:
   c.dataset = "builtin"
   c.data_dir = ""
   c.world = ml_collections.ConfigDict(dict(
-      num_people=200, num_cities=24, num_countries=6, num_companies=16,
-      heldout_fraction=0.2, split="question"))
+      num_people=400, num_cities=24, num_countries=6, num_companies=16,
+      heldout_fraction=0.2, split="question", name_words=2))
   # The built-in model: a word-level tokenizer is trained on the corpus and
   # the model warm-started on oracle trajectories, both saved in
   # <workdir>/init_model (transformers format) and re-loaded from there.
@@ -40,7 +40,7 @@ def get_config(preset: str = "default") -> ml_collections.ConfigDict:
   # The method ("exsearch") and the baselines trained in the same run, each
   # from the same warm-up model; keys of exsearch.WEIGHTINGS.
   c.methods = ("exsearch", "uniform", "rejection_sft")
-  c.eval = ml_collections.ConfigDict(dict(size=180))
+  c.eval = ml_collections.ConfigDict(dict(size=400))
 
   if preset == "tiny":
     c.world.update(num_people=40, num_cities=8, num_countries=3, num_companies=5)
