@@ -140,3 +140,22 @@ def test_word_tokenizer_keeps_markers(tmp_path):
   ids = tok.encode("<QUERY> alpha born <SEARCH>", add_special_tokens=False)
   assert tok.convert_ids_to_tokens(ids) == ["<QUERY>", "alpha", "born", "<SEARCH>"]
   assert tok.pad_token_id == 0 and tok.bos_token_id == 1 and tok.eos_token_id == 2
+
+
+def test_two_word_names_share_words_and_keep_the_default_world():
+  w = qa_world.make_world(seed=3, num_people=60, name_words=2)
+  assert w == qa_world.make_world(seed=3, num_people=60, name_words=2)
+  assert len(set(w.people)) == 60 and all(len(p.split()) == 2 for p in w.people)
+  firsts = {p.split()[0] for p in w.people}
+  lasts = {p.split()[1] for p in w.people}
+  assert not firsts & lasts and len(firsts) < 60 and len(lasts) < 60  # words are shared
+  ds = w.dataset()
+  ex = ds.train[0]
+  person = " ".join(ex.plan[0][0].split()[:-1])
+  assert person in w.people and person in ex.question
+  # The default (one-word names) world is unchanged by the option.
+  assert qa_world.make_world(seed=3, num_people=60).people == qa_world.make_world(
+      seed=3, num_people=60, name_words=1).people
+  assert all(len(p.split()) == 1 for p in qa_world.make_world(seed=3, num_people=60).people)
+  with pytest.raises(ValueError):
+    qa_world.make_world(name_words=3)
