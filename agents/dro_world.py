@@ -6,7 +6,7 @@ rendered so that a lexical retriever cannot find the evidence on its own:
 
 * Questions are paraphrased: "what is the birthplace of P ?" while the passage
   says "P was born in C .". BM25 matches only the name P, so every passage about
-  P scores alike (their lengths vary with random filler words) and the gold
+  P scores alike (their lengths vary with random leading filler words) and the gold
   passage is in BM25's top 5 only about half the time.
 * Every person has `distractors_per_person` more passages with the same name
   and an entity of the answer's type: "P visited C2 .", "P studied in C3 .",
@@ -90,7 +90,7 @@ def make_dro_world(seed: int = 0, num_people: int = 200, num_cities: int = 24,
 
   def filler() -> str:
     n = rng.randint(0, max_fillers + 1)
-    return "".join(" " + _FILLERS[i] for i in rng.choice(len(_FILLERS), n, replace=False))
+    return "".join(_FILLERS[i] + " " for i in rng.choice(len(_FILLERS), n, replace=False))
 
   passages, index = [], {}  # index: (relation, subject) -> passage index
 
@@ -107,7 +107,7 @@ def make_dro_world(seed: int = 0, num_people: int = 200, num_cities: int = 24,
       pool = [x for x in pools[kind] if x != p]
       texts.append((None, template.format(p=p, x=pool[rng.randint(len(pool))])))
     for key, text in (texts[i] for i in rng.permutation(len(texts))):
-      add(p, text[:-2] + filler() + " .", key)
+      add(p, filler() + text, key)  # fillers first: the object stays last
   for c in cities:
     add(c, _FACTS["city_country"].format(s=c, o=facts["city_country"][c]), ("city_country", c))
     add(c, f"{c} has a river and an old market .")

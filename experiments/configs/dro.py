@@ -33,10 +33,12 @@ def get_config(preset: str = "default") -> ml_collections.ConfigDict:
   c.generator = ml_collections.ConfigDict(dict(max_answer_tokens=4))
   # Warm-up SFT on the first `num_questions` train questions: generator on
   # its gold passages (shuffled among candidates), selector on oracle
-  # rankings (gold ids first). Small, so that selection has room to improve.
+  # rankings (gold ids first, then random ids). The generator needs ~800
+  # steps before it copies answers from context; the selector gets few steps,
+  # so that selection has room to improve.
   c.warmup = ml_collections.ConfigDict(dict(
-      num_questions=128, generator_steps=300, selector_steps=40, batch_size=16,
-      learning_rate=3e-3))
+      num_questions=256, generator_steps=800, selector_steps=60, batch_size=16,
+      learning_rate=1e-2))
   # E-step: `num_samples` (m) selector outputs per question, de-duplicated,
   # weighted by softmax(generator gold-answer token-mean loglik / temperature)
   # (`segment_em_weights`); outputs without exactly top_k ids are then
