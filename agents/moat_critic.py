@@ -55,11 +55,21 @@ def make_critic(name: str, **kwargs):
 class BuiltinCritic:
   """Executes every action; keeps hop i when it reaches `task.path[i]`, else
   replaces it by `Lookup[#i, relation_i]` (`#0` = the task's entity) from the
-  world's facts."""
+  world's facts.
 
-  def __init__(self, world: mw.MoatWorld, search_fn=None, **unused):
+  `rewrite_subgoals`: True rewrites the planner's subgoals to describe the
+  corrected actions whenever they differ; False (the default) keeps the
+  planner's own subgoals, so the grounder learns to reach the task's answer
+  from the subgoals the planner really writes (see notes/issue11.md: with
+  rewriting, the grounder learned to follow a planner that is right about
+  half the time, and end-to-end success fell).
+  """
+
+  def __init__(self, world: mw.MoatWorld, search_fn=None, rewrite_subgoals: bool = False,
+               **unused):
     del unused
     self.world, self.search_fn = world, search_fn
+    self.rewrite_subgoals = rewrite_subgoals
 
   def correct_one(self, item: CriticInput) -> Correction:
     task = item.task
@@ -76,8 +86,8 @@ class BuiltinCritic:
       fixed = mw.gold_actions(task)  # a kept Search must have been non-deterministic
     changed = fixed != parsed
     want = mw.parse_subgoals(mw.subgoals_text(fixed))
-    subgoals = item.subgoals if mw.parse_subgoals(item.subgoals) == want \
-        else mw.subgoals_text(fixed)
+    keep = not self.rewrite_subgoals or mw.parse_subgoals(item.subgoals) == want
+    subgoals = item.subgoals if keep else mw.subgoals_text(fixed)
     return Correction(subgoals, mw.actions_text(fixed), changed or subgoals != item.subgoals)
 
   def __call__(self, items: Sequence[CriticInput]) -> list[Correction | None]:

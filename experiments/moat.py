@@ -231,6 +231,7 @@ def run(config, workdir: str, *, stop_after: int | None = None, progress: bool =
   if critic is None:
     critic = moat_critic.make_critic(config.critic.name, world=world, search_fn=search_fn,
                                      model_dir=config.critic.model_dir,
+                                     rewrite_subgoals=config.critic.rewrite_subgoals,
                                      max_new_tokens=config.critic.max_new_tokens)
   t0 = time.perf_counter()
   planner, grounder, io = build_agents(config, workdir, world, gold_tasks)
@@ -238,9 +239,13 @@ def run(config, workdir: str, *, stop_after: int | None = None, progress: bool =
     sharding.shard_model(planner, mesh)
     sharding.shard_model(grounder, mesh)
 
-  dpo_opt = train.make_optimizer(config.stage1.learning_rate)
-  sft_opt = train.make_optimizer(config.stage2.learning_rate)
-  sep_opt = train.make_optimizer(config.separate.learning_rate)
+  # A linear warm-up of every optimiser (a fresh Adam's first steps are
+  # full-size and knock the warm-started agents about); then ~constant (the
+  # cosine horizon is far beyond the few hundred updates of a run).
+  w = config.optimizer_warmup_steps
+  opt = lambda lr: train.make_optimizer(lr, warmup_steps=w, total_steps=100 * max(w, 100))
+  dpo_opt, sft_opt = opt(config.stage1.learning_rate), opt(config.stage2.learning_rate)
+  sep_opt = opt(config.separate.learning_rate)
   p_graphdef, p_fresh = train.init_train_state(planner, dpo_opt)
   g_graphdef, g_fresh = train.init_train_state(grounder, sft_opt)
   fresh = {"planner": p_fresh, "grounder": g_fresh}

@@ -31,18 +31,22 @@ def get_config(preset: str = "default") -> ml_collections.ConfigDict:
   # Stage 1 (§8.1): K plans per task (temperature 1, top-p 0.95), grounder
   # scores, pairs with gap >= min_gap, DPO (sigmoid, beta) vs a frozen copy.
   c.stage1 = ml_collections.ConfigDict(dict(
-      tasks_per_iteration=192, num_samples=8, temperature=1.0, top_p=0.95, min_gap=0.1,
+      tasks_per_iteration=256, num_samples=8, temperature=1.0, top_p=0.95, min_gap=0.05,
       beta=0.2, learning_rate=5e-5, batch_size=16, epochs=1))
   # Stage 2 (§8.2): the grounder acts (temperature 0.1, top-p 0.95) on up to
   # `plans_per_task` distinct sampled plans per task; the critic's corrected
   # pairs are the grounder's SFT set.
   c.stage2 = ml_collections.ConfigDict(dict(
-      plans_per_task=2, temperature=0.1, top_p=0.95, learning_rate=1e-3, batch_size=32,
+      plans_per_task=2, temperature=0.1, top_p=0.95, learning_rate=3e-4, batch_size=32,
       epochs=1))
   # "builtin" (world execution) or "llm" (model_dir: an HF causal LM).
+  # rewrite_subgoals (builtin): also rewrite the planner's subgoals to match
+  # the corrected actions (False: keep the planner's own subgoals).
   c.critic = ml_collections.ConfigDict(dict(name="builtin", model_dir="",
-                                            max_new_tokens=96))
+                                            max_new_tokens=96, rewrite_subgoals=False))
   c.num_iterations = 3
+  # Linear learning-rate warm-up (updates) of the stage and baseline optimisers.
+  c.optimizer_warmup_steps = 10
   # The separate baseline: each agent SFT alone on the gold set, the same
   # number of updates per iteration as MOAT's stage 1 / stage 2 used.
   c.separate = ml_collections.ConfigDict(dict(enabled=True, learning_rate=1e-3))
