@@ -37,7 +37,7 @@ def get_config(preset: str = "default") -> ml_collections.ConfigDict:
   # steps before it copies answers from context; the selector gets few steps,
   # so that selection has room to improve.
   c.warmup = ml_collections.ConfigDict(dict(
-      num_questions=256, generator_steps=800, selector_steps=60, batch_size=16,
+      num_questions=256, generator_steps=800, selector_steps=200, batch_size=16,
       learning_rate=1e-2))
   # E-step: `num_samples` (m) selector outputs per question, de-duplicated,
   # weighted by softmax(generator gold-answer token-mean loglik / temperature)
@@ -47,7 +47,7 @@ def get_config(preset: str = "default") -> ml_collections.ConfigDict:
   # selector's sampled rankings and the generator's gold answers.
   c.em = ml_collections.ConfigDict(dict(
       num_iterations=3, questions_per_iteration=128, num_samples=8, temperature=1.0,
-      renormalize_after_filter=True, epochs=1, batch_size=32, micro_batches=1,
+      renormalize_after_filter=True, epochs=3, batch_size=32, micro_batches=1,
       learning_rate=1e-3, min_weight=0.01))
   # "dro" and the baselines trained in the same run from the same warm-up:
   #   bm25_top5      the generator trained (gold answer, weight 1) and
@@ -62,7 +62,8 @@ def get_config(preset: str = "default") -> ml_collections.ConfigDict:
     c.model.update(hidden_size=32, intermediate_size=64, num_layers=1, num_heads=2,
                    num_kv_heads=1, max_position_embeddings=128)
     c.warmup.update(num_questions=8, generator_steps=3, selector_steps=2, batch_size=8)
-    c.em.update(num_iterations=2, questions_per_iteration=8, num_samples=3, batch_size=8)
+    c.em.update(num_iterations=2, questions_per_iteration=8, num_samples=3, batch_size=8,
+                epochs=1)
     c.eval.size = 8
   elif preset != "default":
     raise ValueError(f"Unknown preset {preset!r}; use 'default' or 'tiny'.")
