@@ -53,7 +53,8 @@ from alignax.agents import dro_world, qa_data, qa_world, retrieval
 from alignax.agents import metrics as metrics_lib
 from alignax.agents import rollout as rollout_lib
 from alignax.experiments import common
-from alignax.experiments.exsearch import answer_logliks, make_weighted_update, train_epochs
+from alignax.experiments.exsearch import (answer_logliks, make_weighted_update,
+                                          plot_per_iteration, train_epochs)
 from alignax.framework import checkpoint, experiment, hf, sampling, train
 from alignax.framework.config import ModelConfig
 from alignax.framework.model import Decoder
@@ -517,7 +518,9 @@ def run(config, workdir: str, *, stop_after: int | None = None, progress: bool =
     ckpt.save(phase + 1, states, extras)
   writer.close()
   ckpt.close()
-  plot_per_iteration(workdir, "em.png", extras)
+  # Each method starts from its own warm-up evaluation (bm25_top5 has its own).
+  plot_per_iteration(workdir, "em.png", extras["curves"],
+                     lambda m: extras["before"][_mode(m)], "DRO vs baselines (held-out)")
   summary = _summary(extras, methods)
   if end == total:
     experiment.write_summary(workdir, summary)
@@ -526,27 +529,6 @@ def run(config, workdir: str, *, stop_after: int | None = None, progress: bool =
 
 def _mode(method: str) -> str:
   return "bm25" if method == "bm25_top5" else "selector"
-
-
-def plot_per_iteration(workdir, filename, extras):
-  """Held-out EM and F1 per iteration (0 = warm-up) of every method.
-
-  (exsearch.plot_per_iteration assumes one shared "before"; here bm25_top5
-  starts from its own. Refactoring candidate: a per-method start there.)
-  """
-  from matplotlib.figure import Figure  # pylint: disable=g-import-not-at-top
-  fig = Figure(figsize=(10, 3.5))
-  for ax, key in zip(fig.subplots(1, 2), ("eval/em", "eval/f1")):
-    for method, curve in extras["curves"].items():
-      ys = [extras["before"][_mode(method)][key]] + [c[key] for c in curve]
-      ax.plot(range(len(ys)), ys, marker="o", label=method)
-    ax.set_title(f"held-out {key.split('/')[1].upper()}")
-    ax.set_xlabel("EM iteration (0 = warm-up only)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-  fig.suptitle("DRO vs baselines (held-out)")
-  fig.tight_layout()
-  fig.savefig(os.path.join(workdir, filename), dpi=110)
 
 
 def _summary(extras, methods):

@@ -340,20 +340,25 @@ def run(config, workdir: str, *, stop_after: int | None = None, progress: bool =
   writer.close()
   ckpt.close()
   finished = end == total
-  plot_per_iteration(workdir, "em.png", extras, "EXSEARCH vs baselines (held-out)")
+  plot_per_iteration(workdir, "em.png", extras["curves"], lambda _: extras["before"],
+                     "EXSEARCH vs baselines (held-out)")
   summary = _summary(extras, methods)
   if finished:
     experiment.write_summary(workdir, summary)
   return summary
 
 
-def plot_per_iteration(workdir, filename, extras, title):
-  """Held-out EM and F1 per EM iteration (0 = warm-up) of every method."""
+def plot_per_iteration(workdir, filename, curves, start_of, title):
+  """Held-out EM and F1 per EM iteration of every method.
+
+  curves: method -> list of per-iteration metrics; start_of(method): the
+  metrics it starts from (iteration 0, the warm-up).
+  """
   from matplotlib.figure import Figure  # pylint: disable=g-import-not-at-top
   fig = Figure(figsize=(10, 3.5))
   for ax, key in zip(fig.subplots(1, 2), ("eval/em", "eval/f1")):
-    for method, curve in extras["curves"].items():
-      ys = [extras["before"][key]] + [c[key] for c in curve]
+    for method, curve in curves.items():
+      ys = [start_of(method)[key]] + [c[key] for c in curve]
       ax.plot(range(len(ys)), ys, marker="o", label=method)
     ax.set_title(f"held-out {key.split('/')[1].upper()}")
     ax.set_xlabel("EM iteration (0 = warm-up only)")
