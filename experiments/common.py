@@ -99,3 +99,28 @@ def plot_curves(workdir: str, filename: str, panels: dict[str, Sequence[str]],
   path = os.path.join(workdir, filename)
   fig.savefig(path, dpi=110)
   return path
+
+
+def run_binary(run_fn, default_config: str, default_workdir: str) -> None:
+  """The `__main__` of an experiment binary: `--config`, `--workdir`, absl app.
+
+  `run_fn(config, workdir) -> summary dict`. Flags are defined only here, when
+  run as a binary, so tests and notebooks can import several binaries side by
+  side without duplicate-flag errors.
+  """
+  from absl import app, flags, logging  # pylint: disable=g-import-not-at-top
+  from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
+
+  config_flags.DEFINE_config_file("config", default_config,
+                                  "Experiment config (ml_collections file[:preset]).")
+  flags.DEFINE_string("workdir", default_workdir, "Output folder; re-use it to resume.")
+  check_config_overrides(sys.argv, default_config)
+
+  def main(argv):
+    del argv
+    if not flags.FLAGS["verbosity"].present:
+      logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO.
+    summary = run_fn(flags.FLAGS.config, flags.FLAGS.workdir)
+    print("\n".join(f"{k}: {v}" for k, v in summary.items()))
+
+  app.run(main)

@@ -44,9 +44,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import tqdm
-from absl import app, flags, logging
 from flax import nnx
-from ml_collections import config_flags
 
 from alignax import objectives
 from alignax.agents import dro_world, qa_data, qa_world, retrieval
@@ -546,17 +544,5 @@ def _summary(extras, methods):
   return out
 
 
-def main(argv):
-  del argv
-  if not flags.FLAGS["verbosity"].present:
-    logging.set_verbosity(logging.WARNING)
-  summary = run(flags.FLAGS.config, flags.FLAGS.workdir)
-  print("\n".join(f"{k}: {v}" for k, v in summary.items()))
-
-
 if __name__ == "__main__":
-  config_flags.DEFINE_config_file("config", DEFAULT_CONFIG,
-                                  "Experiment config (ml_collections file[:preset]).")
-  flags.DEFINE_string("workdir", "runs/dro", "Output folder; re-use it to resume.")
-  common.check_config_overrides(__import__("sys").argv, DEFAULT_CONFIG)
-  app.run(main)
+  common.run_binary(run, DEFAULT_CONFIG, "runs/dro")

@@ -23,9 +23,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import tqdm
-from absl import app, flags, logging
+from absl import logging
 from flax import nnx
-from ml_collections import config_flags
 
 from alignax import objectives
 from alignax.agents import tasks
@@ -281,19 +280,5 @@ def run(config, workdir: str, *, stop_after: int | None = None, progress: bool =
   return summary, state
 
 
-def main(argv):
-  del argv
-  if not flags.FLAGS["verbosity"].present:
-    logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO.
-  summary, _ = run(flags.FLAGS.config, flags.FLAGS.workdir)
-  print("\n".join(f"{k}: {v}" for k, v in summary.items()))
-
-
 if __name__ == "__main__":
-  # Flags are defined only when run as a binary, so tests and notebooks can
-  # import this module beside other binaries without duplicate-flag errors.
-  config_flags.DEFINE_config_file("config", DEFAULT_CONFIG,
-                                  "Experiment config (ml_collections file[:preset]).")
-  flags.DEFINE_string("workdir", "runs/grpo", "Output folder; re-use it to resume.")
-  common.check_config_overrides(__import__("sys").argv, DEFAULT_CONFIG)
-  app.run(main)
+  common.run_binary(lambda config, workdir: run(config, workdir)[0], DEFAULT_CONFIG, "runs/grpo")

@@ -39,8 +39,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import tqdm
-from absl import app, flags, logging
-from ml_collections import config_flags
 
 from alignax import objectives
 from alignax.agents import moat as agents
@@ -364,17 +362,5 @@ def _summary(extras, methods):
   return out
 
 
-def main(argv):
-  del argv
-  if not flags.FLAGS["verbosity"].present:
-    logging.set_verbosity(logging.WARNING)
-  summary = run(flags.FLAGS.config, flags.FLAGS.workdir)
-  print("\n".join(f"{k}: {v}" for k, v in summary.items()))
-
-
 if __name__ == "__main__":
-  config_flags.DEFINE_config_file("config", DEFAULT_CONFIG,
-                                  "Experiment config (ml_collections file[:preset]).")
-  flags.DEFINE_string("workdir", "runs/moat", "Output folder; re-use it to resume.")
-  common.check_config_overrides(__import__("sys").argv, DEFAULT_CONFIG)
-  app.run(main)
+  common.run_binary(run, DEFAULT_CONFIG, "runs/moat")
