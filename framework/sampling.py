@@ -70,6 +70,9 @@ class SamplingParams:
   top_p: float | None = None
   stop_token_ids: tuple[int, ...] = ()
   pad_token_id: int = 0
+  # Ids a row may write at most once per decode (e.g. the candidate ids of a
+  # ranking): once written, their logits are masked for that row.
+  no_repeat_token_ids: tuple[int, ...] = ()
 
   def validate(self, vocab_size: int) -> None:
     if self.max_new_tokens < 1:
@@ -81,9 +84,10 @@ class SamplingParams:
       raise ValueError(f"top_k must be a positive integer or None, got {self.top_k}.")
     if self.top_p is not None and not 0.0 < self.top_p <= 1.0:
       raise ValueError(f"top_p must be in (0, 1] or None, got {self.top_p}.")
-    for t in self.stop_token_ids + (self.pad_token_id,):
+    for t in self.stop_token_ids + (self.pad_token_id,) + self.no_repeat_token_ids:
       if not 0 <= t < vocab_size:
-        raise ValueError(f"Token id {t} (stop or pad) is outside the vocabulary [0, {vocab_size}).")
+        raise ValueError(f"Token id {t} (stop, pad or no-repeat) is outside the vocabulary"
+                         f" [0, {vocab_size}).")
 
 
 def filter_logits(logits: jax.Array, top_k: int | None, top_p: float | None) -> jax.Array:
@@ -211,6 +215,11 @@ def decode_loop(model, cache, logits, positions, start, key, done, budget, param
 
   def body(carry):
     i, cache, logits, done, key, tokens, mask, logps = carry
+    if params.no_repeat_token_ids:  # mask the no-repeat ids this row already wrote
+      ids = jnp.asarray(params.no_repeat_token_ids, jnp.int32)
+      seen = jnp.any((tokens[:, :, None] == ids) & mask[:, :, None], axis=1)  # [B, R]
+      logits = logits.at[:, ids].set(
+          jnp.where(seen, jnp.finfo(logits.dtype).min, logits[:, ids]))
     key, sub = jax.random.split(key)
     tok, logp = sample_next(sub, logits, params)
     live = ~done
@@ -279,7 +288,8 @@ def generate(model: Decoder, prompts: Sequence[Sequence[int]], *, max_new_tokens
              temperature: float = 0.0, top_k: int | None = None,
              top_p: float | None = None, eos_token_id=None, seed=0,
              num_generations: int = 1, stop_token_ids=None,
-             pad_token_id: int | None = None, mesh=None) -> Generation:
+             pad_token_id: int | None = None, mesh=None,
+             no_repeat_token_ids=None) -> Generation:
   """Samples completions for ragged prompts.
 
   Args:
@@ -296,6 +306,9 @@ def generate(model: Decoder, prompts: Sequence[Sequence[int]], *, max_new_tokens
       (default: the config's pad id, else 0).
     mesh: optional `Mesh`; the batch is sharded over its data and fsdp axes
       (padded with empty rows to a multiple of their size).
+    no_repeat_token_ids: optional ids each completion may write at most once
+      (constrained decoding: a written one's logit is masked from then on; the
+      returned log-probs are those of the masked distribution).
   """
   config = model.config
   if not prompts:
@@ -316,7 +329,8 @@ def generate(model: Decoder, prompts: Sequence[Sequence[int]], *, max_new_tokens
   params = SamplingParams(
       max_new_tokens=max_new_tokens, temperature=float(temperature), top_k=top_k,
       top_p=top_p, pad_token_id=int(pad_token_id),
-      stop_token_ids=tuple(sorted(set(_as_tuple(eos_token_id) + _as_tuple(stop_token_ids)))))
+      stop_token_ids=tuple(sorted(set(_as_tuple(eos_token_id) + _as_tuple(stop_token_ids)))),
+      no_repeat_token_ids=tuple(sorted(set(_as_tuple(no_repeat_token_ids)))))
   params.validate(config.vocab_size)
 
   # The prompt pass runs once per prompt; its cache is repeated per completion.

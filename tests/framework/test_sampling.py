@@ -178,3 +178,34 @@ def test_inverse_cdf_sampler_across_blocks_and_zero_probabilities():
   empirical = np.bincount(tokens, minlength=v) / n
   assert empirical[p == 0].sum() == 0
   assert 0.5 * np.abs(empirical - p).sum() < 0.05
+
+
+@pytest.mark.parametrize("temperature", [0.0, 1.5])
+def test_no_repeat_token_ids_are_written_at_most_once(temperature):
+  config = ModelConfig(vocab_size=12, hidden_size=16, intermediate_size=32, num_layers=1,
+                       num_heads=2, num_kv_heads=1)
+  model = Decoder(config, seed=0)
+  prompts = _prompts(12, (3, 5, 2, 6), seed=1)
+  kwargs = dict(max_new_tokens=10, temperature=temperature, seed=4, num_generations=3)
+  free = sampling.generate(model, prompts, **kwargs)
+  banned = (4, 5, 6, 7, 8, 9)
+  cons = sampling.generate(model, prompts, no_repeat_token_ids=list(banned), **kwargs)
+  counts = lambda g: np.stack([(np.asarray(g.tokens) == t).sum(1) for t in banned], 1)
+  assert counts(free).max() > 1  # the unconstrained model does repeat them
+  assert counts(cons).max() == 1
+  # Up to a row's first repeat the outputs agree (greedy: token for token).
+  if temperature == 0.0:
+    for f, c in zip(np.asarray(free.tokens), np.asarray(cons.tokens)):
+      first_repeat = next((i for i, t in enumerate(f) if t in banned and t in f[:i]), len(f))
+      np.testing.assert_array_equal(f[:first_repeat], c[:first_repeat])
+  # The log-probs are those of the masked distribution.
+  logits = model(cons.sequences, attention_mask=cons.attention_mask)
+  p = cons.prompt_tokens.shape[1]
+  pred = np.asarray(logits[:, p - 1:-1], np.float64) / (temperature or 1.0)
+  toks = np.asarray(cons.tokens)
+  for b in range(toks.shape[0]):
+    for i in range(toks.shape[1]):
+      row = pred[b, i].copy()
+      row[[t for t in banned if t in toks[b, :i]]] = -np.inf
+      want = row[toks[b, i]] - np.log(np.exp(row - row.max()).sum()) - row.max()
+      np.testing.assert_allclose(np.asarray(cons.logprobs)[b, i], want, atol=1e-4)
