@@ -107,10 +107,17 @@ def sequence_logps(graphdef, params, batch):
 
 
 def make_dpo_update(graphdef, optimizer, *, beta: float, loss_type: str = "sigmoid",
-                    micro_batches: int = 1):
+                    rpo_alpha: float = 0.0, micro_batches: int = 1):
   """Jitted DPO update of the planner. batch (B pairs): `chosen_*` and
   `rejected_*` planner rows (sequences, attention_mask, completion_tokens,
-  completion_mask) and `ref_chosen`, `ref_rejected` [B] (frozen planner)."""
+  completion_mask) and `ref_chosen`, `ref_rejected` [B] (frozen planner).
+
+  `rpo_alpha` > 0 adds `rpo_alpha *` the token-mean NLL of the chosen rows
+  (TRL's `rpo_alpha`; Pang et al. 2024, arXiv:2404.19733), which keeps the
+  chosen plans' likelihood from falling with the rejected ones' (without it
+  a few DPO epochs collapsed the tiny planner, see notes/issue11_s3.md).
+  The metric `nll` is that NLL (logged whatever `rpo_alpha`).
+  """
 
   def terms(params, mb):
     b = mb["ref_chosen"].shape[0]
@@ -121,7 +128,11 @@ def make_dpo_update(graphdef, optimizer, *, beta: float, loss_type: str = "sigmo
     seq = objectives.sequence_logprobs(logp, both["completion_mask"].astype(logp.dtype))
     loss, metrics = objectives.dpo_loss(seq[:b], seq[b:], mb["ref_chosen"],
                                         mb["ref_rejected"], beta=beta, loss_type=loss_type)
-    return loss * b, (jnp.float32(b), metrics)
+    mask = both["completion_mask"][:b].astype(logp.dtype)
+    nll = -jnp.sum(logp[:b] * mask) / jnp.maximum(jnp.sum(mask), 1.0)
+    if rpo_alpha:
+      loss = loss + rpo_alpha * nll
+    return loss * b, (jnp.float32(b), {**metrics, "nll": nll})
 
   @functools.partial(jax.jit, donate_argnums=0)
   def update(state, batch):

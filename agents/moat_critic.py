@@ -57,15 +57,15 @@ class BuiltinCritic:
   replaces it by `Lookup[#i, relation_i]` (`#0` = the task's entity) from the
   world's facts.
 
-  `rewrite_subgoals`: True rewrites the planner's subgoals to describe the
-  corrected actions whenever they differ; False (the default) keeps the
-  planner's own subgoals, so the grounder learns to reach the task's answer
-  from the subgoals the planner really writes (see notes/issue11.md: with
-  rewriting, the grounder learned to follow a planner that is right about
-  half the time, and end-to-end success fell).
+  `rewrite_subgoals`: True (the default, as the spec's critic returns
+  corrected subgoals and actions) rewrites the planner's subgoals to describe
+  the corrected actions whenever they differ, so the grounder learns to follow
+  its subgoals and its scores tell right plans from wrong ones (stage 1).
+  False keeps the planner's own subgoals, so the grounder learns to reach the
+  answer whatever the plan says (it then reads the task and ignores the plan).
   """
 
-  def __init__(self, world: mw.MoatWorld, search_fn=None, rewrite_subgoals: bool = False,
+  def __init__(self, world: mw.MoatWorld, search_fn=None, rewrite_subgoals: bool = True,
                **unused):
     del unused
     self.world, self.search_fn = world, search_fn

@@ -9,8 +9,16 @@ capital) so that relation *chains* from a person compose in many ways:
   person --employer--> company --hq--> city --mayor--> person
                        company --founder--> person
 
-A task is a chain `(r1, ..., rn)` applied to a person:
+Four more generated relations (mentor, twin city, rival company, country
+president) are available (`make_moat_world(relations=...)`); with all eleven
+there are 135 chains of length <= 3 and 265 of length 4, so the held-out
+split can hold many distinct compositions.
+
+A task is a chain `(r1, ..., rn)` applied to an entity, phrased either
+possessively (relations in execution order) or nested (reverse order, a
+`nested_fraction` of the tasks), so the plan carries the decomposition:
   task     : what is zor 's birthplace 's country ?
+  nested   : what is the country of the birthplace of zor ?
   subgoals : 1 . find birthplace of #0 2 . find country of #1 3 . answer #2
   actions  : Lookup [ #0 , birthplace ] Lookup [ #1 , country ] Answer [ #2 ]
 `#k` is the result of action k and `#0` the entity the task names (Lumos-style
@@ -44,19 +52,27 @@ RELATIONS = {
     "founder": ("company", "person", "the company {s} was founded by {o} ."),
     "mayor": ("city", "person", "the mayor of {s} is {o} ."),
     "capital": ("country", "city", "the capital of {s} is {o} ."),
+    # Generated too, so that every entity type has 2-3 out-relations and
+    # there are many chains (many distinct held-out compositions).
+    "mentor": ("person", "person", "{s} was mentored by {o} ."),
+    "twin": ("city", "city", "{s} is twinned with {o} ."),
+    "rival": ("company", "company", "the company {s} competes with {o} ."),
+    "president": ("country", "person", "the president of {s} is {o} ."),
 }
+BASE_RELATIONS = ("birthplace", "employer", "country", "hq", "founder", "mayor", "capital")
 _WORLD_RELATION = {"birthplace": "born", "employer": "works", "country": "city_country",
                    "hq": "company_city"}
 
 
 
-def all_chains(max_len: int = 4) -> list[tuple[str, ...]]:
-  """Every type-valid relation chain of length 1..max_len, from any entity type."""
-  out, frontier = [], [(r,) for r in RELATIONS]
+def all_chains(max_len: int = 4, relations: Sequence[str] = BASE_RELATIONS
+               ) -> list[tuple[str, ...]]:
+  """Every type-valid chain of `relations`, length 1..max_len, from any entity type."""
+  out, frontier = [], [(r,) for r in relations]
   for _ in range(max_len):
     out += frontier
-    frontier = [c + (r,) for c in frontier for r, (st, _, _) in RELATIONS.items()
-                if st == RELATIONS[c[-1]][1]]
+    frontier = [c + (r,) for c in frontier for r in relations
+                if RELATIONS[r][0] == RELATIONS[c[-1]][1]]
   return out
 
 
@@ -65,15 +81,17 @@ def _frac(*key) -> float:
   return int.from_bytes(h[:4], "little") / 2**32
 
 
-def chain_split(seed: int = 0, heldout_fraction: float = 0.25, num_long: int = 4):
+def chain_split(seed: int = 0, heldout_fraction: float = 0.25, num_long: int = 4,
+                relations: Sequence[str] = BASE_RELATIONS):
   """(held-in chains, held-out chains). Held-in: every chain of length 1-2 and
   the length-3 chains outside a hashed `heldout_fraction`; held-out: those
   length-3 chains (new compositions of seen relations) and `num_long`
   length-4 chains (longer than any training chain)."""
   held_in, held_out = [], []
-  for c in all_chains(3):
+  short = all_chains(3, relations)
+  for c in short:
     (held_out if len(c) == 3 and _frac(seed, c) < heldout_fraction else held_in).append(c)
-  longer = sorted(all_chains(4)[len(all_chains(3)):], key=lambda c: _frac(seed, "long", c))
+  longer = sorted(all_chains(4, relations)[len(short):], key=lambda c: _frac(seed, "long", c))
   return held_in, held_out + longer[:num_long]
 
 ACTION_RE = re.compile(r"(search|lookup|answer)\s*\[([^\]]*)\]", re.IGNORECASE)
@@ -87,9 +105,13 @@ class Task:
   chain: tuple[str, ...]
   answer: str
   path: tuple[str, ...]  # the entity after each hop (path[-1] == answer)
+  nested: bool = False  # phrasing: "the r2 of the r1 of P" (True) or "P 's r1 's r2"
 
   @property
   def question(self) -> str:
+    if self.nested:  # the relations in the reverse of their execution order
+      return "what is " + " ".join(f"the {r} of" for r in reversed(self.chain)) + \
+          f" {self.subject} ?"
     return f"what is {self.subject} " + " ".join(f"'s {r}" for r in self.chain) + " ?"
 
 
@@ -111,19 +133,26 @@ class MoatWorld:
   people: tuple[str, ...]
   corpus: tuple  # qa_world.Passage
   seed: int
+  relations: tuple[str, ...] = BASE_RELATIONS
+  nested_fraction: float = 0.0  # share of tasks phrased "the r2 of the r1 of P"
 
   def lookup(self, entity: str, relation: str) -> str | None:
     return self.facts.get(relation, {}).get(entity)
 
-  def task(self, person: str, chain: Sequence[str]) -> Task:
+  def task(self, person: str, chain: Sequence[str], nested: bool | None = None) -> Task:
+    """The task `chain` applied to `person`; `nested` (the phrasing) defaults
+    to a hash of the task against `nested_fraction`."""
     path, e = [], person
     for r in chain:
       e = self.facts[r][e]
       path.append(e)
-    return Task(f"{'.'.join(chain)}:{person}", person, tuple(chain), e, tuple(path))
+    tid = f"{'.'.join(chain)}:{person}"
+    if nested is None:
+      nested = _frac(self.seed, "nested", tid) < self.nested_fraction
+    return Task(tid, person, tuple(chain), e, tuple(path), nested)
 
   def subjects(self, entity_type: str) -> list[str]:
-    rel = next(r for r, (st, _, _) in RELATIONS.items() if st == entity_type)
+    rel = next(r for r in self.relations if RELATIONS[r][0] == entity_type)
     return sorted(self.facts[rel])
 
   def splits(self, eval_fraction: float = 0.2, heldout_fraction: float = 0.25,
@@ -135,7 +164,8 @@ class MoatWorld:
     interleaves the chains round-robin (subjects shuffled), so any prefix
     covers every chain about equally.
     """
-    chains_in, chains_out = chain_split(self.seed, heldout_fraction, num_long)
+    chains_in, chains_out = chain_split(self.seed, heldout_fraction, num_long,
+                                        self.relations)
     rng = np.random.RandomState(self.seed + 7)
     train, held_in, held_out = [], [], []
     for chains, lists in ((chains_in, (train, held_in)), (chains_out, (held_out,))):
@@ -154,9 +184,16 @@ class MoatWorld:
     return train, held_in, held_out
 
 
-def make_moat_world(seed: int = 0, **world_kwargs) -> MoatWorld:
-  """The QA world of `qa_world.make_world(seed, **world_kwargs)` plus founder,
-  mayor and capital facts (deterministic in `seed`)."""
+def make_moat_world(seed: int = 0, relations: Sequence[str] = BASE_RELATIONS,
+                    nested_fraction: float = 0.0, **world_kwargs) -> MoatWorld:
+  """The QA world of `qa_world.make_world(seed, **world_kwargs)` plus the
+  generated relations among `relations` (founder, mayor, capital, mentor,
+  twin, rival, president; deterministic in `seed`). Tasks use `relations`
+  only; `nested_fraction` of them are phrased "the r2 of the r1 of P"."""
+  unknown = set(relations) - set(RELATIONS)
+  if unknown or not set(_WORLD_RELATION) <= set(relations):
+    raise ValueError(f"relations must include {sorted(_WORLD_RELATION)} and come from"
+                     f" {sorted(RELATIONS)}; got {list(relations)}.")
   world = qa_world.make_world(seed=seed, **world_kwargs)
   facts = {r: dict(world.facts[w]) for r, w in _WORLD_RELATION.items()}
   cities = sorted(set(facts["birthplace"].values()) | set(facts["hq"].values())
@@ -170,12 +207,23 @@ def make_moat_world(seed: int = 0, **world_kwargs) -> MoatWorld:
   facts["mayor"] = {c: pick(people) for c in cities}
   facts["capital"] = {n: pick([c for c in cities if facts["country"].get(c) == n] or cities)
                       for n in countries}
+  # Drawn after the base ones so that the base facts do not depend on them.
+  rng = np.random.RandomState(seed + 202)
+  other = lambda xs, x: xs[(xs.index(x) + 1 + rng.randint(len(xs) - 1)) % len(xs)]
+  facts["mentor"] = {p: other(people, p) for p in people}
+  facts["twin"] = {c: other(cities, c) for c in cities}
+  facts["rival"] = {k: other(companies, k) for k in companies}
+  facts["president"] = {n: pick(people) for n in countries}
+  facts = {r: facts[r] for r in RELATIONS if r in relations}
   corpus = list(world.corpus())
-  for r in ("founder", "mayor", "capital"):
-    for s, o in facts[r].items():
-      corpus.append(qa_world.Passage(f"p{len(corpus)}", s, RELATIONS[r][2].format(s=s, o=o)))
+  for r in facts:
+    if r not in _WORLD_RELATION:
+      for s, o in facts[r].items():
+        corpus.append(qa_world.Passage(f"p{len(corpus)}", s,
+                                       RELATIONS[r][2].format(s=s, o=o)))
   # Only people with a birthplace and employer (all of them) head a chain.
-  return MoatWorld(facts, tuple(people), tuple(corpus), seed)
+  return MoatWorld(facts, tuple(people), tuple(corpus), seed, tuple(relations),
+                   nested_fraction)
 
 
 # --------------------------------------------------------------- formats
@@ -302,6 +350,7 @@ def vocabulary(world: MoatWorld, tasks: Sequence[Task]) -> list[str]:
   """Texts covering every word of tasks, subgoals, actions and the corpus."""
   texts = [p.text for p in world.corpus]
   texts += ["task : subgoals : actions : plan : search find answer of what is the ?",
+            " ".join(world.relations),
             "Search [ ] Lookup [ , ] Answer [ ] # 1 2 3 4 5 6 7 8 9 . 's",
             "Corrected Subgoals : Corrected Actions :", " ".join(RELATIONS), "none"]
   for t in tasks:

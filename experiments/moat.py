@@ -15,15 +15,19 @@ trained on, held-out chains (new compositions, longer chains) only evaluated.
    Stage 1: K plans per task from ONE batched `generate` call; ONE batched
      grounder pass scores each by the token-mean CE of the gold actions given
      (task, plan); `build_dpo_pairs` (argmin vs argmax, gap >= min_gap); DPO
-     (sigmoid) of the planner against a frozen copy of itself.
+     (sigmoid, plus `rpo_alpha` x the chosen plans' NLL) of the planner
+     against a frozen copy of itself (the planner at the iteration's start).
    Stage 2: the grounder acts on the sampled plans (one generate call); the
      critic (`agents.moat_critic.CRITICS`) corrects each (subgoals, actions)
-     pair; the grounder is SFT-trained on the corrected pairs.
+     pair; the grounder is SFT-trained (one epoch) on the corrected pairs,
+     with the corrected pairs of earlier iterations (`stage2.accumulate`) and
+     the warm-up gold rows (`stage2.replay_gold`).
    Held-in and held-out success (greedy planner -> greedy grounder -> world
    execution) after every iteration.
 3. The `separate` baseline: from the same warm-up agents, each agent SFT-trained
    alone on the gold set with the same number of updates per iteration as
-   MOAT's stage 1 (planner) and stage 2 (grounder), no interaction.
+   MOAT's stage 1 (planner) and stage 2 (grounder), at the same learning
+   rates, no interaction.
 
 Under --workdir: bm25/, planner_init/, grounder_init/, metrics.jsonl,
 TensorBoard events, success.png, summary.json, checkpoints/ (one per
@@ -67,8 +71,10 @@ def _check_config(config):
 
 def make_world(config):
   w = config.world
-  return mw.make_moat_world(config.seed, num_people=w.num_people, num_cities=w.num_cities,
-                            num_countries=w.num_countries, num_companies=w.num_companies)
+  return mw.make_moat_world(config.seed, relations=tuple(w.relations.split()),
+                            nested_fraction=w.nested_fraction, num_people=w.num_people,
+                            num_cities=w.num_cities, num_countries=w.num_countries,
+                            num_companies=w.num_companies)
 
 
 def make_io(tokenizer, config):
@@ -84,12 +90,12 @@ def sft_batches(io, tasks):
   return planner, grounder
 
 
-def _warm_up(model, batch, w, seed):
-  optimizer = train.make_optimizer(w.learning_rate, warmup_steps=min(10, w.steps),
-                                   total_steps=w.steps)
+def _warm_up(model, batch, w, steps, seed):
+  optimizer = train.make_optimizer(w.learning_rate, warmup_steps=min(10, steps),
+                                   total_steps=steps)
   graphdef, state = train.init_train_state(model, optimizer)
   update = train.make_sft_update(graphdef, optimizer)
-  state = agents.run_steps(update, state, batch, w.batch_size, w.steps, seed)
+  state = agents.run_steps(update, state, batch, w.batch_size, steps, seed)
   return agents.merge(graphdef, state.params)
 
 
@@ -103,7 +109,9 @@ def build_agents(config, workdir, world, gold_tasks):
     if not all(os.path.exists(os.path.join(p, "model.safetensors")) for p in paths):
       tmp = os.path.join(workdir, "init.tmp")
       shutil.rmtree(tmp, ignore_errors=True)
-      _, held_in, held_out = world.splits(config.world.eval_fraction)
+      _, held_in, held_out = world.splits(config.world.eval_fraction,
+                                          config.world.heldout_fraction,
+                                          config.world.num_long)
       tokenizer = qa_data.train_word_tokenizer(
           mw.vocabulary(world, list(gold_tasks) + held_in + held_out))
       io = make_io(tokenizer, config)
@@ -114,7 +122,7 @@ def build_agents(config, workdir, world, gold_tasks):
             bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
             **config[name].to_dict())
         model = _warm_up(Decoder(model_config, seed=config.seed + i), batch, config.warmup,
-                         config.seed + i)
+                         config.warmup[f"{name}_steps"], config.seed + i)
         out = os.path.join(tmp, name)
         hf.save_pretrained(model, out)
         tokenizer.save_pretrained(out)
@@ -161,6 +169,11 @@ def stage1(p_graphdef, p_state, g_graphdef, g_params, io, tasks, config, update,
            "stage1/score_mean": float(scores.mean()),
            "stage1/score_gap": float((scores.max(1) - scores.min(1)).mean()),
            "stage1/sample_plan_exact": 100.0 * float(np.mean(plan_ok)),
+           # how often the pair's chosen / rejected plan is the gold plan
+           "stage1/chosen_exact": 100.0 * float(np.mean(np.asarray(plan_ok)[chosen[valid]]))
+                                  if valid.any() else 0.0,
+           "stage1/rejected_exact": 100.0 * float(np.mean(np.asarray(plan_ok)[rejected[valid]]))
+                                    if valid.any() else 0.0,
            "stage1/sample_and_score_seconds": t_sample,
            "stage1/seconds": time.perf_counter() - t0}
   stats.update({f"stage1/dpo_{k_}": float(v) for k_, v in m.items()})
@@ -168,8 +181,11 @@ def stage1(p_graphdef, p_state, g_graphdef, g_params, io, tasks, config, update,
 
 
 def stage2(g_graphdef, g_state, io, world, tasks, plans, critic, config, update, seed, mesh,
-           search_fn):
-  """Grounder improving. Returns (grounder state, stats)."""
+           search_fn, replay=()):
+  """Grounder improving. `replay`: (task, subgoal ids, actions) rows trained
+  on beside this iteration's corrected pairs (earlier corrected pairs and/or
+  the gold set). Returns (grounder state, this iteration's corrected pairs,
+  stats)."""
   s = config.stage2
   k = config.stage1.num_samples
   t0 = time.perf_counter()
@@ -187,18 +203,20 @@ def stage2(g_graphdef, g_state, io, world, tasks, plans, critic, config, update,
   own_ok = [mw.success(world, t, a, search_fn) for t, a in zip(row_tasks, actions)]
   fixes = critic([moat_critic.CriticInput(t, io.decode(p), a)
                   for t, p, a in zip(row_tasks, row_plans, actions)])
-  sft, seen = [], set()
+  pairs, seen = [], set()
   for t, fix in zip(row_tasks, fixes):
     if fix is not None and (t.id, fix.subgoals, fix.actions) not in seen:
       seen.add((t.id, fix.subgoals, fix.actions))
-      sft.append((t, io.encode(fix.subgoals), fix.actions))
+      pairs.append((t, fix.subgoals, fix.actions))
+  sft = [(t, io.encode(sg), a) for t, sg, a in pairs] + list(replay)
   steps = 0
   if sft:
     batch = io.grounder_batch(*zip(*sft))
     g_state, steps, _ = agents.run_epochs(update, g_state, batch, s.batch_size, s.epochs,
                                           seed)
-  return g_state, {
-      "stage2/rows": len(row_tasks), "stage2/sft_rows": len(sft), "stage2/updates": steps,
+  return g_state, pairs, {
+      "stage2/rows": len(row_tasks), "stage2/corrected_pairs": len(pairs),
+      "stage2/sft_rows": len(sft), "stage2/updates": steps,
       "stage2/own_success": 100.0 * float(np.mean(own_ok)),
       "stage2/corrected": 100.0 * float(np.mean([f is not None and f.changed
                                                   for f in fixes])),
@@ -219,10 +237,13 @@ def run(config, workdir: str, *, stop_after: int | None = None, progress: bool =
   mesh_sizes = config.mesh.to_dict()
   mesh = None if all(v == 1 for v in mesh_sizes.values()) else sharding.make_mesh(**mesh_sizes)
   world = make_world(config)
-  train_tasks, held_in, held_out = world.splits(config.world.eval_fraction)
+  train_tasks, held_in, held_out = world.splits(config.world.eval_fraction,
+                                                config.world.heldout_fraction,
+                                                config.world.num_long)
   held_in, held_out = held_in[:config.eval.held_in_size], held_out[:config.eval.held_out_size]
   gold_tasks = train_tasks[:config.warmup.num_gold]
   pool = train_tasks[config.warmup.num_gold:]
+  by_id = {t.id: t for t in pool}
   retriever = retrieval.BM25Retriever.build_or_load(world.corpus,
                                                     os.path.join(workdir, "bm25"))
   search_fn = mw.make_search_fn(retriever)
@@ -243,14 +264,19 @@ def run(config, workdir: str, *, stop_after: int | None = None, progress: bool =
   w = config.optimizer_warmup_steps
   opt = lambda lr: train.make_optimizer(lr, warmup_steps=w, total_steps=100 * max(w, 100))
   dpo_opt, sft_opt = opt(config.stage1.learning_rate), opt(config.stage2.learning_rate)
-  sep_opt = opt(config.separate.learning_rate)
+  # The separate baseline: each agent at its own stage's learning rate unless
+  # separate.learning_rate > 0 sets one for both.
+  sep_lr = config.separate.learning_rate
+  sep_p_opt = opt(sep_lr or config.stage1.learning_rate)
+  sep_g_opt = opt(sep_lr or config.stage2.learning_rate)
   p_graphdef, p_fresh = train.init_train_state(planner, dpo_opt)
   g_graphdef, g_fresh = train.init_train_state(grounder, sft_opt)
   fresh = {"planner": p_fresh, "grounder": g_fresh}
-  dpo_update = agents.make_dpo_update(p_graphdef, dpo_opt, beta=config.stage1.beta)
+  dpo_update = agents.make_dpo_update(p_graphdef, dpo_opt, beta=config.stage1.beta,
+                                      rpo_alpha=config.stage1.rpo_alpha)
   g_update = train.make_sft_update(g_graphdef, sft_opt)
-  sep_p_update = train.make_sft_update(p_graphdef, sep_opt)
-  sep_g_update = train.make_sft_update(g_graphdef, sep_opt)
+  sep_p_update = train.make_sft_update(p_graphdef, sep_p_opt)
+  sep_g_update = train.make_sft_update(g_graphdef, sep_g_opt)
 
   def evaluate(state):
     p = agents.merge(p_graphdef, state["planner"].params)
@@ -269,6 +295,7 @@ def run(config, workdir: str, *, stop_after: int | None = None, progress: bool =
     done, state = 0, fresh
     before = evaluate(fresh)
     extras = {"before": before, "curves": {m: [] for m in methods}, "budgets": [],
+              "buffer": [],  # [task id, subgoals, actions] (stage2.accumulate)
               "stage_seconds": {"stage1": [], "stage2": []},
               "seconds": time.perf_counter() - t0}
   else:
@@ -296,8 +323,14 @@ def run(config, workdir: str, *, stop_after: int | None = None, progress: bool =
       p_state, plans, s1 = stage1(p_graphdef, state["planner"], g_graphdef,
                                   state["grounder"].params, io, tasks, config, dpo_update,
                                   seed, mesh)
-      g_state, s2 = stage2(g_graphdef, state["grounder"], io, world, tasks, plans, critic,
-                           config, g_update, seed, mesh, search_fn)
+      replay = [(by_id[i], io.encode(sg), a) for i, sg, a in extras["buffer"]]
+      if config.stage2.replay_gold:
+        replay += [(t, io.encode(mw.gold_subgoals(t)), mw.actions_text(mw.gold_actions(t)))
+                   for t in gold_tasks]
+      g_state, pairs, s2 = stage2(g_graphdef, state["grounder"], io, world, tasks, plans,
+                                  critic, config, g_update, seed, mesh, search_fn, replay)
+      if config.stage2.accumulate:  # this iteration's pairs are replayed from now on
+        extras["buffer"] += [[t.id, sg, a] for t, sg, a in pairs]
       stats = {**s1, **s2}
       extras["budgets"].append([s1["stage1/updates"], s2["stage2/updates"]])
       extras["stage_seconds"]["stage1"].append(s1["stage1/seconds"])

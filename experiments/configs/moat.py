@@ -6,13 +6,20 @@ Presets: `default` (at most 15 minutes on a 2-core CPU) and `tiny` (tests).
 """
 import ml_collections
 
+from alignax.agents import moat_world as mw
+
 
 def get_config(preset: str = "default") -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.seed = 0
+  # Tasks: relation chains over `relations` (space-separated); held-out chains
+  # are a hashed `heldout_fraction` of the length-3 chains (new compositions)
+  # and `num_long` length-4 chains; `nested_fraction` of the tasks are phrased
+  # "the r2 of the r1 of P" (the plan must reverse the relations).
   c.world = ml_collections.ConfigDict(dict(
       num_people=200, num_cities=24, num_countries=6, num_companies=16,
-      eval_fraction=0.2))
+      eval_fraction=0.2, relations=" ".join(mw.RELATIONS), nested_fraction=0.5,
+      heldout_fraction=0.25, num_long=24))
   # Both agents: decoders built here, warm-started and saved in the HF format
   # under <workdir>/{planner,grounder}_init; `planner_dir` / `grounder_dir`
   # load existing HF directories instead (they must share one tokenizer).
@@ -25,39 +32,46 @@ def get_config(preset: str = "default") -> ml_collections.ConfigDict:
   c.mesh = ml_collections.ConfigDict(dict(data=1, fsdp=1, tensor=1))
   c.lengths = ml_collections.ConfigDict(dict(
       plan_prompt_len=32, plan_len=40, ground_prompt_len=80, action_len=40))
-  # Warm-up SFT of each agent on `num_gold` gold (task, subgoals, actions).
-  c.warmup = ml_collections.ConfigDict(dict(num_gold=32, steps=200, batch_size=32,
+  # Warm-up SFT of each agent on `num_gold` gold (task, subgoals, actions),
+  # `planner_steps` / `grounder_steps` updates.
+  c.warmup = ml_collections.ConfigDict(dict(num_gold=128, planner_steps=200,
+                                            grounder_steps=300, batch_size=32,
                                             learning_rate=3e-3))
   # Stage 1 (§8.1): K plans per task (temperature 1, top-p 0.95), grounder
-  # scores, pairs with gap >= min_gap, DPO (sigmoid, beta) vs a frozen copy.
+  # scores, pairs with gap >= min_gap, DPO (sigmoid, beta) vs a frozen copy;
+  # rpo_alpha: + that times the chosen plans' token-mean NLL (TRL's rpo_alpha).
   c.stage1 = ml_collections.ConfigDict(dict(
-      tasks_per_iteration=256, num_samples=8, temperature=1.0, top_p=0.95, min_gap=0.05,
-      beta=0.2, learning_rate=5e-5, batch_size=16, epochs=1))
+      tasks_per_iteration=256, num_samples=8, temperature=1.0, top_p=0.95, min_gap=0.02,
+      beta=0.2, learning_rate=2e-4, batch_size=16, epochs=1, rpo_alpha=1.0))
   # Stage 2 (§8.2): the grounder acts (temperature 0.1, top-p 0.95) on up to
   # `plans_per_task` distinct sampled plans per task; the critic's corrected
-  # pairs are the grounder's SFT set.
+  # pairs are the grounder's SFT set; `accumulate`: the corrected pairs of
+  # earlier iterations stay in it; `replay_gold`: so do the warm-up gold rows.
   c.stage2 = ml_collections.ConfigDict(dict(
-      plans_per_task=2, temperature=0.1, top_p=0.95, learning_rate=3e-4, batch_size=32,
-      epochs=1))
+      plans_per_task=2, temperature=0.1, top_p=0.95, learning_rate=1e-4, batch_size=32,
+      epochs=1, accumulate=True, replay_gold=True))
   # "builtin" (world execution) or "llm" (model_dir: an HF causal LM).
-  # rewrite_subgoals (builtin): also rewrite the planner's subgoals to match
-  # the corrected actions (False: keep the planner's own subgoals).
+  # rewrite_subgoals (builtin): rewrite the planner's subgoals to match the
+  # corrected actions (the spec's critic returns both); False keeps the
+  # planner's own subgoals.
   c.critic = ml_collections.ConfigDict(dict(name="builtin", model_dir="",
-                                            max_new_tokens=96, rewrite_subgoals=False))
-  c.num_iterations = 3
+                                            max_new_tokens=96, rewrite_subgoals=True))
+  c.num_iterations = 4
   # Linear learning-rate warm-up (updates) of the stage and baseline optimisers.
   c.optimizer_warmup_steps = 10
   # The separate baseline: each agent SFT alone on the gold set, the same
-  # number of updates per iteration as MOAT's stage 1 / stage 2 used.
-  c.separate = ml_collections.ConfigDict(dict(enabled=True, learning_rate=1e-3))
-  c.eval = ml_collections.ConfigDict(dict(held_in_size=300, held_out_size=300))
+  # number of updates per iteration as MOAT's stage 1 / stage 2 used, at its
+  # stage's learning rate (learning_rate > 0: that one for both).
+  c.separate = ml_collections.ConfigDict(dict(enabled=True, learning_rate=0.0))
+  c.eval = ml_collections.ConfigDict(dict(held_in_size=500, held_out_size=500))
 
   if preset == "tiny":
-    c.world.update(num_people=24, num_cities=6, num_countries=3, num_companies=4)
+    c.world.update(num_people=24, num_cities=6, num_countries=3, num_companies=4,
+                   num_long=4)
     for a in (c.planner, c.grounder):
       a.update(hidden_size=32, intermediate_size=64, num_layers=1, num_heads=2,
                num_kv_heads=1, max_position_embeddings=128)
-    c.warmup.update(num_gold=16, steps=4, batch_size=8)
+    c.warmup.update(num_gold=16, planner_steps=4, grounder_steps=4, batch_size=8)
     c.stage1.update(tasks_per_iteration=8, num_samples=3, batch_size=4)
     c.stage2.update(batch_size=8)
     c.num_iterations = 2

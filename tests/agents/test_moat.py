@@ -65,8 +65,8 @@ def test_build_dpo_pairs_matches_numpy_with_edge_cases():
 # ------------------------------------------------------- shared fixtures
 @pytest.fixture(scope="module")
 def world():
-  return mw.make_moat_world(0, num_people=24, num_cities=6, num_countries=3,
-                            num_companies=4)
+  return mw.make_moat_world(0, relations=tuple(mw.RELATIONS), nested_fraction=0.5,
+                            num_people=24, num_cities=6, num_countries=3, num_companies=4)
 
 
 @pytest.fixture(scope="module")
@@ -148,6 +148,12 @@ def test_dpo_update_loss_equals_trl_sigmoid(world, io_and_models):
   np.testing.assert_allclose(float(metrics["loss"]), t_loss, rtol=1e-4)
   np.testing.assert_allclose(float(metrics["rewards/margins"]), t_metrics["rewards/margins"],
                              rtol=1e-4, atol=1e-6)
+  # rpo_alpha adds alpha * the token-mean NLL of the chosen rows (NumPy).
+  nll = -per_token[:len(chosen)].sum() / mask[:len(chosen)].sum()
+  update = agents.make_dpo_update(graphdef, opt, beta=0.2, rpo_alpha=0.5)
+  _, m2 = update(jax.tree.map(jnp.copy, state), batch)
+  np.testing.assert_allclose(float(m2["nll"]), nll, rtol=1e-4)
+  np.testing.assert_allclose(float(m2["loss"]), t_loss + 0.5 * nll, rtol=1e-4)
 
 
 # ---------------------------------------------------------- formats
@@ -164,14 +170,29 @@ def test_parse_and_execute_actions(world):
   assert mw.success(world, task, named)
   assert mw.parse_actions("Answer [ x ] Lookup [ a , b ]") == [mw.Action("answer", ("x",))]
   assert mw.parse_subgoals(mw.gold_subgoals(task))[-1].startswith("answer #")
-  chains_in, chains_out = mw.chain_split(0)
+  rels = world.relations
+  chains_in, chains_out = mw.chain_split(0, relations=rels)
   assert not set(chains_in) & set(chains_out)
   assert max(len(c) for c in chains_in) == 3 and max(len(c) for c in chains_out) == 4
+  for c in mw.all_chains(4, rels):  # type-valid: each hop starts where the last ended
+    assert all(mw.RELATIONS[a][1] == mw.RELATIONS[b][0] for a, b in zip(c, c[1:]))
+  assert len(mw.all_chains(3, rels)) > 3 * len(mw.all_chains(3))  # 11 vs 7 relations
   train_tasks, held_in, held_out = world.splits()
-  assert {t.chain for t in train_tasks} == set(chains_in)
+  # (a chain from a type with few entities may have every task in eval)
+  assert {t.chain for t in train_tasks + held_in} == set(chains_in)
   assert {t.chain for t in held_in} <= set(chains_in)
   assert {t.chain for t in held_out} == set(chains_out)
   assert not {t.id for t in train_tasks} & {t.id for t in held_in}
+  # Both phrasings occur; the nested one lists the relations in reverse.
+  nested = [t for t in train_tasks if t.nested]
+  assert 0.3 < len(nested) / len(train_tasks) < 0.7
+  t = next(t for t in nested if len(t.chain) == 2)
+  assert t.question == f"what is the {t.chain[1]} of the {t.chain[0]} of {t.subject} ?"
+  flat = world.task(t.subject, t.chain, nested=False)
+  assert flat.question == f"what is {t.subject} 's {t.chain[0]} 's {t.chain[1]} ?"
+  assert mw.gold_actions(flat) == mw.gold_actions(t) and flat.answer == t.answer
+  with pytest.raises(ValueError, match="relations"):
+    mw.make_moat_world(0, relations=("birthplace", "country"))
 
 
 # ------------------------------------------------------------- critics
@@ -192,9 +213,14 @@ def _corruptions(task, rng):
 
 @pytest.mark.parametrize("rewrite_subgoals", [False, True])
 def test_builtin_critic_corrections_execute_to_gold(rewrite_subgoals):
-  world = mw.make_moat_world(0)  # the default preset's world: every training task
+  from alignax.experiments import moat
+  from alignax.experiments.common import load_config_file
+  config = load_config_file(os.path.join(os.path.dirname(moat.__file__), "configs",
+                                         "moat.py"))
+  world = moat.make_world(config)  # the default preset's world: every training task
   critic = mc.make_critic("builtin", world=world, rewrite_subgoals=rewrite_subgoals)
-  train_tasks = world.splits()[0]
+  train_tasks = world.splits(config.world.eval_fraction, config.world.heldout_fraction,
+                             config.world.num_long)[0]
   rng = np.random.RandomState(0)
   items = []
   for t in train_tasks:

@@ -42,6 +42,12 @@ def test_outputs_and_summary_keys(tiny_run):
   for key in ("moat/stage1/seconds", "moat/stage2/seconds", "moat/stage1/pairs",
               "moat/stage2/sft_rows", "moat/eval/held_out_success"):
     assert key in rows[1], key
+  # stage2.accumulate + replay_gold: earlier corrected pairs and the gold set
+  # are trained on beside this iteration's pairs.
+  pairs = [rows[i]["moat/stage2/corrected_pairs"] for i in (1, 2)]
+  num_gold = load_config_file(TINY).warmup.num_gold
+  assert rows[1]["moat/stage2/sft_rows"] == pairs[0] + num_gold
+  assert rows[2]["moat/stage2/sft_rows"] == pairs[0] + pairs[1] + num_gold
   assert rows[3]["separate/planner_updates"] == rows[1]["moat/stage1/updates"]
   assert rows[3]["separate/grounder_updates"] == rows[1]["moat/stage2/updates"]
   assert os.path.getsize(os.path.join(workdir, "success.png")) > 1000
