@@ -18,7 +18,8 @@ passages, DRO's k_positive).
 2. For every method of `config.methods`, from the warm-up model(s), repeat
    `em.num_iterations` times:
    E-step (`dro`): `m` sampled selector outputs `"[a] > [b] > ..."` per
-     question (`parse_ranking`, completed to a permutation); the generator's
+     question (with `selector.no_repeat_ids`, decoding masks an id once
+     written; `parse_ranking`, completed to a permutation); the generator's
      input is the first `top_k` passages; each output is scored by the
      token-mean log-likelihood of the gold answer; identical outputs of a
      question are de-duplicated, weights = `segment_em_weights`; outputs
@@ -127,6 +128,9 @@ class Task:
     self._end = enc(qa_world.END_SEARCH)
     self._final = enc(qa_world.FINAL)
     self._ids = [enc(f"[{i + 1}]") for i in range(self.num)]
+    # Constrained selector decoding: each candidate id at most once per output.
+    self.no_repeat_ids = config.selector.no_repeat_ids
+    self.id_tokens = [t for ids in self._ids for t in ids]
     self._sep = enc(">")
     # Generator budget: the answer + EOS. Selector: top_k ids, separators, EOS.
     self.sel_new = 2 * self.top_k + 1
@@ -206,13 +210,13 @@ class Task:
 
 # ---------------------------------------------------------- model plumbing
 def _generate(graphdef, params, task, prompts, max_new, key, *, temperature=0.0,
-              top_p=None, repeats=1):
+              top_p=None, repeats=1, no_repeat=None):
   """Completions (token lists, stop token included) of every prompt x repeats."""
   model = nnx.merge(graphdef, params)
   gen = sampling.generate(model, prompts, max_new_tokens=max_new, temperature=temperature,
                           top_p=top_p if temperature > 0 else None,
                           eos_token_id=task.eos, seed=key, num_generations=repeats,
-                          pad_token_id=task.pad)
+                          pad_token_id=task.pad, no_repeat_token_ids=no_repeat)
   tokens, mask = np.asarray(gen.tokens), np.asarray(gen.mask)
   return [t[m].tolist() for t, m in zip(tokens, mask)]
 
@@ -225,7 +229,8 @@ def _select(graphdef, params, task, examples, key, *, repeats=1, temperature=0.0
             top_p=None):
   """Selector outputs (token lists), permutations and validity, row p*m + j."""
   outs = _generate(graphdef, params, task, [task.selector_prompt(e) for e in examples],
-                   task.sel_new, key, temperature=temperature, top_p=top_p, repeats=repeats)
+                   task.sel_new, key, temperature=temperature, top_p=top_p, repeats=repeats,
+                   no_repeat=task.id_tokens if task.no_repeat_ids else None)
   perms, valid = parse_selections([_text(task, o) for o in outs], task.num, task.top_k)
   return outs, perms, valid
 

@@ -5,8 +5,10 @@ config errors."""
 import json
 import os
 
+import jax
 import numpy as np
 import pytest
+from flax import nnx
 
 from alignax.agents import dro_world, retrieval
 from alignax.experiments import dro
@@ -59,7 +61,7 @@ def test_prompts_and_rows(tiny_run):
   retriever = retrieval.BM25Retriever.build_or_load(world.dataset.corpus,
                                                     os.path.join(workdir, "bm25"))
   cand = dro.build_task(config, workdir, world, retriever)
-  _, task = dro.build_policies(config, workdir, world, cand)
+  models, task = dro.build_policies(config, workdir, world, cand)
   ex = next(e for e in world.dataset.train if e.hops == 2)
   # The ranking the selector is trained to write parses back to its positions.
   out = task.ranking_ids([4, 0, 7, 2, 1])
@@ -77,6 +79,19 @@ def test_prompts_and_rows(tiny_run):
   assert gold == list(world.gold[ex.id])
   toks, mask, _ = task.generator_row(ex, gold)
   assert task.tokenizer.decode(np.asarray(toks)[np.asarray(mask)]) == ex.answers[0] + " </s>"
+  # Constrained selector decoding (selector.no_repeat_ids): no candidate id
+  # twice in one output; the same sampling without it does repeat ids.
+  graphdef, params = nnx.split(models["policy"])
+  examples = world.dataset.train[:6]
+
+  def most_repeats():
+    outs, _, _ = dro._select(graphdef, params, task, examples, jax.random.key(1), repeats=4,
+                             temperature=3.0)
+    return max(o.count(t) for o in outs for t in task.id_tokens)
+
+  assert task.no_repeat_ids and most_repeats() == 1
+  task.no_repeat_ids = False
+  assert most_repeats() > 1
 
 
 def test_world_candidates():
