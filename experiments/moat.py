@@ -276,7 +276,8 @@ def run(config, workdir: str, *, stop_after: int | None = None, progress: bool =
                                       rpo_alpha=config.stage1.rpo_alpha)
   g_update = train.make_sft_update(g_graphdef, sft_opt)
   sep_p_update = train.make_sft_update(p_graphdef, sep_p_opt)
-  sep_g_update = train.make_sft_update(g_graphdef, sep_g_opt)
+  # (stage 2's optimiser unless separate.learning_rate is set: reuse its update)
+  sep_g_update = train.make_sft_update(g_graphdef, sep_g_opt) if sep_lr else g_update
 
   def evaluate(state):
     p = agents.merge(p_graphdef, state["planner"].params)

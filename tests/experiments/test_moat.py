@@ -13,19 +13,15 @@ TINY = os.path.join(os.path.dirname(moat.__file__), "configs", "moat.py") + ":ti
 SPLITS = ("held_in", "held_out")
 
 
-@pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory):
-  workdir = str(tmp_path_factory.mktemp("moat"))
+# One test for the whole tiny run (a module fixture shared by several tests
+# would be built once per pytest-xdist worker).
+def test_run_resume_outputs_and_summary(tmp_path):
+  workdir = str(tmp_path / "moat")
   # Stop after one phase (as a kill would), then resume to the end.
   partial = moat.run(load_config_file(TINY), workdir, stop_after=1, progress=False)
   assert len(partial["eval/held_in_per_iteration"]) == 1
   assert not os.path.exists(os.path.join(workdir, "summary.json"))
   summary = moat.run(load_config_file(TINY), workdir, progress=False)
-  return workdir, summary
-
-
-def test_outputs_and_summary_keys(tiny_run):
-  workdir, summary = tiny_run
   with open(os.path.join(workdir, "summary.json")) as f:
     written = json.load(f)
   for prefix in ("", "separate/"):
@@ -55,16 +51,17 @@ def test_outputs_and_summary_keys(tiny_run):
   for f in ("planner_init/tokenizer.json", "grounder_init/model.safetensors",
             "bm25/corpus.jsonl"):
     assert os.path.exists(os.path.join(workdir, f)), f
-
-
-def test_finished_workdir_returns_the_same_summary(tiny_run):
-  workdir, summary = tiny_run
+  # A finished workdir returns the same summary.
   assert moat.run(load_config_file(TINY), workdir, progress=False) == summary
 
 
-def test_agents_load_from_hf_dirs_and_config_checks(tiny_run, tmp_path):
-  workdir, _ = tiny_run
+def test_agents_load_from_hf_dirs_and_config_checks(tmp_path):
   config = load_config_file(TINY)
+  world = moat.make_world(config)
+  gold = world.splits(config.world.eval_fraction, config.world.heldout_fraction,
+                      config.world.num_long)[0][:config.warmup.num_gold]
+  workdir = str(tmp_path / "init")
+  moat.build_agents(config, workdir, world, gold)  # warm-up, saved as HF dirs
   config.planner_dir = os.path.join(workdir, "planner_init")
   config.grounder_dir = os.path.join(workdir, "grounder_init")
   config.num_iterations = 1
