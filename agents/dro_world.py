@@ -7,7 +7,9 @@ rendered so that a lexical retriever cannot find the evidence on its own:
 * Questions are paraphrased: "what is the birthplace of P ?" while the passage
   says "P was born in C .". BM25 matches only the name P, so every passage about
   P scores alike (their lengths vary with random leading filler words) and the gold
-  passage is in BM25's top 5 only about half the time.
+  passage is not always in BM25's top 5 (1-hop held-out questions of the
+  default world: 72 % in the top 5, 100 % in the top 12; the 2-hop bridge
+  passage is never retrieved by BM25).
 * Every person has `distractors_per_person` more passages with the same name
   and an entity of the answer's type: "P visited C2 .", "P studied in C3 .",
   "P once applied to the company K2 ." ...
