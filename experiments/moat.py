@@ -77,6 +77,12 @@ def make_world(config):
                             num_companies=w.num_companies)
 
 
+def split_tasks(world, config):
+  """(train, held-in, held-out) tasks of `world` under `config.world`."""
+  w = config.world
+  return world.splits(w.eval_fraction, w.heldout_fraction, w.num_long)
+
+
 def make_io(tokenizer, config):
   return agents.AgentIO(tokenizer, **config.lengths.to_dict())
 
@@ -109,9 +115,7 @@ def build_agents(config, workdir, world, gold_tasks):
     if not all(os.path.exists(os.path.join(p, "model.safetensors")) for p in paths):
       tmp = os.path.join(workdir, "init.tmp")
       shutil.rmtree(tmp, ignore_errors=True)
-      _, held_in, held_out = world.splits(config.world.eval_fraction,
-                                          config.world.heldout_fraction,
-                                          config.world.num_long)
+      _, held_in, held_out = split_tasks(world, config)
       tokenizer = qa_data.train_word_tokenizer(
           mw.vocabulary(world, list(gold_tasks) + held_in + held_out))
       io = make_io(tokenizer, config)
@@ -163,17 +167,16 @@ def stage1(p_graphdef, p_state, g_graphdef, g_params, io, tasks, config, update,
   batch = agents.dpo_batch(pb, chosen[valid], rejected[valid], ref)
   p_state, steps, m = agents.run_epochs(update, p_state, batch, s.batch_size, s.epochs, seed)
   scores = np.asarray(scores).reshape(-1, k)
-  plan_ok = [mw.normalize(io.decode(p)) == mw.normalize(mw.gold_subgoals(t))
-             for p, t in zip(plans, rows)]
+  plan_ok = np.array([mw.normalize(io.decode(p)) == mw.normalize(mw.gold_subgoals(t))
+                      for p, t in zip(plans, rows)])
+  gold_share = lambda idx: 100.0 * float(np.mean(plan_ok[idx[valid]])) if valid.any() else 0.0
   stats = {"stage1/pairs": int(valid.sum()), "stage1/updates": steps,
            "stage1/score_mean": float(scores.mean()),
            "stage1/score_gap": float((scores.max(1) - scores.min(1)).mean()),
            "stage1/sample_plan_exact": 100.0 * float(np.mean(plan_ok)),
            # how often the pair's chosen / rejected plan is the gold plan
-           "stage1/chosen_exact": 100.0 * float(np.mean(np.asarray(plan_ok)[chosen[valid]]))
-                                  if valid.any() else 0.0,
-           "stage1/rejected_exact": 100.0 * float(np.mean(np.asarray(plan_ok)[rejected[valid]]))
-                                    if valid.any() else 0.0,
+           "stage1/chosen_exact": gold_share(chosen),
+           "stage1/rejected_exact": gold_share(rejected),
            "stage1/sample_and_score_seconds": t_sample,
            "stage1/seconds": time.perf_counter() - t0}
   stats.update({f"stage1/dpo_{k_}": float(v) for k_, v in m.items()})
@@ -237,9 +240,7 @@ def run(config, workdir: str, *, stop_after: int | None = None, progress: bool =
   mesh_sizes = config.mesh.to_dict()
   mesh = None if all(v == 1 for v in mesh_sizes.values()) else sharding.make_mesh(**mesh_sizes)
   world = make_world(config)
-  train_tasks, held_in, held_out = world.splits(config.world.eval_fraction,
-                                                config.world.heldout_fraction,
-                                                config.world.num_long)
+  train_tasks, held_in, held_out = split_tasks(world, config)
   held_in, held_out = held_in[:config.eval.held_in_size], held_out[:config.eval.held_out_size]
   gold_tasks = train_tasks[:config.warmup.num_gold]
   pool = train_tasks[config.warmup.num_gold:]
@@ -278,6 +279,10 @@ def run(config, workdir: str, *, stop_after: int | None = None, progress: bool =
   sep_p_update = train.make_sft_update(p_graphdef, sep_p_opt)
   # (stage 2's optimiser unless separate.learning_rate is set: reuse its update)
   sep_g_update = train.make_sft_update(g_graphdef, sep_g_opt) if sep_lr else g_update
+
+  # stage2.replay_gold: the warm-up gold rows, trained on beside every iteration's pairs.
+  gold_replay = [(t, io.encode(mw.gold_subgoals(t)), mw.actions_text(mw.gold_actions(t)))
+                 for t in gold_tasks] if config.stage2.replay_gold else []
 
   def evaluate(state):
     p = agents.merge(p_graphdef, state["planner"].params)
@@ -324,10 +329,7 @@ def run(config, workdir: str, *, stop_after: int | None = None, progress: bool =
       p_state, plans, s1 = stage1(p_graphdef, state["planner"], g_graphdef,
                                   state["grounder"].params, io, tasks, config, dpo_update,
                                   seed, mesh)
-      replay = [(by_id[i], io.encode(sg), a) for i, sg, a in extras["buffer"]]
-      if config.stage2.replay_gold:
-        replay += [(t, io.encode(mw.gold_subgoals(t)), mw.actions_text(mw.gold_actions(t)))
-                   for t in gold_tasks]
+      replay = [(by_id[i], io.encode(sg), a) for i, sg, a in extras["buffer"]] + gold_replay
       g_state, pairs, s2 = stage2(g_graphdef, state["grounder"], io, world, tasks, plans,
                                   critic, config, g_update, seed, mesh, search_fn, replay)
       if config.stage2.accumulate:  # this iteration's pairs are replayed from now on

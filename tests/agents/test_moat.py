@@ -219,8 +219,7 @@ def test_builtin_critic_corrections_execute_to_gold(rewrite_subgoals):
                                          "moat.py"))
   world = moat.make_world(config)  # the default preset's world: every training task
   critic = mc.make_critic("builtin", world=world, rewrite_subgoals=rewrite_subgoals)
-  train_tasks = world.splits(config.world.eval_fraction, config.world.heldout_fraction,
-                             config.world.num_long)[0]
+  train_tasks = moat.split_tasks(world, config)[0]
   rng = np.random.RandomState(0)
   items = []
   for t in train_tasks:

@@ -58,8 +58,7 @@ def test_run_resume_outputs_and_summary(tmp_path):
 def test_agents_load_from_hf_dirs_and_config_checks(tmp_path):
   config = load_config_file(TINY)
   world = moat.make_world(config)
-  gold = world.splits(config.world.eval_fraction, config.world.heldout_fraction,
-                      config.world.num_long)[0][:config.warmup.num_gold]
+  gold = moat.split_tasks(world, config)[0][:config.warmup.num_gold]
   workdir = str(tmp_path / "init")
   moat.build_agents(config, workdir, world, gold)  # warm-up, saved as HF dirs
   config.planner_dir = os.path.join(workdir, "planner_init")
