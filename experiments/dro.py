@@ -128,9 +128,10 @@ class Task:
     self._end = enc(qa_world.END_SEARCH)
     self._final = enc(qa_world.FINAL)
     self._ids = [enc(f"[{i + 1}]") for i in range(self.num)]
-    # Constrained selector decoding: each candidate id at most once per output.
-    self.no_repeat_ids = config.selector.no_repeat_ids
-    self.id_tokens = [t for ids in self._ids for t in ids]
+    # Constrained selector decoding: each candidate id's tokens at most once per
+    # output (None: free sampling).
+    self.no_repeat = ([t for ids in self._ids for t in ids]
+                      if config.selector.no_repeat_ids else None)
     self._sep = enc(">")
     # Generator budget: the answer + EOS. Selector: top_k ids, separators, EOS.
     self.sel_new = 2 * self.top_k + 1
@@ -230,7 +231,7 @@ def _select(graphdef, params, task, examples, key, *, repeats=1, temperature=0.0
   """Selector outputs (token lists), permutations and validity, row p*m + j."""
   outs = _generate(graphdef, params, task, [task.selector_prompt(e) for e in examples],
                    task.sel_new, key, temperature=temperature, top_p=top_p, repeats=repeats,
-                   no_repeat=task.id_tokens if task.no_repeat_ids else None)
+                   no_repeat=task.no_repeat)
   perms, valid = parse_selections([_text(task, o) for o in outs], task.num, task.top_k)
   return outs, perms, valid
 

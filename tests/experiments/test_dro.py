@@ -87,10 +87,11 @@ def test_prompts_and_rows(tiny_run):
   def most_repeats():
     outs, _, _ = dro._select(graphdef, params, task, examples, jax.random.key(1), repeats=4,
                              temperature=3.0)
-    return max(o.count(t) for o in outs for t in task.id_tokens)
+    return max(o.count(t) for o in outs for t in id_tokens)
 
-  assert task.no_repeat_ids and most_repeats() == 1
-  task.no_repeat_ids = False
+  id_tokens = task.no_repeat
+  assert id_tokens and most_repeats() == 1
+  task.no_repeat = None
   assert most_repeats() > 1
 
 
