@@ -225,21 +225,20 @@ def main():
   sampler_args = argparse.Namespace(**vars(a))
   sampler_args.prompt, sampler_args.new = a.sampler_prompt, a.sampler_new
   results = {}
-  for name, plan, bench, target in (
-      ("sampler", sampler_plan(sampler_args), "benchmarks/results/sampler.json", 3.0),
-      ("grpo_step", grpo_plan(a), "benchmarks/results/grpo_step.json", 5.0)):
+  # (name, plan, measured JSON, its seconds key, the reference's impl prefix, target)
+  for name, plan, bench, key, reference, target in (
+      ("sampler", sampler_plan(sampler_args), "benchmarks/results/sampler.json", "seconds",
+       "transformers", 3.0),
+      ("grpo_step", grpo_plan(a), "benchmarks/results/grpo_step.json", "seconds_per_step",
+       "TRL", 5.0)):
     print(f"\n[{name}] timing each distinct matmul shape")
     phases, shapes = measure(plan, a, with_torch)
     measured = _read(bench)
     budget = ours = None
-    if measured and name == "sampler":
-      theirs = next(r["seconds"] for r in measured["results"] if "transformers" in r["impl"])
-      ours = next(r["seconds"] for r in measured["results"] if "alignax" in r["impl"])
-      budget = theirs / target
-    elif measured and name == "grpo_step":
-      theirs = next(r["seconds_per_step"] for r in measured["results"] if "TRL" in r["impl"])
-      ours = next(r["seconds_per_step"] for r in measured["results"] if "alignax" in r["impl"])
-      budget = theirs / target
+    if measured:
+      seconds = lambda prefix: next(r[key] for r in measured["results"]
+                                    if r["impl"].startswith(prefix))
+      ours, budget = seconds("alignax"), seconds(reference) / target
     total = report(f"{name}: dense-matmul floor per call ({target:g}x target)", phases,
                    budget, ours, with_torch)
     results[name] = dict(phases=phases, total=total, shapes_s=shapes, target_speedup=target,
