@@ -73,7 +73,7 @@ class Agent:
     self.rollout_config = rollout_lib.RolloutConfig(
         max_turns=r.max_turns, max_turn_tokens=r.max_turn_tokens,
         max_tool_tokens=r.max_tool_tokens, max_total_tokens=r.max_total_tokens,
-        temperature=r.temperature)
+        temperature=r.temperature, top_p=r.top_p)
     self.max_answer = r.max_answer_tokens
     # Fixed padded length of every training row (one compile).
     self.seq_len = r.max_total_tokens + r.max_answer_tokens + 2
@@ -162,11 +162,44 @@ def make_weighted_update(graphdef, optimizer, micro_batches: int = 1):
   return update
 
 
+def trim_padding(batch, multiple: int = 32):
+  """`batch` without the right-padding columns that no row uses.
+
+  Rows are right-padded to one fixed length; their longest real length,
+  rounded up to `multiple` (so that few shapes compile), is kept. Causal
+  attention makes the dropped columns irrelevant to the kept ones, so the
+  losses are unchanged; the cost follows the rows' real lengths.
+  """
+  full = batch["sequences"].shape[1]
+  used = int(np.asarray(batch["attention_mask"]).sum(axis=1).max(initial=1))
+  keep = min(full, -(-used // multiple) * multiple)
+  # [N, L] and [N, L-1] arrays lose the same columns; weights [N] are kept.
+  return {k: (v[:, :keep - (full - v.shape[1])] if np.ndim(v) == 2 else v)
+          for k, v in batch.items()}
+
+
 @functools.partial(jax.jit, static_argnames=("graphdef",))
-def answer_logliks(graphdef, params, batch):
-  """Token-mean gold-answer log-likelihood [N] (`answer_loglik`, §6.2)."""
+def _answer_logliks(graphdef, params, batch):
   return objectives.answer_loglik(_token_logprobs(graphdef, params, batch),
                                   batch["answer_mask"])
+
+
+def answer_logliks(graphdef, params, batch, chunk: int = 512) -> np.ndarray:
+  """Token-mean gold-answer log-likelihood [N] (`answer_loglik`, §6.2).
+
+  Rows are scored shortest first, `chunk` at a time, each chunk trimmed to
+  its own length (`trim_padding`); the last chunk is filled up with repeated
+  rows, so every call has `chunk` rows.
+  """
+  n = len(batch["sequences"])
+  order = np.argsort(np.asarray(batch["attention_mask"]).sum(axis=1), kind="stable")
+  out = np.empty(n, np.float32)
+  for s in range(0, n, chunk):
+    idx = order[s:s + chunk]
+    rows = np.resize(idx, min(chunk, n))  # pads a short last chunk
+    part = trim_padding({k: np.asarray(v)[rows] for k, v in batch.items()})
+    out[idx] = np.asarray(_answer_logliks(graphdef, params, part))[:len(idx)]
+  return out
 
 
 def train_epochs(update, state, batch, batch_size: int, epochs: int, seed: int):
@@ -179,7 +212,7 @@ def train_epochs(update, state, batch, batch_size: int, epochs: int, seed: int):
     order = np.resize(rng.permutation(n), -(-n // batch_size) * batch_size)  # wrap to full batches
     for s in range(0, len(order), batch_size):
       idx = order[s:s + batch_size]
-      state, _ = update(state, {k: v[idx] for k, v in batch.items()})
+      state, _ = update(state, trim_padding({k: v[idx] for k, v in batch.items()}))
   return state
 
 
@@ -215,7 +248,7 @@ def warm_up(model, agent, examples, config):
   rng = np.random.RandomState(config.seed)
   for _ in tqdm.trange(w.steps, desc="warm-up SFT", leave=False):
     idx = rng.randint(0, len(examples), w.batch_size)
-    state, _ = update(state, {k: v[idx] for k, v in batch.items()})
+    state, _ = update(state, trim_padding({k: v[idx] for k, v in batch.items()}))
   return nnx.merge(graphdef, state.params)
 
 

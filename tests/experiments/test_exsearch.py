@@ -11,6 +11,7 @@ import pytest
 from alignax.agents import rollout as rollout_lib
 from alignax.experiments import exsearch
 from alignax.experiments.common import load_config_file
+from tests.experiments.resume import assert_killed_run_resumes_identically
 from alignax.framework import train
 
 TINY = os.path.join(os.path.dirname(exsearch.__file__), "configs", "exsearch.py") + ":tiny"
@@ -97,3 +98,33 @@ def test_weighted_update_accumulation_is_exact(tiny_run):
     outs.append(update(state, batch)[0])
   for a, b in zip(jax.tree.leaves(outs[0].params), jax.tree.leaves(outs[1].params)):
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-5)
+
+
+def test_trimmed_chunked_answer_logliks_equal_full_length(tiny_run):
+  """Scoring shortest-first in chunks, each trimmed to its rows' length, gives
+  the log-likelihoods of one full-length pass, in the input order."""
+  workdir, _ = tiny_run
+  from alignax.framework import hf
+  model = hf.from_pretrained(os.path.join(workdir, "init_model"))
+  graphdef, state = train.init_train_state(model, optax.sgd(1.0))
+  rng = np.random.RandomState(1)
+  n, full = 7, 70
+  lengths = np.asarray([39, 6, 25, 12, 33, 8, 20])
+  seq = np.zeros((n, full), np.int32)
+  attn = np.arange(full)[None] < lengths[:, None]
+  seq[attn] = rng.randint(4, model.config.vocab_size, int(attn.sum()))
+  answer = (attn[:, 1:] & (np.arange(1, full)[None] >= lengths[:, None] - 3)).astype(np.float32)
+  batch = dict(sequences=seq, attention_mask=attn, loss_mask=answer, answer_mask=answer,
+               weights=np.ones(n, np.float32))
+  trimmed = exsearch.trim_padding(batch)
+  assert trimmed["sequences"].shape == (n, 64) and trimmed["answer_mask"].shape == (n, 63)
+  want = np.asarray(exsearch._answer_logliks(graphdef, state.params, batch))  # pylint: disable=protected-access
+  got = exsearch.answer_logliks(graphdef, state.params, batch, chunk=3)
+  np.testing.assert_allclose(got, want, atol=1e-5)
+  assert np.all(np.isfinite(got)) and len(set(np.round(got, 4))) > 1
+
+
+def test_killed_run_resumes_identically(tiny_run, tmp_path):
+  # Killed inside the second method (uniform), after its first iteration.
+  assert_killed_run_resumes_identically(exsearch.run, lambda: load_config_file(TINY),
+                                        str(tmp_path / "killed"), tiny_run[0], stop_after=3)
