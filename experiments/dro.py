@@ -256,8 +256,13 @@ def evaluate(graphdef, states, roles, task, examples, mode: str) -> dict[str, fl
   preds = _answers(graphdef, states[roles["generator"]].params, task, examples, passages)
   scores = metrics_lib.score_answers(preds, [e.answers for e in examples])
   out = {f"eval/{k}": 100.0 * v for k, v in scores.items()}
+  gold = [set(task.world.gold[e.id]) for e in examples]
+  # gold_recall: every gold passage selected; gold_passage_recall: the share of
+  # gold passages selected (a 2-hop question with one of its two counts 1/2).
   out["eval/gold_recall"] = 100.0 * float(np.mean(
-      [set(task.world.gold[e.id]) <= set(p) for e, p in zip(examples, passages)]))
+      [g <= set(p) for g, p in zip(gold, passages)]))
+  out["eval/gold_passage_recall"] = 100.0 * float(np.mean(
+      [len(g & set(p)) / len(g) for g, p in zip(gold, passages)]))
   out["eval/valid_rankings"] = 100.0 * float(np.mean(valid))
   return out
 
@@ -312,7 +317,7 @@ def build_task(config, workdir, world, retriever):
   examples = d.train + d.eval
   cand = dro_world.candidates(retriever, examples, world.gold, config.candidates.num,
                               insert_gold=config.candidates.insert_gold,
-                              keep_top=config.selector.top_k, seed=config.seed)
+                              keep_top=config.candidates.keep_top, seed=config.seed)
   return {e.id: c for e, c in zip(examples, cand)}
 
 
@@ -421,6 +426,16 @@ def _check_config(config):
   if not 1 <= config.selector.top_k <= config.candidates.num:
     raise ValueError(f"config.selector.top_k={config.selector.top_k} must be in"
                      f" [1, config.candidates.num={config.candidates.num}].")
+  cand = config.candidates
+  if not 0 <= cand.keep_top <= cand.num:
+    raise ValueError(f"config.candidates.keep_top={cand.keep_top} must be in"
+                     f" [0, config.candidates.num={cand.num}].")
+  if cand.insert_gold and cand.keep_top < config.selector.top_k and "bm25_top5" in config.methods:
+    raise ValueError(
+        f"config.candidates.keep_top={cand.keep_top} < config.selector.top_k="
+        f"{config.selector.top_k}: inserted gold passages could land in the first top_k"
+        " candidates, which bm25_top5 takes as BM25's top_k. Raise keep_top or drop"
+        " bm25_top5 from config.methods.")
   em = config.em
   if em.num_samples < 1 or em.num_iterations < 1 or em.questions_per_iteration < 1:
     raise ValueError("config.em.num_samples, num_iterations and questions_per_iteration"
@@ -543,7 +558,7 @@ def _summary(extras, methods):
     before, curve = extras["before"][_mode(m)], extras["curves"][m]
     prefix = "" if m == "dro" else f"{m}/"
     last = curve[-1] if curve else before
-    for name in ("em", "f1", "gold_recall"):
+    for name in ("em", "f1", "gold_recall", "gold_passage_recall"):
       out[f"{prefix}eval/{name}_before"] = before[f"eval/{name}"]
       out[f"{prefix}eval/{name}_after"] = last[f"eval/{name}"]
       out[f"{prefix}eval/{name}_per_iteration"] = [c[f"eval/{name}"] for c in curve]

@@ -22,8 +22,14 @@ def get_config(preset: str = "default") -> ml_collections.ConfigDict:
   # The selector ranks BM25's top `num` passages for the question (the paper:
   # 20; 12 here holds every passage about the question's person, ~10, on a
   # CPU budget). insert_gold: DRO's k_positive -- a gold passage BM25 missed
-  # (every 2-hop bridge) replaces a random candidate after BM25's top `top_k`.
-  c.candidates = ml_collections.ConfigDict(dict(num=12, insert_gold=True))
+  # (every 2-hop bridge) replaces a random candidate after BM25's top
+  # `keep_top` (so bm25_top5 sees BM25's own top 5).
+  # Measured: this placement is a cue the selector learns. After 3 DRO
+  # iterations its greedy picks are mostly positions 6-12 for every question
+  # type: 2-hop EM rises (40 -> 63 and 43 -> 66 %, the bridge is selected),
+  # while 1-hop EM falls (18 -> 11 and 32 -> 25 %). With keep_top=0 (gold
+  # placed anywhere) EM did not rise: 31.3 -> 30.4, 29.4, 31.3.
+  c.candidates = ml_collections.ConfigDict(dict(num=12, insert_gold=True, keep_top=5))
   c.model = ml_collections.ConfigDict(dict(
       hidden_size=128, intermediate_size=256, num_layers=2, num_heads=4, num_kv_heads=2,
       max_position_embeddings=256, tie_word_embeddings=True))

@@ -13,6 +13,7 @@ from flax import nnx
 from alignax.agents import dro_world, retrieval
 from alignax.experiments import dro
 from alignax.experiments.common import load_config_file
+from tests.experiments.resume import assert_killed_run_resumes_identically
 
 TINY = os.path.join(os.path.dirname(dro.__file__), "configs", "dro.py") + ":tiny"
 KEYS = ("eval/em_before", "eval/em_after", "eval/f1_before", "eval/f1_after",
@@ -36,6 +37,9 @@ def test_outputs_and_summary_keys(tiny_run):
       assert prefix + key in written, prefix + key
     assert len(written[prefix + "eval/em_per_iteration"]) == 2
     assert 0 <= written[prefix + "eval/em_after"] <= 100
+    # A question counts in gold_recall only with all its gold passages.
+    assert (written[prefix + "eval/gold_passage_recall_after"]
+            >= written[prefix + "eval/gold_recall_after"])
   assert written["train/seconds"] > 0
   rows = [json.loads(l) for l in open(os.path.join(workdir, "metrics.jsonl"))]
   assert [r["step"] for r in rows] == list(range(7))  # warm-up + 3 methods x 2 iterations
@@ -49,6 +53,12 @@ def test_outputs_and_summary_keys(tiny_run):
 def test_rerun_resumes_without_work(tiny_run):
   workdir, summary = tiny_run
   assert dro.run(load_config_file(TINY), workdir, progress=False) == summary
+
+
+def test_killed_run_resumes_identically(tiny_run, tmp_path):
+  # Killed inside the second method (bm25_top5), after its first iteration.
+  assert_killed_run_resumes_identically(dro.run, lambda: load_config_file(TINY),
+                                        str(tmp_path / "killed"), tiny_run[0], stop_after=3)
 
 
 def test_prompts_and_rows(tiny_run):
@@ -177,6 +187,8 @@ def test_weights_question_with_nothing_valid():
     (dict(dataset="hotpotqa"), "built-in selection world"),
     (dict(selector=dict(top_k=9)), "top_k=9"),
     (dict(em=dict(num_samples=0)), ">= 1"),
+    (dict(candidates=dict(keep_top=13)), "keep_top=13"),
+    (dict(candidates=dict(keep_top=0)), "bm25_top5 takes"),
 ])
 def test_bad_config(tmp_path, change, message):
   config = load_config_file(TINY)
