@@ -47,8 +47,9 @@ def get_config(preset: str = "default") -> ml_collections.ConfigDict:
   # every iteration, wrapping around the 1216 of them), weighted per
   # `methods`; M-step: `epochs` passes of the re-weighted NLL, one Adam
   # optimizer continuing across a method's iterations. 6 iterations: the
-  # exsearch curve from the 120-step warm-up was 32.7 -> 35.7, 37.4, 43.8,
-  # 43.8, 47.5, 50.2 (a 7th gave 46.1).
+  # default run gives 32.7 -> 35.7, 42.4, 46.5, 48.8, 50.5, 51.5 (an earlier
+  # probe without the padding trim: 35.7, 37.4, 43.8, 43.8, 47.5, 50.2, and
+  # a 7th iteration 46.1).
   # temperature: the E-step softmax's tau. DEVIATION: the paper uses 1; 0.25
   # here. Measured on this world (two-word names, 64 oracle warm-up, 256
   # questions x K=8, 3 iterations, exsearch alone): tau=1 gave held-out EM
