@@ -75,7 +75,8 @@ class Agent:
         max_tool_tokens=r.max_tool_tokens, max_total_tokens=r.max_total_tokens,
         temperature=r.temperature, top_p=r.top_p)
     self.max_answer = r.max_answer_tokens
-    # Fixed padded length of every training row (one compile).
+    # Padded length of every training row (batches are then cut to their
+    # longest row, `trim_padding`).
     self.seq_len = r.max_total_tokens + r.max_answer_tokens + 2
 
   def encode(self, text: str) -> list[int]:
