@@ -11,8 +11,8 @@ import pytest
 from alignax.agents import rollout as rollout_lib
 from alignax.experiments import exsearch
 from alignax.experiments.common import load_config_file
-from tests.experiments.resume import assert_killed_run_resumes_identically
 from alignax.framework import train
+from tests.experiments.resume import assert_killed_run_resumes_identically
 
 TINY = os.path.join(os.path.dirname(exsearch.__file__), "configs", "exsearch.py") + ":tiny"
 KEYS = ("eval/em_before", "eval/em_after", "eval/f1_before", "eval/f1_after",
