@@ -62,10 +62,16 @@ _PRODUCTS = ("lamps", "boats", "tea", "clocks", "maps", "salt", "glass", "rope")
 EXTRA_WORDS = "rank answer question : > . ?"
 
 
+# The type of each relation's object: a question's answer type is its path's last.
+OBJECT_TYPES = {"born": "city", "works": "company", "city_country": "country",
+                "company_city": "city"}
+
+
 @dataclasses.dataclass(frozen=True)
 class DroWorld:
   dataset: QADataset
   gold: dict  # question id -> tuple of gold passage indices into dataset.corpus (hop order)
+  answer_pool: dict  # question id -> every entity of its answer's type (sorted)
 
 
 def _hash_fraction(seed: int, key: str) -> float:
@@ -117,7 +123,9 @@ def make_dro_world(seed: int = 0, num_people: int = 200, num_cities: int = 24,
     add(k, _FACTS["company_city"].format(s=k, o=facts["company_city"][k]), ("company_city", k))
     add(k, f"the company {k} sells {_PRODUCTS[rng.randint(len(_PRODUCTS))]} .")
 
-  train, held, gold = [], [], {}
+  countries = sorted(set(facts["city_country"].values()))
+  by_type = {"city": tuple(cities), "company": tuple(companies), "country": tuple(countries)}
+  train, held, gold, answer_pool = [], [], {}, {}
   for p in people:
     for qtype, (hops, fmt, path) in QUESTION_TYPES.items():
       subject, ids = p, []
@@ -128,10 +136,11 @@ def make_dro_world(seed: int = 0, num_people: int = 200, num_cities: int = 24,
       ex = QAExample(id=qid, question=fmt.format(p=p), answers=(subject,), hops=hops,
                      passages=tuple(passages[i] for i in ids))
       gold[qid] = tuple(ids)
+      answer_pool[qid] = by_type[OBJECT_TYPES[path[-1]]]
       (held if _hash_fraction(seed, qid) < heldout_fraction else train).append(ex)
   order = np.random.RandomState(seed + 1).permutation(len(train))
   dataset = QADataset(tuple(train[i] for i in order), tuple(held), tuple(passages))
-  return DroWorld(dataset, gold)
+  return DroWorld(dataset, gold, answer_pool)
 
 
 def candidates(retriever, examples: Sequence[QAExample], gold: dict, num_candidates: int,

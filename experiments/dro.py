@@ -53,7 +53,7 @@ from alignax.agents import metrics as metrics_lib
 from alignax.agents import rollout as rollout_lib
 from alignax.experiments import common
 from alignax.experiments.exsearch import (answer_logliks, make_weighted_update,
-                                          plot_per_iteration, train_epochs)
+                                          plot_per_iteration, train_epochs, trim_padding)
 from alignax.framework import checkpoint, experiment, hf, sampling, train
 from alignax.framework.config import ModelConfig
 from alignax.framework.model import Decoder
@@ -178,10 +178,21 @@ class Task:
     return (gold + [p for p in range(self.num) if p not in gold])[:self.top_k]
 
   # Rows: (tokens, loss mask, answer mask); the answer mask is the gold span.
-  def generator_row(self, ex, passages):
+  def generator_row(self, ex, passages, swap=None, train_prompt: bool = False):
+    """swap: (old, new) token lists replaced everywhere in the row.
+    train_prompt: the loss mask covers the prompt too (the answer mask never)."""
     prompt, gold = self.generator_prompt(ex, passages), self.gold_ids(ex)
-    mask = [False] * len(prompt) + [True] * len(gold)
-    return prompt + gold, mask, mask
+    if swap is not None:
+      prompt, gold = _swap(prompt, *swap), _swap(gold, *swap)
+    answer = [False] * len(prompt) + [True] * len(gold)
+    return prompt + gold, ([True] * len(answer) if train_prompt else answer), answer
+
+  def counterfactual_swap(self, ex, rng):
+    """(gold answer, a random other entity of its type) as token lists: with
+    it, the answer can only be read from the passages, never recalled from
+    other rows about the same person (see `warm_up`)."""
+    pool = [a for a in self.world.answer_pool[ex.id] if a != ex.answers[0]]
+    return self.encode(ex.answers[0]), self.encode(pool[rng.randint(len(pool))])
 
   def selector_row(self, ex, output):
     prompt = self.selector_prompt(ex)
@@ -207,6 +218,19 @@ class Task:
     gen = (max(len(self.generator_prompt(e, [])) for e in examples) + sum(longest)
            + self.gen_new)
     return -(-sel // 8) * 8, -(-gen // 8) * 8
+
+
+def _swap(tokens, old, new):
+  """`tokens` with every occurrence of the sub-sequence `old` replaced by `new`."""
+  out, i = [], 0
+  while i < len(tokens):
+    if tokens[i:i + len(old)] == old:
+      out += new
+      i += len(old)
+    else:
+      out.append(tokens[i])
+      i += 1
+  return out
 
 
 # ---------------------------------------------------------- model plumbing
@@ -335,24 +359,39 @@ def roles_of(config) -> dict[str, str]:
 def warm_up(models: dict, task, examples, config, roles):
   """SFT: each step one generator batch (gold passages shuffled among
   candidates) and one selector batch (oracle ranking), on the state that
-  plays each role."""
+  plays each role.
+
+  Generator rows are built per batch. With `warmup.counterfactual`, each
+  row's answer is swapped for a random entity of its type, drawn anew each
+  time (`Task.counterfactual_swap`); with `warmup.generator_prompt_loss` the
+  loss covers the question and passages as well as the answer. Both make
+  the generator read its passages (measured in configs/dro.py).
+  """
   w = config.warmup
   rng = np.random.RandomState(config.seed)
-  gen_rows, sel_rows = [], []
+  gen_docs, sel_rows = [], []
   for e in examples:
     gold = list(task.world.gold[e.id])
     others = [int(i) for i in task.candidates[e.id] if int(i) not in gold]
     fill = [others[i] for i in rng.permutation(len(others))[:task.top_k - len(gold)]]
     docs = gold + fill
-    gen_rows.append(task.generator_row(e, [docs[i] for i in rng.permutation(len(docs))]))
+    gen_docs.append([docs[i] for i in rng.permutation(len(docs))])
     # Oracle ranking: gold ids first, then random other candidates (not BM25
     # order, which would teach the selector to copy "[1] > [2] > ...").
     gold_pos = task.gold_positions(e)
     rest = [p for p in rng.permutation(task.num).tolist() if p not in gold_pos]
     sel_rows.append(task.selector_row(e, task.ranking_ids((gold_pos + rest)[:task.top_k])))
   lengths = task.lengths(examples)
-  data = {"selector": task.batch(sel_rows, lengths[0]),
-          "generator": task.batch(gen_rows, lengths[1])}
+  selector_data = task.batch(sel_rows, lengths[0])
+
+  def batch(role, idx):
+    if role == "selector":
+      return {k: v[idx] for k, v in selector_data.items()}
+    return task.batch([task.generator_row(
+        examples[i], gen_docs[i],
+        task.counterfactual_swap(examples[i], rng) if w.counterfactual else None,
+        train_prompt=w.generator_prompt_loss) for i in idx], lengths[1])
+
   steps = {"selector": w.selector_steps, "generator": w.generator_steps}
   out = {}
   for name, model in models.items():
@@ -368,7 +407,7 @@ def warm_up(models: dict, task, examples, config, roles):
         if (step * steps[role]) // total == ((step + 1) * steps[role]) // total:
           continue
         idx = rng.randint(0, len(examples), w.batch_size)
-        state, _ = update(state, {k: v[idx] for k, v in data[role].items()})
+        state, _ = update(state, trim_padding(batch(role, idx)))
     out[name] = nnx.merge(graphdef, state.params)
   return out
 

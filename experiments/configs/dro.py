@@ -53,7 +53,7 @@ def get_config(preset: str = "default") -> ml_collections.ConfigDict:
   # mostly stopped before top_k ids: 0-15 % valid rankings).
   c.warmup = ml_collections.ConfigDict(dict(
       num_questions=640, generator_steps=1000, selector_steps=200, batch_size=16,
-      learning_rate=3e-3))
+      learning_rate=3e-3, counterfactual=True, generator_prompt_loss=True))
   # E-step: `num_samples` (m) selector outputs per question, de-duplicated,
   # weighted by softmax(generator gold-answer token-mean loglik / temperature)
   # (`segment_em_weights`); outputs without exactly top_k ids are then

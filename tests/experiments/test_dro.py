@@ -105,6 +105,50 @@ def test_prompts_and_rows(tiny_run):
   assert most_repeats() > 1
 
 
+def test_counterfactual_warmup_rows(tiny_run):
+  workdir, _ = tiny_run
+  config = load_config_file(TINY)
+  w = config.world
+  world = dro_world.make_dro_world(seed=config.seed, num_people=w.num_people,
+                                   num_cities=w.num_cities, num_countries=w.num_countries,
+                                   num_companies=w.num_companies)
+  retriever = retrieval.BM25Retriever.build_or_load(world.dataset.corpus,
+                                                    os.path.join(workdir, "bm25"))
+  _, task = dro.build_policies(config, workdir, world,
+                               dro.build_task(config, workdir, world, retriever))
+  decode = task.tokenizer.decode
+  rng = np.random.RandomState(0)
+  for ex in world.dataset.train[:12]:
+    old, new = task.counterfactual_swap(ex, rng)
+    assert decode(old) == ex.answers[0]
+    assert decode(new) in world.answer_pool[ex.id] and decode(new) != ex.answers[0]
+    gold = list(world.gold[ex.id])
+    toks, loss, answer = map(np.asarray, task.generator_row(ex, gold, (old, new),
+                                                            train_prompt=True))
+    # The answer is swapped in the passages and the target alike; with
+    # train_prompt every token is trained, the answer mask is the target only.
+    plain = decode(task.generator_row(ex, gold)[0]).split()
+    swapped = decode(toks).split()
+    assert swapped == [decode(new) if t == ex.answers[0] else t for t in plain]
+    assert ex.answers[0] in plain and ex.answers[0] not in swapped
+    assert loss.all() and decode(toks[answer]) == decode(new) + " </s>"
+
+
+def test_swap_and_answer_pool():
+  assert dro._swap([1, 2, 3, 2, 3, 4], [2, 3], [9]) == [1, 9, 9, 4]
+  assert dro._swap([1, 2, 3], [5], [6, 7]) == [1, 2, 3]
+  world = dro_world.make_dro_world(num_people=30, num_cities=8, num_countries=3,
+                                   num_companies=5)
+  d = world.dataset
+  pools = {}
+  for e in d.train + d.eval:
+    assert e.answers[0] in world.answer_pool[e.id]
+    pools.setdefault(e.id.split(":")[0], set()).update(world.answer_pool[e.id])
+  assert pools["born_city"] == pools["employer_city"]  # both are cities
+  assert len(pools["born_country"]) <= 3 and len(pools["employer"]) == 5
+  assert not pools["born_city"] & pools["employer"]
+
+
 def test_world_candidates():
   world = dro_world.make_dro_world(num_people=30, num_cities=8, num_countries=3,
                                    num_companies=5)
