@@ -11,7 +11,9 @@ passages, DRO's k_positive).
 
 1. Warm-up: a word-level tokenizer (plus one token per candidate id `[i]`)
    and a small decoder, trained by SFT on a few questions -- the generator
-   prompt with the gold passages shuffled among candidates -> gold answer,
+   prompt with the gold passages shuffled among candidates -> gold answer
+   (swapped for a random entity of its type in passages and target, and the
+   prompt trained too, so that the generator reads instead of recalling),
    and the selector prompt -> the oracle ranking (gold ids first). Saved to
    `<workdir>/init_model` (or `init_selector`, `init_generator` with
    `shared_model=False`).
@@ -562,6 +564,7 @@ def run(config, workdir: str, *, stop_after: int | None = None, progress: bool =
       name = roles[role]
       states[name] = train_epochs(update, states[name], batch, em.batch_size, em.epochs,
                                   config.seed + phase)
+    jax.block_until_ready(states)  # updates run asynchronously: time them here
     t3 = time.perf_counter()
     scores = evaluate(graphdef, states, roles, task, held_out, _mode(method))
     t4 = time.perf_counter()

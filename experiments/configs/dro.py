@@ -24,7 +24,8 @@ def get_config(preset: str = "default") -> ml_collections.ConfigDict:
   # CPU budget). insert_gold: DRO's k_positive -- a gold passage BM25 missed
   # (every 2-hop bridge) replaces a random candidate after BM25's top
   # `keep_top` (so bm25_top5 sees BM25's own top 5).
-  # Measured: this placement is a cue the selector learns. After 3 DRO
+  # Measured with the answer-loss-only warm-up (before warmup.counterfactual):
+  # this placement is a cue the selector learns. After 3 DRO
   # iterations its greedy picks are mostly positions 6-12 for every question
   # type: 2-hop EM rises (40 -> 63 and 43 -> 66 %, the bridge is selected),
   # while 1-hop EM falls (18 -> 11 and 32 -> 25 %). With keep_top=0 (gold
@@ -47,12 +48,26 @@ def get_config(preset: str = "default") -> ml_collections.ConfigDict:
   c.generator = ml_collections.ConfigDict(dict(max_answer_tokens=4))
   # Warm-up SFT on the first `num_questions` train questions: generator on
   # its gold passages (shuffled among candidates), selector on oracle
-  # rankings (gold ids first, then random ids). The generator needs ~1000
-  # steps before it copies answers from context; the selector gets few steps,
+  # rankings (gold ids first, then random ids). The selector gets few steps,
   # so that selection has room to improve (with 50 or 100 selector steps it
   # mostly stopped before top_k ids: 0-15 % valid rankings).
+  # The generator must *read*: counterfactual (answers swapped for a random
+  # entity of their type, passages and target alike) and generator_prompt_loss
+  # (the question and passages are trained too). Held-out generator EM given
+  # the gold passages among 4 other candidates, born_city / employer /
+  # born_country / employer_city:
+  #   answer loss only, 1000 steps         24.1 / 57.1 / 97.6 / 75.3 (wrong
+  #     1-hop answers are mostly entities absent from the passages: recalled
+  #     from other questions about the same person)
+  #   counterfactual only, 1000 steps      57.8 /  4.8 / 98.8 / 59.7
+  #   both, 1000 steps                     12.0 / 75.0 / 15.9 /  1.3
+  #   both, 2000 steps                     68.7 / 78.6 / 100  / 59.7
+  # Reading appears between 800 and 1200 generator steps. From the 1000-step
+  # warm-up DRO went 19.6 -> 40.5, 39.9, 49.1, but that was the generator
+  # finishing to learn reading (gold_passage_recall fell 57.8 -> 45.7); from
+  # 2000 steps (m=8) 42.0 -> 50.3, 53.7, 54.0.
   c.warmup = ml_collections.ConfigDict(dict(
-      num_questions=640, generator_steps=1000, selector_steps=200, batch_size=16,
+      num_questions=640, generator_steps=2000, selector_steps=200, batch_size=16,
       learning_rate=3e-3, counterfactual=True, generator_prompt_loss=True))
   # E-step: `num_samples` (m) selector outputs per question, de-duplicated,
   # weighted by softmax(generator gold-answer token-mean loglik / temperature)
@@ -67,8 +82,11 @@ def get_config(preset: str = "default") -> ml_collections.ConfigDict:
   # that do not hold it; tau=0.25, lr 3e-4 gave 33.5 -> 40.5, 37.5, 38.0
   # (eval on 200). 192 questions x 2 epochs (same M-step cost as 128 x 3):
   # 33.1 -> 39.6, 42.0, 40.8 against 41.4, 36.8, 39.3 (eval on all 326).
+  # num_samples: the paper's m=16 (was 8). From the 2000-step warm-up: m=8
+  # 42.0 -> 50.3, 53.7, 54.0; m=16 42.0 -> 48.8, 58.6, 59.5; m=8 with
+  # tau=0.1 42.0 -> 46.9, 55.5, 48.2.
   c.em = ml_collections.ConfigDict(dict(
-      num_iterations=3, questions_per_iteration=192, num_samples=8, temperature=0.25,
+      num_iterations=3, questions_per_iteration=192, num_samples=16, temperature=0.25,
       renormalize_after_filter=True, epochs=2, batch_size=32, micro_batches=1,
       learning_rate=3e-4, min_weight=0.01))
   # "dro" and the baselines trained in the same run from the same warm-up:
