@@ -61,8 +61,8 @@ def test_killed_run_resumes_identically(tiny_run, tmp_path):
                                         str(tmp_path / "killed"), tiny_run[0], stop_after=3)
 
 
-def test_prompts_and_rows(tiny_run):
-  workdir, _ = tiny_run
+def _tiny_task(workdir):
+  """(world, candidates, warm-up models, Task) of the tiny run in `workdir`."""
   config = load_config_file(TINY)
   w = config.world
   world = dro_world.make_dro_world(seed=config.seed, num_people=w.num_people,
@@ -71,7 +71,11 @@ def test_prompts_and_rows(tiny_run):
   retriever = retrieval.BM25Retriever.build_or_load(world.dataset.corpus,
                                                     os.path.join(workdir, "bm25"))
   cand = dro.build_task(config, workdir, world, retriever)
-  models, task = dro.build_policies(config, workdir, world, cand)
+  return (world, cand) + dro.build_policies(config, workdir, world, cand)
+
+
+def test_prompts_and_rows(tiny_run):
+  world, cand, models, task = _tiny_task(tiny_run[0])
   ex = next(e for e in world.dataset.train if e.hops == 2)
   # The ranking the selector is trained to write parses back to its positions.
   out = task.ranking_ids([4, 0, 7, 2, 1])
@@ -106,16 +110,7 @@ def test_prompts_and_rows(tiny_run):
 
 
 def test_counterfactual_warmup_rows(tiny_run):
-  workdir, _ = tiny_run
-  config = load_config_file(TINY)
-  w = config.world
-  world = dro_world.make_dro_world(seed=config.seed, num_people=w.num_people,
-                                   num_cities=w.num_cities, num_countries=w.num_countries,
-                                   num_companies=w.num_companies)
-  retriever = retrieval.BM25Retriever.build_or_load(world.dataset.corpus,
-                                                    os.path.join(workdir, "bm25"))
-  _, task = dro.build_policies(config, workdir, world,
-                               dro.build_task(config, workdir, world, retriever))
+  world, _, _, task = _tiny_task(tiny_run[0])
   decode = task.tokenizer.decode
   rng = np.random.RandomState(0)
   for ex in world.dataset.train[:12]:
