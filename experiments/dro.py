@@ -194,6 +194,9 @@ class Task:
     it, the answer can only be read from the passages, never recalled from
     other rows about the same person (see `warm_up`)."""
     pool = [a for a in self.world.answer_pool[ex.id] if a != ex.answers[0]]
+    if not pool:
+      raise ValueError(f"warmup.counterfactual needs a second entity of the type of"
+                       f" {ex.answers[0]!r} ({ex.id}); enlarge config.world or turn it off.")
     return self.encode(ex.answers[0]), self.encode(pool[rng.randint(len(pool))])
 
   def selector_row(self, ex, output):
@@ -224,6 +227,8 @@ class Task:
 
 def _swap(tokens, old, new):
   """`tokens` with every occurrence of the sub-sequence `old` replaced by `new`."""
+  if not old:
+    raise ValueError("_swap needs a non-empty sub-sequence to replace.")
   out, i = [], 0
   while i < len(tokens):
     if tokens[i:i + len(old)] == old:

@@ -132,6 +132,8 @@ def test_counterfactual_warmup_rows(tiny_run):
 def test_swap_and_answer_pool():
   assert dro._swap([1, 2, 3, 2, 3, 4], [2, 3], [9]) == [1, 9, 9, 4]
   assert dro._swap([1, 2, 3], [5], [6, 7]) == [1, 2, 3]
+  with pytest.raises(ValueError, match="non-empty"):
+    dro._swap([1, 2], [], [3])
   world = dro_world.make_dro_world(num_people=30, num_cities=8, num_countries=3,
                                    num_companies=5)
   d = world.dataset
