@@ -76,7 +76,8 @@ def get_config(preset: str = "default") -> ml_collections.ConfigDict:
   # reference: False). M-step: `epochs` of `weighted_sequence_nll` for the
   # selector's sampled rankings and the generator's gold answers.
   # temperature: the E-step softmax's tau. DEVIATION: the paper uses 1; 0.25
-  # here (as EXSEARCH's default). Measured from one warm-up (400 people):
+  # here (as EXSEARCH's default). Measured from one answer-loss-only warm-up
+  # (before warmup.counterfactual; 400 people):
   # tau=1, lr 1e-3 gave held-out EM 33.5 -> 18.0, 20.0, 26.5 -- near-uniform
   # weights (max 0.3) train the generator on the gold answer behind passages
   # that do not hold it; tau=0.25, lr 3e-4 gave 33.5 -> 40.5, 37.5, 38.0
