@@ -74,6 +74,22 @@ def _tiny_task(workdir):
   return (world, cand) + dro.build_policies(config, workdir, world, cand)
 
 
+def test_two_models(tmp_path):
+  # shared_model=False: a selector and a generator model, each warmed up,
+  # saved, trained by its own M-step and checkpointed.
+  config = load_config_file(TINY)
+  config.shared_model = False
+  config.methods = ("dro",)
+  config.em.num_iterations = 1
+  workdir = str(tmp_path / "two")
+  summary = dro.run(config, workdir, progress=False)
+  assert len(summary["eval/em_per_iteration"]) == 1
+  for role in dro.ROLES:
+    assert os.path.exists(os.path.join(workdir, f"init_{role}", "model.safetensors"))
+  assert not os.path.exists(os.path.join(workdir, "init_model"))
+  assert dro.run(config, workdir, progress=False) == summary  # resumes from the checkpoint
+
+
 def test_prompts_and_rows(tiny_run):
   world, cand, models, task = _tiny_task(tiny_run[0])
   ex = next(e for e in world.dataset.train if e.hops == 2)
