@@ -55,7 +55,7 @@ from alignax.agents import metrics as metrics_lib
 from alignax.agents import rollout as rollout_lib
 from alignax.experiments import common
 from alignax.experiments.exsearch import (answer_logliks, make_weighted_update,
-                                          plot_per_iteration, train_epochs, trim_padding)
+                                          plot_per_iteration, train_epochs)
 from alignax.framework import checkpoint, experiment, hf, sampling, train
 from alignax.framework.config import ModelConfig
 from alignax.framework.model import Decoder
@@ -414,7 +414,7 @@ def warm_up(models: dict, task, examples, config, roles):
         if (step * steps[role]) // total == ((step + 1) * steps[role]) // total:
           continue
         idx = rng.randint(0, len(examples), w.batch_size)
-        state, _ = update(state, trim_padding(batch(role, idx)))
+        state, _ = update(state, batch(role, idx))
     out[name] = nnx.merge(graphdef, state.params)
   return out
 

@@ -147,8 +147,10 @@ def make_weighted_update(graphdef, optimizer, micro_batches: int = 1):
   """Jitted M-step update minimising `weighted_sequence_nll` (§6.3, §7.2).
 
   batch: sequences [N, L], attention_mask [N, L], loss_mask [N, L-1]
-  (trainable next tokens), weights [N]. Accumulates the numerator
-  `sum_n w_n nll_n` and normaliser `sum_n w_n` exactly over micro-batches.
+  (trainable next tokens), weights [N]. Each batch is first cut to its
+  longest row (`trim_padding`), so every caller pays for real lengths only.
+  Accumulates the numerator `sum_n w_n nll_n` and normaliser `sum_n w_n`
+  exactly over micro-batches.
   """
 
   def terms(params, mb):
@@ -157,8 +159,11 @@ def make_weighted_update(graphdef, optimizer, micro_batches: int = 1):
     return value * total, (total, {})
 
   @jax.jit
-  def update(state, batch):
+  def step(state, batch):
     return train.accumulate_and_apply(state, batch, terms, optimizer, micro_batches)
+
+  def update(state, batch):
+    return step(state, trim_padding(batch))
 
   return update
 
@@ -213,7 +218,7 @@ def train_epochs(update, state, batch, batch_size: int, epochs: int, seed: int):
     order = np.resize(rng.permutation(n), -(-n // batch_size) * batch_size)  # wrap to full batches
     for s in range(0, len(order), batch_size):
       idx = order[s:s + batch_size]
-      state, _ = update(state, trim_padding({k: v[idx] for k, v in batch.items()}))
+      state, _ = update(state, {k: v[idx] for k, v in batch.items()})
   return state
 
 
@@ -249,7 +254,7 @@ def warm_up(model, agent, examples, config):
   rng = np.random.RandomState(config.seed)
   for _ in tqdm.trange(w.steps, desc="warm-up SFT", leave=False):
     idx = rng.randint(0, len(examples), w.batch_size)
-    state, _ = update(state, trim_padding({k: v[idx] for k, v in batch.items()}))
+    state, _ = update(state, {k: v[idx] for k, v in batch.items()})
   return nnx.merge(graphdef, state.params)
 
 
