@@ -11,7 +11,7 @@ Registries:
   DPO_LOSSES: name -> fn(delta, chosen_logratios, rejected_logratios, beta,
     label_smoothing) -> per-pair loss.
 """
-from typing import Callable, Dict, NamedTuple
+from typing import Any, Callable, Dict, Iterator, Mapping, NamedTuple
 
 
 class PolicyLossDef(NamedTuple):
@@ -31,23 +31,71 @@ class PolicyLossDef(NamedTuple):
   clip_metrics: str = "ppo"
 
 
-POLICY_LOSSES: Dict[str, PolicyLossDef] = {}
-AGGREGATIONS: Dict[str, Callable] = {}
-ADVANTAGE_ESTIMATORS: Dict[str, Callable] = {}
-DPO_LOSSES: Dict[str, Callable] = {}
+class UnknownNameError(KeyError, ValueError):
+  """An unknown registry name (a `KeyError` and a `ValueError`, for callers of both)."""
+
+  def __str__(self) -> str:  # KeyError would repr() the message.
+    return str(self.args[0])
 
 
-def _register(table: Dict, name: str, value, kind: str):
-  if name in table:
-    raise ValueError(f"{kind} {name!r} is already registered")
-  table[name] = value
+class Registry(Mapping):
+  """A name -> value table that configs choose from by string.
+
+  Registering a name twice raises (two modules must not silently fight over a
+  name); looking up an unknown name raises a `KeyError` that lists the
+  registered names, so a typo in a config says what to type instead. It is a
+  read-only `Mapping` otherwise (`name in registry`, `sorted(registry)`).
+  """
+
+  def __init__(self, kind: str):
+    self.kind = kind
+    self._table: Dict[str, Any] = {}
+
+  def add(self, name: str, value: Any) -> Any:
+    if not isinstance(name, str) or not name:
+      raise ValueError(f"{self.kind} names must be non-empty strings, got {name!r}")
+    if name in self._table:
+      raise ValueError(f"{self.kind} {name!r} is already registered")
+    self._table[name] = value
+    return value
+
+  def register(self, *names: str) -> Callable:
+    """Decorator: registers the decorated object under each of `names`."""
+    def wrap(value):
+      for name in names:
+        self.add(name, value)
+      return value
+    return wrap
+
+  def __getitem__(self, name: str) -> Any:
+    try:
+      return self._table[name]
+    except (KeyError, TypeError):
+      raise UnknownNameError(
+          f"unknown {self.kind} {name!r}; registered: {sorted(self._table)}"
+      ) from None
+
+  def __iter__(self) -> Iterator[str]:
+    return iter(self._table)
+
+  def __len__(self) -> int:
+    return len(self._table)
+
+  def __repr__(self) -> str:
+    return f"Registry({self.kind!r}, {sorted(self._table)})"
+
+
+POLICY_LOSSES = Registry("policy loss")
+AGGREGATIONS = Registry("aggregation")
+ADVANTAGE_ESTIMATORS = Registry("advantage estimator")
+DPO_LOSSES = Registry("DPO loss")
 
 
 def register_aggregation(*names: str):
   """Decorator: registers an aggregation under one or more names."""
   def wrap(fn):
     for name in names:
-      _register(AGGREGATIONS, name, fn, "aggregation")
+      AGGREGATIONS.add(name, fn)
     return fn
   return wrap
 
@@ -57,9 +105,8 @@ def register_policy_loss(name: str, aggregation: str, *,
                          clip_metrics: str = "ppo"):
   """Decorator: registers a per-token policy loss with its aggregation."""
   def wrap(fn):
-    _register(POLICY_LOSSES, name,
-              PolicyLossDef(fn, aggregation, uses_global_token_count,
-                            clip_metrics), "policy loss")
+    POLICY_LOSSES.add(name, PolicyLossDef(fn, aggregation, uses_global_token_count,
+                                          clip_metrics))
     return fn
   return wrap
 
@@ -68,37 +115,29 @@ def register_advantage_estimator(*names: str):
   """Decorator: registers an advantage estimator under one or more names."""
   def wrap(fn):
     for name in names:
-      _register(ADVANTAGE_ESTIMATORS, name, fn, "advantage estimator")
+      ADVANTAGE_ESTIMATORS.add(name, fn)
     return fn
   return wrap
 
 
 def register_dpo_loss(name: str):
   def wrap(fn):
-    _register(DPO_LOSSES, name, fn, "DPO loss")
+    DPO_LOSSES.add(name, fn)
     return fn
   return wrap
 
 
-def _lookup(table: Dict, name: str, kind: str):
-  try:
-    return table[name]
-  except KeyError:
-    raise ValueError(
-        f"unknown {kind} {name!r}; registered: {sorted(table)}") from None
-
-
 def get_policy_loss(name: str) -> PolicyLossDef:
-  return _lookup(POLICY_LOSSES, name, "policy loss")
+  return POLICY_LOSSES[name]
 
 
 def get_aggregation(name: str) -> Callable:
-  return _lookup(AGGREGATIONS, name, "aggregation")
+  return AGGREGATIONS[name]
 
 
 def get_advantage_fn(name: str) -> Callable:
-  return _lookup(ADVANTAGE_ESTIMATORS, name, "advantage estimator")
+  return ADVANTAGE_ESTIMATORS[name]
 
 
 def get_dpo_loss(name: str) -> Callable:
-  return _lookup(DPO_LOSSES, name, "DPO loss")
+  return DPO_LOSSES[name]
