@@ -1,6 +1,6 @@
 """alignax: JAX post-training research framework.
 
-The top-level folders map onto subpackages of `alignax` (see api.md): bare names
+Top-level folders map onto subpackages of `alignax` (docs/api.md): bare names
 such as `kernels` or `agents` would collide with unrelated PyPI packages.
 """
 import os

@@ -91,7 +91,7 @@ class AgentIO:
 # ------------------------------------------------------------ scoring
 @functools.partial(jax.jit, static_argnames=("graphdef",))
 def grounder_scores(graphdef, params, batch):
-  """§8.1 score of every row in one forward pass: token-mean CE of the gold
+  """docs/algorithms.md §8.1 score of every row in one forward pass: token-mean CE of the gold
   actions given (task, subgoals), counting tokens with CE >= 1e-9 [N]."""
   logp, _ = train.completion_logprobs(graphdef, params, batch["sequences"],
                                       batch["attention_mask"], batch["completion_tokens"])
@@ -115,7 +115,7 @@ def make_dpo_update(graphdef, optimizer, *, beta: float, loss_type: str = "sigmo
   `rpo_alpha` > 0 adds `rpo_alpha *` the token-mean NLL of the chosen rows
   (TRL's `rpo_alpha`; Pang et al. 2024, arXiv:2404.19733), which keeps the
   chosen plans' likelihood from falling with the rejected ones' (without it
-  a few DPO epochs collapsed the tiny planner, see notes/issue11_s3.md).
+  a few DPO epochs collapsed the tiny planner in our runs).
   The metric `nll` is that NLL (logged whatever `rpo_alpha`).
   """
 

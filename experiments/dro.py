@@ -1,4 +1,4 @@
-r"""DRO: a generative selector and a generator trained by re-weighted EM (algorithms.md §7).
+r"""DRO: a generative selector and a generator trained by re-weighted EM (docs/algorithms.md §7).
 
   python -m alignax.experiments.dro                    # default preset, runs/dro
   python -m alignax.experiments.dro --config=experiments/configs/dro.py:tiny \

@@ -1,4 +1,4 @@
-r"""EXSEARCH: a search agent trained by generalized EM (algorithms.md §6).
+r"""EXSEARCH: a search agent trained by generalized EM (docs/algorithms.md §6).
 
   python -m alignax.experiments.exsearch                    # default preset, runs/exsearch
   python -m alignax.experiments.exsearch --config=experiments/configs/exsearch.py:tiny \

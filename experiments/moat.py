@@ -1,4 +1,4 @@
-r"""MOAT: joint alignment of a planning agent and a grounding agent (algorithms.md §8).
+r"""MOAT: joint alignment of a planning agent and a grounding agent (docs/algorithms.md §8).
 
   python -m alignax.experiments.moat                       # default preset, runs/moat
   python -m alignax.experiments.moat --config=experiments/configs/moat.py:tiny \

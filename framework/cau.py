@@ -1,4 +1,4 @@
-"""CAU unlearning steps over a functional recommender (algorithms.md §9).
+"""CAU unlearning steps over a functional recommender (docs/algorithms.md §9).
 
 Wires the pure objectives (`alignax.objectives.unlearning`, `.mgda`) to an NNX
 recommender split into `(graphdef, params)`. One jitted step takes a batch of

@@ -1,6 +1,6 @@
 """Session-based recommenders (Flax NNX): GRU4Rec, SASRec, BERT4Rec.
 
-Conventions shared by every model (algorithms.md §9.5):
+Conventions shared by every model (docs/algorithms.md §9.5):
 - item ids are 1..num_items, 0 is padding; sequences are LEFT-padded to a fixed
   length L so that the most recent item is always at position L-1;
 - `encode(seqs)` [B, L] -> [B, D] is the session representation that predicts

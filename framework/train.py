@@ -68,7 +68,7 @@ def completion_logprobs(graphdef, params, sequences, attention_mask, completion_
   prompt_groups: G > 1 declares that rows g*G .. g*G + G - 1 share one prompt
     (tokens and mask; the sampler's `num_generations` layout). The prompt is
     then run once per group and its keys/values shared by the G completions
-    (Prefix Grouper, algorithms.md §4.5): same values and gradients, with the
+    (Prefix Grouper, docs/algorithms.md §4.5): same values and grads, with the
     prompt's share of the compute divided by G.
   """
   model = nnx.merge(graphdef, params)

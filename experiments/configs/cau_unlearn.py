@@ -1,4 +1,4 @@
-"""Config for `python -m alignax.experiments.cau_unlearn` (CAU, algorithms.md §9).
+"""Config for `python -m alignax.experiments.cau_unlearn` (CAU, docs/algorithms.md §9).
 
 Presets: `--config=experiments/configs/cau_unlearn.py:<preset>` with
   default   synthetic planted-structure sessions, SASRec (paper size), CPU < 10 min
