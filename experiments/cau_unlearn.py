@@ -38,11 +38,11 @@ from flax import nnx
 import tqdm
 
 from alignax.experiments import common
-from alignax.framework import cau
+from alignax.recsys import cau
 from alignax.framework import checkpoint
 from alignax.framework import experiment
-from alignax.framework import recommenders
-from alignax.framework.data import sessions
+from alignax.recsys import recommenders
+from alignax.recsys.data import sessions
 from alignax.objectives import curriculum
 
 DEFAULT_CONFIG = os.path.join(os.path.dirname(__file__), "configs", "cau_unlearn.py")
@@ -89,7 +89,7 @@ def _synthetic(cfg):
 def _tfds(name):
   def load(cfg):
     # Imported lazily: only real data sets need tfds.
-    from alignax.framework.data import builders  # pylint: disable=g-import-not-at-top
+    from alignax.recsys.data import builders  # pylint: disable=g-import-not-at-top
     num_items, all_sessions = builders.load_sessions(
         name, data_dir=cfg.data.data_dir or None,
         manual_dir=cfg.data.manual_dir or None)
