@@ -9,6 +9,8 @@ from typing import Sequence
 
 import ml_collections
 
+from alignax.framework import experiment
+
 
 def load_config_file(spec: str) -> ml_collections.ConfigDict:
   """Loads `path/to/config.py[:preset]` the way `config_flags` does."""
@@ -52,25 +54,14 @@ def check_config_overrides(argv: Sequence[str], default_config: str) -> None:
 
 
 def read_metrics(workdir: str) -> list[dict]:
-  path = os.path.join(workdir, "metrics.jsonl")
-  if not os.path.exists(path):
-    return []
-  with open(path) as f:
-    return [json.loads(line) for line in f if line.strip()]
+  return experiment.read_metrics(workdir)
 
 
 def truncate_metrics(workdir: str, last_step: int) -> None:
-  """Drops metric lines logged after `last_step` (by a run killed before it
-  could checkpoint them), so a resumed run does not log those steps twice."""
-  rows = read_metrics(workdir)
-  kept = [r for r in rows if r["step"] <= last_step]
-  if len(kept) == len(rows):
-    return
-  path = os.path.join(workdir, "metrics.jsonl")
-  tmp = path + ".tmp"
-  with open(tmp, "w") as f:
-    f.writelines(json.dumps(r) + "\n" for r in kept)
-  os.replace(tmp, path)
+  """Drops metric rows logged after `last_step` (by a run killed before it
+  could checkpoint them) and duplicates, so a resumed run logs each step once
+  (see `framework.experiment.truncate_metrics`)."""
+  experiment.truncate_metrics(workdir, last_step)
 
 
 def plot_curves(workdir: str, filename: str, panels: dict[str, Sequence[str]],
