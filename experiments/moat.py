@@ -234,6 +234,7 @@ def run(config, workdir: str, *, stop_after: int | None = None, progress: bool =
   `stop_after` ends after that many (method, iteration) phases, as a kill
   would. `critic` overrides `config.critic` (e.g. a stub). Returns the summary.
   """
+  common.validate_config(config, DEFAULT_CONFIG)  # before any work
   _check_config(config)
   os.makedirs(workdir, exist_ok=True)
   experiment.check_or_store_config(workdir, config)
