@@ -253,6 +253,27 @@ def plot_curves(workdir: str, filename: str, panels: dict[str, Sequence[str]],
   return path
 
 
+def plot_per_iteration(workdir, filename, curves, start_of, title):
+  """Held-out EM and F1 per EM iteration of every method.
+
+  curves: method -> list of per-iteration metrics; start_of(method): the
+  metrics it starts from (iteration 0, the warm-up).
+  """
+  from matplotlib.figure import Figure  # pylint: disable=g-import-not-at-top
+  fig = Figure(figsize=(10, 3.5))
+  for ax, key in zip(fig.subplots(1, 2), ("eval/em", "eval/f1")):
+    for method, curve in curves.items():
+      ys = [start_of(method)[key]] + [c[key] for c in curve]
+      ax.plot(range(len(ys)), ys, marker="o", label=method)
+    ax.set_title(f"held-out {key.split('/')[1].upper()}")
+    ax.set_xlabel("EM iteration (0 = warm-up only)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+  fig.suptitle(title)
+  fig.tight_layout()
+  fig.savefig(os.path.join(workdir, filename), dpi=110)
+
+
 def run_binary(run_fn, default_config: str, default_workdir: str) -> None:
   """The `__main__` of an experiment binary: `--config`, `--workdir`, absl app.
 

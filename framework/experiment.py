@@ -1,6 +1,6 @@
 """Shared experiment utilities: metric logging, summaries, config guard.
 
-Used by every absl binary under `experiments/` (api.md: each writes
+Used by every absl binary under `experiments/` (docs/api.md: each writes
 `metrics.jsonl`, TensorBoard events and `summary.json` under `--workdir`).
 """
 from __future__ import annotations

@@ -55,7 +55,7 @@ def get_config(preset: str = "default") -> ml_collections.ConfigDict:
       epochs=1, accumulate=True, replay_gold=True))
   # "builtin" (world execution) or "llm" (model_dir: an HF causal LM).
   # rewrite_subgoals (builtin): rewrite the planner's subgoals to match the
-  # corrected actions (the spec's critic returns both); False keeps the
+  # corrected actions (docs/algorithms.md §8.2's critic returns both); False keeps the
   # planner's own subgoals.
   c.critic = ml_collections.ConfigDict(dict(name="builtin", model_dir="",
                                             max_new_tokens=96, rewrite_subgoals=True))
