@@ -11,6 +11,16 @@ import jax.numpy as jnp
 SUPPORTED_MODEL_TYPES = ("llama", "qwen2")
 SUPPORTED_ROPE_TYPES = ("default", "linear", "llama3")
 
+# Rematerialisation of the decoder layers in training (`jax.checkpoint`
+# policies): what the backward pass keeps from the forward pass.
+#   none           keep every activation (fastest, most memory)
+#   full           keep only each layer's input; recompute the layer
+#   dots_saveable  keep matmul outputs, recompute the element-wise ops
+#   dots_with_no_batch_dims_saveable  keep the weight matmuls' outputs only
+#                  (recompute attention scores)
+REMAT_POLICIES = ("none", "full", "dots_saveable",
+                  "dots_with_no_batch_dims_saveable")
+
 _DTYPES = {
     "float32": jnp.float32,
     "bfloat16": jnp.bfloat16,
@@ -79,6 +89,10 @@ class ModelConfig:
   # `alignax.kernels.block_sparse_attention` implementation: "auto" picks the
   # Pallas kernel on GPU/TPU and the gathered XLA path on CPU.
   sparse_implementation: str = "auto"
+  # Rematerialisation of each decoder layer when no KV cache is used (the
+  # training forward): one of `REMAT_POLICIES`. alignax-only, not in
+  # config.json; it changes memory and speed, never values.
+  remat: str = "none"
   bos_token_id: int | None = None
   eos_token_id: int | tuple[int, ...] | None = None
   pad_token_id: int | None = None
@@ -113,6 +127,8 @@ class ModelConfig:
           f" {SUPPORTED_ROPE_TYPES}.")
     as_dtype(self.param_dtype)
     as_dtype(self.dtype)
+    if self.remat not in REMAT_POLICIES:
+      raise ValueError(f"remat={self.remat!r}; choose one of {REMAT_POLICIES}.")
     if self.attention_impl == "block_sparse":
       if self.sparse_window < 1:
         raise ValueError(f"sparse_window must be >= 1, got {self.sparse_window}.")

@@ -19,6 +19,14 @@ from flax import nnx
 from alignax.framework import attention as attention_lib
 from alignax.framework.config import ModelConfig, as_dtype
 
+# `ModelConfig.remat` -> `jax.checkpoint` policy (None: save nothing).
+_REMAT_POLICY = {
+    "full": None,
+    "dots_saveable": jax.checkpoint_policies.dots_saveable,
+    "dots_with_no_batch_dims_saveable":
+        jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
+
 
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass
@@ -256,7 +264,8 @@ class Decoder(nnx.Module):
                    preferred_element_type=jnp.float32)
 
   def forward(self, input_ids, *, attention_mask=None, positions=None,
-              cache: KVCache | None = None, cache_index=0):
+              cache: KVCache | None = None, cache_index=0,
+              train: bool = False):
     """Runs the decoder and returns (final-normed hidden [B, T, H], cache).
 
     Args:
@@ -267,6 +276,9 @@ class Decoder(nnx.Module):
         [cache_index, cache_index + T) and the queries attend to every filled
         slot up to their own. None: plain causal attention over the T tokens.
       cache_index: int32 scalar, the first slot to write.
+      train: a forward that will be differentiated: applies
+        `config.remat` to the layers (the sampler and evaluation leave it
+        False, so they never pay for rematerialisation).
     """
     _check_inputs(self.config, input_ids, attention_mask, positions)
     b, t = input_ids.shape
@@ -288,9 +300,14 @@ class Decoder(nnx.Module):
         as_dtype(self.config.dtype))
     inv_freq = jnp.asarray(rope_inv_freq(self.config))  # a compile-time constant
     new_k, new_v = [], []
+    call = DecoderLayer.__call__
+    if train and self.config.remat != "none":
+      # Recompute each layer in the backward pass, keeping what the policy saves.
+      call = nnx.remat(call, policy=_REMAT_POLICY[self.config.remat])
     for i, layer in enumerate(self.layers):
       layer_cache = None if cache is None else (cache.k[i], cache.v[i])
-      x, layer_cache = layer(x, positions, inv_freq, mask, layer_cache, cache_index)
+      x, layer_cache = call(layer, x, positions, inv_freq, mask, layer_cache,
+                            cache_index)
       if cache is not None:
         new_k.append(layer_cache[0])
         new_v.append(layer_cache[1])

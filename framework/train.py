@@ -82,7 +82,8 @@ def completion_logprobs(graphdef, params, sequences, attention_mask, completion_
   if prompt_groups > 1:
     hidden = _shared_prompt_hidden(model, sequences, attention_mask, c, prompt_groups)
   else:
-    hidden, _ = model.forward(sequences, attention_mask=attention_mask)
+    hidden, _ = model.forward(sequences, attention_mask=attention_mask,
+                              train=True)
     hidden = hidden[:, -c - 1:-1]
   return fused_logprobs_and_entropy(
       hidden, model.unembedding(), completion_tokens, temperature=temperature,
@@ -100,7 +101,7 @@ def _shared_prompt_hidden(model: Decoder, sequences, attention_mask, c: int, gro
   prompt_mask = attention_mask[::groups, :p]
   cache = KVCache.zeros(model.config, n // groups, length - 1)
   prompt_hidden, cache = model.forward(sequences[::groups, :p], attention_mask=prompt_mask,
-                                       cache=cache, cache_index=0)
+                                       cache=cache, cache_index=0, train=True)
   first = jnp.repeat(prompt_hidden[:, -1:], groups, axis=0)  # predicts completion token 0
   if c == 1:
     return first
@@ -110,7 +111,7 @@ def _shared_prompt_hidden(model: Decoder, sequences, attention_mask, c: int, gro
   prompt_len = jnp.repeat(prompt_mask.sum(axis=1), groups)
   positions = jnp.where(mask, prompt_len[:, None] + jnp.cumsum(mask, axis=1) - 1, 0)
   rest, _ = model.forward(sequences[:, p:-1], attention_mask=mask, positions=positions,
-                          cache=cache, cache_index=p)
+                          cache=cache, cache_index=p, train=True)
   return jnp.concatenate([first, rest], axis=1)
 
 
@@ -136,18 +137,22 @@ def accumulate_and_apply(state: TrainState, batch, terms_fn: Callable, optimizer
   def body(acc, mb):
     (num, (den, metrics)), grads = grad_fn(state.params, mb)
     g_acc, num_acc, den_acc, m_acc = acc
-    return (jax.tree.map(jnp.add, g_acc, grads), num_acc + num, den_acc + den,
+    g_acc = jax.tree.map(lambda a, g: a + g.astype(a.dtype), g_acc, grads)
+    return (g_acc, num_acc + num, den_acc + den,
             jax.tree.map(jnp.add, m_acc, metrics)), None
 
   micro = _split_micro(batch, micro_batches)
   first = jax.tree.map(lambda x: x[0], micro)
   (_, (_, metrics_shape)) = jax.eval_shape(terms_fn, state.params, first)
-  zeros = jax.tree.map(jnp.zeros_like, state.params)
+  # Gradients accumulate in f32 whatever the parameter dtype, and are cast
+  # back to it, so bf16 parameters keep bf16 optimiser moments.
+  zeros = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), state.params)
   init = (zeros, jnp.float32(0), jnp.float32(0),
           jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), metrics_shape))
   (grads, num, den, metrics), _ = jax.lax.scan(body, init, micro)
   scale = 1.0 / jnp.maximum(den, 1.0)
-  grads = jax.tree.map(lambda g: g * scale, grads)
+  grads = jax.tree.map(lambda g, p: (g * scale).astype(p.dtype), grads,
+                       state.params)
   updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
   metrics = jax.tree.map(lambda m: m / micro_batches, metrics)
