@@ -22,6 +22,7 @@ import optax
 from flax import nnx
 
 from alignax import objectives
+from alignax.framework import lora
 from alignax.framework.logprobs import fused_logprobs_and_entropy
 from alignax.framework.model import Decoder, KVCache
 
@@ -29,8 +30,8 @@ from alignax.framework.model import Decoder, KVCache
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass
 class TrainState:
-  params: Any     # nnx.State of the model's parameters
-  opt_state: Any  # optax state
+  params: Any     # nnx.State of the model's parameters (LoRA: base + adapters)
+  opt_state: Any  # optax state (of the trainable parameters only)
   step: jax.Array  # int32 scalar, optimiser updates done
 
 
@@ -49,10 +50,16 @@ def make_optimizer(learning_rate: float, *, warmup_steps: int = 0,
   return optax.chain(*chain)
 
 
+def trainable_params(params: nnx.State) -> nnx.State:
+  """The parameters an update trains: the LoRA adapters if the model has
+  any (`framework/lora.py`; the base stays frozen), else all of them."""
+  return lora.partition(params)[0] if lora.has_adapters(params) else params
+
+
 def init_train_state(model: Decoder, optimizer: optax.GradientTransformation):
-  """Returns (graphdef, TrainState) for `model`."""
+  """Returns (graphdef, TrainState) for `model` (optimiser state of `trainable_params`)."""
   graphdef, params = nnx.split(model)
-  return graphdef, TrainState(params, optimizer.init(params), jnp.int32(0))
+  return graphdef, TrainState(params, optimizer.init(trainable_params(params)), jnp.int32(0))
 
 
 def completion_logprobs(graphdef, params, sequences, attention_mask, completion_tokens, *,
@@ -123,27 +130,38 @@ def accumulate_and_apply(state: TrainState, batch, terms_fn: Callable, optimizer
 
   Applies `sum grad(numerator) / max(sum normaliser, 1)` with the optimiser and
   returns (new state, metrics averaged over micro-batches, plus loss and
-  grad_norm).
+  grad_norm). With LoRA adapters only they are differentiated and updated; the
+  base is passed through (adapter dropout keys folded with step and micro-batch).
   """
-  grad_fn = jax.value_and_grad(terms_fn, has_aux=True)
+  if lora.has_adapters(state.params):
+    trainable, frozen = lora.partition(state.params)
+    def loss_fn(p, mb, i):
+      return terms_fn(lora.combine(p, lora.fold_dropout_keys(frozen, state.step, i)), mb)
+  else:
+    trainable, frozen = state.params, None
+    loss_fn = lambda p, mb, i: terms_fn(p, mb)
+  grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
 
-  def body(acc, mb):
-    (num, (den, metrics)), grads = grad_fn(state.params, mb)
+  def body(acc, indexed_mb):
+    (num, (den, metrics)), grads = grad_fn(trainable, indexed_mb[1], indexed_mb[0])
     g_acc, num_acc, den_acc, m_acc = acc
     return (jax.tree.map(jnp.add, g_acc, grads), num_acc + num, den_acc + den,
             jax.tree.map(jnp.add, m_acc, metrics)), None
 
   micro = _split_micro(batch, micro_batches)
   first = jax.tree.map(lambda x: x[0], micro)
-  (_, (_, metrics_shape)) = jax.eval_shape(terms_fn, state.params, first)
-  zeros = jax.tree.map(jnp.zeros_like, state.params)
+  (_, (_, metrics_shape)) = jax.eval_shape(loss_fn, trainable, first, 0)
+  zeros = jax.tree.map(jnp.zeros_like, trainable)
   init = (zeros, jnp.float32(0), jnp.float32(0),
           jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), metrics_shape))
-  (grads, num, den, metrics), _ = jax.lax.scan(body, init, micro)
+  (grads, num, den, metrics), _ = jax.lax.scan(
+      body, init, (jnp.arange(micro_batches, dtype=jnp.int32), micro))
   scale = 1.0 / jnp.maximum(den, 1.0)
   grads = jax.tree.map(lambda g: g * scale, grads)
-  updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
-  params = optax.apply_updates(state.params, updates)
+  updates, opt_state = optimizer.update(grads, state.opt_state, trainable)
+  params = optax.apply_updates(trainable, updates)
+  if frozen is not None:
+    params = lora.combine(params, frozen)
   metrics = jax.tree.map(lambda m: m / micro_batches, metrics)
   metrics.update(loss=num * scale, grad_norm=optax.global_norm(grads))
   return TrainState(params, opt_state, state.step + 1), metrics
