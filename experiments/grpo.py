@@ -186,6 +186,7 @@ def run(config, workdir: str, *, stop_after: int | None = None, progress: bool =
   `stop_after` ends the loop after that many steps without a final checkpoint,
   as a kill would (tests use it); a re-run resumes from the last periodic one.
   """
+  common.validate_config(config, DEFAULT_CONFIG)  # before any work
   _check_config(config)
   sharding.maybe_initialize_distributed()
   os.makedirs(workdir, exist_ok=True)

@@ -1,4 +1,9 @@
-"""Train state and jitted updates (GRPO family, SFT) with exact gradient accumulation.
+"""Train state, every jitted update and the minibatch loop, with exact gradient accumulation.
+
+Updates: `make_grpo_update` (GRPO family), `make_sft_update` (token-mean NLL),
+`make_weighted_update` (re-weighted EM M-step), `make_dpo_update` (DPO / RPO).
+Scoring under a frozen model: `reference_logprobs`, `answer_logliks`,
+`sequence_logps`. `train_minibatches` runs any update over shuffled batches.
 
 Everything compiled is a pure function: `update(state, batch) -> (state, metrics)`
 with `state = TrainState(params, opt_state, step)`. A batch of N rows is split into
@@ -13,11 +18,12 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 import chex
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from flax import nnx
 
@@ -75,7 +81,7 @@ def completion_logprobs(graphdef, params, sequences, attention_mask, completion_
   prompt_groups: G > 1 declares that rows g*G .. g*G + G - 1 share one prompt
     (tokens and mask; the sampler's `num_generations` layout). The prompt is
     then run once per group and its keys/values shared by the G completions
-    (Prefix Grouper, algorithms.md §4.5): same values and gradients, with the
+    (Prefix Grouper, docs/algorithms.md §4.5): same values and grads, with the
     prompt's share of the compute divided by G.
   """
   model = nnx.merge(graphdef, params)
@@ -230,3 +236,177 @@ def reference_logprobs(graphdef, params, sequences, attention_mask, completion_t
   chex.assert_rank(sequences, 2)
   return completion_logprobs(graphdef, params, sequences, attention_mask, completion_tokens,
                              temperature=temperature)[0]
+
+
+# ------------------------------------------------------ re-weighted EM (M-step)
+def token_logprobs(graphdef, params, batch):
+  """log p(token_t | tokens_<t) [N, L-1] of the padded `batch["sequences"]` [N, L]."""
+  seq = batch["sequences"]
+  logp, _ = completion_logprobs(graphdef, params, seq, batch["attention_mask"], seq[:, 1:])
+  return logp
+
+
+def trim_padding(batch, multiple: int = 32):
+  """`batch` without the right-padding columns that no row uses.
+
+  Rows are right-padded to one fixed length; their longest real length,
+  rounded up to `multiple` (so that few shapes compile), is kept. Causal
+  attention makes the dropped columns irrelevant to the kept ones, so the
+  losses are unchanged; the cost follows the rows' real lengths.
+  """
+  full = batch["sequences"].shape[1]
+  used = int(np.asarray(batch["attention_mask"]).sum(axis=1).max(initial=1))
+  keep = min(full, -(-used // multiple) * multiple)
+  # [N, L] and [N, L-1] arrays lose the same columns; weights [N] are kept.
+  return {k: (v[:, :keep - (full - v.shape[1])] if np.ndim(v) == 2 else v)
+          for k, v in batch.items()}
+
+
+def make_weighted_update(graphdef, optimizer, micro_batches: int = 1):
+  """`update(state, batch)` minimising `weighted_sequence_nll` (EM M-step, docs/algorithms.md §6.3, §7.2).
+
+  batch: sequences [N, L], attention_mask [N, L], loss_mask [N, L-1]
+  (trainable next tokens), weights [N]. Each batch is first cut to its
+  longest row (`trim_padding`), so every caller pays for real lengths only.
+  Accumulates the numerator `sum_n w_n nll_n` and normaliser `sum_n w_n`
+  exactly over micro-batches.
+  """
+
+  def terms(params, mb):
+    logp = token_logprobs(graphdef, params, mb)
+    value, total = objectives.weighted_sequence_nll(logp, mb["loss_mask"], mb["weights"])
+    return value * total, (total, {})
+
+  @jax.jit
+  def step(state, batch):
+    return accumulate_and_apply(state, batch, terms, optimizer, micro_batches)
+
+  def update(state, batch):
+    return step(state, trim_padding(batch))
+
+  return update
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef",))
+def _answer_logliks(graphdef, params, batch):
+  return objectives.answer_loglik(token_logprobs(graphdef, params, batch),
+                                  batch["answer_mask"])
+
+
+def answer_logliks(graphdef, params, batch, chunk: int = 512) -> np.ndarray:
+  """Token-mean gold-answer log-likelihood [N] (`answer_loglik`, §6.2).
+
+  batch: sequences, attention_mask [N, L], answer_mask [N, L-1]. Rows are
+  scored shortest first, `chunk` at a time, each chunk trimmed to its own
+  length (`trim_padding`); the last chunk is filled up with repeated rows,
+  so every call has `chunk` rows.
+  """
+  n = len(batch["sequences"])
+  order = np.argsort(np.asarray(batch["attention_mask"]).sum(axis=1), kind="stable")
+  out = np.empty(n, np.float32)
+  for s in range(0, n, chunk):
+    idx = order[s:s + chunk]
+    rows = np.resize(idx, min(chunk, n))  # pads a short last chunk
+    part = trim_padding({k: np.asarray(v)[rows] for k, v in batch.items()})
+    out[idx] = np.asarray(_answer_logliks(graphdef, params, part))[:len(idx)]
+  return out
+
+
+# ------------------------------------------------------------------------ DPO
+_ROW_KEYS = ("sequences", "attention_mask", "completion_tokens", "completion_mask")
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef",))
+def sequence_logps(graphdef, params, batch):
+  """Summed completion log-probs [N] of a completion batch (the DPO reference)."""
+  logp, _ = completion_logprobs(graphdef, params, batch["sequences"],
+                                batch["attention_mask"], batch["completion_tokens"])
+  return objectives.sequence_logprobs(logp, batch["completion_mask"].astype(logp.dtype))
+
+
+def make_dpo_update(graphdef, optimizer, *, beta: float, loss_type: str = "sigmoid",
+                    rpo_alpha: float = 0.0, micro_batches: int = 1):
+  """Jitted DPO update. batch (B pairs): `chosen_*` and `rejected_*` rows
+  (sequences, attention_mask, completion_tokens, completion_mask) and
+  `ref_chosen`, `ref_rejected` [B] (`sequence_logps` under the frozen reference).
+
+  `rpo_alpha` > 0 adds `rpo_alpha *` the token-mean NLL of the chosen rows
+  (TRL's `rpo_alpha`; Pang et al. 2024, arXiv:2404.19733), which keeps the
+  chosen completions' likelihood from falling with the rejected ones'. The
+  metric `nll` is that NLL (logged whatever `rpo_alpha`).
+  """
+
+  def terms(params, mb):
+    b = mb["ref_chosen"].shape[0]
+    both = {k: jnp.concatenate([mb["chosen_" + k], mb["rejected_" + k]]) for k in _ROW_KEYS}
+    logp, _ = completion_logprobs(graphdef, params, both["sequences"],
+                                  both["attention_mask"], both["completion_tokens"])
+    seq = objectives.sequence_logprobs(logp, both["completion_mask"].astype(logp.dtype))
+    loss, metrics = objectives.dpo_loss(seq[:b], seq[b:], mb["ref_chosen"],
+                                        mb["ref_rejected"], beta=beta, loss_type=loss_type)
+    mask = both["completion_mask"][:b].astype(logp.dtype)
+    nll = -jnp.sum(logp[:b] * mask) / jnp.maximum(jnp.sum(mask), 1.0)
+    if rpo_alpha:
+      loss = loss + rpo_alpha * nll
+    return loss * b, (jnp.float32(b), {**metrics, "nll": nll})
+
+  @functools.partial(jax.jit, donate_argnums=0)
+  def update(state, batch):
+    return accumulate_and_apply(state, batch, terms, optimizer, micro_batches)
+
+  return update
+
+
+def dpo_batch(rows, chosen, rejected, ref_logps):
+  """DPO pairs from a completion batch `rows` (one row per sample), the
+  indices [B] of each pair's chosen and rejected rows, and the rows'
+  reference log-probs [N]."""
+  out = {}
+  for k, v in rows.items():
+    out["chosen_" + k] = np.asarray(v)[chosen]
+    out["rejected_" + k] = np.asarray(v)[rejected]
+  ref = np.asarray(ref_logps)
+  out["ref_chosen"], out["ref_rejected"] = ref[chosen], ref[rejected]
+  return out
+
+
+# ------------------------------------------------------------- minibatch loop
+def minibatch_indices(num_rows: int, batch_size: int, seed: int, *,
+                      epochs: int | None = None,
+                      steps: int | None = None) -> Iterator[np.ndarray]:
+  """Row indices [batch_size] of shuffled minibatches; give `epochs` or `steps`.
+
+  epochs=E: E passes, each over a fresh permutation wrapped round to whole
+    batches (the last batch of a pass takes rows from the pass's start).
+  steps=S: exactly S batches cycling over ONE permutation (a fixed update
+    budget, e.g. a baseline matched to another method's number of updates).
+  Nothing is yielded when `num_rows` is 0.
+  """
+  if (epochs is None) == (steps is None):
+    raise ValueError(f"give exactly one of epochs ({epochs}) and steps ({steps}).")
+  if num_rows == 0:
+    return
+  rng = np.random.RandomState(seed)
+  if steps is not None:
+    order = np.resize(rng.permutation(num_rows), max(steps, 1) * batch_size)
+    for s in range(steps):
+      yield order[s * batch_size:(s + 1) * batch_size]
+    return
+  for _ in range(epochs):
+    order = np.resize(rng.permutation(num_rows), -(-num_rows // batch_size) * batch_size)
+    for s in range(0, len(order), batch_size):
+      yield order[s:s + batch_size]
+
+
+def train_minibatches(update, state, batch: Mapping[str, np.ndarray], batch_size: int,
+                      seed: int, *, epochs: int | None = None, steps: int | None = None):
+  """Runs `update(state, minibatch)` over `minibatch_indices` of the rows of `batch`.
+
+  Returns (state, number of updates, the last update's metrics or {}).
+  """
+  num_rows = len(next(iter(batch.values())))
+  count, metrics = 0, {}
+  for idx in minibatch_indices(num_rows, batch_size, seed, epochs=epochs, steps=steps):
+    state, metrics = update(state, {k: v[idx] for k, v in batch.items()})
+    count += 1
+  return state, count, metrics

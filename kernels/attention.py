@@ -97,7 +97,7 @@ _kernel_attention.defvjp(_kernel_fwd, _kernel_bwd)
 def block_sparse_attention(q, k, v, block_mask: BlockMask, *, sm_scale=None,
                            implementation: str = "auto", interpret=None,
                            return_lse: bool = False, backward: str = "kernel"):
-  """Block-sparse softmax attention (see sparse_attention.md §2.2).
+  """Block-sparse softmax attention (see docs/sparse_attention.md §2.2).
 
   Args:
     q: `[B, Tq, Hq, D]`; k, v: `[B, Tk, Hkv, D]` with `Hq % Hkv == 0` (query

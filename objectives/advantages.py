@@ -1,4 +1,4 @@
-"""Advantage estimators of the GRPO family (algorithms.md §2.1, §3, §4).
+"""Advantage estimators of the GRPO family (docs/algorithms.md §2.1, §3, §4).
 
 Layout: `N = P * G` rows, groups of `G = group_size` contiguous rows share a
 prompt (TRL layout). Estimators with the signature
@@ -34,7 +34,7 @@ def _scale_name(scale: Union[str, bool]) -> str:
 def grpo_advantages(rewards: jax.Array, group_size: int, *,
                     scale: Union[str, bool] = "group",
                     eps: float = TRL_STD_EPS) -> jax.Array:
-  """Group-relative advantages exactly as TRL 1.16 GRPO (algorithms.md §2.1).
+  """Group-relative advantages exactly as TRL 1.16 (docs/algorithms.md §2.1).
 
   `A = (r - nanmean_group r) / (s + eps)` with `s` the ddof=1 NaN-aware std of
   the group ("group"), of the whole batch ("batch", still the *group* mean),
@@ -79,7 +79,7 @@ def grpo_advantages_multi(rewards_per_func: jax.Array, weights: jax.Array,
                           aggregation: str = "sum_then_normalize",
                           scale: Union[str, bool] = "group",
                           eps: float = TRL_STD_EPS) -> jax.Array:
-  """GRPO advantages from several reward functions (algorithms.md §2.1).
+  """GRPO advantages from several reward functions (docs/algorithms.md §2.1).
 
   "sum_then_normalize" (TRL default): `r = nansum_k w_k R[:, k]` (NaN if every
   function returned NaN for the row), then `grpo_advantages(r)`.
@@ -123,7 +123,7 @@ def grpo_advantages_multi(rewards_per_func: jax.Array, weights: jax.Array,
 def rloo_advantages(rewards: jax.Array, group_size: int, *,
                     normalize: bool = False,
                     eps: float = TRL_STD_EPS) -> jax.Array:
-  """REINFORCE leave-one-out advantages (algorithms.md §3.1).
+  """REINFORCE leave-one-out advantages (docs/algorithms.md §3.1).
 
   `b_n = (sum_{j in g(n)} r_j - r_n) / (c - 1)` with `c` the non-NaN count of
   the group; `A = r - b`, equal to `G/(G-1) (r - mean_g r)` without NaNs.
@@ -170,7 +170,7 @@ def kl_penalized_rewards(rewards: jax.Array, old_logp: jax.Array,
 
 
 # --------------------------------------------------------------------------
-# DAPO (arXiv:2503.14476), algorithms.md §3.3
+# DAPO (arXiv:2503.14476), docs/algorithms.md §3.3
 
 
 def dynamic_sampling_filter(rewards: jax.Array, group_size: int) -> jax.Array:
@@ -218,7 +218,7 @@ def overlong_reward_penalty(lengths: jax.Array, max_len: int,
 
 
 # --------------------------------------------------------------------------
-# REINFORCE++ (arXiv:2501.03262), algorithms.md §3.2 [INFERRED]
+# REINFORCE++ (arXiv:2501.03262), docs/algorithms.md §3.2 [INFERRED]
 
 
 def masked_whiten(x: jax.Array, mask: jax.Array, eps: float = 1e-8):
@@ -233,7 +233,7 @@ def reinforce_pp_advantages(outcome: jax.Array, token_kl: jax.Array,
                             mask: jax.Array, *, baseline: Optional[str] = None,
                             group_size: Optional[int] = None,
                             eps: float = 1e-8) -> jax.Array:
-  """REINFORCE++ token advantages (algorithms.md §3.2, [INFERRED]).
+  """REINFORCE++ token advantages (docs/algorithms.md §3.2, [INFERRED]).
 
   Per-token reward `rho_t = -token_kl_t` plus the outcome reward at the last
   active token; return `G_t = sum_{s >= t} rho_s` (gamma = 1); advantages are
@@ -267,7 +267,7 @@ def reinforce_pp_advantages(outcome: jax.Array, token_kl: jax.Array,
 
 
 # --------------------------------------------------------------------------
-# GiGPO (arXiv:2505.10978), algorithms.md §4.1
+# GiGPO (arXiv:2505.10978), docs/algorithms.md §4.1
 
 
 def discounted_returns(step_rewards: jax.Array, traj_ids: jax.Array,
@@ -377,7 +377,7 @@ def gigpo_advantages(episode_rewards: jax.Array, step_returns: jax.Array,
 
 
 # --------------------------------------------------------------------------
-# F-GRPO (arXiv:2602.06717), algorithms.md §4.2
+# F-GRPO (arXiv:2602.06717), docs/algorithms.md §4.2
 
 
 def focal_advantage_scale(rewards: jax.Array, group_size: int,

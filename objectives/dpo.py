@@ -1,4 +1,4 @@
-"""DPO and the MOAT pair construction (algorithms.md §5, §8.1).
+"""DPO and the MOAT pair construction (docs/algorithms.md §5, §8.1).
 
 Inputs are sequence log-probs `[B]` (masked sums of per-token log-probs, see
 `sequence_logprobs`). DPO loss variants are registered in `DPO_LOSSES`.

@@ -1,4 +1,4 @@
-"""Re-weighted EM over sampled trajectories: EXSEARCH and DRO (§6, §7).
+"""Re-weighted EM over trajectories: EXSEARCH, DRO (docs/algorithms.md §6, §7).
 
 E-step: self-normalised importance weights from the gold answer's likelihood;
 M-step: a weighted token-mean NLL.
@@ -77,10 +77,10 @@ def weighted_sequence_nll(logp: jax.Array, mask: jax.Array,
   """Re-weighted M-step loss (EXSEARCH §6.3, DRO §7.2).
 
   Per row the token-mean NLL `nll_n = -sum_t logp m / max(sum_t m, 1)`; the
-  spec's objective is `sum_n w_n nll_n`. Returned as a normalised value and an
-  additive normaliser, the gradient-accumulation contract of design.md:
+  objective of §6.3 is `sum_n w_n nll_n`. Returned as a normalised value and an
+  additive normaliser, the gradient-accumulation contract of §1.3:
   `value = sum_n w_n nll_n / sum_n w_n`, `normaliser = sum_n w_n`, so
-  `value * normaliser` is the spec's sum (with `em_weights` the normaliser is
+  `value * normaliser` is the §6.3 sum (with `em_weights` the normaliser is
   the number of questions). Weights are constants (no gradient).
 
   Args:

@@ -1,4 +1,4 @@
-"""MGDA: min-norm point of the convex hull of K gradients (algorithms.md §9.2).
+"""MGDA: min-norm point of the hull of K gradients (docs/algorithms.md §9.2).
 
 Sener & Koltun 2018, "Multi-Task Learning as Multi-Objective Optimization"
 (arXiv:1810.04650): the Pareto-stationary common descent direction is
@@ -115,7 +115,7 @@ def min_norm_frank_wolfe(gram: jax.Array, *, max_iter: int = 250,
 
 
 def min_norm_weights(gram: jax.Array, *, method: str = "auto") -> jax.Array:
-  """MGDA weights: the simplex point minimising `w^T gram w` (api.md).
+  """MGDA weights: the simplex point minimising `w^T gram w` (docs/api.md).
 
   Args:
     gram: `[K, K]` Gram matrix `M = G G^T` (positive semi-definite).

@@ -1,4 +1,4 @@
-"""Clipped policy-gradient losses of the GRPO family (algorithms.md §2.2–2.4).
+"""Clipped policy-gradient losses, GRPO family (docs/algorithms.md §2.2–2.4).
 
 `policy_loss` equals TRL 1.16 `GRPOTrainer._compute_loss` (one process, no
 gradient accumulation, `num_items_in_batch = mask.sum()`) in value and
@@ -31,7 +31,7 @@ from alignax.objectives.registry import (POLICY_LOSSES, get_aggregation,
 
 def importance_weights(logp: jax.Array, old_logp: jax.Array, mask: jax.Array,
                        *, level: str = "token") -> jax.Array:
-  """Log importance weights (algorithms.md §2.2).
+  """Log importance weights (docs/algorithms.md §2.2).
 
   token:    `log_w = logp - old_logp`                            `[N, T]`
   sequence: `log_w = sum_t (logp - old_logp) m / max(sum_t m, 1)`   `[N, 1]`
@@ -51,7 +51,7 @@ def importance_weights(logp: jax.Array, old_logp: jax.Array, mask: jax.Array,
 
 def clipped_surrogate(coef_1: jax.Array, adv: jax.Array, eps_low: float,
                       eps_high: float, delta: Optional[float] = None):
-  """PPO clipped surrogate, TRL form (algorithms.md §2.3).
+  """PPO clipped surrogate, TRL form (docs/algorithms.md §2.3).
 
   ```
   coef_2   = clip(coef_1, 1 - eps_low, 1 + eps_high)
@@ -222,7 +222,7 @@ def _seq_length_weighted(per_token, mask, *, max_len=None):
 
 def aggregate_loss_terms(per_token: jax.Array, mask: jax.Array, mode: str, *,
                          max_len: Optional[int] = None):
-  """`(numerator, normaliser)` of an aggregation mode (algorithms.md §1.3).
+  """`(numerator, normaliser)` of an aggregation mode (docs/algorithms.md §1.3).
 
   `mode` is an aggregation name ("seq_mean_token_mean", "token_mean",
   "seq_sum_const", "seq_length_weighted") or a loss type ("grpo", "dapo", ...).
@@ -237,7 +237,7 @@ def aggregate_loss_terms(per_token: jax.Array, mask: jax.Array, mode: str, *,
 def aggregate_loss(per_token: jax.Array, mask: jax.Array, mode: str, *,
                    max_len: Optional[int] = None,
                    num_items: Optional[jax.Array] = None):
-  """Scalar loss and its normaliser (algorithms.md §1.3, checklist #6).
+  """Scalar loss and its normaliser (docs/algorithms.md §1.3, checklist #6).
 
   Returns `(numerator / max(normaliser, 1), normaliser)`; `num_items` (a
   global token count, "dapo") replaces the normaliser when given.
@@ -405,7 +405,7 @@ def policy_loss(logprobs: jax.Array, old_logprobs: Optional[jax.Array],
 def rloo_sequence_loss(seq_logp: jax.Array, old_seq_logp: jax.Array,
                        adv: jax.Array, eps_low: float = 0.2,
                        eps_high: float = 0.2) -> jax.Array:
-  """TRL RLOO sequence-level clipped loss (algorithms.md §3.1).
+  """TRL RLOO sequence-level clipped loss (docs/algorithms.md §3.1).
 
   `ratio = exp(seq_logp - old_seq_logp)`; `mean_n -min(ratio A, clip(ratio) A)`.
   Source: TRL `RLOOTrainer._compute_loss`.

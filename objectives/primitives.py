@@ -1,7 +1,7 @@
 """Shared primitives: masked reductions, per-token log-probs, KL, group stats.
 
-Definitions: algorithms.md §1. Shapes: `N` completions (contiguous groups of
-`group_size`), `T` padded completion length, `V` vocabulary size.
+Definitions: docs/algorithms.md §1. Shapes: `N` completions (contiguous groups
+of `group_size`), `T` padded completion length, `V` vocabulary size.
 
 Every reduction runs in at least float32 (bf16/f16 inputs are upcast; float64
 stays float64 so parity tests can run in x64).
@@ -47,7 +47,7 @@ def check_temperature(temperature) -> None:
 
 
 def masked_sum(x: jax.Array, mask: jax.Array, axis=None) -> jax.Array:
-  """`sum(x * mask, axis)` (algorithms.md §1.3).
+  """`sum(x * mask, axis)` (docs/algorithms.md §1.3).
 
   Args:
     x: any shape.
@@ -74,7 +74,7 @@ def masked_mean(x: jax.Array, mask: jax.Array, axis=None) -> jax.Array:
 
 def token_logprobs(logits: jax.Array, tokens: jax.Array, *,
                    temperature: float = 1.0) -> jax.Array:
-  """Log-probability of each sampled token, TRL convention (algorithms.md §1.1).
+  """Log-prob of each sampled token, TRL convention (docs/algorithms.md §1.1).
 
   `z = logits / temperature; logp[n, t] = z[n, t, tokens[n, t]] - logsumexp_v z`.
   Source: TRL `GRPOTrainer._get_per_token_logps_and_entropies`,
@@ -96,7 +96,7 @@ def token_logprobs(logits: jax.Array, tokens: jax.Array, *,
 
 
 def token_entropy(logits: jax.Array, *, temperature: float = 1.0) -> jax.Array:
-  """Entropy (nats) of the temperature-scaled softmax (algorithms.md §1.2).
+  """Entropy (nats) of the temperature-scaled softmax (docs/algorithms.md §1.2).
 
   `H = logsumexp(z) - sum_v softmax(z)_v z_v` with `z = logits / temperature`,
   which equals `-sum p log p`. Source: `trl.trainer.utils.entropy_from_logits`.

@@ -1,7 +1,7 @@
 """CAU unlearning objectives, difficulty scores and ranking metrics.
 
 Pure jax.numpy functions (no Flax, no model) for curriculum approximate
-unlearning of session-based recommenders (CAU, arXiv:2508.15263; algorithms.md
+unlearning of session recommenders (CAU, arXiv:2508.15263; docs/algorithms.md
 §9). Shapes: `B` = batch of unlearning samples, `I` = number of item logits
 (index 0 is the padding item, which a model gives a very negative logit), `U` =
 size of the unlearning set, `P` = number of parameters, `D` = embedding width.
