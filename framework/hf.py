@@ -167,6 +167,11 @@ def save_pretrained(model: Decoder, path: str) -> None:
   """Writes config.json + model.safetensors that transformers loads."""
   import transformers  # transformers' config class writes a config it accepts.
 
+  if jax.tree.leaves(nnx.state(model, nnx.LoRAParam)):
+    raise ValueError(
+        "save_pretrained got a model with LoRA adapters: save"
+        " alignax.framework.lora.merge(model) (adapters folded in) or the adapters"
+        " alone with lora.save_peft.")
   os.makedirs(path, exist_ok=True)
   hf = model.config.to_hf_dict()
   model_type = hf.pop("model_type")

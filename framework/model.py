@@ -101,7 +101,11 @@ def positions_from_mask(attention_mask: jax.Array) -> jax.Array:
 
 
 class Dense(nnx.Module):
-  """y = x @ kernel (+ bias), kernel [in, out] with logical axes."""
+  """y = x @ kernel (+ bias), kernel [in, out] with logical axes.
+
+  `lora`: None, or a low-rank adapter `lora(x, y) -> y + delta` that
+  `alignax.framework.lora.apply` attaches (the base kernel stays as it is).
+  """
 
   def __init__(self, din, dout, *, axes, bias, config, rngs):
     pdt = as_dtype(config.param_dtype)
@@ -111,11 +115,14 @@ class Dense(nnx.Module):
     self.bias = (nnx.Param(jnp.zeros((dout,), pdt), logical_axes=axes[1:])
                  if bias else None)
     self.dtype = as_dtype(config.dtype)
+    self.lora = nnx.data(None)
 
   def __call__(self, x):
     y = jnp.dot(x.astype(self.dtype), self.kernel[...].astype(self.dtype))
     if self.bias is not None:
       y = y + self.bias[...].astype(self.dtype)
+    if self.lora is not None:
+      y = self.lora(x, y)
     return y
 
 
