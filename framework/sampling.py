@@ -307,9 +307,13 @@ def bucket_length(n: int, limit: int) -> int:
   return min(max(_MIN_BUCKET, 1 << (max(n, 1) - 1).bit_length()), limit)
 
 
-def pad_prompts(prompts: Sequence[Sequence[int]], length: int, pad_token_id: int):
-  """Left-pads token lists to `length`: (ids int32 [B, length], mask bool)."""
-  ids = np.full((len(prompts), length), pad_token_id, np.int32)
+def pad_prompts(prompts: Sequence[Sequence[int]], length: int, pad_token_id: int | None):
+  """Left-pads token lists to `length`: (ids int32 [B, length], mask bool).
+
+  `pad_token_id=None` (tokenizers without a pad token, e.g. Llama 3) pads with
+  0: padded positions are masked, so the id is never seen.
+  """
+  ids = np.full((len(prompts), length), 0 if pad_token_id is None else pad_token_id, np.int32)
   mask = np.zeros((len(prompts), length), bool)
   for i, p in enumerate(prompts):
     if len(p):
