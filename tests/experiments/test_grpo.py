@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 
 from alignax.experiments import grpo
-from alignax.experiments.common import load_config_file
+from alignax.experiments.common import ConfigError, load_config_file
 from alignax.framework import experiment
+from tests.experiments.resume import Killed, kill_during_save
 
 TINY = os.path.join(os.path.dirname(grpo.__file__), "configs", "grpo.py") + ":tiny"
 
@@ -56,8 +57,11 @@ def test_outputs(full_run):
 def test_kill_and_resume_is_bitwise_identical(full_run, tmp_path):
   _, _, expected = full_run
   workdir = str(tmp_path)
-  # "Killed" after step 3: the last checkpoint is step 2 (checkpoint_every=2).
-  grpo.run(tiny(), workdir, stop_after=3, progress=False)
+  # Killed while writing the checkpoint of step 4 (checkpoint_every=2): the
+  # rows of steps 3-4 are logged, the step folder is still Orbax's temporary
+  # one, the last whole checkpoint is step 2.
+  with pytest.raises(Killed), kill_during_save(2, "mid_write"):
+    grpo.run(tiny(), workdir, progress=False)
   summary, state = grpo.run(tiny(), workdir, progress=False)
   for a, b in zip(_leaves(state), expected):
     np.testing.assert_array_equal(a, b)
@@ -81,13 +85,35 @@ def test_other_config_on_same_workdir_is_refused(full_run):
     grpo.run(tiny(**{"train.learning_rate": 0.5}), workdir, progress=False)
 
 
-def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
-  with pytest.raises(FloatingPointError, match=r"Non-finite loss .* at step 2"):
-    grpo.run(tiny(**{"train.learning_rate": float("nan")}), str(tmp_path), progress=False)
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(full_run, tmp_path, monkeypatch):
+  """A NaN injected into step 3's batch: the run stops naming the step, keeps
+  the step-2 checkpoint and metrics, and a re-run finishes as if nothing
+  happened."""
+  rollout = grpo.rollout
+
+  def poisoned(graphdef, params, tokenizer, task, config, step, *args, **kwargs):
+    batch, metrics = rollout(graphdef, params, tokenizer, task, config, step, *args,
+                             **kwargs)
+    if step == 2:
+      batch["advantages"] = batch["advantages"] * np.nan
+    return batch, metrics
+
+  workdir = str(tmp_path)
+  monkeypatch.setattr(grpo, "rollout", poisoned)
+  with pytest.raises(FloatingPointError, match=r"Non-finite loss .* at step 3.*step 2"):
+    grpo.run(tiny(), workdir, progress=False)
+  assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["2"]
+  steps = [json.loads(l)["step"] for l in open(os.path.join(workdir, "metrics.jsonl"))]
+  assert steps == [0, 1, 2]
+  monkeypatch.setattr(grpo, "rollout", rollout)
+  _, state = grpo.run(tiny(), workdir, progress=False)
+  for a, b in zip(_leaves(state), full_run[2]):
+    np.testing.assert_array_equal(a, b)
 
 
 def test_missing_model_path(tmp_path):
-  with pytest.raises(FileNotFoundError, match="model_path"):
+  # Checked with the rest of the config, before any work.
+  with pytest.raises(ConfigError, match="config.model_path=.*existing directory"):
     grpo.run(tiny(model_path=str(tmp_path / "nope")), str(tmp_path / "w"), progress=False)
 
 
