@@ -17,7 +17,6 @@ import functools
 from typing import Sequence
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
@@ -91,94 +90,11 @@ class AgentIO:
 # ------------------------------------------------------------ scoring
 @functools.partial(jax.jit, static_argnames=("graphdef",))
 def grounder_scores(graphdef, params, batch):
-  """§8.1 score of every row in one forward pass: token-mean CE of the gold
+  """docs/algorithms.md §8.1 score of every row in one forward pass: token-mean CE of the gold
   actions given (task, subgoals), counting tokens with CE >= 1e-9 [N]."""
   logp, _ = train.completion_logprobs(graphdef, params, batch["sequences"],
                                       batch["attention_mask"], batch["completion_tokens"])
   return objectives.perplexity_scores(logp, batch["completion_mask"], count_threshold=1e-9)
-
-
-@functools.partial(jax.jit, static_argnames=("graphdef",))
-def sequence_logps(graphdef, params, batch):
-  """Summed completion log-probs [N] (no gradient use: the DPO reference)."""
-  logp, _ = train.completion_logprobs(graphdef, params, batch["sequences"],
-                                      batch["attention_mask"], batch["completion_tokens"])
-  return objectives.sequence_logprobs(logp, batch["completion_mask"].astype(logp.dtype))
-
-
-def make_dpo_update(graphdef, optimizer, *, beta: float, loss_type: str = "sigmoid",
-                    rpo_alpha: float = 0.0, micro_batches: int = 1):
-  """Jitted DPO update of the planner. batch (B pairs): `chosen_*` and
-  `rejected_*` planner rows (sequences, attention_mask, completion_tokens,
-  completion_mask) and `ref_chosen`, `ref_rejected` [B] (frozen planner).
-
-  `rpo_alpha` > 0 adds `rpo_alpha *` the token-mean NLL of the chosen rows
-  (TRL's `rpo_alpha`; Pang et al. 2024, arXiv:2404.19733), which keeps the
-  chosen plans' likelihood from falling with the rejected ones' (without it
-  a few DPO epochs collapsed the tiny planner, see notes/issue11_s3.md).
-  The metric `nll` is that NLL (logged whatever `rpo_alpha`).
-  """
-
-  def terms(params, mb):
-    b = mb["ref_chosen"].shape[0]
-    both = {k: jnp.concatenate([mb["chosen_" + k], mb["rejected_" + k]])
-            for k in ("sequences", "attention_mask", "completion_tokens", "completion_mask")}
-    logp, _ = train.completion_logprobs(graphdef, params, both["sequences"],
-                                        both["attention_mask"], both["completion_tokens"])
-    seq = objectives.sequence_logprobs(logp, both["completion_mask"].astype(logp.dtype))
-    loss, metrics = objectives.dpo_loss(seq[:b], seq[b:], mb["ref_chosen"],
-                                        mb["ref_rejected"], beta=beta, loss_type=loss_type)
-    mask = both["completion_mask"][:b].astype(logp.dtype)
-    nll = -jnp.sum(logp[:b] * mask) / jnp.maximum(jnp.sum(mask), 1.0)
-    if rpo_alpha:
-      loss = loss + rpo_alpha * nll
-    return loss * b, (jnp.float32(b), {**metrics, "nll": nll})
-
-  @functools.partial(jax.jit, donate_argnums=0)
-  def update(state, batch):
-    return train.accumulate_and_apply(state, batch, terms, optimizer, micro_batches)
-
-  return update
-
-
-def dpo_batch(gen_batch, chosen, rejected, ref_logps):
-  """Pairs from a planner batch (rows = samples) and their reference log-probs."""
-  out = {}
-  for k, v in gen_batch.items():
-    out["chosen_" + k] = np.asarray(v)[chosen]
-    out["rejected_" + k] = np.asarray(v)[rejected]
-  ref = np.asarray(ref_logps)
-  out["ref_chosen"], out["ref_rejected"] = ref[chosen], ref[rejected]
-  return out
-
-
-def run_epochs(update, state, batch, batch_size: int, epochs: int, seed: int):
-  """`epochs` shuffled passes over the rows of `batch` (wrapped to full
-  batches). Returns (state, number of updates, last metrics)."""
-  n = len(next(iter(batch.values())))
-  steps, metrics = 0, {}
-  if n == 0:
-    return state, 0, metrics
-  rng = np.random.RandomState(seed)
-  for _ in range(epochs):
-    order = np.resize(rng.permutation(n), -(-n // batch_size) * batch_size)
-    for s in range(0, len(order), batch_size):
-      idx = order[s:s + batch_size]
-      state, metrics = update(state, {k: v[idx] for k, v in batch.items()})
-      steps += 1
-  return state, steps, metrics
-
-
-def run_steps(update, state, batch, batch_size: int, steps: int, seed: int):
-  """Exactly `steps` updates on shuffled batches of `batch` (the budget-matched
-  baseline)."""
-  n = len(next(iter(batch.values())))
-  rng = np.random.RandomState(seed)
-  order = np.resize(rng.permutation(n), max(steps, 1) * batch_size)
-  for s in range(steps):
-    idx = order[s * batch_size:(s + 1) * batch_size]
-    state, _ = update(state, {k: v[idx] for k, v in batch.items()})
-  return state
 
 
 # ----------------------------------------------------------- generation

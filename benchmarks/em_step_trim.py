@@ -6,9 +6,9 @@ Takes one E-step batch of the default config (K trajectories for `--questions`
 train questions, from the run's warm-up model in `<workdir>/init_model`, built
 if missing) and times, after a compile call each:
   scoring  gold-answer log-likelihood of every row (`answer_logliks`);
-  M-step   one epoch of `train_epochs` over the first `--rows` rows, batch 32;
+  M-step   one epoch of `train.train_minibatches` over the first `--rows` rows, batch 32;
 once on rows right-padded to the config's fixed length and once trimmed to
-the rows' real length (`exsearch.trim_padding`, what the binary does).
+the rows' real length (`train.trim_padding`, what the binary does).
 Prints a table and writes JSON.
 """
 from __future__ import annotations
@@ -57,20 +57,20 @@ def main():
   lengths = batch["attention_mask"].sum(axis=1)
   optimizer = train.make_optimizer(config.em.learning_rate, total_steps=None)
   graphdef, state = train.init_train_state(model, optimizer)
-  update = exsearch.make_weighted_update(graphdef, optimizer)
+  update = train.make_weighted_update(graphdef, optimizer)
   rows = {name: v[:args.rows] for name, v in batch.items()}
 
   def m_step():
-    return exsearch.train_epochs(update, state, rows, config.em.batch_size, 1, 0)
+    return train.train_minibatches(update, state, rows, config.em.batch_size, 0, epochs=1)[0]
 
-  trim = exsearch.trim_padding
+  trim = train.trim_padding
   results = {}
   for mode in ("padded", "trimmed"):
-    exsearch.trim_padding = trim if mode == "trimmed" else (lambda b, multiple=32: b)
-    score = ((lambda: exsearch.answer_logliks(graphdef, state.params, batch)) if mode == "trimmed"
-             else (lambda: exsearch._answer_logliks(graphdef, state.params, batch)))  # pylint: disable=protected-access
+    train.trim_padding = trim if mode == "trimmed" else (lambda b, multiple=32: b)
+    score = ((lambda: train.answer_logliks(graphdef, state.params, batch)) if mode == "trimmed"
+             else (lambda: train._answer_logliks(graphdef, state.params, batch)))  # pylint: disable=protected-access
     results[mode] = {"scoring_s": _timed(score), "m_step_s": _timed(m_step)}
-  exsearch.trim_padding = trim
+  train.trim_padding = trim
   out = {"rows": len(lengths), "padded_length": int(batch["sequences"].shape[1]),
          "mean_length": float(lengths.mean()), "max_length": int(lengths.max()),
          "m_step_rows": len(rows["weights"]), **results,

@@ -1,4 +1,4 @@
-r"""DRO: a generative selector and a generator trained by re-weighted EM (algorithms.md §7).
+r"""DRO: a generative selector and a generator trained by re-weighted EM (docs/algorithms.md §7).
 
   python -m alignax.experiments.dro                    # default preset, runs/dro
   python -m alignax.experiments.dro --config=experiments/configs/dro.py:tiny \
@@ -54,8 +54,6 @@ from alignax.agents import dro_world, qa_data, qa_world, retrieval
 from alignax.agents import metrics as metrics_lib
 from alignax.agents import rollout as rollout_lib
 from alignax.experiments import common
-from alignax.experiments.exsearch import (answer_logliks, make_weighted_update,
-                                          plot_per_iteration, train_epochs)
 from alignax.framework import checkpoint, experiment, hf, sampling, train
 from alignax.framework.config import ModelConfig
 from alignax.framework.model import Decoder
@@ -313,7 +311,7 @@ def e_step(graphdef, states, roles, task, examples, method, config, key, lengths
   keep = first_occurrences(outs, qids)
   passages = [task.docs(e, p) for e, p in zip(rows_ex, perms)]
   gen = task.batch([task.generator_row(e, p) for e, p in zip(rows_ex, passages)], lengths[1])
-  ll = np.asarray(answer_logliks(graphdef, states[roles["generator"]].params, gen))
+  ll = np.asarray(train.answer_logliks(graphdef, states[roles["generator"]].params, gen))
   gold = [set(task.world.gold[e.id]) for e in rows_ex]
   recall = np.asarray([g <= set(p) for g, p in zip(gold, passages)], np.float32)
   if method == "dro":
@@ -407,7 +405,7 @@ def warm_up(models: dict, task, examples, config, roles):
     optimizer = train.make_optimizer(w.learning_rate, warmup_steps=min(10, total),
                                      total_steps=total)
     graphdef, state = train.init_train_state(model, optimizer)
-    update = make_weighted_update(graphdef, optimizer)
+    update = train.make_weighted_update(graphdef, optimizer)
     for step in tqdm.trange(total, desc=f"warm-up SFT ({name})", leave=False):
       for role in mine:
         # The selector's steps are spread evenly over the generator's.
@@ -501,6 +499,7 @@ def run(config, workdir: str, *, stop_after: int | None = None, progress: bool =
   `stop_after` ends after that many method iterations (as a kill would).
   Returns the summary dict.
   """
+  common.validate_config(config, DEFAULT_CONFIG)  # before any work
   _check_config(config)
   os.makedirs(workdir, exist_ok=True)
   experiment.check_or_store_config(workdir, config)
@@ -525,7 +524,7 @@ def run(config, workdir: str, *, stop_after: int | None = None, progress: bool =
   fresh = {}
   for name, model in models.items():
     graphdef, fresh[name] = train.init_train_state(model, optimizer)
-  update = make_weighted_update(graphdef, optimizer, em.micro_batches)
+  update = train.make_weighted_update(graphdef, optimizer, em.micro_batches)
   methods, iters = list(config.methods), em.num_iterations
 
   ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"), max_to_keep=2)
@@ -567,8 +566,8 @@ def run(config, workdir: str, *, stop_after: int | None = None, progress: bool =
     t2 = time.perf_counter()
     for role, batch in batches.items():
       name = roles[role]
-      states[name] = train_epochs(update, states[name], batch, em.batch_size, em.epochs,
-                                  config.seed + phase)
+      states[name], _, _ = train.train_minibatches(update, states[name], batch, em.batch_size,
+                                                   config.seed + phase, epochs=em.epochs)
     jax.block_until_ready(states)  # updates run asynchronously: time them here
     t3 = time.perf_counter()
     scores = evaluate(graphdef, states, roles, task, held_out, _mode(method))
@@ -585,7 +584,7 @@ def run(config, workdir: str, *, stop_after: int | None = None, progress: bool =
   writer.close()
   ckpt.close()
   # Each method starts from its own warm-up evaluation (bm25_top5 has its own).
-  plot_per_iteration(workdir, "em.png", extras["curves"],
+  common.plot_per_iteration(workdir, "em.png", extras["curves"],
                      lambda m: extras["before"][_mode(m)], "DRO vs baselines (held-out)")
   summary = _summary(extras, methods)
   if end == total:

@@ -1,4 +1,4 @@
-r"""EXSEARCH: a search agent trained by generalized EM (algorithms.md §6).
+r"""EXSEARCH: a search agent trained by generalized EM (docs/algorithms.md §6).
 
   python -m alignax.experiments.exsearch                    # default preset, runs/exsearch
   python -m alignax.experiments.exsearch --config=experiments/configs/exsearch.py:tiny \
@@ -27,7 +27,6 @@ resumes after the last one).
 """
 from __future__ import annotations
 
-import functools
 import os
 import shutil
 import time
@@ -135,93 +134,6 @@ class Agent:
     return out
 
 
-def _token_logprobs(graphdef, params, batch):
-  """log p(token_t | tokens_<t) [N, L-1] of the padded sequences."""
-  seq = batch["sequences"]
-  logp, _ = train.completion_logprobs(graphdef, params, seq, batch["attention_mask"],
-                                      seq[:, 1:])
-  return logp
-
-
-def make_weighted_update(graphdef, optimizer, micro_batches: int = 1):
-  """Jitted M-step update minimising `weighted_sequence_nll` (§6.3, §7.2).
-
-  batch: sequences [N, L], attention_mask [N, L], loss_mask [N, L-1]
-  (trainable next tokens), weights [N]. Each batch is first cut to its
-  longest row (`trim_padding`), so every caller pays for real lengths only.
-  Accumulates the numerator `sum_n w_n nll_n` and normaliser `sum_n w_n`
-  exactly over micro-batches.
-  """
-
-  def terms(params, mb):
-    logp = _token_logprobs(graphdef, params, mb)
-    value, total = objectives.weighted_sequence_nll(logp, mb["loss_mask"], mb["weights"])
-    return value * total, (total, {})
-
-  @jax.jit
-  def step(state, batch):
-    return train.accumulate_and_apply(state, batch, terms, optimizer, micro_batches)
-
-  def update(state, batch):
-    return step(state, trim_padding(batch))
-
-  return update
-
-
-def trim_padding(batch, multiple: int = 32):
-  """`batch` without the right-padding columns that no row uses.
-
-  Rows are right-padded to one fixed length; their longest real length,
-  rounded up to `multiple` (so that few shapes compile), is kept. Causal
-  attention makes the dropped columns irrelevant to the kept ones, so the
-  losses are unchanged; the cost follows the rows' real lengths.
-  """
-  full = batch["sequences"].shape[1]
-  used = int(np.asarray(batch["attention_mask"]).sum(axis=1).max(initial=1))
-  keep = min(full, -(-used // multiple) * multiple)
-  # [N, L] and [N, L-1] arrays lose the same columns; weights [N] are kept.
-  return {k: (v[:, :keep - (full - v.shape[1])] if np.ndim(v) == 2 else v)
-          for k, v in batch.items()}
-
-
-@functools.partial(jax.jit, static_argnames=("graphdef",))
-def _answer_logliks(graphdef, params, batch):
-  return objectives.answer_loglik(_token_logprobs(graphdef, params, batch),
-                                  batch["answer_mask"])
-
-
-def answer_logliks(graphdef, params, batch, chunk: int = 512) -> np.ndarray:
-  """Token-mean gold-answer log-likelihood [N] (`answer_loglik`, §6.2).
-
-  Rows are scored shortest first, `chunk` at a time, each chunk trimmed to
-  its own length (`trim_padding`); the last chunk is filled up with repeated
-  rows, so every call has `chunk` rows.
-  """
-  n = len(batch["sequences"])
-  order = np.argsort(np.asarray(batch["attention_mask"]).sum(axis=1), kind="stable")
-  out = np.empty(n, np.float32)
-  for s in range(0, n, chunk):
-    idx = order[s:s + chunk]
-    rows = np.resize(idx, min(chunk, n))  # pads a short last chunk
-    part = trim_padding({k: np.asarray(v)[rows] for k, v in batch.items()})
-    out[idx] = np.asarray(_answer_logliks(graphdef, params, part))[:len(idx)]
-  return out
-
-
-def train_epochs(update, state, batch, batch_size: int, epochs: int, seed: int):
-  """`epochs` shuffled passes of `update` over the rows of `batch`."""
-  n = len(batch["weights"])
-  if n == 0:
-    return state
-  rng = np.random.RandomState(seed)
-  for _ in range(epochs):
-    order = np.resize(rng.permutation(n), -(-n // batch_size) * batch_size)  # wrap to full batches
-    for s in range(0, len(order), batch_size):
-      idx = order[s:s + batch_size]
-      state, _ = update(state, {k: v[idx] for k, v in batch.items()})
-  return state
-
-
 # ------------------------------------------------------------------ phases
 def run_rollouts(graphdef, params, agent, examples, repeats, key, greedy=False):
   config = agent.rollout_config
@@ -249,7 +161,7 @@ def warm_up(model, agent, examples, config):
   optimizer = train.make_optimizer(w.learning_rate, warmup_steps=min(10, w.steps),
                                    total_steps=w.steps)
   graphdef, state = train.init_train_state(model, optimizer)
-  update = make_weighted_update(graphdef, optimizer)
+  update = train.make_weighted_update(graphdef, optimizer)
   batch = agent.batch([agent.oracle_row(e) for e in examples])
   rng = np.random.RandomState(config.seed)
   for _ in tqdm.trange(w.steps, desc="warm-up SFT", leave=False):
@@ -289,7 +201,7 @@ def e_step(graphdef, params, agent, examples, method, config, key):
   correct = np.asarray([metrics_lib.exact_match(agent.answer_text(t), e.answers)
                         for t, e in zip(trajs, rows_ex)], np.float32)
   batch = agent.batch([agent.with_gold_answer(t, e) for t, e in zip(trajs, rows_ex)])
-  ll = answer_logliks(graphdef, params, batch)
+  ll = train.answer_logliks(graphdef, params, batch)
   weights = WEIGHTINGS[method](ll, correct, k, config.em.temperature)
   batch["weights"] = np.asarray(weights, np.float32)
   w = batch["weights"].reshape(-1, k)
@@ -322,6 +234,7 @@ def run(config, workdir: str, *, stop_after: int | None = None, progress: bool =
   `stop_after` ends after that many method iterations (as a kill would).
   Returns the summary dict.
   """
+  common.validate_config(config, DEFAULT_CONFIG)  # before any work
   _check_config(config)
   os.makedirs(workdir, exist_ok=True)
   experiment.check_or_store_config(workdir, config)
@@ -334,7 +247,7 @@ def run(config, workdir: str, *, stop_after: int | None = None, progress: bool =
   em = config.em
   optimizer = train.make_optimizer(em.learning_rate, total_steps=None)
   graphdef, fresh = train.init_train_state(model, optimizer)
-  update = make_weighted_update(graphdef, optimizer, em.micro_batches)
+  update = train.make_weighted_update(graphdef, optimizer, em.micro_batches)
   methods, iters = list(config.methods), em.num_iterations
 
   ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"), max_to_keep=2)
@@ -366,7 +279,8 @@ def run(config, workdir: str, *, stop_after: int | None = None, progress: bool =
     examples = pool[start:start + q]
     key = jax.random.fold_in(jax.random.key(config.seed), phase)
     batch, stats = e_step(graphdef, state.params, agent, examples, method, config, key)
-    state = train_epochs(update, state, batch, em.batch_size, em.epochs, config.seed + phase)
+    state, _, _ = train.train_minibatches(update, state, batch, em.batch_size, config.seed + phase,
+                                         epochs=em.epochs)
     scores = evaluate(graphdef, state.params, agent, held_out)
     extras["curves"][method].append(scores)
     extras["seconds"] += time.perf_counter() - t1
@@ -377,33 +291,12 @@ def run(config, workdir: str, *, stop_after: int | None = None, progress: bool =
   writer.close()
   ckpt.close()
   finished = end == total
-  plot_per_iteration(workdir, "em.png", extras["curves"], lambda _: extras["before"],
+  common.plot_per_iteration(workdir, "em.png", extras["curves"], lambda _: extras["before"],
                      "EXSEARCH vs baselines (held-out)")
   summary = _summary(extras, methods)
   if finished:
     experiment.write_summary(workdir, summary)
   return summary
-
-
-def plot_per_iteration(workdir, filename, curves, start_of, title):
-  """Held-out EM and F1 per EM iteration of every method.
-
-  curves: method -> list of per-iteration metrics; start_of(method): the
-  metrics it starts from (iteration 0, the warm-up).
-  """
-  from matplotlib.figure import Figure  # pylint: disable=g-import-not-at-top
-  fig = Figure(figsize=(10, 3.5))
-  for ax, key in zip(fig.subplots(1, 2), ("eval/em", "eval/f1")):
-    for method, curve in curves.items():
-      ys = [start_of(method)[key]] + [c[key] for c in curve]
-      ax.plot(range(len(ys)), ys, marker="o", label=method)
-    ax.set_title(f"held-out {key.split('/')[1].upper()}")
-    ax.set_xlabel("EM iteration (0 = warm-up only)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-  fig.suptitle(title)
-  fig.tight_layout()
-  fig.savefig(os.path.join(workdir, filename), dpi=110)
 
 
 def _summary(extras, methods):

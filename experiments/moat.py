@@ -1,4 +1,4 @@
-r"""MOAT: joint alignment of a planning agent and a grounding agent (algorithms.md §8).
+r"""MOAT: joint alignment of a planning agent and a grounding agent (docs/algorithms.md §8).
 
   python -m alignax.experiments.moat                       # default preset, runs/moat
   python -m alignax.experiments.moat --config=experiments/configs/moat.py:tiny \
@@ -101,7 +101,7 @@ def _warm_up(model, batch, w, steps, seed):
                                    total_steps=steps)
   graphdef, state = train.init_train_state(model, optimizer)
   update = train.make_sft_update(graphdef, optimizer)
-  state = agents.run_steps(update, state, batch, w.batch_size, steps, seed)
+  state, _, _ = train.train_minibatches(update, state, batch, w.batch_size, seed, steps=steps)
   return agents.merge(graphdef, state.params)
 
 
@@ -163,9 +163,10 @@ def stage1(p_graphdef, p_state, g_graphdef, g_params, io, tasks, config, update,
   completions = [r[m].tolist() for r, m in zip(toks, mask)]
   pb = io.batch([io.planner_prompt(t) for t in rows], completions, io.plan_prompt_len,
                 io.plan_len)
-  ref = agents.sequence_logps(p_graphdef, p_state.params, pb)  # frozen copy
-  batch = agents.dpo_batch(pb, chosen[valid], rejected[valid], ref)
-  p_state, steps, m = agents.run_epochs(update, p_state, batch, s.batch_size, s.epochs, seed)
+  ref = train.sequence_logps(p_graphdef, p_state.params, pb)  # frozen copy
+  batch = train.dpo_batch(pb, chosen[valid], rejected[valid], ref)
+  p_state, steps, m = train.train_minibatches(update, p_state, batch, s.batch_size, seed,
+                                              epochs=s.epochs)
   scores = np.asarray(scores).reshape(-1, k)
   plan_ok = np.array([mw.normalize(io.decode(p)) == mw.normalize(mw.gold_subgoals(t))
                       for p, t in zip(plans, rows)])
@@ -215,8 +216,8 @@ def stage2(g_graphdef, g_state, io, world, tasks, plans, critic, config, update,
   steps = 0
   if sft:
     batch = io.grounder_batch(*zip(*sft))
-    g_state, steps, _ = agents.run_epochs(update, g_state, batch, s.batch_size, s.epochs,
-                                          seed)
+    g_state, steps, _ = train.train_minibatches(update, g_state, batch, s.batch_size, seed,
+                                                epochs=s.epochs)
   return g_state, pairs, {
       "stage2/rows": len(row_tasks), "stage2/corrected_pairs": len(pairs),
       "stage2/sft_rows": len(sft), "stage2/updates": steps,
@@ -234,6 +235,7 @@ def run(config, workdir: str, *, stop_after: int | None = None, progress: bool =
   `stop_after` ends after that many (method, iteration) phases, as a kill
   would. `critic` overrides `config.critic` (e.g. a stub). Returns the summary.
   """
+  common.validate_config(config, DEFAULT_CONFIG)  # before any work
   _check_config(config)
   os.makedirs(workdir, exist_ok=True)
   experiment.check_or_store_config(workdir, config)
@@ -273,7 +275,7 @@ def run(config, workdir: str, *, stop_after: int | None = None, progress: bool =
   p_graphdef, p_fresh = train.init_train_state(planner, dpo_opt)
   g_graphdef, g_fresh = train.init_train_state(grounder, sft_opt)
   fresh = {"planner": p_fresh, "grounder": g_fresh}
-  dpo_update = agents.make_dpo_update(p_graphdef, dpo_opt, beta=config.stage1.beta,
+  dpo_update = train.make_dpo_update(p_graphdef, dpo_opt, beta=config.stage1.beta,
                                       rpo_alpha=config.stage1.rpo_alpha)
   g_update = train.make_sft_update(g_graphdef, sft_opt)
   sep_p_update = train.make_sft_update(p_graphdef, sep_p_opt)
@@ -340,10 +342,10 @@ def run(config, workdir: str, *, stop_after: int | None = None, progress: bool =
       extras["stage_seconds"]["stage2"].append(s2["stage2/seconds"])
     else:  # the same number of updates, each agent alone on the gold set
       p_steps, g_steps = extras["budgets"][it]
-      p_state = agents.run_steps(sep_p_update, state["planner"], gold_p,
-                                 config.stage1.batch_size, p_steps, seed)
-      g_state = agents.run_steps(sep_g_update, state["grounder"], gold_g,
-                                 config.stage2.batch_size, g_steps, seed)
+      p_state, _, _ = train.train_minibatches(sep_p_update, state["planner"], gold_p,
+                                              config.stage1.batch_size, seed, steps=p_steps)
+      g_state, _, _ = train.train_minibatches(sep_g_update, state["grounder"], gold_g,
+                                              config.stage2.batch_size, seed, steps=g_steps)
       stats = {"planner_updates": p_steps, "grounder_updates": g_steps}
     state = {"planner": p_state, "grounder": g_state}
     scores = evaluate(state)

@@ -1,4 +1,9 @@
-"""Train state and jitted updates (GRPO family, SFT) with exact gradient accumulation.
+"""Train state, every jitted update and the minibatch loop, with exact gradient accumulation.
+
+Updates: `make_grpo_update` (GRPO family), `make_sft_update` (token-mean NLL),
+`make_weighted_update` (re-weighted EM M-step), `make_dpo_update` (DPO / RPO).
+Scoring under a frozen model: `reference_logprobs`, `answer_logliks`,
+`sequence_logps`. `train_minibatches` runs any update over shuffled batches.
 
 Everything compiled is a pure function: `update(state, batch) -> (state, metrics)`
 with `state = TrainState(params, opt_state, step)`. A batch of N rows is split into
@@ -13,15 +18,17 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 import chex
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from flax import nnx
 
 from alignax import objectives
+from alignax.framework import lora
 from alignax.framework.logprobs import fused_logprobs_and_entropy
 from alignax.framework.model import Decoder, KVCache
 
@@ -29,8 +36,8 @@ from alignax.framework.model import Decoder, KVCache
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass
 class TrainState:
-  params: Any     # nnx.State of the model's parameters
-  opt_state: Any  # optax state
+  params: Any     # nnx.State of the model's parameters (LoRA: base + adapters)
+  opt_state: Any  # optax state (of the trainable parameters only)
   step: jax.Array  # int32 scalar, optimiser updates done
 
 
@@ -49,10 +56,16 @@ def make_optimizer(learning_rate: float, *, warmup_steps: int = 0,
   return optax.chain(*chain)
 
 
+def trainable_params(params: nnx.State) -> nnx.State:
+  """The parameters an update trains: the LoRA adapters if the model has
+  any (`framework/lora.py`; the base stays frozen), else all of them."""
+  return lora.partition(params)[0] if lora.has_adapters(params) else params
+
+
 def init_train_state(model: Decoder, optimizer: optax.GradientTransformation):
-  """Returns (graphdef, TrainState) for `model`."""
+  """Returns (graphdef, TrainState) for `model` (optimiser state of `trainable_params`)."""
   graphdef, params = nnx.split(model)
-  return graphdef, TrainState(params, optimizer.init(params), jnp.int32(0))
+  return graphdef, TrainState(params, optimizer.init(trainable_params(params)), jnp.int32(0))
 
 
 def completion_logprobs(graphdef, params, sequences, attention_mask, completion_tokens, *,
@@ -68,7 +81,7 @@ def completion_logprobs(graphdef, params, sequences, attention_mask, completion_
   prompt_groups: G > 1 declares that rows g*G .. g*G + G - 1 share one prompt
     (tokens and mask; the sampler's `num_generations` layout). The prompt is
     then run once per group and its keys/values shared by the G completions
-    (Prefix Grouper, algorithms.md §4.5): same values and gradients, with the
+    (Prefix Grouper, docs/algorithms.md §4.5): same values and grads, with the
     prompt's share of the compute divided by G.
   """
   model = nnx.merge(graphdef, params)
@@ -76,7 +89,8 @@ def completion_logprobs(graphdef, params, sequences, attention_mask, completion_
   if prompt_groups > 1:
     hidden = _shared_prompt_hidden(model, sequences, attention_mask, c, prompt_groups)
   else:
-    hidden, _ = model.forward(sequences, attention_mask=attention_mask)
+    hidden, _ = model.forward(sequences, attention_mask=attention_mask,
+                              train=True)
     hidden = hidden[:, -c - 1:-1]
   return fused_logprobs_and_entropy(
       hidden, model.unembedding(), completion_tokens, temperature=temperature,
@@ -94,7 +108,7 @@ def _shared_prompt_hidden(model: Decoder, sequences, attention_mask, c: int, gro
   prompt_mask = attention_mask[::groups, :p]
   cache = KVCache.zeros(model.config, n // groups, length - 1)
   prompt_hidden, cache = model.forward(sequences[::groups, :p], attention_mask=prompt_mask,
-                                       cache=cache, cache_index=0)
+                                       cache=cache, cache_index=0, train=True)
   first = jnp.repeat(prompt_hidden[:, -1:], groups, axis=0)  # predicts completion token 0
   if c == 1:
     return first
@@ -104,7 +118,7 @@ def _shared_prompt_hidden(model: Decoder, sequences, attention_mask, c: int, gro
   prompt_len = jnp.repeat(prompt_mask.sum(axis=1), groups)
   positions = jnp.where(mask, prompt_len[:, None] + jnp.cumsum(mask, axis=1) - 1, 0)
   rest, _ = model.forward(sequences[:, p:-1], attention_mask=mask, positions=positions,
-                          cache=cache, cache_index=p)
+                          cache=cache, cache_index=p, train=True)
   return jnp.concatenate([first, rest], axis=1)
 
 
@@ -123,27 +137,41 @@ def accumulate_and_apply(state: TrainState, batch, terms_fn: Callable, optimizer
 
   Applies `sum grad(numerator) / max(sum normaliser, 1)` with the optimiser and
   returns (new state, metrics averaged over micro-batches, plus loss and
-  grad_norm).
+  grad_norm). With LoRA adapters only they are differentiated and updated; the
+  base is passed through (adapter dropout keys folded with step and micro-batch).
   """
-  grad_fn = jax.value_and_grad(terms_fn, has_aux=True)
+  if lora.has_adapters(state.params):
+    trainable, frozen = lora.partition(state.params)
+    def loss_fn(p, mb, i):
+      return terms_fn(lora.combine(p, lora.fold_dropout_keys(frozen, state.step, i)), mb)
+  else:
+    trainable, frozen = state.params, None
+    loss_fn = lambda p, mb, i: terms_fn(p, mb)
+  grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
 
-  def body(acc, mb):
-    (num, (den, metrics)), grads = grad_fn(state.params, mb)
+  def body(acc, indexed_mb):
+    (num, (den, metrics)), grads = grad_fn(trainable, indexed_mb[1], indexed_mb[0])
     g_acc, num_acc, den_acc, m_acc = acc
-    return (jax.tree.map(jnp.add, g_acc, grads), num_acc + num, den_acc + den,
+    g_acc = jax.tree.map(lambda a, g: a + g.astype(a.dtype), g_acc, grads)
+    return (g_acc, num_acc + num, den_acc + den,
             jax.tree.map(jnp.add, m_acc, metrics)), None
 
   micro = _split_micro(batch, micro_batches)
   first = jax.tree.map(lambda x: x[0], micro)
-  (_, (_, metrics_shape)) = jax.eval_shape(terms_fn, state.params, first)
-  zeros = jax.tree.map(jnp.zeros_like, state.params)
+  (_, (_, metrics_shape)) = jax.eval_shape(loss_fn, trainable, first, 0)
+  # Gradients accumulate in f32 whatever the parameter dtype, and are cast
+  # back to it, so bf16 parameters keep bf16 optimiser moments.
+  zeros = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), trainable)
   init = (zeros, jnp.float32(0), jnp.float32(0),
           jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), metrics_shape))
-  (grads, num, den, metrics), _ = jax.lax.scan(body, init, micro)
+  (grads, num, den, metrics), _ = jax.lax.scan(
+      body, init, (jnp.arange(micro_batches, dtype=jnp.int32), micro))
   scale = 1.0 / jnp.maximum(den, 1.0)
-  grads = jax.tree.map(lambda g: g * scale, grads)
-  updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
-  params = optax.apply_updates(state.params, updates)
+  grads = jax.tree.map(lambda g, p: (g * scale).astype(p.dtype), grads, trainable)
+  updates, opt_state = optimizer.update(grads, state.opt_state, trainable)
+  params = optax.apply_updates(trainable, updates)
+  if frozen is not None:
+    params = lora.combine(params, frozen)
   metrics = jax.tree.map(lambda m: m / micro_batches, metrics)
   metrics.update(loss=num * scale, grad_norm=optax.global_norm(grads))
   return TrainState(params, opt_state, state.step + 1), metrics
@@ -212,3 +240,177 @@ def reference_logprobs(graphdef, params, sequences, attention_mask, completion_t
   chex.assert_rank(sequences, 2)
   return completion_logprobs(graphdef, params, sequences, attention_mask, completion_tokens,
                              temperature=temperature)[0]
+
+
+# ------------------------------------------------------ re-weighted EM (M-step)
+def token_logprobs(graphdef, params, batch):
+  """log p(token_t | tokens_<t) [N, L-1] of the padded `batch["sequences"]` [N, L]."""
+  seq = batch["sequences"]
+  logp, _ = completion_logprobs(graphdef, params, seq, batch["attention_mask"], seq[:, 1:])
+  return logp
+
+
+def trim_padding(batch, multiple: int = 32):
+  """`batch` without the right-padding columns that no row uses.
+
+  Rows are right-padded to one fixed length; their longest real length,
+  rounded up to `multiple` (so that few shapes compile), is kept. Causal
+  attention makes the dropped columns irrelevant to the kept ones, so the
+  losses are unchanged; the cost follows the rows' real lengths.
+  """
+  full = batch["sequences"].shape[1]
+  used = int(np.asarray(batch["attention_mask"]).sum(axis=1).max(initial=1))
+  keep = min(full, -(-used // multiple) * multiple)
+  # [N, L] and [N, L-1] arrays lose the same columns; weights [N] are kept.
+  return {k: (v[:, :keep - (full - v.shape[1])] if np.ndim(v) == 2 else v)
+          for k, v in batch.items()}
+
+
+def make_weighted_update(graphdef, optimizer, micro_batches: int = 1):
+  """`update(state, batch)` minimising `weighted_sequence_nll` (EM M-step, docs/algorithms.md §6.3, §7.2).
+
+  batch: sequences [N, L], attention_mask [N, L], loss_mask [N, L-1]
+  (trainable next tokens), weights [N]. Each batch is first cut to its
+  longest row (`trim_padding`), so every caller pays for real lengths only.
+  Accumulates the numerator `sum_n w_n nll_n` and normaliser `sum_n w_n`
+  exactly over micro-batches.
+  """
+
+  def terms(params, mb):
+    logp = token_logprobs(graphdef, params, mb)
+    value, total = objectives.weighted_sequence_nll(logp, mb["loss_mask"], mb["weights"])
+    return value * total, (total, {})
+
+  @jax.jit
+  def step(state, batch):
+    return accumulate_and_apply(state, batch, terms, optimizer, micro_batches)
+
+  def update(state, batch):
+    return step(state, trim_padding(batch))
+
+  return update
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef",))
+def _answer_logliks(graphdef, params, batch):
+  return objectives.answer_loglik(token_logprobs(graphdef, params, batch),
+                                  batch["answer_mask"])
+
+
+def answer_logliks(graphdef, params, batch, chunk: int = 512) -> np.ndarray:
+  """Token-mean gold-answer log-likelihood [N] (`answer_loglik`, §6.2).
+
+  batch: sequences, attention_mask [N, L], answer_mask [N, L-1]. Rows are
+  scored shortest first, `chunk` at a time, each chunk trimmed to its own
+  length (`trim_padding`); the last chunk is filled up with repeated rows,
+  so every call has `chunk` rows.
+  """
+  n = len(batch["sequences"])
+  order = np.argsort(np.asarray(batch["attention_mask"]).sum(axis=1), kind="stable")
+  out = np.empty(n, np.float32)
+  for s in range(0, n, chunk):
+    idx = order[s:s + chunk]
+    rows = np.resize(idx, min(chunk, n))  # pads a short last chunk
+    part = trim_padding({k: np.asarray(v)[rows] for k, v in batch.items()})
+    out[idx] = np.asarray(_answer_logliks(graphdef, params, part))[:len(idx)]
+  return out
+
+
+# ------------------------------------------------------------------------ DPO
+_ROW_KEYS = ("sequences", "attention_mask", "completion_tokens", "completion_mask")
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef",))
+def sequence_logps(graphdef, params, batch):
+  """Summed completion log-probs [N] of a completion batch (the DPO reference)."""
+  logp, _ = completion_logprobs(graphdef, params, batch["sequences"],
+                                batch["attention_mask"], batch["completion_tokens"])
+  return objectives.sequence_logprobs(logp, batch["completion_mask"].astype(logp.dtype))
+
+
+def make_dpo_update(graphdef, optimizer, *, beta: float, loss_type: str = "sigmoid",
+                    rpo_alpha: float = 0.0, micro_batches: int = 1):
+  """Jitted DPO update. batch (B pairs): `chosen_*` and `rejected_*` rows
+  (sequences, attention_mask, completion_tokens, completion_mask) and
+  `ref_chosen`, `ref_rejected` [B] (`sequence_logps` under the frozen reference).
+
+  `rpo_alpha` > 0 adds `rpo_alpha *` the token-mean NLL of the chosen rows
+  (TRL's `rpo_alpha`; Pang et al. 2024, arXiv:2404.19733), which keeps the
+  chosen completions' likelihood from falling with the rejected ones'. The
+  metric `nll` is that NLL (logged whatever `rpo_alpha`).
+  """
+
+  def terms(params, mb):
+    b = mb["ref_chosen"].shape[0]
+    both = {k: jnp.concatenate([mb["chosen_" + k], mb["rejected_" + k]]) for k in _ROW_KEYS}
+    logp, _ = completion_logprobs(graphdef, params, both["sequences"],
+                                  both["attention_mask"], both["completion_tokens"])
+    seq = objectives.sequence_logprobs(logp, both["completion_mask"].astype(logp.dtype))
+    loss, metrics = objectives.dpo_loss(seq[:b], seq[b:], mb["ref_chosen"],
+                                        mb["ref_rejected"], beta=beta, loss_type=loss_type)
+    mask = both["completion_mask"][:b].astype(logp.dtype)
+    nll = -jnp.sum(logp[:b] * mask) / jnp.maximum(jnp.sum(mask), 1.0)
+    if rpo_alpha:
+      loss = loss + rpo_alpha * nll
+    return loss * b, (jnp.float32(b), {**metrics, "nll": nll})
+
+  @functools.partial(jax.jit, donate_argnums=0)
+  def update(state, batch):
+    return accumulate_and_apply(state, batch, terms, optimizer, micro_batches)
+
+  return update
+
+
+def dpo_batch(rows, chosen, rejected, ref_logps):
+  """DPO pairs from a completion batch `rows` (one row per sample), the
+  indices [B] of each pair's chosen and rejected rows, and the rows'
+  reference log-probs [N]."""
+  out = {}
+  for k, v in rows.items():
+    out["chosen_" + k] = np.asarray(v)[chosen]
+    out["rejected_" + k] = np.asarray(v)[rejected]
+  ref = np.asarray(ref_logps)
+  out["ref_chosen"], out["ref_rejected"] = ref[chosen], ref[rejected]
+  return out
+
+
+# ------------------------------------------------------------- minibatch loop
+def minibatch_indices(num_rows: int, batch_size: int, seed: int, *,
+                      epochs: int | None = None,
+                      steps: int | None = None) -> Iterator[np.ndarray]:
+  """Row indices [batch_size] of shuffled minibatches; give `epochs` or `steps`.
+
+  epochs=E: E passes, each over a fresh permutation wrapped round to whole
+    batches (the last batch of a pass takes rows from the pass's start).
+  steps=S: exactly S batches cycling over ONE permutation (a fixed update
+    budget, e.g. a baseline matched to another method's number of updates).
+  Nothing is yielded when `num_rows` is 0.
+  """
+  if (epochs is None) == (steps is None):
+    raise ValueError(f"give exactly one of epochs ({epochs}) and steps ({steps}).")
+  if num_rows == 0:
+    return
+  rng = np.random.RandomState(seed)
+  if steps is not None:
+    order = np.resize(rng.permutation(num_rows), max(steps, 1) * batch_size)
+    for s in range(steps):
+      yield order[s * batch_size:(s + 1) * batch_size]
+    return
+  for _ in range(epochs):
+    order = np.resize(rng.permutation(num_rows), -(-num_rows // batch_size) * batch_size)
+    for s in range(0, len(order), batch_size):
+      yield order[s:s + batch_size]
+
+
+def train_minibatches(update, state, batch: Mapping[str, np.ndarray], batch_size: int,
+                      seed: int, *, epochs: int | None = None, steps: int | None = None):
+  """Runs `update(state, minibatch)` over `minibatch_indices` of the rows of `batch`.
+
+  Returns (state, number of updates, the last update's metrics or {}).
+  """
+  num_rows = len(next(iter(batch.values())))
+  count, metrics = 0, {}
+  for idx in minibatch_indices(num_rows, batch_size, seed, epochs=epochs, steps=steps):
+    state, metrics = update(state, {k: v[idx] for k, v in batch.items()})
+    count += 1
+  return state, count, metrics

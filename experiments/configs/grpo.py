@@ -10,6 +10,9 @@ Presets: `default` (the main job: a few minutes on a laptop CPU) and `tiny`
 import ml_collections
 from ml_collections import config_dict
 
+from alignax.experiments.common import (boolean, directory_or_empty, integer, number,
+                                        one_of, optional)
+
 
 def get_config(preset: str = "default") -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
@@ -99,3 +102,61 @@ def get_config(preset: str = "default") -> ml_collections.ConfigDict:
   elif preset != "default":
     raise ValueError(f"Unknown preset {preset!r}; use 'default' or 'tiny'.")
   return c
+
+
+# What each key may hold, checked before any work (`common.validate_config`).
+_POS, _NONNEG = integer(1), integer(0)
+SCHEMA = {
+    "seed": _NONNEG,
+    "model_path": directory_or_empty(),
+    "task.name": one_of("alignax.agents.tasks:TASKS"),
+    "task.eval_size": _POS,
+    "task.reverse.min_len": _POS, "task.reverse.max_len": _POS,
+    "task.reverse.eval_fraction": number(0, 1, lo_open=True, hi_open=True),
+    "task.addition.num_digits": _POS, "task.addition.reverse_answer": boolean(),
+    "task.addition.eval_fraction": number(0, 1, lo_open=True, hi_open=True),
+    "model.hidden_size": _POS, "model.intermediate_size": _POS,
+    "model.num_layers": _POS, "model.num_heads": _POS, "model.num_kv_heads": _POS,
+    "model.max_position_embeddings": _POS, "model.tie_word_embeddings": boolean(),
+    "warmup.steps": _NONNEG, "warmup.batch_size": _POS,
+    "warmup.learning_rate": number(0, lo_open=True),
+    "warmup.flawed_fraction": number(0, 1),
+    "rollout.prompts_per_step": _POS,
+    "rollout.num_generations": integer(2),
+    "rollout.max_new_tokens": _POS,
+    "rollout.temperature": number(0, lo_open=True),
+    "rollout.top_k": _NONNEG,
+    "rollout.top_p": number(0, 1, lo_open=True),
+    "loss.loss_type": one_of("alignax.objectives:POLICY_LOSSES"),
+    "loss.advantage": one_of(("grpo", "dr_grpo", "rloo", "f_grpo")),
+    "loss.scale_rewards": one_of(("group", "batch", "none")),
+    "loss.epsilon_low": number(0), "loss.epsilon_high": number(0),
+    "loss.delta": optional(number(1)),
+    "loss.importance_sampling_level": one_of(("token", "sequence")),
+    "loss.beta": number(0), "loss.use_bias_correction_kl": boolean(),
+    "train.steps": _POS, "train.num_iterations": _POS, "train.micro_batches": _POS,
+    "train.learning_rate": number(0, lo_open=True), "train.warmup_steps": _NONNEG,
+    "train.max_grad_norm": number(0, lo_open=True),
+    "train.eval_every": _POS, "train.checkpoint_every": _POS,
+    "train.keep_checkpoints": _POS,
+    "mesh.data": _POS, "mesh.fsdp": _POS, "mesh.tensor": _POS,
+}
+
+
+def _check_micro_batches(c):
+  if c.rollout.prompts_per_step % c.train.micro_batches:
+    return (f"config.rollout.prompts_per_step={c.rollout.prompts_per_step} is not"
+            f" divisible by config.train.micro_batches={c.train.micro_batches}"
+            " (a micro-batch holds whole groups)")
+
+
+def _check_lengths(c):
+  if c.task.reverse.min_len > c.task.reverse.max_len:
+    return (f"config.task.reverse.min_len={c.task.reverse.min_len} exceeds"
+            f" config.task.reverse.max_len={c.task.reverse.max_len}")
+  if c.model.num_heads % c.model.num_kv_heads:
+    return (f"config.model.num_heads={c.model.num_heads} is not a multiple of"
+            f" config.model.num_kv_heads={c.model.num_kv_heads}")
+
+
+CHECKS = (_check_micro_batches, _check_lengths)

@@ -112,7 +112,7 @@ def test_grounder_scores_match_numpy(world, io_and_models):
     ce = -logp[np.arange(len(comp)), comp]
     want = ce.sum() / max((ce >= 1e-9).sum(), 1)
     np.testing.assert_allclose(got[i], want, rtol=2e-4)
-  # The count excludes tokens with CE < 1e-9 (spec §8.1); empty rows give 0.
+  # The count excludes tokens with CE < 1e-9 (docs/algorithms.md §8.1); empty rows give 0.
   logp = jnp.asarray([[-2.0, 0.0, -1.0, 0.0], [0.0, 0.0, 0.0, 0.0], [-1.0, -3.0, 0, 0]])
   mask = jnp.asarray([[1, 1, 1, 1], [1, 1, 0, 0], [0, 0, 0, 0]], jnp.float32)
   np.testing.assert_allclose(objectives.perplexity_scores(logp, mask, count_threshold=1e-9),
@@ -131,11 +131,11 @@ def test_dpo_update_loss_equals_trl_sigmoid(world, io_and_models):
   plans = [" ".join(mw.gold_subgoals(t).split()[:rng.randint(3, 12)]) for t in tasks]
   pb = io.planner_batch(tasks, plans)
   chosen, rejected = np.asarray([0, 2, 4, 6]), np.asarray([1, 3, 5, 7])
-  ref = agents.sequence_logps(graphdef, ref_params, pb)
-  batch = agents.dpo_batch(pb, chosen, rejected, ref)
+  ref = train.sequence_logps(graphdef, ref_params, pb)
+  batch = train.dpo_batch(pb, chosen, rejected, ref)
   opt = optax.sgd(0.0)
   _, state = train.init_train_state(planner, opt)
-  update = agents.make_dpo_update(graphdef, opt, beta=0.2)
+  update = train.make_dpo_update(graphdef, opt, beta=0.2)
   _, metrics = update(jax.tree.map(jnp.copy, state), batch)  # (the update donates)
   logp, _ = train.completion_logprobs(graphdef, params, pb["sequences"], pb["attention_mask"],
                                       pb["completion_tokens"])
@@ -150,7 +150,7 @@ def test_dpo_update_loss_equals_trl_sigmoid(world, io_and_models):
                              rtol=1e-4, atol=1e-6)
   # rpo_alpha adds alpha * the token-mean NLL of the chosen rows (NumPy).
   nll = -per_token[:len(chosen)].sum() / mask[:len(chosen)].sum()
-  update = agents.make_dpo_update(graphdef, opt, beta=0.2, rpo_alpha=0.5)
+  update = train.make_dpo_update(graphdef, opt, beta=0.2, rpo_alpha=0.5)
   _, m2 = update(jax.tree.map(jnp.copy, state), batch)
   np.testing.assert_allclose(float(m2["nll"]), nll, rtol=1e-4)
   np.testing.assert_allclose(float(m2["loss"]), t_loss + 0.5 * nll, rtol=1e-4)
@@ -324,7 +324,7 @@ def test_stage1_is_one_generate_and_one_scoring_pass(world, io_and_models, monke
   p_graphdef, p_state = train.init_train_state(planner, opt)
   g_graphdef, g_params = nnx.split(grounder)
   tasks = world.splits()[0][:6]
-  update = agents.make_dpo_update(p_graphdef, opt, beta=0.2)
+  update = train.make_dpo_update(p_graphdef, opt, beta=0.2)
   _, plans, stats = moat.stage1(p_graphdef, jax.tree.map(jnp.copy, p_state), g_graphdef, g_params, io, tasks,
                                 config, update, 0, None)
   assert calls == {"generate": 1, "score": 1}

@@ -94,7 +94,7 @@ def test_weighted_update_accumulation_is_exact(tiny_run):
   outs = []
   for micro in (1, 2):
     graphdef, state = train.init_train_state(model, opt)
-    update = exsearch.make_weighted_update(graphdef, opt, micro)
+    update = train.make_weighted_update(graphdef, opt, micro)
     outs.append(update(state, batch)[0])
   for a, b in zip(jax.tree.leaves(outs[0].params), jax.tree.leaves(outs[1].params)):
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-5)
@@ -116,10 +116,10 @@ def test_trimmed_chunked_answer_logliks_equal_full_length(tiny_run):
   answer = (attn[:, 1:] & (np.arange(1, full)[None] >= lengths[:, None] - 3)).astype(np.float32)
   batch = dict(sequences=seq, attention_mask=attn, loss_mask=answer, answer_mask=answer,
                weights=np.ones(n, np.float32))
-  trimmed = exsearch.trim_padding(batch)
+  trimmed = train.trim_padding(batch)
   assert trimmed["sequences"].shape == (n, 64) and trimmed["answer_mask"].shape == (n, 63)
-  want = np.asarray(exsearch._answer_logliks(graphdef, state.params, batch))  # pylint: disable=protected-access
-  got = exsearch.answer_logliks(graphdef, state.params, batch, chunk=3)
+  want = np.asarray(train._answer_logliks(graphdef, state.params, batch))  # pylint: disable=protected-access
+  got = train.answer_logliks(graphdef, state.params, batch, chunk=3)
   np.testing.assert_allclose(got, want, atol=1e-5)
   assert np.all(np.isfinite(got)) and len(set(np.round(got, 4))) > 1
 

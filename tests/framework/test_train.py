@@ -78,7 +78,7 @@ def _grouped_batch(groups, prompts=2, p=6, c=5, vocab=32, seed=1):
 
 @pytest.mark.parametrize("c", [5, 1])
 def test_shared_prompt_forward_matches_full_rows(c):
-  """Prefix Grouper (algorithms.md §4.5): running each group's prompt once gives
+  """Prefix Grouper (docs/algorithms.md §4.5): one prompt run per group gives
   the per-row forward's log-probs, entropies and parameter gradients (1e-5)."""
   config = ModelConfig(vocab_size=32, hidden_size=32, intermediate_size=64, num_layers=2,
                        num_heads=4, num_kv_heads=2, qkv_bias=True)
@@ -130,3 +130,53 @@ def test_shared_prompt_groups_must_divide_rows():
   with pytest.raises(ValueError, match="prompt_groups=3"):
     train.completion_logprobs(graphdef, params, b["sequences"], b["attention_mask"],
                               b["completion_tokens"], prompt_groups=3)
+
+
+def _old_epochs(n, batch_size, epochs, seed):
+  """The loop the EM binaries and MOAT stages used (NumPy re-statement)."""
+  rng = np.random.RandomState(seed)
+  out = []
+  for _ in range(epochs):
+    order = np.resize(rng.permutation(n), -(-n // batch_size) * batch_size)
+    out += [order[s:s + batch_size] for s in range(0, len(order), batch_size)]
+  return out
+
+
+def _old_steps(n, batch_size, steps, seed):
+  order = np.resize(np.random.RandomState(seed).permutation(n), max(steps, 1) * batch_size)
+  return [order[s * batch_size:(s + 1) * batch_size] for s in range(steps)]
+
+
+@pytest.mark.parametrize("n,batch_size,count", [(10, 4, 3), (8, 4, 2), (3, 5, 1), (7, 2, 0)])
+def test_minibatch_indices_epochs_and_steps(n, batch_size, count):
+  got = list(train.minibatch_indices(n, batch_size, 5, epochs=count))
+  want = _old_epochs(n, batch_size, count, 5)
+  assert len(got) == len(want) and all(np.array_equal(a, b) for a, b in zip(got, want))
+  assert all(len(i) == batch_size for i in got)
+  got = list(train.minibatch_indices(n, batch_size, 5, steps=count))
+  want = _old_steps(n, batch_size, count, 5)
+  assert len(got) == count and all(np.array_equal(a, b) for a, b in zip(got, want))
+  # Every pass visits every row.
+  if count:
+    per_pass = -(-n // batch_size)
+    first = np.concatenate(list(train.minibatch_indices(n, batch_size, 5, epochs=1)))
+    assert len(first) == per_pass * batch_size and set(first) == set(range(n))
+  assert list(train.minibatch_indices(0, batch_size, 5, epochs=2)) == []
+  with pytest.raises(ValueError, match="exactly one"):
+    list(train.minibatch_indices(n, batch_size, 5, epochs=1, steps=1))
+
+
+def test_train_minibatches_counts_updates_and_returns_last_metrics():
+  batch = {"x": np.arange(10.0), "y": np.arange(10.0) * 2}
+  seen = []
+
+  def update(state, mb):
+    assert np.array_equal(mb["y"], mb["x"] * 2)  # rows stay aligned across keys
+    seen.append(mb["x"])
+    return state + 1, {"last": mb["x"][0]}
+
+  state, count, metrics = train.train_minibatches(update, 0, batch, 4, 1, epochs=2)
+  assert state == count == 6 and metrics == {"last": seen[-1][0]}
+  state, count, metrics = train.train_minibatches(update, 0, {"x": np.zeros(0)}, 4, 1,
+                                                  steps=3)
+  assert (state, count, metrics) == (0, 0, {})
