@@ -325,7 +325,8 @@ def _check_config(config):
 def prepare(config, workdir: str):
   """Everything that can fail on bad input, checked before any compilation:
   config, reward functions, tokenizer and data. Returns (task, rewards,
-  tokenizer, (train, eval) data)."""
+  (train data, eval data or None))."""
+  common.validate_config(config, DEFAULT_CONFIG)
   _check_config(config)
   task = tasks.make_task(config.task.name, seed=config.seed,
                          **config.task.get(config.task.name, {}))
