@@ -148,3 +148,32 @@ def test_llama32_cli_parquet_save_to_disk_trl_reward_resume_and_export(files, tm
   assert sorted(a) == sorted(b)
   for k in a:
     np.testing.assert_array_equal(a[k], b[k])
+
+
+@pytest.mark.parametrize("overrides,error,match", [
+    ({"data.train": "missing.jsonl"}, FileNotFoundError, "config.data.train='missing.jsonl'"),
+    ({"data.format": "csv"}, Exception, "data.format='csv'"),
+    ({"reward.functions": "exact_match,acuracy"}, Exception,
+     r"unknown reward function 'acuracy'; registered: \['boxed_format', 'exact_match'"),
+    ({"reward.functions": "nowhere.py:f"}, FileNotFoundError, "no file 'nowhere.py'"),
+    ({"reward.weights": "1.0,2.0"}, ValueError, "weights has 2 values but .* 1 functions"),
+    ({"eval.accuracy_reward": "think_format"}, ValueError, "accuracy_reward='think_format'"),
+])
+def test_bad_input_fails_before_any_compilation(files, tmp_path, overrides, error, match):
+  ov = {"data.train": files["jsonl"], "data.prompt_field": "question",
+        "data.answer_field": "value", "reward.functions": "exact_match", **overrides}
+  with pytest.raises(error, match=match):
+    grpo.run(tiny(**ov), str(tmp_path), progress=False)
+  assert not os.path.exists(tmp_path / "init_model")  # nothing was built or compiled
+
+
+def test_bad_rows_fail_before_any_compilation(files, tmp_path):
+  path = user_fixtures.write_jsonl(tmp_path / "d.jsonl", [{"prompt": "1+1", "answer": "2"},
+                                                          {"prompt": "2+2"}])
+  with pytest.raises(ValueError, match=r"d.jsonl, row 1: field 'answer' is missing"):
+    grpo.run(tiny(**{"data.train": path}), str(tmp_path / "w"), progress=False)
+  (tmp_path / "empty.jsonl").write_text("")
+  with pytest.raises(ValueError, match="holds no rows|could not be read"):
+    grpo.run(tiny(**{"data.train": str(tmp_path / "empty.jsonl")}), str(tmp_path / "w"),
+             progress=False)
+  assert not os.path.exists(tmp_path / "w" / "init_model")
