@@ -118,7 +118,8 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
 
 
 def test_missing_model_path(tmp_path):
-  with pytest.raises(FileNotFoundError, match="model_path"):
+  # The config check (a ConfigError, a ValueError) names it before any work.
+  with pytest.raises((FileNotFoundError, ValueError), match="model_path.*existing directory"):
     grpo.run(tiny(model_path=str(tmp_path / "nope")), str(tmp_path / "w"), progress=False)
 
 
