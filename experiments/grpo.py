@@ -274,7 +274,12 @@ def _advantage_rewards(total: np.ndarray, group_size: int) -> tuple[np.ndarray, 
 
 
 def rollout(graphdef, params, policy: Policy, data, config, step, ref_params):
-  """Samples a group batch for `step` and returns (batch, metrics, host seconds)."""
+  """Samples a group batch for `step` and returns (batch, metrics, host seconds).
+
+  Host seconds: the data and reward work (drawing rows, decoding completions,
+  calling the reward functions, None handling), timed for the overhead figure
+  (benchmarks/grpo_host_overhead.py).
+  """
   r = config.rollout
   t0 = time.perf_counter()
   rows = data.indices(config.seed, step, r.prompts_per_step)
@@ -285,6 +290,7 @@ def rollout(graphdef, params, policy: Policy, data, config, step, ref_params):
       seed=jax.random.fold_in(jax.random.key(config.seed), step))
   t0 = time.perf_counter()
   rewards, unscorable = _advantage_rewards(result.total, r.num_generations)
+  host = host + score_seconds + time.perf_counter() - t0
   advantages = ADVANTAGES[config.loss.advantage](jnp.asarray(rewards), r.num_generations,
                                                  config.loss)
   if unscorable.any():
@@ -305,13 +311,13 @@ def rollout(graphdef, params, policy: Policy, data, config, step, ref_params):
       "train/reward_std_in_group": float(grouped.std(axis=1).mean()),
       "train/solved_groups": float((grouped.max(axis=1) > 0).mean()),
       "train/completion_length": float(np.asarray(gen.mask).sum(1).mean())})
-  return batch, metrics, host + score_seconds + time.perf_counter() - t0
+  return batch, metrics, host
 
 
 def prepare(config, workdir: str):
   """Everything that can fail on bad input, checked before any compilation:
   config, reward functions, tokenizer and data. Returns (task, rewards,
-  tokenizer, (train, eval) data)."""
+  (train data, eval data or None))."""
   common.validate_config(config, DEFAULT_CONFIG)
   task = tasks.make_task(config.task.name, seed=config.seed,
                          **config.task.get(config.task.name, {}))

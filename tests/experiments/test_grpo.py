@@ -1,6 +1,7 @@
 """The GRPO binary on the `tiny` preset: outputs, exact resume, mesh, errors."""
 import json
 import os
+import re
 import subprocess
 import sys
 
