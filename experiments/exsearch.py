@@ -28,7 +28,6 @@ resumes after the last one).
 from __future__ import annotations
 
 import os
-import shutil
 import time
 from typing import Callable
 
@@ -43,7 +42,7 @@ from alignax.agents import metrics as metrics_lib
 from alignax.agents import qa_data, qa_world, retrieval
 from alignax.agents import rollout as rollout_lib
 from alignax.experiments import common
-from alignax.framework import checkpoint, experiment, hf, train
+from alignax.framework import experiment, train
 from alignax.framework.config import ModelConfig
 from alignax.framework.model import Decoder
 
@@ -171,25 +170,21 @@ def warm_up(model, agent, examples, config):
 
 
 def build_policy(config, workdir, dataset, retriever):
-  """Loads `<workdir>/init_model`, or builds, warm-starts and saves it."""
-  path = os.path.join(workdir, "init_model")
-  if not os.path.exists(os.path.join(path, "model.safetensors")):
-    tmp = path + ".tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tokenizer = qa_data.train_word_tokenizer(qa_world.vocabulary_text(dataset), tmp)
+  """Loads `<workdir>/init_model`, or builds, warm-starts and saves it first."""
+
+  def build():
+    tokenizer = qa_data.train_word_tokenizer(qa_world.vocabulary_text(dataset))
     model_config = ModelConfig(
         vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id,
         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
         **config.model.to_dict())
-    agent = Agent(tokenizer, retriever, config)
-    model = warm_up(Decoder(model_config, seed=config.seed), agent,
+    model = warm_up(Decoder(model_config, seed=config.seed), Agent(tokenizer, retriever, config),
                     dataset.train[:config.warmup.num_oracle], config)
-    hf.save_pretrained(model, tmp)
-    shutil.rmtree(path, ignore_errors=True)
-    os.replace(tmp, path)
-  model = hf.from_pretrained(path)
-  tokenizer = hf.load_tokenizer(path, model.config)
-  return model, Agent(tokenizer, retriever, config)
+    return {"policy": model}, tokenizer
+
+  models, tokenizer = common.build_or_load_hf(
+      {"policy": os.path.join(workdir, "init_model")}, build)
+  return models["policy"], Agent(tokenizer, retriever, config)
 
 
 def e_step(graphdef, params, agent, examples, method, config, key):
@@ -247,73 +242,42 @@ def run(config, workdir: str, *, stop_after: int | None = None, progress: bool =
   optimizer = train.make_optimizer(em.learning_rate, total_steps=None)
   graphdef, fresh = train.init_train_state(model, optimizer)
   update = train.make_weighted_update(graphdef, optimizer, em.micro_batches)
-  methods, iters = list(config.methods), em.num_iterations
+  # E-step questions start after the warm-up's oracle questions, so that
+  # iteration 1 is not scored on questions the warm-up saw solved.
+  pool = dataset.train[config.warmup.num_oracle:]
 
-  ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"), max_to_keep=2)
-  restored = ckpt.restore_latest(fresh)
-  if restored is None:
-    done, state = 0, fresh
-    before = evaluate(graphdef, fresh.params, agent, held_out)
-    extras = {"before": before, "curves": {m: [] for m in methods},
-              "seconds": time.perf_counter() - t0}
-  else:
-    done, state, extras = restored
-  common.truncate_metrics(workdir, done)
-  writer = experiment.MetricWriter(workdir)
-  if restored is None:
-    writer.write(0, {f"{m}/{k}": v for m in methods for k, v in before.items()})
+  def start():
+    return {"before": evaluate(graphdef, fresh.params, agent, held_out),
+            "seconds": time.perf_counter() - t0}
 
-  total = len(methods) * iters
-  end = total if stop_after is None else min(total, done + stop_after)
-  bar = tqdm.tqdm(range(done, end), initial=done, total=total, desc="EM", disable=not progress)
-  for phase in bar:
-    method, it = methods[phase // iters], phase % iters
-    if it == 0:
-      state = jax.tree.map(jnp.copy, fresh)  # every method starts from the warm-up model
-    t1 = time.perf_counter()
-    # E-step questions start after the warm-up's oracle questions, so that
-    # iteration 1 is not scored on questions the warm-up saw solved.
-    q, pool = em.questions_per_iteration, dataset.train[config.warmup.num_oracle:]
-    start = (it * q) % max(len(pool) - q + 1, 1)
-    examples = pool[start:start + q]
-    key = jax.random.fold_in(jax.random.key(config.seed), phase)
+  def phase(state, method, it, index, extras):
+    del extras
+    examples = common.iteration_slice(pool, it, em.questions_per_iteration)
+    key = jax.random.fold_in(jax.random.key(config.seed), index)
     batch, stats = e_step(graphdef, state.params, agent, examples, method, config, key)
-    state, _, _ = train.train_minibatches(update, state, batch, em.batch_size, config.seed + phase,
-                                         epochs=em.epochs)
-    scores = evaluate(graphdef, state.params, agent, held_out)
-    extras["curves"][method].append(scores)
-    extras["seconds"] += time.perf_counter() - t1
-    writer.write(phase + 1, {"iteration": it + 1,
-                             **{f"{method}/{k}": v for k, v in {**stats, **scores}.items()}})
-    bar.set_postfix(method=method, em=f"{scores['eval/em']:.1f}")
-    ckpt.save(phase + 1, state, extras)
-  writer.close()
-  ckpt.close()
-  finished = end == total
-  common.plot_per_iteration(workdir, "em.png", extras["curves"], lambda _: extras["before"],
-                     "EXSEARCH vs baselines (held-out)")
-  summary = _summary(extras, methods)
-  if finished:
-    experiment.write_summary(workdir, summary)
-  return summary
+    state, _, _ = train.train_minibatches(update, state, batch, em.batch_size,
+                                          config.seed + index, epochs=em.epochs)
+    return state, stats, evaluate(graphdef, state.params, agent, held_out)
 
+  start_scores = lambda extras, method: extras["before"]
+  methods = list(config.methods)
 
-def _summary(extras, methods):
-  """summary.json: EXSEARCH's keys bare, each baseline's prefixed by its name."""
-  before = extras["before"]
-  out = {"no_em/eval/em": before["eval/em"], "no_em/eval/f1": before["eval/f1"],
-         "train/seconds": extras["seconds"]}
-  for m in methods:
-    curve = extras["curves"][m]
-    prefix = "" if m == "exsearch" else f"{m}/"
-    last = curve[-1] if curve else before
-    out.update({f"{prefix}eval/em_before": before["eval/em"],
-                f"{prefix}eval/f1_before": before["eval/f1"],
-                f"{prefix}eval/em_after": last["eval/em"],
-                f"{prefix}eval/f1_after": last["eval/f1"],
-                f"{prefix}eval/em_per_iteration": [c["eval/em"] for c in curve],
-                f"{prefix}eval/f1_per_iteration": [c["eval/f1"] for c in curve]})
-  return out
+  def summarize(extras):
+    """EXSEARCH's keys bare, each baseline's prefixed by its name."""
+    before = extras["before"]
+    return {"no_em/eval/em": before["eval/em"], "no_em/eval/f1": before["eval/f1"],
+            "train/seconds": extras["seconds"],
+            **common.per_method_summary(extras, methods, "exsearch",
+                                        {"em": "eval/em", "f1": "eval/f1"}, start_scores)}
+
+  plot = lambda extras: common.plot_per_iteration(
+      workdir, "em.png", extras["curves"], lambda _: extras["before"],
+      {"eval/em": "held-out EM", "eval/f1": "held-out F1"}, "EXSEARCH vs baselines (held-out)",
+      xlabel="EM iteration (0 = warm-up only)")
+  return common.run_phases(workdir, fresh, methods, em.num_iterations, start=start,
+                           start_scores=start_scores, phase=phase, summarize=summarize,
+                           plot=plot, desc="EM", postfix={"em": "eval/em"},
+                           stop_after=stop_after, progress=progress)
 
 
 if __name__ == "__main__":

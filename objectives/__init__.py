@@ -65,7 +65,9 @@ from alignax.objectives.dpo import dpo_loss
 from alignax.objectives.dpo import perplexity_scores
 from alignax.objectives.dpo import sequence_logprobs
 from alignax.objectives.em import answer_loglik
+from alignax.objectives.em import dro_weights
 from alignax.objectives.em import em_weights
+from alignax.objectives.em import first_occurrences
 from alignax.objectives.em import segment_em_weights
 from alignax.objectives.em import weighted_sequence_nll
 from alignax.objectives.mgda import gram_from_grads
