@@ -12,6 +12,8 @@ from typing import Sequence
 
 import numpy as np
 
+from alignax.objectives.registry import Registry
+
 PAD, BOS, EOS, UNK = "<pad>", "<s>", "</s>", "<unk>"
 SPECIAL_TOKENS = (PAD, BOS, EOS, UNK)  # ids 0..3, in this order
 
@@ -22,7 +24,7 @@ class Problem:
   answer: str  # e.g. "132"
 
 
-class Task:
+class VerifiableTask:
   """A deterministic verifiable task: problems by (split, batch index).
 
   Subclasses define `sample(rng) -> Problem`; a problem belongs to the held-out
@@ -64,7 +66,7 @@ class Task:
 
 
 @dataclasses.dataclass(frozen=True)
-class AdditionTask(Task):
+class AdditionTask(VerifiableTask):
   """`a+b=` with `num_digits`-digit operands; the answer is the sum."""
 
   num_digits: int = 2
@@ -90,7 +92,7 @@ class AdditionTask(Task):
 
 
 @dataclasses.dataclass(frozen=True)
-class ReverseTask(Task):
+class ReverseTask(VerifiableTask):
   """`d1 d2 ... dn>` -> the digits reversed, n in [min_len, max_len]."""
 
   min_len: int = 3
@@ -110,12 +112,12 @@ class ReverseTask(Task):
 
 # Tasks a config can name (config.task.name); the other config.task fields are
 # passed to the class.
-TASKS = {"addition": AdditionTask, "reverse": ReverseTask}
+TASKS = Registry("task")
+TASKS.add("addition", AdditionTask)
+TASKS.add("reverse", ReverseTask)
 
 
-def make_task(name: str, **kwargs) -> Task:
-  if name not in TASKS:
-    raise ValueError(f"Unknown task {name!r}; choose one of {sorted(TASKS)}.")
+def make_task(name: str, **kwargs) -> VerifiableTask:
   return TASKS[name](**kwargs)
 
 
@@ -124,7 +126,7 @@ def exact_match_reward(completion: str, answer: str) -> float:
   return float(completion.strip() == answer)
 
 
-def train_tokenizer(task: Task, path: str | None = None):
+def train_tokenizer(task: VerifiableTask, path: str | None = None):
   """Trains a character-level tokenizer on the task's symbols.
 
   Returns a `transformers.PreTrainedTokenizerFast` (saved to `path` if given).

@@ -145,15 +145,16 @@ def iteration_slice(pool: Sequence, iteration: int, count: int) -> Sequence:
   return pool[start:start + count]
 
 
-def run_phases(workdir: str, fresh, methods: Sequence[str], iterations: int, *,
+def run_phases(workdir: str, fresh, phases: Mapping[str, Callable], iterations: int, *,
                start: Callable[[], dict], start_scores: Callable[[dict, str], dict],
-               phase: Callable, summarize: Callable[[dict], dict],
-               plot: Callable[[dict], Any], desc: str, postfix: Mapping[str, str],
-               stop_after: int | None = None, progress: bool = True) -> dict:
-  """The resumable loop of the EM binaries: each method of `methods` runs
-  `iterations` phases from a copy of the warm-up state `fresh` (a pytree).
+               summarize: Callable[[dict], dict], plot: Callable[[dict], Any], desc: str,
+               postfix: Mapping[str, str], stop_after: int | None = None,
+               progress: bool = True) -> dict:
+  """The resumable loop of the EM binaries: each method of `phases` {method:
+  phase}, in order, runs `iterations` phases from a copy of the warm-up state
+  `fresh` (a pytree).
 
-  A phase is `phase(state, method, iteration, index, extras) -> (state, stats,
+  A phase is `phase(state, iteration, index, extras) -> (state, stats,
   scores)` (index = phase number over all methods; `scores` its held-out
   evaluation). After every phase the state and `extras` (a JSON-able dict
   the phases may update) are checkpointed under `workdir/checkpoints`, and the
@@ -173,6 +174,7 @@ def run_phases(workdir: str, fresh, methods: Sequence[str], iterations: int, *,
   import tqdm  # pylint: disable=g-import-not-at-top
   from alignax.framework import checkpoint, experiment  # pylint: disable=g-import-not-at-top
 
+  methods = list(phases)
   ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"), max_to_keep=2)
   restored = ckpt.restore_latest(fresh)
   if restored is None:
@@ -192,7 +194,7 @@ def run_phases(workdir: str, fresh, methods: Sequence[str], iterations: int, *,
     if it == 0:
       state = jax.tree.map(jnp.copy, fresh)  # every method starts from the warm-up
     t0 = time.perf_counter()
-    state, stats, scores = phase(state, method, it, index, extras)
+    state, stats, scores = phases[method](state, it, index, extras)
     extras["curves"][method].append(scores)
     extras["seconds"] += time.perf_counter() - t0
     writer.write(index + 1, {"iteration": it + 1,

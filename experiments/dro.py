@@ -39,8 +39,11 @@ summary.json, checkpoints/ (one per method iteration; a re-run resumes).
 """
 from __future__ import annotations
 
+import dataclasses
+import functools
 import os
 import time
+from typing import Callable
 
 import jax
 import numpy as np
@@ -55,56 +58,98 @@ from alignax.experiments import common
 from alignax.framework import experiment, train
 from alignax.framework.config import ModelConfig
 from alignax.framework.model import Decoder
+from alignax.objectives.registry import Registry
 
 DEFAULT_CONFIG = os.path.join(os.path.dirname(__file__), "configs", "dro.py")
-METHODS = ("dro", "bm25_top5", "rejection_sft")
 ROLES = dro_agents.ROLES
 
 
 # ------------------------------------------------------------------ E-step
-def e_step(graphdef, states, roles, fmt, examples, method, config, key, lengths):
-  """Samples, scores and weights selections. Returns ({role: M-step batch}, stats)."""
-  em, q = config.em, len(examples)
-  if method == "bm25_top5":  # the generator on BM25's top_k, weight 1, no selector
-    rows = [fmt.generator_row(e, fmt.docs(e, range(fmt.num))) for e in examples]
-    return {"generator": fmt.batch(rows, lengths[1])}, {}
-  m = em.num_samples
+@dataclasses.dataclass(frozen=True)
+class Selections:
+  """m sampled selections of each of q questions, rows question-major."""
+  num_questions: int  # q
+  examples: list      # [q*m] the question of each row
+  question_ids: np.ndarray  # [q*m] in [0, q)
+  outputs: list       # [q*m] selector output token lists
+  passages: list      # [q*m] passage indices given to the generator
+  keep: np.ndarray    # [q*m] False for a repeat of the question's output
+  valid: np.ndarray   # [q*m] False for a malformed output
+  log_likelihoods: np.ndarray  # [q*m] the gold answer's, given the passages
+
+
+def _dro_weighting(s: Selections, em, answer_fn):
+  del answer_fn
+  return np.asarray(objectives.dro_weights(
+      s.log_likelihoods, s.question_ids, s.num_questions, s.keep, s.valid,
+      temperature=em.temperature, renormalize_after_filter=em.renormalize_after_filter),
+                    np.float32), {}
+
+
+def _rejection_weighting(s: Selections, em, answer_fn):
+  """1 for the de-duplicated, well-formed selections whose greedy answer is right."""
+  del em
+  preds = answer_fn(s.examples, s.passages)
+  correct = np.asarray([metrics_lib.exact_match(p, e.answers)
+                        for p, e in zip(preds, s.examples)], np.float32)
+  return ((correct * s.keep * s.valid).astype(np.float32),
+          {"train/sample_em": 100.0 * float(correct.mean())})
+
+
+def selection_e_step(graphdef, states, roles, fmt, examples, config, key, lengths, *,
+                     weighting):
+  """Samples, scores and weights selections (`weighting(Selections, em,
+  answer_fn) -> (weights [q*m], stats)`). Returns ({role: M-step batch}, stats)."""
+  em, q, m = config.em, len(examples), config.em.num_samples
   rows_ex = [e for e in examples for _ in range(m)]
   qids = np.repeat(np.arange(q), m)
   outs, perms, valid = dro_agents.select(
       graphdef, states[roles["selector"]].params, fmt, examples, key, repeats=m,
       temperature=config.selector.temperature, top_p=config.selector.top_p)
-  keep = objectives.first_occurrences(outs, qids)
   passages = [fmt.docs(e, p) for e, p in zip(rows_ex, perms)]
   gen = fmt.batch([fmt.generator_row(e, p) for e, p in zip(rows_ex, passages)], lengths[1])
   ll = np.asarray(train.answer_logliks(graphdef, states[roles["generator"]].params, gen))
+  sample = Selections(q, rows_ex, qids, outs, passages,
+                      objectives.first_occurrences(outs, qids), valid, ll)
+  answer_fn = lambda exs, docs: dro_agents.answers(
+      graphdef, states[roles["generator"]].params, fmt, exs, docs)
+  w, extra = weighting(sample, em, answer_fn)
   gold = [set(fmt.world.gold[e.id]) for e in rows_ex]
   recall = np.asarray([g <= set(p) for g, p in zip(gold, passages)], np.float32)
-  if method == "dro":
-    w = np.asarray(objectives.dro_weights(
-        ll, qids, q, keep, valid, temperature=em.temperature,
-        renormalize_after_filter=em.renormalize_after_filter), np.float32)
-    correct = None
-  else:  # rejection_sft
-    preds = dro_agents.answers(graphdef, states[roles["generator"]].params, fmt, rows_ex,
-                               passages)
-    correct = np.asarray([metrics_lib.exact_match(p, e.answers)
-                          for p, e in zip(preds, rows_ex)], np.float32)
-    w = (correct * keep * valid).astype(np.float32)
   sel = fmt.batch([fmt.selector_row(e, o) for e, o in zip(rows_ex, outs)], lengths[0], w)
   gen["weights"] = w
   take = w > em.min_weight
   batches = {"selector": {k: v[take] for k, v in sel.items()},
              "generator": {k: v[take] for k, v in gen.items()}}
   stats = {"train/valid_rankings": 100.0 * float(valid.mean()),
-           "train/unique_per_question": float(keep.sum() / q),
+           "train/unique_per_question": float(sample.keep.sum() / q),
            "train/sample_gold_recall": 100.0 * float(recall.mean()),
            "train/answer_loglik": float(np.nanmean(ll)),
            "train/weight_max": float(np.max(w.reshape(q, m), axis=1).mean()),
-           "train/rows_trained": float(take.sum())}
-  if correct is not None:
-    stats["train/sample_em"] = 100.0 * float(correct.mean())
+           "train/rows_trained": float(take.sum()), **extra}
   return batches, stats
+
+
+def bm25_e_step(graphdef, states, roles, fmt, examples, config, key, lengths):
+  """The generator on BM25's top_k, weight 1, no selector."""
+  del graphdef, states, roles, config, key
+  rows = [fmt.generator_row(e, fmt.docs(e, range(fmt.num))) for e in examples]
+  return {"generator": fmt.batch(rows, lengths[1])}, {}
+
+
+@dataclasses.dataclass(frozen=True)
+class Method:
+  """A method of config.methods: its E-step and how it is evaluated."""
+  e_step: Callable  # (graphdef, states, roles, fmt, examples, config, key, lengths)
+  eval_mode: str    # "selector" (greedy selection) or "bm25" (BM25's top_k)
+
+
+METHODS = Registry("DRO method")
+METHODS.add("dro", Method(functools.partial(selection_e_step, weighting=_dro_weighting),
+                          "selector"))
+METHODS.add("bm25_top5", Method(bm25_e_step, "bm25"))
+METHODS.add("rejection_sft", Method(
+    functools.partial(selection_e_step, weighting=_rejection_weighting), "selector"))
 
 
 # ------------------------------------------------------------------ warm-up
@@ -296,18 +341,17 @@ def run(config, workdir: str, *, stop_after: int | None = None, progress: bool =
   def start():
     t1 = time.perf_counter()
     before = {"selector": evaluate(fresh, "selector")}
-    if "bm25_top5" in methods:
-      before["bm25"] = evaluate(fresh, "bm25")
+    for mode in sorted({METHODS[m].eval_mode for m in methods} - {"selector"}):
+      before[mode] = evaluate(fresh, mode)
     return {"before": before, "seconds": time.perf_counter() - t0,
             "timings": {"warmup": t_warm, "e_step": 0.0, "m_step": 0.0,
                         "eval": time.perf_counter() - t1}}
 
-  def phase(states, method, it, index, extras):
+  def phase(states, it, index, extras, *, method):
     t1 = time.perf_counter()
     examples = common.iteration_slice(pool, it, em.questions_per_iteration)
     key = jax.random.fold_in(jax.random.key(config.seed), index)
-    batches, stats = e_step(graphdef, states, roles, fmt, examples, method, config, key,
-                            lengths)
+    batches, stats = method.e_step(graphdef, states, roles, fmt, examples, config, key, lengths)
     t2 = time.perf_counter()
     states = dict(states)
     for role, batch in batches.items():
@@ -316,13 +360,13 @@ def run(config, workdir: str, *, stop_after: int | None = None, progress: bool =
                                                    config.seed + index, epochs=em.epochs)
     jax.block_until_ready(states)  # updates run asynchronously: time them here
     t3 = time.perf_counter()
-    scores = evaluate(states, _mode(method))
+    scores = evaluate(states, method.eval_mode)
     for k, v in (("e_step", t2 - t1), ("m_step", t3 - t2), ("eval", time.perf_counter() - t3)):
       extras["timings"][k] += v
     return states, {"time/e_step": t2 - t1, "time/m_step": t3 - t2, **stats}, scores
 
   # Each method starts from its own warm-up evaluation (bm25_top5 has its own).
-  start_scores = lambda extras, method: extras["before"][_mode(method)]
+  start_scores = lambda extras, method: extras["before"][METHODS[method].eval_mode]
 
   def summarize(extras):
     """DRO's keys bare, each baseline's prefixed by its name."""
@@ -336,14 +380,11 @@ def run(config, workdir: str, *, stop_after: int | None = None, progress: bool =
       workdir, "em.png", extras["curves"], lambda m: start_scores(extras, m),
       {"eval/em": "held-out EM", "eval/f1": "held-out F1"}, "DRO vs baselines (held-out)",
       xlabel="EM iteration (0 = warm-up only)")
-  return common.run_phases(workdir, fresh, methods, em.num_iterations, start=start,
-                           start_scores=start_scores, phase=phase, summarize=summarize,
+  phases = {m: functools.partial(phase, method=METHODS[m]) for m in methods}
+  return common.run_phases(workdir, fresh, phases, em.num_iterations, start=start,
+                           start_scores=start_scores, summarize=summarize,
                            plot=plot, desc="DRO EM", postfix={"em": "eval/em"},
                            stop_after=stop_after, progress=progress)
-
-
-def _mode(method: str) -> str:
-  return "bm25" if method == "bm25_top5" else "selector"
 
 
 if __name__ == "__main__":

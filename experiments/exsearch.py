@@ -12,7 +12,7 @@ r"""EXSEARCH: a search agent trained by generalized EM (algorithms.md §6).
    E-step: K trajectories per train question with the batched multi-turn BM25
      rollout; each is re-written with the *gold* answer after `<FINAL>` and
      scored by the token-mean log-likelihood of that answer (`answer_loglik`);
-     the method turns the scores into weights (`WEIGHTINGS`):
+     the method turns the scores into weights (`objectives.EM_WEIGHTINGS`):
        exsearch       `em_weights` (softmax within each question)
        uniform        1/K (EM without the posterior)
        rejection_sft  1 for trajectories whose own answer is right, else 0
@@ -27,9 +27,9 @@ resumes after the last one).
 """
 from __future__ import annotations
 
+import functools
 import os
 import time
-from typing import Callable
 
 import jax
 import jax.numpy as jnp
@@ -47,16 +47,6 @@ from alignax.framework.config import ModelConfig
 from alignax.framework.model import Decoder
 
 DEFAULT_CONFIG = os.path.join(os.path.dirname(__file__), "configs", "exsearch.py")
-
-
-# ---------------------------------------------------------------- weightings
-# method name -> f(loglik [Q*K], correct [Q*K], K) -> weights [Q*K]
-# (rows of one question contiguous).
-WEIGHTINGS: dict[str, Callable] = {
-    "exsearch": lambda ll, ok, k, tau: objectives.em_weights(ll, k, temperature=tau),
-    "uniform": lambda ll, ok, k, tau: jnp.full(ll.shape, 1.0 / k),
-    "rejection_sft": lambda ll, ok, k, tau: jnp.asarray(ok, jnp.float32),
-}
 
 
 # ------------------------------------------------------ sequences and losses
@@ -187,23 +177,24 @@ def build_policy(config, workdir, dataset, retriever):
   return models["policy"], Agent(tokenizer, retriever, config)
 
 
-def e_step(graphdef, params, agent, examples, method, config, key):
-  """Samples K trajectories per question and weights them. Returns (M-step
+def e_step(graphdef, params, agent, examples, weighting, em, key):
+  """Samples K = em.num_samples trajectories per question and weights them
+  with `weighting` (an `objectives.EM_WEIGHTINGS` entry). Returns (M-step
   batch, metrics)."""
-  k = config.em.num_samples
+  k = em.num_samples
   trajs = run_rollouts(graphdef, params, agent, examples, k, key)
   rows_ex = [e for e in examples for _ in range(k)]
   correct = np.asarray([metrics_lib.exact_match(agent.answer_text(t), e.answers)
                         for t, e in zip(trajs, rows_ex)], np.float32)
   batch = agent.batch([agent.with_gold_answer(t, e) for t, e in zip(trajs, rows_ex)])
   ll = train.answer_logliks(graphdef, params, batch)
-  weights = WEIGHTINGS[method](ll, correct, k, config.em.temperature)
+  weights = weighting(ll, correct, k, temperature=em.temperature)
   batch["weights"] = np.asarray(weights, np.float32)
   w = batch["weights"].reshape(-1, k)
   # Rows whose weight is below `min_weight` add (almost) nothing to the
   # weighted loss; skipping them makes the M-step cost follow the posterior's
   # effective sample size instead of K. (min_weight=0 keeps every row with w > 0.)
-  keep = batch["weights"] > config.em.min_weight
+  keep = batch["weights"] > em.min_weight
   batch = {name: v[keep] for name, v in batch.items()}
   stats = {"train/sample_em": 100.0 * float(correct.mean()),
            "train/answer_loglik": float(jnp.mean(ll)),
@@ -215,10 +206,10 @@ def e_step(graphdef, params, agent, examples, method, config, key):
 
 
 def _check_config(config):
-  unknown = [m for m in config.methods if m not in WEIGHTINGS]
+  unknown = [m for m in config.methods if m not in objectives.EM_WEIGHTINGS]
   if unknown or "exsearch" not in config.methods:
     raise ValueError(f"config.methods={tuple(config.methods)!r} must include 'exsearch' and"
-                     f" only name {sorted(WEIGHTINGS)}.")
+                     f" only name {sorted(objectives.EM_WEIGHTINGS)}.")
   if config.em.num_samples < 1 or config.em.num_iterations < 1:
     raise ValueError("config.em.num_samples and num_iterations must be >= 1.")
 
@@ -232,7 +223,8 @@ def run(config, workdir: str, *, stop_after: int | None = None, progress: bool =
   _check_config(config)
   os.makedirs(workdir, exist_ok=True)
   experiment.check_or_store_config(workdir, config)
-  dataset = qa_data.load_dataset(config)
+  dataset = qa_data.load_dataset(config.dataset, data_dir=config.data_dir, seed=config.seed,
+                                 world=config.world)
   retriever = retrieval.BM25Retriever.build_or_load(dataset.corpus,
                                                     os.path.join(workdir, "bm25"))
   t0 = time.perf_counter()
@@ -250,11 +242,11 @@ def run(config, workdir: str, *, stop_after: int | None = None, progress: bool =
     return {"before": evaluate(graphdef, fresh.params, agent, held_out),
             "seconds": time.perf_counter() - t0}
 
-  def phase(state, method, it, index, extras):
+  def phase(state, it, index, extras, *, weighting):
     del extras
     examples = common.iteration_slice(pool, it, em.questions_per_iteration)
     key = jax.random.fold_in(jax.random.key(config.seed), index)
-    batch, stats = e_step(graphdef, state.params, agent, examples, method, config, key)
+    batch, stats = e_step(graphdef, state.params, agent, examples, weighting, em, key)
     state, _, _ = train.train_minibatches(update, state, batch, em.batch_size,
                                           config.seed + index, epochs=em.epochs)
     return state, stats, evaluate(graphdef, state.params, agent, held_out)
@@ -274,8 +266,9 @@ def run(config, workdir: str, *, stop_after: int | None = None, progress: bool =
       workdir, "em.png", extras["curves"], lambda _: extras["before"],
       {"eval/em": "held-out EM", "eval/f1": "held-out F1"}, "EXSEARCH vs baselines (held-out)",
       xlabel="EM iteration (0 = warm-up only)")
-  return common.run_phases(workdir, fresh, methods, em.num_iterations, start=start,
-                           start_scores=start_scores, phase=phase, summarize=summarize,
+  phases = {m: functools.partial(phase, weighting=objectives.EM_WEIGHTINGS[m]) for m in methods}
+  return common.run_phases(workdir, fresh, phases, em.num_iterations, start=start,
+                           start_scores=start_scores, summarize=summarize,
                            plot=plot, desc="EM", postfix={"em": "eval/em"},
                            stop_after=stop_after, progress=progress)
 

@@ -39,9 +39,10 @@ import os
 import time
 
 import numpy as np
+from flax import nnx
 
 from alignax import objectives
-from alignax.agents import moat as agents
+from alignax.agents import moat as moat_agents
 from alignax.agents import moat_critic, qa_data, retrieval
 from alignax.agents import moat_world as mw
 from alignax.experiments import common
@@ -50,7 +51,6 @@ from alignax.framework.config import ModelConfig
 from alignax.framework.model import Decoder
 
 DEFAULT_CONFIG = os.path.join(os.path.dirname(__file__), "configs", "moat.py")
-METHODS = ("moat", "separate")
 ROLES = ("planner", "grounder")
 
 
@@ -81,7 +81,7 @@ def split_tasks(world, config):
 
 
 def make_io(tokenizer, config):
-  return agents.AgentIO(tokenizer, **config.lengths.to_dict())
+  return moat_agents.AgentIO(tokenizer, **config.lengths.to_dict())
 
 
 def sft_batches(io, tasks):
@@ -99,7 +99,7 @@ def _warm_up(model, batch, w, steps, seed):
   graphdef, state = train.init_train_state(model, optimizer)
   update = train.make_sft_update(graphdef, optimizer)
   state, _, _ = train.train_minibatches(update, state, batch, w.batch_size, seed, steps=steps)
-  return agents.merge(graphdef, state.params)
+  return nnx.merge(graphdef, state.params)
 
 
 def build_agents(config, workdir, world, gold_tasks):
@@ -136,13 +136,13 @@ def stage1(p_graphdef, p_state, g_graphdef, g_params, io, tasks, config, update,
   s = config.stage1
   k = s.num_samples
   t0 = time.perf_counter()
-  planner = agents.merge(p_graphdef, p_state.params)
-  gen = agents.sample_plans(planner, io, tasks, num_samples=k, temperature=s.temperature,
-                            top_p=s.top_p, seed=seed, mesh=mesh)  # one call, T*K rows
+  gen = moat_agents.sample_plans(p_graphdef, p_state.params, io, tasks, num_samples=k,
+                                 temperature=s.temperature, top_p=s.top_p, seed=seed,
+                                 mesh=mesh)  # one call, T*K rows
   plans = io.subgoal_ids(gen)
   rows = [t for t in tasks for _ in range(k)]
   gold = [mw.actions_text(mw.gold_actions(t)) for t in rows]
-  scores = agents.grounder_scores(g_graphdef, g_params,  # one pass over T*K rows
+  scores = moat_agents.grounder_scores(g_graphdef, g_params,  # one pass over T*K rows
                                   io.grounder_batch(rows, plans, gold))
   t_sample = time.perf_counter() - t0
   chosen, rejected, valid = (np.asarray(x) for x in
@@ -189,9 +189,8 @@ def stage2(g_graphdef, g_state, io, world, tasks, plans, critic, config, update,
         seen.add(tuple(p))
         row_tasks.append(task)
         row_plans.append(p)
-  grounder = agents.merge(g_graphdef, g_state.params)
-  actions = agents.ground(grounder, io, row_tasks, row_plans, temperature=s.temperature,
-                          top_p=s.top_p, seed=seed, mesh=mesh)
+  actions = moat_agents.ground(g_graphdef, g_state.params, io, row_tasks, row_plans,
+                               temperature=s.temperature, top_p=s.top_p, seed=seed, mesh=mesh)
   own_ok = [mw.success(world, t, a, search_fn) for t, a in zip(row_tasks, actions)]
   fixes = critic([moat_critic.CriticInput(t, io.decode(p), a)
                   for t, p, a in zip(row_tasks, row_plans, actions)])
@@ -274,15 +273,14 @@ def run(config, workdir: str, *, stop_after: int | None = None, progress: bool =
                  for t in gold_tasks] if config.stage2.replay_gold else []
 
   def evaluate(state):
-    p = agents.merge(p_graphdef, state["planner"].params)
-    g = agents.merge(g_graphdef, state["grounder"].params)
+    p = (p_graphdef, state["planner"].params)
+    g = (g_graphdef, state["grounder"].params)
     out = {}
     for split, tasks in (("held_in", held_in), ("held_out", held_out)):
-      for k, v in agents.evaluate(p, g, io, world, tasks, search_fn, mesh).items():
+      for k, v in moat_agents.evaluate(p, g, io, world, tasks, search_fn, mesh).items():
         out[f"eval/{split}_{k}"] = v
     return out
 
-  methods = [m for m in METHODS if m == "moat" or config.separate.enabled]
   q = config.stage1.tasks_per_iteration
   gold_p, gold_g = sft_batches(io, gold_tasks)
 
@@ -292,32 +290,38 @@ def run(config, workdir: str, *, stop_after: int | None = None, progress: bool =
             "stage_seconds": {"stage1": [], "stage2": []},
             "seconds": time.perf_counter() - t0}
 
-  def phase(state, method, it, index, extras):
+  def moat_phase(state, it, index, extras):
     seed = config.seed * 1000 + index
-    if method == "moat":
-      tasks = common.iteration_slice(pool, it, q)
-      p_state, plans, s1 = stage1(p_graphdef, state["planner"], g_graphdef,
-                                  state["grounder"].params, io, tasks, config, dpo_update,
-                                  seed, mesh)
-      replay = [(by_id[i], io.encode(sg), a) for i, sg, a in extras["buffer"]] + gold_replay
-      g_state, pairs, s2 = stage2(g_graphdef, state["grounder"], io, world, tasks, plans,
-                                  critic, config, g_update, seed, mesh, search_fn, replay)
-      if config.stage2.accumulate:  # this iteration's pairs are replayed from now on
-        extras["buffer"] += [[t.id, sg, a] for t, sg, a in pairs]
-      stats = {**s1, **s2}
-      extras["budgets"].append([s1["stage1/updates"], s2["stage2/updates"]])
-      extras["stage_seconds"]["stage1"].append(s1["stage1/seconds"])
-      extras["stage_seconds"]["stage2"].append(s2["stage2/seconds"])
-    else:  # the same number of updates, each agent alone on the gold set
-      p_steps, g_steps = extras["budgets"][it]
-      p_state, _, _ = train.train_minibatches(sep_p_update, state["planner"], gold_p,
-                                              config.stage1.batch_size, seed, steps=p_steps)
-      g_state, _, _ = train.train_minibatches(sep_g_update, state["grounder"], gold_g,
-                                              config.stage2.batch_size, seed, steps=g_steps)
-      stats = {"planner_updates": p_steps, "grounder_updates": g_steps}
+    tasks = common.iteration_slice(pool, it, q)
+    p_state, plans, s1 = stage1(p_graphdef, state["planner"], g_graphdef,
+                                state["grounder"].params, io, tasks, config, dpo_update,
+                                seed, mesh)
+    replay = [(by_id[i], io.encode(sg), a) for i, sg, a in extras["buffer"]] + gold_replay
+    g_state, pairs, s2 = stage2(g_graphdef, state["grounder"], io, world, tasks, plans,
+                                critic, config, g_update, seed, mesh, search_fn, replay)
+    if config.stage2.accumulate:  # this iteration's pairs are replayed from now on
+      extras["buffer"] += [[t.id, sg, a] for t, sg, a in pairs]
+    extras["budgets"].append([s1["stage1/updates"], s2["stage2/updates"]])
+    extras["stage_seconds"]["stage1"].append(s1["stage1/seconds"])
+    extras["stage_seconds"]["stage2"].append(s2["stage2/seconds"])
     state = {"planner": p_state, "grounder": g_state}
-    return state, stats, evaluate(state)
+    return state, {**s1, **s2}, evaluate(state)
 
+  def separate_phase(state, it, index, extras):
+    """MOAT's number of updates of that iteration, each agent alone on the gold set."""
+    seed = config.seed * 1000 + index
+    p_steps, g_steps = extras["budgets"][it]
+    p_state, _, _ = train.train_minibatches(sep_p_update, state["planner"], gold_p,
+                                            config.stage1.batch_size, seed, steps=p_steps)
+    g_state, _, _ = train.train_minibatches(sep_g_update, state["grounder"], gold_g,
+                                            config.stage2.batch_size, seed, steps=g_steps)
+    state = {"planner": p_state, "grounder": g_state}
+    return state, {"planner_updates": p_steps, "grounder_updates": g_steps}, evaluate(state)
+
+  phases = {"moat": moat_phase}
+  if config.separate.enabled:  # the baseline runs after MOAT, whose update counts it matches
+    phases["separate"] = separate_phase
+  methods = list(phases)
   start_scores = lambda extras, method: extras["before"]
 
   def summarize(extras):
@@ -333,8 +337,8 @@ def run(config, workdir: str, *, stop_after: int | None = None, progress: bool =
       {"eval/held_in_success": "held-in success (%)",
        "eval/held_out_success": "held-out success (%)"},
       "MOAT vs separately fine-tuned agents")
-  return common.run_phases(workdir, fresh, methods, config.num_iterations, start=start,
-                           start_scores=start_scores, phase=phase, summarize=summarize,
+  return common.run_phases(workdir, fresh, phases, config.num_iterations, start=start,
+                           start_scores=start_scores, summarize=summarize,
                            plot=plot, desc="MOAT",
                            postfix={"held_in": "eval/held_in_success",
                                     "held_out": "eval/held_out_success"},

@@ -11,6 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from alignax.objectives import primitives as P
+from alignax.objectives.registry import Registry
 
 
 def answer_loglik(logp: jax.Array, answer_mask: jax.Array) -> jax.Array:
@@ -131,3 +132,30 @@ def dro_weights(log_likelihoods, question_ids, num_questions: int, keep, valid, 
     total = jax.ops.segment_sum(w, qids, num_questions)[qids]
     w = jnp.where(total > 0, w / jnp.where(total > 0, total, 1.0), 0.0)
   return w
+
+
+# EM weightings a config chooses by name (EXSEARCH §6.2 and its baselines),
+# each `fn(log_likelihoods [N], correct [N], group_size, *, temperature) -> [N]`
+# over contiguous groups of `group_size` samples of one question; `correct`
+# is 1.0 where the sample's own answer is right.
+EM_WEIGHTINGS = Registry("EM weighting")
+
+
+@EM_WEIGHTINGS.register("exsearch")
+def _posterior(log_likelihoods, correct, group_size: int, *, temperature: float = 1.0):
+  del correct
+  return em_weights(log_likelihoods, group_size, temperature=temperature)
+
+
+@EM_WEIGHTINGS.register("uniform")
+def _uniform(log_likelihoods, correct, group_size: int, *, temperature: float = 1.0):
+  """1/K: EM without the posterior."""
+  del correct, temperature
+  return jnp.full(jnp.shape(log_likelihoods), 1.0 / group_size)
+
+
+@EM_WEIGHTINGS.register("rejection_sft")
+def _rejection(log_likelihoods, correct, group_size: int, *, temperature: float = 1.0):
+  """1 for the samples whose own answer is right, else 0."""
+  del log_likelihoods, group_size, temperature
+  return jnp.asarray(correct, jnp.float32)
