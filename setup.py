@@ -1,13 +1,14 @@
 """alignax: JAX post-training research framework.
 
-The top-level folders map onto subpackages of `alignax` (see api.md): bare names
+Top-level folders map onto subpackages of `alignax` (docs/api.md): bare names
 such as `kernels` or `agents` would collide with unrelated PyPI packages.
 """
 import os
 
 import setuptools
 
-_SUBPACKAGES = ("framework", "agents", "objectives", "kernels", "experiments")
+_SUBPACKAGES = ("framework", "agents", "objectives", "kernels", "experiments",
+                "recsys")
 
 
 def _packages_and_dirs():
@@ -25,6 +26,12 @@ def _packages_and_dirs():
 
 
 _PACKAGES, _PACKAGE_DIR = _packages_and_dirs()
+
+_RECSYS = [
+    "tensorflow-datasets>=4.9.8,<5",
+    "array-record>=0.7,<1",
+    "etils[epath]>=1.5",
+]
 
 setuptools.setup(
     name="alignax",
@@ -49,8 +56,6 @@ setuptools.setup(
         "transformers>=5.0,<6",
         "tokenizers>=0.21,<1",
         "safetensors>=0.4,<1",
-        "tensorflow-datasets>=4.9.8,<5",
-        "array-record>=0.7,<1",
         "absl-py>=2.1,<3",
         "ml-collections>=1.0,<2",
         "bm25s>=0.2.10,<0.4",
@@ -59,7 +64,10 @@ setuptools.setup(
         "tensorboardX>=2.6,<3",
     ],
     extras_require={
-        "test": [
+        # Real session data sets (MovieLens-1M, Amazon) for alignax.recsys;
+        # the synthetic default needs none of it.
+        "recsys": _RECSYS,
+        "test": _RECSYS + [
             "pytest>=8",
             "pytest-xdist>=3.5",
             "scipy>=1.11",

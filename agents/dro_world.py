@@ -1,4 +1,4 @@
-"""A QA world where passage *selection* matters, for DRO (algorithms.md §7).
+"""A QA world where passage *selection* matters (DRO, docs/algorithms.md §7).
 
 Built on the entities and relations of `agents.qa_world.make_world` (people,
 cities, countries, companies; born / works / city-country / company-city), but

@@ -1,4 +1,4 @@
-"""Answer metrics (SQuAD / KILT normalisation) and ranked-list parsing (§6.4, §7.1).
+"""Answer metrics and ranked-list parsing (docs/algorithms.md §6.4, §7.1).
 
 Plain Python on strings; every function takes a prediction and a list of gold
 answers and returns the best score over the golds, as the KILT scripts do.

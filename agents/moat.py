@@ -89,7 +89,7 @@ class AgentIO:
 # ------------------------------------------------------------ scoring
 @functools.partial(jax.jit, static_argnames=("graphdef",))
 def grounder_scores(graphdef, params, batch):
-  """§8.1 score of every row in one forward pass: token-mean CE of the gold
+  """docs/algorithms.md §8.1 score of every row in one forward pass: token-mean CE of the gold
   actions given (task, subgoals), counting tokens with CE >= 1e-9 [N]."""
   logp, _ = train.completion_logprobs(graphdef, params, batch["sequences"],
                                       batch["attention_mask"], batch["completion_tokens"])

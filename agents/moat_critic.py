@@ -1,4 +1,4 @@
-"""MOAT stage-2 critics (algorithms.md §8.2): correct (subgoals, actions) pairs.
+"""MOAT stage-2 critics (docs/algorithms.md §8.2): fix subgoal/action pairs.
 
 A critic maps a list of `CriticInput` (task, the planner's subgoals, the
 grounder's actions) to one `Correction` or None (nothing usable) per input.
@@ -9,7 +9,7 @@ Critics are registered in `CRITICS` by name and built with `make_critic`:
            relation path); correct actions, including Search actions that find
            the right entity, are kept, so the SFT set holds self-generated pairs.
   llm      a causal LM loaded from a Hugging Face directory, prompted with
-           `critic_prompt` and parsed by `parse_critic_output` (the spec's
+           `critic_prompt` and parsed by `parse_critic_output` (§8.2's
            "Corrected Subgoals:" / "Corrected Actions:" lines).
 """
 from __future__ import annotations
@@ -50,7 +50,7 @@ class BuiltinCritic:
   replaces it by `Lookup[#i, relation_i]` (`#0` = the task's entity) from the
   world's facts.
 
-  `rewrite_subgoals`: True (the default, as the spec's critic returns
+  `rewrite_subgoals`: True (the default, as §8.2's critic returns
   corrected subgoals and actions) rewrites the planner's subgoals to describe
   the corrected actions whenever they differ, so the grounder learns to follow
   its subgoals and its scores tell right plans from wrong ones (stage 1).
@@ -94,7 +94,7 @@ CRITIC_INSTRUCTION = (
 
 
 def critic_prompt(item: CriticInput) -> str:
-  """The LLM critic's prompt (the spec's Corrected Subgoals/Actions format)."""
+  """The LLM critic's prompt (§8.2's Corrected Subgoals/Actions format)."""
   return (f"Task: {item.task.question}\nSubgoals: {item.subgoals}\n"
           f"Actions: {item.actions}\n{CRITIC_INSTRUCTION}\n"
           "Corrected Subgoals: ...\nCorrected Actions: ...\n")

@@ -23,7 +23,7 @@ possessively (relations in execution order) or nested (reverse order, a
   actions  : Lookup [ #0 , birthplace ] Lookup [ #1 , country ] Answer [ #2 ]
 `#k` is the result of action k and `#0` the entity the task names (Lumos-style
 variables: the tiny word-level agents cannot copy names they never saw in
-training, see notes/issue10.md, so the subject is bound, not copied; a
+training (seen in our runs), so the subject is bound, not copied; a
 literal name is accepted too). Actions run against the world:
   Lookup[e, r]  the object of relation r for subject e (or "none");
   Search[q]     the last word of the top BM25 passage for q (every passage

@@ -1,4 +1,4 @@
-"""Block-sparse attention benchmark (sparse_attention.md §5).
+"""Block-sparse attention benchmark (docs/sparse_attention.md §5).
 
     python benchmarks/attention.py                 # CPU: quick correctness table
     python benchmarks/attention.py --mode=gpu      # GPU: timing table (H100)

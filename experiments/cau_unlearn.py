@@ -38,12 +38,11 @@ from flax import nnx
 import tqdm
 
 from alignax.experiments import common
-from alignax.framework import cau
 from alignax.framework import checkpoint
 from alignax.framework import experiment
-from alignax.framework import recommenders
-from alignax.framework.data import sessions
-from alignax.objectives import curriculum
+from alignax.recsys import cau
+from alignax.recsys import recommenders
+from alignax.recsys.data import sessions
 
 DEFAULT_CONFIG = os.path.join(os.path.dirname(__file__), "configs", "cau_unlearn.py")
 
@@ -89,7 +88,7 @@ def _synthetic(cfg):
 def _tfds(name):
   def load(cfg):
     # Imported lazily: only real data sets need tfds.
-    from alignax.framework.data import builders  # pylint: disable=g-import-not-at-top
+    from alignax.recsys.data import builders  # pylint: disable=g-import-not-at-top
     num_items, all_sessions = builders.load_sessions(
         name, data_dir=cfg.data.data_dir or None,
         manual_dir=cfg.data.manual_dir or None)
@@ -125,18 +124,22 @@ def load_data(cfg) -> Data:
 # Training (original and retrained models)
 
 
-def _compile(fn, *args):
-  """AOT-compiles a jitted fn; returns (compiled, seconds)."""
+def _compile(fn, *args, **static):
+  """AOT-compiles a jitted fn; returns (compiled, seconds).
+
+  jax.jit keeps what it compiled per static arguments (and shapes), so a
+  method that reuses an earlier method's function and `tx` gets it back at
+  once and is not charged again for its compilation.
+  """
   t = time.perf_counter()
-  compiled = fn.lower(*args).compile()
+  compiled = fn.lower(*args, **static).compile()
   return compiled, time.perf_counter() - t
 
 
 def train_model(name, cfg, data: Data, train_sessions, graphdef, init_params,
-                workdir, writer) -> tuple[Any, dict]:
+                tx, workdir, writer) -> tuple[Any, dict]:
   """Trains from `init_params`, checkpointing every few epochs; resumable."""
   tc = cfg.train
-  tx = optax.adam(tc.lr)
   trainer = recommenders.Trainer(graphdef, tx)
   params, opt_state = trainer.init(init_params)
   ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints", name))
@@ -149,11 +152,9 @@ def train_model(name, cfg, data: Data, train_sessions, graphdef, init_params,
   x = sessions.left_pad(train_sessions, cfg.data.max_len)
   bs = min(tc.batch_size, len(x))
   steps_per_epoch = len(x) // bs
-  compile_s = 0.0
-  if ("train", bs) not in _COMPILED:  # the retrained model reuses it
-    _COMPILED[("train", bs)], compile_s = _compile(
-        trainer.make_train_step(), params, opt_state, x[:bs], jax.random.key(0))
-  step = _COMPILED[("train", bs)]
+  # The retrained model reuses the original's compiled step (same tx object).
+  step, compile_s = _compile(recommenders.train_step, params, opt_state, x[:bs],
+                             jax.random.key(0), graphdef=graphdef, tx=tx)
   key = jax.random.key(cfg.seed + 1)
   bar = tqdm.tqdm(range(start_epoch, tc.epochs), desc=f"train {name}",
                   initial=start_epoch, total=tc.epochs)
@@ -195,12 +196,9 @@ def evaluate(graphdef, params, data: Data, cfg) -> dict[str, float]:
 # Unlearning
 
 
-_COMPILED: dict = {}
-
-
-def unlearn(name, ucfg, data: Data, graphdef, orig_params, orig_logits, seed,
-            writer) -> tuple[Any, dict]:
-  """Runs one unlearning method from the original model.
+def unlearn(name, ucfg, data: Data, graphdef, orig_params, orig_logits, tx,
+            seed, writer) -> tuple[Any, dict]:
+  """Runs one unlearning method from the original model with optimiser `tx`.
 
   Returns:
     (params, {"seconds", "compile_seconds", "steps"}).
@@ -215,48 +213,34 @@ def unlearn(name, ucfg, data: Data, graphdef, orig_params, orig_logits, seed,
                 next_items=u.next_items[ii], has_next=u.has_next[ii],
                 orig_logits=orig_logits[ii], row_mask=valid)
 
-  tx = OPTIMIZERS[ucfg["optimizer"]](ucfg["lr"])
   opt_state = tx.init(orig_params)
-  compile_s = 0.0
-  # Compiled functions are cached across methods that share them, so that a
-  # method is not charged again for what an earlier one already compiled.
   weights = jnp.asarray(ucfg.get("weights", ucfg["fixed_weights"]),
                         jnp.float32)
-  step_key = ("step", ucfg["optimizer"], ucfg["lr"],
-              ucfg.get("combiner", "mgda"), ucfg["normalization"],
-              ucfg["stop_topk"], ucfg["kl_exclude_target"], bs)
-  if step_key not in _COMPILED:
-    step_fn = cau.make_unlearn_step(
-        graphdef, tx, combiner=ucfg.get("combiner", "mgda"),
-        normalization=ucfg["normalization"], topk=ucfg["stop_topk"],
-        kl_exclude_target=ucfg["kl_exclude_target"])
-    _COMPILED[step_key], c = _compile(step_fn, orig_params, opt_state,
-                                      make_batch(np.arange(bs)), weights)
-    compile_s += c
-  step = _COMPILED[step_key]
+  step, compile_s = _compile(
+      cau.unlearn_step, orig_params, opt_state, make_batch(np.arange(bs)),
+      weights, graphdef=graphdef, tx=tx, combiner=ucfg.get("combiner", "mgda"),
+      normalization=ucfg["normalization"], topk=ucfg["stop_topk"],
+      kl_exclude_target=ucfg["kl_exclude_target"])
   needs_difficulty = ucfg["curriculum"] != "none"
-  diff_key = ("difficulty", ucfg["difficulty"])
-  if needs_difficulty and diff_key not in _COMPILED:
-    _COMPILED[diff_key], c = _compile(
-        cau.make_difficulty_fn(graphdef, ucfg["difficulty"]), orig_params,
-        u.prefixes, u.targets)
+  if needs_difficulty:
+    difficulty_fn, c = _compile(cau.difficulty, orig_params, u.prefixes,
+                                u.targets, graphdef=graphdef,
+                                kind=ucfg["difficulty"])
     compile_s += c
-  sched_key = ("schedule", ucfg["curriculum"], bs, ucfg["tau"])
-  if sched_key not in _COMPILED:
-    schedule_fn = curriculum.CURRICULA[ucfg["curriculum"]]
-    fn = jax.jit(lambda k, d: schedule_fn(k, d, bs, ucfg["tau"]))
-    _COMPILED[sched_key], c = _compile(fn, jax.random.key(0),
-                                       jnp.zeros(len(u.targets)))
-    compile_s += c
+  schedule_fn, c = _compile(cau.schedule, jax.random.key(0),
+                            jnp.zeros(len(u.targets)),
+                            curriculum=ucfg["curriculum"], batch_size=bs,
+                            tau=ucfg["tau"])
+  compile_s += c
 
   t = time.perf_counter()
   key = jax.random.key(seed)
   if needs_difficulty:
     # Difficulty is measured once with the original model (§9.3).
-    difficulty = _COMPILED[diff_key](orig_params, u.prefixes, u.targets)
+    difficulty = difficulty_fn(orig_params, u.prefixes, u.targets)
   else:
     difficulty = jnp.zeros(len(u.targets))
-  schedule = np.asarray(_COMPILED[sched_key](key, difficulty))
+  schedule = np.asarray(schedule_fn(key, difficulty))
   params, steps = orig_params, 0
   for _ in range(ucfg["passes"]):
     for idx in schedule:
@@ -308,9 +292,9 @@ def plot_methods(results: dict[str, dict], path: str) -> None:
 
 def run(cfg, workdir: str) -> dict:
   """Runs every phase and returns the summary (also written to workdir)."""
+  common.validate_config(cfg, DEFAULT_CONFIG)  # before any work
   os.makedirs(workdir, exist_ok=True)
   experiment.check_or_store_config(workdir, cfg)
-  _COMPILED.clear()  # compiled functions are specific to one model and data
   data = load_data(cfg)
   model = recommenders.make_recommender(
       cfg.model.name, data.num_items, seed=cfg.seed, max_len=cfg.data.max_len,
@@ -329,24 +313,32 @@ def run(cfg, workdir: str) -> dict:
 
   writer = experiment.MetricWriter(workdir)
   orig_dir = cfg.load_original_from or workdir
+  # One optimiser object per run: jax.jit keys compilations on it (static).
+  train_tx = optax.adam(cfg.train.lr)
   orig_params, extra = train_model("original", cfg, data, data.train, graphdef,
-                                   init_params, orig_dir, writer)
+                                   init_params, train_tx, orig_dir, writer)
   record("original", orig_params, extra)
   if "retrained" not in results:
     params, extra = train_model("retrained", cfg, data, data.retained, graphdef,
-                                init_params, workdir, writer)
+                                init_params, train_tx, workdir, writer)
     record("retrained", params, extra)
 
   orig_logits = np.asarray(recommenders.logits_fn(graphdef)(
       orig_params, data.unlearn.prefixes))
   runs = {n: o for n, o in METHODS.items()}
   runs.update({f"ablation/{n}": ABLATIONS[n] for n in cfg.ablations})
+  # One optimiser object per (name, lr), shared by the methods that use it:
+  # jax.jit keys compilations on it (a static argument).
+  txs = {}
   for i, (name, overrides) in enumerate(runs.items()):
     if name in results:
       continue
     ucfg = {**cfg.unlearn.to_dict(), **overrides}
+    opt = (ucfg["optimizer"], ucfg["lr"])
+    if opt not in txs:
+      txs[opt] = OPTIMIZERS[opt[0]](opt[1])
     params, extra = unlearn(name, ucfg, data, graphdef, orig_params,
-                            orig_logits, cfg.seed + 100 + i, writer)
+                            orig_logits, txs[opt], cfg.seed + 100 + i, writer)
     record(name, params, extra)
   writer.close()
 

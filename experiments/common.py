@@ -3,6 +3,8 @@ models' folders (`build_or_load_hf`), the resumable method x iteration loop of
 the EM binaries (`run_phases`), their summaries and plots, the absl `main`."""
 from __future__ import annotations
 
+import difflib
+import importlib
 import importlib.util
 import json
 import os
@@ -12,6 +14,9 @@ import time
 from typing import Any, Callable, Mapping, Sequence
 
 import ml_collections
+import numpy as np
+
+from alignax.framework import experiment
 
 
 def load_config_file(spec: str) -> ml_collections.ConfigDict:
@@ -32,48 +37,227 @@ def _keys(config: ml_collections.ConfigDict, prefix: str = "") -> list[str]:
   return out
 
 
+def _config_spec(argv: Sequence[str], default_config: str) -> str:
+  """The `--config` value of `argv` (`--config=F` or `--config F`), else the default."""
+  spec = default_config
+  for i, arg in enumerate(argv[1:], 1):
+    if arg.lstrip("-").startswith("config="):
+      spec = arg.split("=", 1)[1]
+    elif arg.lstrip("-") == "config" and arg.startswith("-") and i + 1 < len(argv):
+      spec = argv[i + 1]
+  return spec
+
+
 def check_config_overrides(argv: Sequence[str], default_config: str) -> None:
   """Exits with one clear message if a `--config.x=...` names no config key.
 
-  (ml_collections otherwise fails with a bare AttributeError traceback.)
+  (ml_collections otherwise fails with a bare AttributeError traceback.) Must
+  run before `config_flags.DEFINE_config_file`, which applies the overrides of
+  `sys.argv` as soon as it is defined.
   """
-  spec = default_config
+  spec = _config_spec(argv, default_config)
   overrides = []
   for arg in argv[1:]:
     name = arg.lstrip("-").split("=", 1)[0]
-    if name == "config" and "=" in arg:
-      spec = arg.split("=", 1)[1]
-    elif name.startswith("config."):
+    if arg.startswith("-") and name.startswith("config."):
       overrides.append(name[len("config."):])
   if not overrides:
     return
   valid = _keys(load_config_file(spec))
   unknown = [o for o in overrides if o not in valid]
   if unknown:
+    hints = "".join(
+        f"\n  config.{u}: did you mean config.{m[0]}?"
+        for u in unknown if (m := difflib.get_close_matches(u, valid, n=1)))
     leaves = ", ".join(sorted(valid))
-    sys.exit(f"Unknown config key(s): {', '.join('config.' + u for u in unknown)}.\n"
+    sys.exit(f"Unknown config key(s): {', '.join('config.' + u for u in unknown)}.{hints}\n"
              f"Valid keys of {spec}: {leaves}")
 
 
+# ---------------------------------------------------------------------------
+# Config validation: each config file keeps `SCHEMA = {"dotted.key": rule}`
+# (and optionally `CHECKS`, functions of the whole config returning an error
+# string or None) next to its defaults; `validate_config` applies them before
+# any work or compilation and raises one `ConfigError` listing every problem.
+
+
+class ConfigError(ValueError):
+  """A config value has the wrong type, range or choice."""
+
+
+class Rule:
+  """`rule(value)` returns None if `value` is allowed, else what it must be."""
+
+  def __init__(self, test: Callable, expect: str | Callable[[], str]):
+    self._test, self._expect = test, expect
+
+  @property
+  def expect(self) -> str:
+    return self._expect() if callable(self._expect) else self._expect
+
+  def __call__(self, value) -> str | None:
+    try:
+      ok = bool(self._test(value))
+    except (TypeError, ValueError):
+      ok = False
+    return None if ok else self.expect
+
+
+def _is_int(v) -> bool:
+  return isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_))
+
+
+def _is_number(v) -> bool:
+  return (_is_int(v) or isinstance(v, (float, np.floating))) and bool(np.isfinite(v))
+
+
+def _bounds(lo, hi, lo_open, hi_open) -> tuple[str, Callable]:
+  parts = []
+  if lo is not None:
+    parts.append(f"{'>' if lo_open else '>='} {lo}")
+  if hi is not None:
+    parts.append(f"{'<' if hi_open else '<='} {hi}")
+
+  def within(v):
+    return ((lo is None or (v > lo if lo_open else v >= lo)) and
+            (hi is None or (v < hi if hi_open else v <= hi)))
+  return " and ".join(parts), within
+
+
+def integer(lo=None, hi=None) -> Rule:
+  text, within = _bounds(lo, hi, False, False)
+  return Rule(lambda v: _is_int(v) and within(v), "an integer" + (f" {text}" if text else ""))
+
+
+def number(lo=None, hi=None, *, lo_open=False, hi_open=False) -> Rule:
+  text, within = _bounds(lo, hi, lo_open, hi_open)
+  return Rule(lambda v: _is_number(v) and within(v),
+              "a finite number" + (f" {text}" if text else ""))
+
+
+def boolean() -> Rule:
+  return Rule(lambda v: isinstance(v, (bool, np.bool_)), "True or False")
+
+
+def string() -> Rule:
+  return Rule(lambda v: isinstance(v, str), "a string")
+
+
+def _names(choices) -> list[str]:
+  """`choices` is a collection or 'module:attribute' (resolved when checked,
+  so config files need not import the binaries that own registries)."""
+  if isinstance(choices, str):
+    module, _, attr = choices.partition(":")
+    choices = getattr(importlib.import_module(module), attr)
+  return sorted(choices)
+
+
+def one_of(choices) -> Rule:
+  return Rule(lambda v: isinstance(v, str) and v in _names(choices),
+              lambda: "one of " + ", ".join(map(repr, _names(choices))))
+
+
+def many_of(choices) -> Rule:
+  """A non-empty tuple/list whose every entry is one of `choices`."""
+  return Rule(lambda v: (isinstance(v, (tuple, list)) and len(v) > 0 and
+                         all(x in _names(choices) for x in v)),
+              lambda: "a non-empty tuple of names from " + ", ".join(
+                  map(repr, _names(choices))))
+
+
+def optional(rule: Rule) -> Rule:
+  """None, or what `rule` allows."""
+  return Rule(lambda v: v is None or rule(v) is None, lambda: f"None or {rule.expect}")
+
+
+def directory_or_empty() -> Rule:
+  """'' (meaning: build or train it here) or an existing directory."""
+  return Rule(lambda v: isinstance(v, str) and (v == "" or os.path.isdir(v)),
+              "'' or an existing directory")
+
+
+def _lookup(config, key: str):
+  value = config
+  for part in key.split("."):
+    value = value[part]
+  return value
+
+
+def _schema_of(config_file: str):
+  path = config_file.partition(":")[0]
+  spec = importlib.util.spec_from_file_location("_alignax_config_schema", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return getattr(module, "SCHEMA", {}), getattr(module, "CHECKS", ())
+
+
+def validate_config(config, config_file: str) -> None:
+  """Checks `config` against the `SCHEMA` and `CHECKS` of `config_file`.
+
+  Called first thing by each binary's `run`, so a bad value fails in a second,
+  not after minutes of work or inside a JAX trace.
+
+  Raises:
+    ConfigError: listing every key that is missing or out of range, with its
+      value and what it must be.
+  """
+  schema, checks = _schema_of(config_file)
+  errors = []
+  for key, rule in schema.items():
+    try:
+      value = _lookup(config, key)
+    except (KeyError, AttributeError):
+      errors.append(f"config.{key} is missing")
+      continue
+    expect = rule(value)
+    if expect is not None:
+      errors.append(f"config.{key}={value!r}: must be {expect}")
+  if not errors:  # cross-key checks assume each key is valid on its own
+    errors += [m for m in (check(config) for check in checks) if m]
+  if errors:
+    raise ConfigError("Invalid config (" + os.path.basename(config_file.partition(":")[0])
+                      + "):\n  " + "\n  ".join(errors))
+
+
 def read_metrics(workdir: str) -> list[dict]:
-  path = os.path.join(workdir, "metrics.jsonl")
-  if not os.path.exists(path):
-    return []
-  with open(path) as f:
-    return [json.loads(line) for line in f if line.strip()]
+  return experiment.read_metrics(workdir)
 
 
 def truncate_metrics(workdir: str, last_step: int) -> None:
-  """Drops metric lines logged after `last_step` (by a run killed before it
-  could checkpoint them), so a resumed run does not log those steps twice."""
-  rows = read_metrics(workdir)
-  kept = [r for r in rows if r["step"] <= last_step]
-  if len(kept) == len(rows):
+  """Drops metric rows logged after `last_step` (by a run killed before it
+  could checkpoint them) and duplicates, so a resumed run logs each step once
+  (see `framework.experiment.truncate_metrics`)."""
+  experiment.truncate_metrics(workdir, last_step)
+
+
+SAMPLES_FILE = "samples.jsonl"
+
+
+def write_samples(workdir: str, step: int, samples: Sequence[dict], writer=None) -> None:
+  """Appends `{"step": step, **sample}` lines to `samples.jsonl` and, given a
+  `MetricWriter`, shows them as TensorBoard text (tag `samples`)."""
+  if not samples:
     return
-  path = os.path.join(workdir, "metrics.jsonl")
+  from alignax.framework.experiment import _to_builtin  # pylint: disable=g-import-not-at-top
+  rows = [_to_builtin({"step": int(step), **s}) for s in samples]
+  with open(os.path.join(workdir, SAMPLES_FILE), "a") as f:
+    f.writelines(json.dumps(r) + "\n" for r in rows)
+  if writer is not None:
+    writer.write_text(step, "samples", "\n\n".join(
+        "\n".join(f"**{k}**: `{v}`" for k, v in r.items() if k != "step") for r in rows))
+
+
+def truncate_samples(workdir: str, keep_through: int) -> None:
+  """Drops `samples.jsonl` lines of steps after `keep_through` (a resumed run
+  writes them again)."""
+  path = os.path.join(workdir, SAMPLES_FILE)
+  if not os.path.exists(path):
+    return
+  with open(path) as f:
+    rows = [json.loads(line) for line in f if line.strip()]
   tmp = path + ".tmp"
   with open(tmp, "w") as f:
-    f.writelines(json.dumps(r) + "\n" for r in kept)
+    f.writelines(json.dumps(r) + "\n" for r in rows if r["step"] <= keep_through)
   os.replace(tmp, path)
 
 
@@ -257,16 +441,22 @@ def run_binary(run_fn, default_config: str, default_workdir: str) -> None:
   from absl import app, flags, logging  # pylint: disable=g-import-not-at-top
   from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
 
+  check_config_overrides(sys.argv, default_config)
   config_flags.DEFINE_config_file("config", default_config,
                                   "Experiment config (ml_collections file[:preset]).")
   flags.DEFINE_string("workdir", default_workdir, "Output folder; re-use it to resume.")
-  check_config_overrides(sys.argv, default_config)
 
   def main(argv):
     del argv
     if not flags.FLAGS["verbosity"].present:
       logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO.
-    summary = run_fn(flags.FLAGS.config, flags.FLAGS.workdir)
+    try:
+      # The schema lives in the default config file (a --config file of the
+      # user's own holds only values).
+      validate_config(flags.FLAGS.config, default_config)
+      summary = run_fn(flags.FLAGS.config, flags.FLAGS.workdir)
+    except ConfigError as e:
+      sys.exit(str(e))
     print("\n".join(f"{k}: {v}" for k, v in summary.items()))
 
   app.run(main)

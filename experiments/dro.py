@@ -1,4 +1,4 @@
-r"""DRO: a generative selector and a generator trained by re-weighted EM (algorithms.md §7).
+r"""DRO: a generative selector and a generator trained by re-weighted EM (docs/algorithms.md §7).
 
   python -m alignax.experiments.dro                    # default preset, runs/dro
   python -m alignax.experiments.dro --config=experiments/configs/dro.py:tiny \
@@ -308,6 +308,7 @@ def run(config, workdir: str, *, stop_after: int | None = None, progress: bool =
   `stop_after` ends after that many method iterations (as a kill would).
   Returns the summary dict.
   """
+  common.validate_config(config, DEFAULT_CONFIG)  # before any work
   _check_config(config)
   os.makedirs(workdir, exist_ok=True)
   experiment.check_or_store_config(workdir, config)

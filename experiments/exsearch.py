@@ -1,4 +1,4 @@
-r"""EXSEARCH: a search agent trained by generalized EM (algorithms.md §6).
+r"""EXSEARCH: a search agent trained by generalized EM (docs/algorithms.md §6).
 
   python -m alignax.experiments.exsearch                    # default preset, runs/exsearch
   python -m alignax.experiments.exsearch --config=experiments/configs/exsearch.py:tiny \
@@ -220,6 +220,7 @@ def run(config, workdir: str, *, stop_after: int | None = None, progress: bool =
   `stop_after` ends after that many method iterations (as a kill would).
   Returns the summary dict.
   """
+  common.validate_config(config, DEFAULT_CONFIG)  # before any work
   _check_config(config)
   os.makedirs(workdir, exist_ok=True)
   experiment.check_or_store_config(workdir, config)

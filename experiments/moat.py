@@ -1,4 +1,4 @@
-r"""MOAT: joint alignment of a planning agent and a grounding agent (algorithms.md §8).
+r"""MOAT: joint alignment of a planning agent and a grounding agent (docs/algorithms.md §8).
 
   python -m alignax.experiments.moat                       # default preset, runs/moat
   python -m alignax.experiments.moat --config=experiments/configs/moat.py:tiny \
@@ -222,6 +222,7 @@ def run(config, workdir: str, *, stop_after: int | None = None, progress: bool =
   `stop_after` ends after that many (method, iteration) phases, as a kill
   would. `critic` overrides `config.critic` (e.g. a stub). Returns the summary.
   """
+  common.validate_config(config, DEFAULT_CONFIG)  # before any work
   _check_config(config)
   os.makedirs(workdir, exist_ok=True)
   experiment.check_or_store_config(workdir, config)

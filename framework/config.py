@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import dataclasses
+import json
+import os
 from typing import Any, Mapping
 
 import jax.numpy as jnp
@@ -9,11 +11,28 @@ import jax.numpy as jnp
 SUPPORTED_MODEL_TYPES = ("llama", "qwen2")
 SUPPORTED_ROPE_TYPES = ("default", "linear", "llama3")
 
+# Rematerialisation of the decoder layers in training (`jax.checkpoint`
+# policies): what the backward pass keeps from the forward pass.
+#   none           keep every activation (fastest, most memory)
+#   full           keep only each layer's input; recompute the layer
+#   dots_saveable  keep matmul outputs, recompute the element-wise ops
+#   dots_with_no_batch_dims_saveable  keep the weight matmuls' outputs only
+#                  (recompute attention scores)
+REMAT_POLICIES = ("none", "full", "dots_saveable",
+                  "dots_with_no_batch_dims_saveable")
+
 _DTYPES = {
     "float32": jnp.float32,
     "bfloat16": jnp.bfloat16,
     "float16": jnp.float16,
 }
+
+
+# config.json keys that `to_hf_dict` writes in its own spelling (or that
+# transformers writes itself), so a source config's copy is not carried over.
+_REWRITTEN_HF_KEYS = frozenset({
+    "rope_scaling", "rope_parameters", "rope_theta", "torch_dtype", "dtype",
+    "transformers_version", "_name_or_path", "architectures", "model_type"})
 
 
 def as_dtype(dtype: Any) -> jnp.dtype:
@@ -23,6 +42,14 @@ def as_dtype(dtype: Any) -> jnp.dtype:
       raise ValueError(f"Unknown dtype {dtype!r}; use one of {sorted(_DTYPES)}.")
     return jnp.dtype(_DTYPES[dtype])
   return jnp.dtype(dtype)
+
+
+_POSITIVE_INT_FIELDS = ("vocab_size", "hidden_size", "intermediate_size", "num_layers",
+                        "num_heads", "num_kv_heads", "max_position_embeddings")
+# config.json fields without which a decoder is not defined (transformers would
+# silently fill in its defaults, e.g. hidden_size=4096).
+REQUIRED_HF_FIELDS = ("vocab_size", "hidden_size", "intermediate_size",
+                      "num_hidden_layers", "num_attention_heads")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,11 +96,30 @@ class ModelConfig:
   # `alignax.kernels.block_sparse_attention` implementation: "auto" picks the
   # Pallas kernel on GPU/TPU and the gathered XLA path on CPU.
   sparse_implementation: str = "auto"
+  # Rematerialisation of each decoder layer when no KV cache is used (the
+  # training forward): one of `REMAT_POLICIES`. alignax-only, not in
+  # config.json; it changes memory and speed, never values.
+  remat: str = "none"
   bos_token_id: int | None = None
   eos_token_id: int | tuple[int, ...] | None = None
   pad_token_id: int | None = None
+  # The config.json this was read from (if any): `to_hf_dict` writes its fields
+  # that alignax does not use back unchanged (e.g. Qwen2's max_window_layers).
+  # Not part of equality or the hash, so it never causes a recompilation.
+  hf_source: Mapping[str, Any] | None = dataclasses.field(
+      default=None, compare=False, repr=False)
 
   def __post_init__(self):
+    for name in _POSITIVE_INT_FIELDS:
+      value = getattr(self, name)
+      if not (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
+        raise ValueError(f"{name} must be an integer >= 1, got {value!r}.")
+    if self.head_dim is not None and not (isinstance(self.head_dim, int)
+                                          and self.head_dim >= 1):
+      raise ValueError(f"head_dim must be None or an integer >= 1, got {self.head_dim!r}.")
+    if not self.rms_norm_eps > 0 or not self.rope_theta > 0:
+      raise ValueError(f"rms_norm_eps ({self.rms_norm_eps}) and rope_theta"
+                       f" ({self.rope_theta}) must be > 0.")
     if self.model_type not in SUPPORTED_MODEL_TYPES:
       raise ValueError(
           f"Unsupported model_type {self.model_type!r}; alignax supports"
@@ -93,6 +139,8 @@ class ModelConfig:
           f" {SUPPORTED_ROPE_TYPES}.")
     as_dtype(self.param_dtype)
     as_dtype(self.dtype)
+    if self.remat not in REMAT_POLICIES:
+      raise ValueError(f"remat={self.remat!r}; choose one of {REMAT_POLICIES}.")
     if self.attention_impl == "block_sparse":
       if self.sparse_window < 1:
         raise ValueError(f"sparse_window must be >= 1, got {self.sparse_window}.")
@@ -162,12 +210,60 @@ class ModelConfig:
         bos_token_id=hf.get("bos_token_id"),
         eos_token_id=tuple(eos) if isinstance(eos, list) else eos,
         pad_token_id=hf.get("pad_token_id"),
+        hf_source=hf,
     )
     kwargs.update(overrides)
     return cls(**kwargs)
 
+  @classmethod
+  def from_pretrained(cls, path: str, **overrides) -> "ModelConfig":
+    """Reads `path/config.json` through `transformers.AutoConfig`.
+
+    Raises one error naming the file for each way it can be wrong: absent, not
+    JSON, an unsupported model_type, a required field missing, a field of the
+    wrong type or out of range.
+    """
+    import transformers  # pylint: disable=g-import-not-at-top
+    from huggingface_hub import errors as hub_errors  # pylint: disable=g-import-not-at-top
+
+    strict_error = getattr(hub_errors, "StrictDataclassError", ValueError)
+
+    file = os.path.join(path, "config.json")
+    if not os.path.isfile(file):
+      raise FileNotFoundError(
+          f"No config.json in {path!r}; expected a directory written by"
+          " save_pretrained (config.json, *.safetensors, tokenizer files).")
+    try:
+      with open(file, encoding="utf-8") as f:
+        raw = json.load(f)
+    except (ValueError, UnicodeDecodeError) as e:
+      raise ValueError(f"{file} is not valid JSON ({e}); re-save the model or fix"
+                       " the file.") from None
+    if not isinstance(raw, dict):
+      raise ValueError(f"{file} holds a JSON {type(raw).__name__}, not an object of"
+                       " config fields.")
+    if raw.get("model_type") not in SUPPORTED_MODEL_TYPES:
+      raise ValueError(
+          f"{file} has model_type={raw.get('model_type')!r}; alignax supports"
+          f" {SUPPORTED_MODEL_TYPES} (Llama and Qwen2 causal LMs).")
+    missing = [k for k in REQUIRED_HF_FIELDS if raw.get(k) is None]
+    if missing:
+      raise ValueError(f"{file} lacks the required field(s) {missing}; a"
+                       f" {raw['model_type']} config needs all of {list(REQUIRED_HF_FIELDS)}.")
+    try:
+      hf = transformers.AutoConfig.from_pretrained(path, local_files_only=True)
+      return cls.from_hf_dict(hf, **overrides)
+    except (TypeError, ValueError, strict_error) as e:
+      # transformers' strict fields and our range checks name the field.
+      detail = " ".join(str(e).split())
+      raise ValueError(f"{file}: {detail}. Fix the field or re-save the model.") from None
+
   def to_hf_dict(self) -> dict[str, Any]:
-    """The transformers config.json fields for this model."""
+    """The transformers config.json fields for this model.
+
+    Fields of the config.json it was read from that alignax does not model
+    (`hf_source`) are kept; the ones it does are written from this config.
+    """
     rope = {"rope_type": "default", **self.rope_dict, "rope_theta": self.rope_theta}
     out = {
         "model_type": self.model_type,
@@ -201,4 +297,5 @@ class ModelConfig:
       out["mlp_bias"] = self.mlp_bias
     elif self.o_bias or self.mlp_bias or not self.qkv_bias:
       raise ValueError("Qwen2 has q/k/v biases only (qkv_bias=True).")
-    return out
+    kept = {k: v for k, v in (self.hf_source or {}).items() if k not in _REWRITTEN_HF_KEYS}
+    return {**kept, **out}

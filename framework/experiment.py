@@ -1,16 +1,18 @@
 """Shared experiment utilities: metric logging, summaries, config guard.
 
-Used by every absl binary under `experiments/` (api.md: each writes
+Used by every absl binary under `experiments/` (docs/api.md: each writes
 `metrics.jsonl`, TensorBoard events and `summary.json` under `--workdir`).
 """
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 from typing import Any, Mapping
 
 import numpy as np
+from absl import logging
 
 CONFIG_FILE = "config.json"
 
@@ -27,10 +29,100 @@ def _to_builtin(x):
   return arr.item() if arr.ndim == 0 else arr.tolist()
 
 
+METRICS_FILE = "metrics.jsonl"
+
+
+def _row_id(row: Mapping[str, Any]) -> tuple:
+  """A row's identity: its step and metric names. Writing the same identity
+  again (a resumed run redoing a step) replaces the row instead of adding one."""
+  return (row["step"], tuple(sorted(k for k in row if k != "step")))
+
+
+def _parse_metrics(path: str) -> tuple[list[dict], list[str]]:
+  """Rows of a metrics.jsonl and a description of each unreadable line."""
+  rows, bad = [], []
+  with open(path, "rb") as f:
+    lines = f.read().split(b"\n")
+  for i, line in enumerate(lines, 1):
+    if not line.strip():
+      continue
+    try:
+      row = json.loads(line)
+      if not isinstance(row, dict) or not isinstance(row.get("step"), int):
+        raise ValueError("not an object with an integer 'step'")
+    except ValueError as e:
+      cut = i == len(lines)  # no newline after it: a write cut short by a kill
+      bad.append(f"{path}:{i}: {'cut-off last line' if cut else e} ({line[:60]!r})")
+      continue
+    rows.append(row)
+  return rows, bad
+
+
+def _dedupe(rows: list[dict]) -> list[dict]:
+  """Keeps the last row of each identity, in the order of their last writes."""
+  last = {_row_id(r): i for i, r in enumerate(rows)}
+  return [r for i, r in enumerate(rows) if last[_row_id(r)] == i]
+
+
+def _rewrite(path: str, rows: list[dict]) -> None:
+  tmp = path + ".tmp"
+  with open(tmp, "w") as f:
+    f.writelines(json.dumps(r) + "\n" for r in rows)
+  os.replace(tmp, path)
+
+
+def _set_aside(path: str, why: str) -> str:
+  """Copies `path` to a free `path.corrupt[.n]` (never deletes it); returns that."""
+  dest, n = path + ".corrupt", 1
+  while os.path.exists(dest):
+    dest, n = f"{path}.corrupt.{n}", n + 1
+  shutil.copyfile(path, dest)
+  logging.warning("%s: %s. Kept a copy in %s; the readable rows are kept.", path, why, dest)
+  return dest
+
+
+def read_metrics(workdir: str) -> list[dict]:
+  """The rows of `workdir/metrics.jsonl` ([] if absent).
+
+  Unreadable lines (a line cut off by a kill, or a damaged file) are skipped
+  with a warning naming the file and line.
+  """
+  path = os.path.join(workdir, METRICS_FILE)
+  if not os.path.exists(path):
+    return []
+  rows, bad = _parse_metrics(path)
+  for b in bad:
+    logging.warning("Skipping unreadable metrics line %s", b)
+  return rows
+
+
+def truncate_metrics(workdir: str, last_step: int) -> None:
+  """Keeps the rows of steps <= `last_step` (the restored checkpoint's step),
+  one per step and metric set, before a resumed run logs the later steps again.
+
+  A damaged file is copied aside (`metrics.jsonl.corrupt`) before its readable
+  rows are kept.
+  """
+  path = os.path.join(workdir, METRICS_FILE)
+  if not os.path.exists(path):
+    return
+  rows, bad = _parse_metrics(path)
+  if bad:
+    _set_aside(path, f"{len(bad)} unreadable line(s), first {bad[0]}")
+  kept = _dedupe([r for r in rows if r["step"] <= last_step])
+  if bad or len(kept) != len(rows):
+    _rewrite(path, kept)
+
+
 class MetricWriter:
   """Appends `{"step": s, **metrics}` lines to `metrics.jsonl` and TB scalars.
 
-  TensorBoard events are written with tensorboardX, so no TensorFlow is needed.
+  Every row is written once: writing a step again with the same metric names
+  (a resumed run redoing it) replaces the earlier row. The writer keeps the
+  rows in memory and checks the file before each write, so a file deleted,
+  truncated or replaced while the run goes on is noticed (a warning) and
+  rebuilt, the changed file copied aside. TensorBoard events are written with
+  tensorboardX, so no TensorFlow is needed.
   """
 
   def __init__(self, workdir: str):
@@ -38,16 +130,61 @@ class MetricWriter:
     import tensorboardX  # pylint: disable=g-import-not-at-top
 
     os.makedirs(workdir, exist_ok=True)
-    self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")
+    self._path = os.path.join(workdir, METRICS_FILE)
+    rows, bad = _parse_metrics(self._path) if os.path.exists(self._path) else ([], [])
+    if bad:
+      _set_aside(self._path, f"{len(bad)} unreadable line(s), first {bad[0]}")
+    self._rows = _dedupe(rows)
+    self._jsonl = None
+    self._rebuild()
     self._tb = tensorboardX.SummaryWriter(logdir=workdir)
+
+  def _rebuild(self) -> None:
+    if self._jsonl is not None:
+      self._jsonl.close()
+    _rewrite(self._path, self._rows)
+    self._jsonl = open(self._path, "a")
+    self._size = os.path.getsize(self._path)
+
+  def _check_file(self) -> None:
+    """Rebuilds the file from memory if something else changed it."""
+    try:
+      size = os.path.getsize(self._path)
+    except FileNotFoundError:
+      logging.warning("%s vanished during the run; rewrote it from the %d rows this"
+                      " run holds.", self._path, len(self._rows))
+      self._rebuild()
+      return
+    if size != self._size:
+      _set_aside(self._path, f"changed by something else during the run ({size} bytes,"
+                 f" expected {self._size}); rewrote it from the {len(self._rows)} rows"
+                 " this run holds")
+      self._rebuild()
+
+  @property
+  def rows(self) -> list[dict]:
+    return list(self._rows)
 
   def write(self, step: int, metrics: Mapping[str, Any]) -> None:
     metrics = {k: _to_builtin(v) for k, v in metrics.items()}
-    self._jsonl.write(json.dumps({"step": int(step), **metrics}) + "\n")
-    self._jsonl.flush()
+    row = {"step": int(step), **metrics}
+    self._check_file()
+    if any(_row_id(r) == _row_id(row) for r in self._rows):
+      self._rows = [r for r in self._rows if _row_id(r) != _row_id(row)] + [row]
+      self._rebuild()
+    else:
+      self._rows.append(row)
+      line = json.dumps(row) + "\n"
+      self._jsonl.write(line)
+      self._jsonl.flush()
+      self._size += len(line.encode())
     for k, v in metrics.items():
       if isinstance(v, (int, float)) and not isinstance(v, bool):
         self._tb.add_scalar(k, v, int(step))
+
+  def write_text(self, step: int, tag: str, text: str) -> None:
+    """TensorBoard text (markdown) under `tag`."""
+    self._tb.add_text(tag, text, int(step))
 
   def close(self) -> None:
     self._jsonl.close()

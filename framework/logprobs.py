@@ -1,4 +1,4 @@
-"""Fused, chunked per-token log-probs and entropy (sparse_attention.md §6).
+"""Fused, chunked per-token log-probs and entropy (docs/sparse_attention.md §6).
 
 RL losses need `logp[n, t] = log softmax(h W / tau)[tokens[n, t]]` (and the
 entropy), but the `[N, T, V]` logits behind them dominate training memory.
@@ -242,7 +242,7 @@ def chunked_token_logprobs(hidden: jax.Array, w_out: jax.Array,
                            chunk: int = 1024) -> jax.Array:
   """`log softmax(hidden @ w_out / tau)[tokens]`, `[N, T]`, chunked over rows.
 
-  Checklist #2 (algorithms.md §1.1); see `fused_logprobs_and_entropy`.
+  Checklist #2 (docs/algorithms.md §1.1); see `fused_logprobs_and_entropy`.
   """
   return fused_logprobs_and_entropy(hidden, w_out, tokens,
                                     temperature=temperature, token_chunk=chunk,

@@ -4,8 +4,8 @@ Registers `"block_sparse"` in `alignax.framework.attention.ATTENTION_IMPLS`
 (select it with `ModelConfig(attention_impl="block_sparse", sparse_window=...,
 sparse_sinks=..., sparse_top_k=..., sparse_block_q=..., sparse_block_k=...)`).
 The kernels live in `alignax.kernels`; this module only maps the decoder's
-slots and padding onto a `BlockMask` (specs/sparse_attention.md §1, §7;
-algorithms.md §10.1).
+slots and padding onto a `BlockMask` (docs/sparse_attention.md §1, §7;
+docs/algorithms.md §10.1).
 
 Visibility of key slot j for query row i (slot `p = query_slot0 + i`) of
 batch row b, with `[s_b, e_b)` the run of real key slots of the row:

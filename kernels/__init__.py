@@ -1,6 +1,6 @@
 """alignax.kernels: block-sparse (DeltaLLM-style) attention and its masks.
 
-Imports only jax and numpy. See `specs/sparse_attention.md`.
+Imports only jax and numpy. See `docs/sparse_attention.md`.
 """
 from alignax.kernels.attention import IMPLEMENTATIONS
 from alignax.kernels.attention import block_sparse_attention

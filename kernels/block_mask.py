@@ -4,7 +4,7 @@ A mask over `[Tq, Tk]` is cut into `block_q x block_k` tiles. Every tile is
 empty (skipped by the kernels), *full* (every element visible: no element mask
 is computed) or *partial* (an element predicate is applied). Per batch row,
 mask head and query block the visible key blocks are stored as two ascending
-lists, partial and full, FlexAttention-style (see `specs/sparse_attention.md`
+lists, partial and full, FlexAttention-style (see `docs/sparse_attention.md`
 §2.1). Partial blocks take their element predicate either from a `MaskRule`
 (causal / window / sinks evaluated from positions inside the kernel) or from
 de-duplicated boolean `tiles`.
@@ -622,7 +622,7 @@ class BlockMask:
 
 def local_window_block_mask(seq_len: int, window: int, block: int,
                             sink: int = 0) -> BlockMask:
-  """Causal window of `window` keys + `sink` first tokens (algorithms.md #60)."""
+  """Causal window of `window` keys + `sink` first tokens (docs/algorithms.md #60)."""
   return BlockMask.local(seq_len, window, sinks=sink, block_q=block,
                          block_k=block)
 
@@ -632,7 +632,7 @@ def prefix_group_block_mask(prefix_len: int, suffix_lens: Sequence[int],
   """Prefix Grouper mask over a packed `[prefix, s_1, ..., s_G]` sequence.
 
   The prefix is causal; suffix i sees the whole prefix and itself causally,
-  never another suffix (algorithms.md §4.5, #34). Built on the host.
+  never another suffix (docs/algorithms.md §4.5, #34). Built on the host.
   """
   lens = [int(prefix_len)] + [int(s) for s in suffix_lens]
   t = sum(lens)

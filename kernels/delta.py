@@ -1,4 +1,4 @@
-"""DeltaLLM's delta rule (algorithms.md §10.1, #61): temporal query sparsity.
+"""DeltaLLM's delta rule (docs/algorithms.md §10.1, #61): temporal sparsity.
 
 Reference (pure jnp) only: the kernels realise DeltaLLM's hybrid through the
 window + sinks + top-k BlockMask (`hybrid_block_mask`); this function measures

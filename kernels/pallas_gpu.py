@@ -12,7 +12,7 @@ Backward (`custom_vjp` in `attention.py`): a dQ kernel on the forward grid
 and lists, and a dK/dV kernel on grid `(nK, B, Hq)` over the transposed
 lists; it writes f32 per-query-head dK/dV which the wrapper sums over the G
 heads of a KV group (the "write per q head then sum" scheme of
-sparse_attention.md §3.3; costs a `[B, Tk, Hq, D]` f32 temporary when G>1).
+docs/sparse_attention.md §3.3; costs a `[B, Tk, Hq, D]` f32 temporary when G>1).
 
 All block shapes given to Triton are powers of two: the wrapper pads D and
 the table widths; Tq/Tk are padded to block multiples.

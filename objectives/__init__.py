@@ -1,7 +1,7 @@
 """alignax.objectives: pure jnp functions for post-training objectives.
 
 No model, no Flax, no I/O: imports only jax/jnp/chex/optax/numpy.
-Definitions: specs/algorithms.md; public names: specs/api.md.
+Definitions: docs/algorithms.md; public names: docs/api.md.
 """
 from alignax.objectives.primitives import as_float
 from alignax.objectives.primitives import clamp_min1

@@ -1,4 +1,4 @@
-"""Curriculum samplers over unlearning samples, easy to hard (CAU, §9.4).
+"""Curriculum samplers, easy to hard (CAU, docs/algorithms.md §9.4).
 
 Pure jax.numpy. `U` = number of unlearning samples, `B` = batch size. Index
 batches are padded with -1 where fewer than `B` samples are left; callers mask

@@ -1,11 +1,10 @@
-"""Re-weighted EM over sampled trajectories: EXSEARCH and DRO (§6, §7).
+"""Re-weighted EM over trajectories: EXSEARCH, DRO (docs/algorithms.md §6, §7).
 
 E-step: self-normalised importance weights from the gold answer's likelihood;
 M-step: a weighted token-mean NLL.
 """
 from typing import Sequence
 
-import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -19,7 +18,7 @@ def answer_loglik(logp: jax.Array, answer_mask: jax.Array) -> jax.Array:
 
   `l_n = sum_t logp m / max(sum_t m, 1)` (the reference stores `-l` as CE).
   """
-  chex.assert_equal_shape([logp, answer_mask])
+  P.check_same_shape(logp=logp, answer_mask=answer_mask)
   return P.masked_mean(logp, answer_mask, axis=-1)
 
 
@@ -41,7 +40,7 @@ def em_weights(log_likelihoods: jax.Array, group_size: int, *,
     `[N]` weights.
   """
   P.check_temperature(temperature)
-  g = P.group_view(log_likelihoods, group_size) / temperature
+  g = P.group_view(log_likelihoods, group_size, "log_likelihoods") / temperature
   valid = ~jnp.isnan(g)
   z = jnp.where(valid, g, -jnp.inf)
   m = jnp.max(z, axis=1, keepdims=True)
@@ -63,7 +62,7 @@ def segment_em_weights(log_likelihoods: jax.Array, segment_ids: jax.Array,
     `[N]` weights summing to 1 within each non-empty segment.
   """
   P.check_temperature(temperature)
-  chex.assert_equal_shape([log_likelihoods, segment_ids])
+  P.check_same_shape(log_likelihoods=log_likelihoods, segment_ids=segment_ids)
   x = P.as_float(log_likelihoods) / temperature
   valid = ~jnp.isnan(x)
   z = jnp.where(valid, x, -jnp.inf)
@@ -79,10 +78,10 @@ def weighted_sequence_nll(logp: jax.Array, mask: jax.Array,
   """Re-weighted M-step loss (EXSEARCH §6.3, DRO §7.2).
 
   Per row the token-mean NLL `nll_n = -sum_t logp m / max(sum_t m, 1)`; the
-  spec's objective is `sum_n w_n nll_n`. Returned as a normalised value and an
-  additive normaliser, the gradient-accumulation contract of design.md:
+  objective of §6.3 is `sum_n w_n nll_n`. Returned as a normalised value and an
+  additive normaliser, the gradient-accumulation contract of §1.3:
   `value = sum_n w_n nll_n / sum_n w_n`, `normaliser = sum_n w_n`, so
-  `value * normaliser` is the spec's sum (with `em_weights` the normaliser is
+  `value * normaliser` is the §6.3 sum (with `em_weights` the normaliser is
   the number of questions). Weights are constants (no gradient).
 
   Args:
@@ -91,9 +90,9 @@ def weighted_sequence_nll(logp: jax.Array, mask: jax.Array,
   Returns:
     `(value scalar, normaliser scalar)`; 0 when all weights are 0.
   """
-  chex.assert_equal_shape([logp, mask])
+  P.check_same_shape(logp=logp, mask=mask)
   w = jax.lax.stop_gradient(P.as_float(weights, P.compute_dtype(logp)))
-  chex.assert_shape(w, (logp.shape[0],))
+  P.check_shape("weights", w, (logp.shape[0],), f" (one per row of logp {logp.shape})")
   nll = -P.masked_mean(logp, mask, axis=-1)
   total = jnp.sum(w)
   return P.safe_divide(jnp.sum(w * nll), total), total

@@ -1,4 +1,4 @@
-"""Clipped policy-gradient losses of the GRPO family (algorithms.md §2.2–2.4).
+"""Clipped policy-gradient losses, GRPO family (docs/algorithms.md §2.2–2.4).
 
 `policy_loss` equals TRL 1.16 `GRPOTrainer._compute_loss` (one process, no
 gradient accumulation, `num_items_in_batch = mask.sum()`) in value and
@@ -16,7 +16,6 @@ import dataclasses
 import math
 from typing import Any, Dict, Mapping, NamedTuple, Optional, Tuple
 
-import chex
 import jax
 import jax.numpy as jnp
 
@@ -32,7 +31,7 @@ from alignax.objectives.registry import (POLICY_LOSSES, get_aggregation,
 
 def importance_weights(logp: jax.Array, old_logp: jax.Array, mask: jax.Array,
                        *, level: str = "token") -> jax.Array:
-  """Log importance weights (algorithms.md §2.2).
+  """Log importance weights (docs/algorithms.md §2.2).
 
   token:    `log_w = logp - old_logp`                            `[N, T]`
   sequence: `log_w = sum_t (logp - old_logp) m / max(sum_t m, 1)`   `[N, 1]`
@@ -52,7 +51,7 @@ def importance_weights(logp: jax.Array, old_logp: jax.Array, mask: jax.Array,
 
 def clipped_surrogate(coef_1: jax.Array, adv: jax.Array, eps_low: float,
                       eps_high: float, delta: Optional[float] = None):
-  """PPO clipped surrogate, TRL form (algorithms.md §2.3).
+  """PPO clipped surrogate, TRL form (docs/algorithms.md §2.3).
 
   ```
   coef_2   = clip(coef_1, 1 - eps_low, 1 + eps_high)
@@ -223,7 +222,7 @@ def _seq_length_weighted(per_token, mask, *, max_len=None):
 
 def aggregate_loss_terms(per_token: jax.Array, mask: jax.Array, mode: str, *,
                          max_len: Optional[int] = None):
-  """`(numerator, normaliser)` of an aggregation mode (algorithms.md §1.3).
+  """`(numerator, normaliser)` of an aggregation mode (docs/algorithms.md §1.3).
 
   `mode` is an aggregation name ("seq_mean_token_mean", "token_mean",
   "seq_sum_const", "seq_length_weighted") or a loss type ("grpo", "dapo", ...).
@@ -238,7 +237,7 @@ def aggregate_loss_terms(per_token: jax.Array, mask: jax.Array, mode: str, *,
 def aggregate_loss(per_token: jax.Array, mask: jax.Array, mode: str, *,
                    max_len: Optional[int] = None,
                    num_items: Optional[jax.Array] = None):
-  """Scalar loss and its normaliser (algorithms.md §1.3, checklist #6).
+  """Scalar loss and its normaliser (docs/algorithms.md §1.3, checklist #6).
 
   Returns `(numerator / max(normaliser, 1), normaliser)`; `num_items` (a
   global token count, "dapo") replaces the normaliser when given.
@@ -347,19 +346,31 @@ def policy_loss_terms(logprobs: jax.Array, old_logprobs: Optional[jax.Array],
     `(numerator scalar, normaliser scalar, metrics dict)`.
   """
   spec = get_policy_loss(loss_type)
-  chex.assert_rank(logprobs, 2)
-  chex.assert_equal_shape([logprobs, mask])
+  if importance_sampling_level not in ("token", "sequence"):
+    raise ValueError(f"importance_sampling_level={importance_sampling_level!r}; use"
+                     " 'token' or 'sequence' (GSPO).")
+  P.check_rank("logprobs", logprobs, 2)
+  P.check_same_shape(logprobs=logprobs, mask=mask, old_logprobs=old_logprobs,
+                     ref_logprobs=ref_logprobs, sampling_logprobs=sampling_logprobs)
   dtype = P.compute_dtype(logprobs)
-  logp = P.as_float(logprobs, dtype)
   m = P.as_float(mask, dtype)
+  # Masked-out entries are zeroed by `where` first: a NaN or inf at a padded
+  # position must reach neither the loss nor (0 * NaN) the gradient.
+  logp = P.zero_masked(P.as_float(logprobs, dtype), m)
   # TRL with num_iterations == 1: old = logp.detach(), ratio 1 with gradient.
   old = (jax.lax.stop_gradient(logp) if old_logprobs is None
-         else P.as_float(old_logprobs, dtype))
-  chex.assert_equal_shape([logp, old])
+         else P.zero_masked(P.as_float(old_logprobs, dtype), m))
   adv = P.as_float(advantages, dtype)
   if adv.ndim == 1:
     adv = adv[:, None]
-  chex.assert_shape(adv, (logp.shape[0], None))
+  P.check_shape("advantages", adv, (logp.shape[0], None),
+                f" ([N] or [N, 1] or [N, T] with N = logprobs.shape[0] = {logp.shape[0]})")
+  if adv.shape[1] not in (1, logp.shape[1]):
+    raise ValueError(f"advantages has shape {adv.shape}; per-token advantages must be"
+                     f" [N, T] = {logp.shape} like logprobs.")
+  # A row (or token) that is masked out contributes nothing, whatever its value.
+  adv = P.zero_masked(adv, jnp.any(m != 0, axis=-1, keepdims=True) if adv.shape[1] == 1
+                      else m)
 
   log_ratio = logp - old
   coef_1 = jnp.exp(importance_weights(logp, old, m,
@@ -371,14 +382,14 @@ def policy_loss_terms(logprobs: jax.Array, old_logprobs: Optional[jax.Array],
 
   metrics = {}
   if off_policy_mask_threshold is not None:
-    sampling = old if sampling_logprobs is None else P.as_float(
-        sampling_logprobs, dtype)
+    sampling = old if sampling_logprobs is None else P.zero_masked(P.as_float(
+        sampling_logprobs, dtype), m)
     per_token = per_token * off_policy_sequence_mask(
         adv, logp, sampling, m, off_policy_mask_threshold)
   if beta != 0.0:
     if ref_logprobs is None:
       raise ValueError("beta != 0 needs ref_logprobs")
-    kl = P.kl_estimator(logp, P.as_float(ref_logprobs, dtype), "k3")
+    kl = P.kl_estimator(logp, P.zero_masked(P.as_float(ref_logprobs, dtype), m), "k3")
     if use_bias_correction_kl:
       # The unclamped ratio, differentiable: changes the gradient even at 1.
       kl = kl * coef_1
@@ -475,7 +486,7 @@ def policy_loss(logprobs: jax.Array, old_logprobs: Optional[jax.Array],
 def rloo_sequence_loss(seq_logp: jax.Array, old_seq_logp: jax.Array,
                        adv: jax.Array, eps_low: float = 0.2,
                        eps_high: float = 0.2) -> jax.Array:
-  """TRL RLOO sequence-level clipped loss (algorithms.md §3.1).
+  """TRL RLOO sequence-level clipped loss (docs/algorithms.md §3.1).
 
   `ratio = exp(seq_logp - old_seq_logp)`; `mean_n -min(ratio A, clip(ratio) A)`.
   Source: TRL `RLOOTrainer._compute_loss`.
@@ -486,7 +497,7 @@ def rloo_sequence_loss(seq_logp: jax.Array, old_seq_logp: jax.Array,
   Returns:
     Scalar loss.
   """
-  chex.assert_equal_shape([seq_logp, old_seq_logp, adv])
+  P.check_same_shape(seq_logp=seq_logp, old_seq_logp=old_seq_logp, advantages=adv)
   coef_1 = jnp.exp(P.as_float(seq_logp) - P.as_float(old_seq_logp))
   loss, _ = clipped_surrogate(coef_1, P.as_float(adv), eps_low, eps_high)
   return jnp.mean(loss)

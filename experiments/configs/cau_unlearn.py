@@ -1,4 +1,4 @@
-"""Config for `python -m alignax.experiments.cau_unlearn` (CAU, algorithms.md §9).
+"""Config for `python -m alignax.experiments.cau_unlearn` (CAU, docs/algorithms.md §9).
 
 Presets: `--config=experiments/configs/cau_unlearn.py:<preset>` with
   default   synthetic planted-structure sessions, SASRec (paper size), CPU < 10 min
@@ -7,6 +7,9 @@ Presets: `--config=experiments/configs/cau_unlearn.py:<preset>` with
 Any field can be overridden: `--config.unlearn.lr=0.5`.
 """
 import ml_collections
+
+from alignax.experiments.common import (Rule, boolean, directory_or_empty, integer,
+                                        many_of, number, one_of, string)
 
 
 def _base() -> ml_collections.ConfigDict:
@@ -50,7 +53,7 @@ def _base() -> ml_collections.ConfigDict:
       tau=1.0,
       fixed_weights=(1.0 / 3, 1.0 / 3, 1.0 / 3),
       # KL over all items but the forgotten one [DEVIATION from §9.1, see
-      # framework/cau.py]; the "full_kl" ablation runs the literal form.
+      # recsys/cau.py]; the "full_kl" ablation runs the literal form.
       kl_exclude_target=True,
   ))
   c.ablations = ("no_curriculum", "soft", "embedding_difficulty", "no_mgda",
@@ -84,3 +87,56 @@ def get_config(preset: str = "default") -> ml_collections.ConfigDict:
   else:
     raise ValueError(f"unknown preset {preset!r}; use default, tiny or ml1m")
   return c
+
+
+# What each key may hold, checked before any work (`common.validate_config`).
+_POS, _NONNEG = integer(1), integer(0)
+_FRACTION = number(0, 1, lo_open=True, hi_open=True)
+_LR = number(0, lo_open=True)
+_TOP_P = number(0, 1, lo_open=True)
+_MODEL = {f"{m}.{k}": _POS for m in ("model",) for k in (
+    "hidden_size", "intermediate_size", "num_layers", "num_heads", "num_kv_heads",
+    "max_position_embeddings")}
+_MODEL["model.tie_word_embeddings"] = boolean()
+SCHEMA = {
+    "seed": _NONNEG,
+    "data.name": one_of(("synthetic", "movielens_1m", "amazon_beauty", "amazon_games")),
+    "data.max_len": _POS,
+    **{f"data.synthetic.{k}": _POS for k in (
+        "num_items", "num_clusters", "num_train", "num_test", "min_len", "max_len",
+        "num_patterns", "sessions_per_pattern")},
+    "data.synthetic.seed": _NONNEG,
+    "data.data_dir": string(), "data.manual_dir": string(),
+    "data.num_forget": _POS, "data.test_fraction": _FRACTION,
+    "model.name": one_of("alignax.recsys.recommenders:RECOMMENDERS"),
+    "train.epochs": _POS, "train.batch_size": _POS, "train.lr": _LR,
+    "train.eval_every": _POS, "train.checkpoint_every": _POS,
+    "load_original_from": directory_or_empty(),
+    "unlearn.optimizer": one_of(("sgd", "adam")),
+    "unlearn.lr": _LR,
+    "unlearn.normalization": one_of(("none", "l2", "loss", "loss+")),
+    "unlearn.batch_size": _POS, "unlearn.max_steps_per_batch": _POS,
+    "unlearn.stop_when_forgotten": boolean(), "unlearn.stop_topk": _POS,
+    "unlearn.passes": _POS,
+    "unlearn.difficulty": one_of(("gradient", "embedding")),
+    "unlearn.curriculum": one_of("alignax.objectives.curriculum:CURRICULA"),
+    "unlearn.tau": number(0, lo_open=True),
+    "unlearn.kl_exclude_target": boolean(),
+    "ablations": Rule(lambda v: isinstance(v, (tuple, list)) and all(
+        a in ("no_curriculum", "hard", "soft", "embedding_difficulty", "no_mgda",
+              "full_kl") for a in v),
+        "a tuple of names from 'embedding_difficulty', 'full_kl', 'hard',"
+        " 'no_curriculum', 'no_mgda', 'soft' (may be empty)"),
+    "eval_batch_size": _POS,
+    "plot": boolean(),
+}
+
+
+def _check_weights(c):
+  w = c.unlearn.fixed_weights
+  if len(w) != 3 or any(not isinstance(x, (int, float)) or x < 0 for x in w):
+    return (f"config.unlearn.fixed_weights={tuple(w)!r}: must be three numbers >= 0"
+            " (forget, retain, KL)")
+
+
+CHECKS = (_check_weights,)

@@ -6,6 +6,9 @@ Presets: `default` (a few minutes on a 2-core CPU) and `tiny` (tests).
 """
 import ml_collections
 
+from alignax.experiments.common import (boolean, directory_or_empty, integer, many_of,
+                                        number, one_of, string)
+
 
 def get_config(preset: str = "default") -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
@@ -110,3 +113,48 @@ def get_config(preset: str = "default") -> ml_collections.ConfigDict:
   elif preset != "default":
     raise ValueError(f"Unknown preset {preset!r}; use 'default' or 'tiny'.")
   return c
+
+
+# What each key may hold, checked before any work (`common.validate_config`).
+_POS, _NONNEG = integer(1), integer(0)
+_FRACTION = number(0, 1, lo_open=True, hi_open=True)
+_LR = number(0, lo_open=True)
+_TOP_P = number(0, 1, lo_open=True)
+_MODEL = {f"{m}.{k}": _POS for m in ("model",) for k in (
+    "hidden_size", "intermediate_size", "num_layers", "num_heads", "num_kv_heads",
+    "max_position_embeddings")}
+_MODEL["model.tie_word_embeddings"] = boolean()
+SCHEMA = {
+    "seed": _NONNEG,
+    "dataset": one_of(("builtin",)),
+    "world.num_people": _POS, "world.num_cities": _POS, "world.num_countries": _POS,
+    "world.num_companies": _POS, "world.distractors_per_person": _NONNEG,
+    "world.max_fillers": _NONNEG, "world.heldout_fraction": _FRACTION,
+    "candidates.num": _POS, "candidates.insert_gold": boolean(),
+    "candidates.keep_top": _NONNEG,
+    **_MODEL,
+    "shared_model": boolean(),
+    "selector.top_k": _POS, "selector.temperature": number(0, lo_open=True),
+    "selector.top_p": _TOP_P, "selector.no_repeat_ids": boolean(),
+    "generator.max_answer_tokens": _POS,
+    "warmup.num_questions": _POS, "warmup.generator_steps": _NONNEG,
+    "warmup.selector_steps": _NONNEG, "warmup.batch_size": _POS,
+    "warmup.learning_rate": _LR, "warmup.counterfactual": boolean(),
+    "warmup.generator_prompt_loss": boolean(),
+    "em.num_iterations": _POS, "em.questions_per_iteration": _POS,
+    "em.num_samples": _POS, "em.temperature": number(0, lo_open=True),
+    "em.renormalize_after_filter": boolean(), "em.epochs": _POS,
+    "em.batch_size": _POS, "em.micro_batches": _POS, "em.learning_rate": _LR,
+    "em.min_weight": number(0, 1),
+    "methods": many_of("alignax.experiments.dro:METHODS"),
+    "eval.size": _POS,
+}
+
+
+def _check_top_k(c):
+  if c.selector.top_k > c.candidates.num:
+    return (f"config.selector.top_k={c.selector.top_k} exceeds"
+            f" config.candidates.num={c.candidates.num}")
+
+
+CHECKS = (_check_top_k,)

@@ -6,6 +6,9 @@ Presets: `default` (a few minutes on a 2-core CPU) and `tiny` (tests).
 """
 import ml_collections
 
+from alignax.experiments.common import (boolean, directory_or_empty, integer, many_of,
+                                        number, one_of, string)
+
 
 def get_config(preset: str = "default") -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
@@ -61,7 +64,7 @@ def get_config(preset: str = "default") -> ml_collections.ConfigDict:
       num_iterations=6, questions_per_iteration=256, num_samples=8, temperature=0.25,
       epochs=1, batch_size=32, micro_batches=1, learning_rate=1e-3, min_weight=0.01))
   # The method ("exsearch") and the baselines trained in the same run, each
-  # from the same warm-up model; keys of exsearch.WEIGHTINGS.
+  # from the same warm-up model; keys of objectives.EM_WEIGHTINGS.
   c.methods = ("exsearch", "uniform", "rejection_sft")
   c.eval = ml_collections.ConfigDict(dict(size=400))
 
@@ -78,3 +81,36 @@ def get_config(preset: str = "default") -> ml_collections.ConfigDict:
   elif preset != "default":
     raise ValueError(f"Unknown preset {preset!r}; use 'default' or 'tiny'.")
   return c
+
+
+# What each key may hold, checked before any work (`common.validate_config`).
+_POS, _NONNEG = integer(1), integer(0)
+_FRACTION = number(0, 1, lo_open=True, hi_open=True)
+_LR = number(0, lo_open=True)
+_TOP_P = number(0, 1, lo_open=True)
+_MODEL = {f"{m}.{k}": _POS for m in ("model",) for k in (
+    "hidden_size", "intermediate_size", "num_layers", "num_heads", "num_kv_heads",
+    "max_position_embeddings")}
+_MODEL["model.tie_word_embeddings"] = boolean()
+SCHEMA = {
+    "seed": _NONNEG,
+    "dataset": one_of("alignax.agents.qa_data:DATASETS"),
+    "data_dir": string(),
+    "world.num_people": _POS, "world.num_cities": _POS, "world.num_countries": _POS,
+    "world.num_companies": _POS, "world.heldout_fraction": _FRACTION,
+    "world.split": one_of(("question", "person")), "world.name_words": _POS,
+    **_MODEL,
+    "retrieval.top_k": _POS,
+    "rollout.max_turns": _POS, "rollout.max_turn_tokens": _POS,
+    "rollout.max_tool_tokens": _POS, "rollout.max_total_tokens": _POS,
+    "rollout.max_answer_tokens": _POS, "rollout.temperature": number(0, lo_open=True),
+    "rollout.top_p": _TOP_P,
+    "warmup.num_oracle": _POS, "warmup.steps": _NONNEG, "warmup.batch_size": _POS,
+    "warmup.learning_rate": _LR,
+    "em.num_iterations": _POS, "em.questions_per_iteration": _POS,
+    "em.num_samples": _POS, "em.temperature": number(0, lo_open=True),
+    "em.epochs": _POS, "em.batch_size": _POS, "em.micro_batches": _POS,
+    "em.learning_rate": _LR, "em.min_weight": number(0, 1),
+    "methods": many_of("alignax.objectives.em:EM_WEIGHTINGS"),
+    "eval.size": _POS,
+}

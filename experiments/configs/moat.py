@@ -8,6 +8,9 @@ import ml_collections
 
 from alignax.agents import moat_world as mw
 
+from alignax.experiments.common import (boolean, directory_or_empty, integer, many_of,
+                                        number, one_of, string)
+
 
 def get_config(preset: str = "default") -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
@@ -52,7 +55,7 @@ def get_config(preset: str = "default") -> ml_collections.ConfigDict:
       epochs=1, accumulate=True, replay_gold=True))
   # "builtin" (world execution) or "llm" (model_dir: an HF causal LM).
   # rewrite_subgoals (builtin): rewrite the planner's subgoals to match the
-  # corrected actions (the spec's critic returns both); False keeps the
+  # corrected actions (docs/algorithms.md §8.2's critic returns both); False keeps the
   # planner's own subgoals.
   c.critic = ml_collections.ConfigDict(dict(name="builtin", model_dir="",
                                             max_new_tokens=96, rewrite_subgoals=True))
@@ -79,3 +82,55 @@ def get_config(preset: str = "default") -> ml_collections.ConfigDict:
   elif preset != "default":
     raise ValueError(f"Unknown preset {preset!r}; use 'default' or 'tiny'.")
   return c
+
+
+# What each key may hold, checked before any work (`common.validate_config`).
+_POS, _NONNEG = integer(1), integer(0)
+_FRACTION = number(0, 1, lo_open=True, hi_open=True)
+_LR = number(0, lo_open=True)
+_TOP_P = number(0, 1, lo_open=True)
+_MODEL = {f"{m}.{k}": _POS for m in ("model",) for k in (
+    "hidden_size", "intermediate_size", "num_layers", "num_heads", "num_kv_heads",
+    "max_position_embeddings")}
+_MODEL["model.tie_word_embeddings"] = boolean()
+_AGENT = {f"{a}.{k}": v for a in ("planner", "grounder")
+          for k, v in ((k.split(".", 1)[1], v) for k, v in _MODEL.items())}
+SCHEMA = {
+    "seed": _NONNEG,
+    "world.num_people": _POS, "world.num_cities": _POS, "world.num_countries": _POS,
+    "world.num_companies": _POS, "world.eval_fraction": _FRACTION,
+    "world.nested_fraction": number(0, 1), "world.heldout_fraction": _FRACTION,
+    "world.num_long": _NONNEG, "world.relations": string(),
+    **_AGENT,
+    "planner_dir": directory_or_empty(), "grounder_dir": directory_or_empty(),
+    "mesh.data": _POS, "mesh.fsdp": _POS, "mesh.tensor": _POS,
+    "lengths.plan_prompt_len": _POS, "lengths.plan_len": _POS,
+    "lengths.ground_prompt_len": _POS, "lengths.action_len": _POS,
+    "warmup.num_gold": _POS, "warmup.planner_steps": _NONNEG,
+    "warmup.grounder_steps": _NONNEG, "warmup.batch_size": _POS,
+    "warmup.learning_rate": _LR,
+    "stage1.tasks_per_iteration": _POS, "stage1.num_samples": integer(2),
+    "stage1.temperature": number(0, lo_open=True), "stage1.top_p": _TOP_P,
+    "stage1.min_gap": number(0), "stage1.beta": number(0, lo_open=True),
+    "stage1.learning_rate": _LR, "stage1.batch_size": _POS, "stage1.epochs": _POS,
+    "stage1.rpo_alpha": number(0),
+    "stage2.plans_per_task": _POS, "stage2.temperature": number(0),
+    "stage2.top_p": _TOP_P, "stage2.learning_rate": _LR, "stage2.batch_size": _POS,
+    "stage2.epochs": _POS, "stage2.accumulate": boolean(), "stage2.replay_gold": boolean(),
+    "critic.name": one_of("alignax.agents.moat_critic:CRITICS"),
+    "critic.model_dir": directory_or_empty(), "critic.max_new_tokens": _POS,
+    "critic.rewrite_subgoals": boolean(),
+    "num_iterations": _POS, "optimizer_warmup_steps": _NONNEG,
+    "separate.enabled": boolean(), "separate.learning_rate": number(0),
+    "eval.held_in_size": _POS, "eval.held_out_size": _POS,
+}
+
+
+def _check_relations(c):
+  unknown = sorted(set(c.world.relations.split()) - set(mw.RELATIONS))
+  if unknown or not c.world.relations.split():
+    return (f"config.world.relations={c.world.relations!r}: give space-separated names"
+            f" from {sorted(mw.RELATIONS)} (unknown: {unknown})")
+
+
+CHECKS = (_check_relations,)

@@ -112,7 +112,7 @@ def test_grounder_scores_match_numpy(world, io_and_models):
     ce = -logp[np.arange(len(comp)), comp]
     want = ce.sum() / max((ce >= 1e-9).sum(), 1)
     np.testing.assert_allclose(got[i], want, rtol=2e-4)
-  # The count excludes tokens with CE < 1e-9 (spec §8.1); empty rows give 0.
+  # The count excludes tokens with CE < 1e-9 (docs/algorithms.md §8.1); empty rows give 0.
   logp = jnp.asarray([[-2.0, 0.0, -1.0, 0.0], [0.0, 0.0, 0.0, 0.0], [-1.0, -3.0, 0, 0]])
   mask = jnp.asarray([[1, 1, 1, 1], [1, 1, 0, 0], [0, 0, 0, 0]], jnp.float32)
   np.testing.assert_allclose(objectives.perplexity_scores(logp, mask, count_threshold=1e-9),

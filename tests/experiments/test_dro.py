@@ -1,6 +1,6 @@
 """DRO binary on the `tiny` preset (outputs, summary keys, resume), its E-step
 weighting (parse + dedup + segment softmax + dropping) against a NumPy
-re-derivation of algorithms.md §7.1, the prompts, the world's candidates and
+re-derivation of docs/algorithms.md §7.1, prompts, the world's candidates and
 config errors."""
 import json
 import os

@@ -1,4 +1,4 @@
-"""Fused chunked log-probs/entropy vs unfused autodiff (sparse_attention.md §6)."""
+"""Fused chunked log-probs/entropy vs unfused autodiff (docs/sparse_attention.md §6)."""
 import jax
 import jax.numpy as jnp
 import numpy as np

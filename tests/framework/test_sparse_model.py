@@ -1,7 +1,7 @@
 """The decoder with `attention_impl="block_sparse"` (DeltaLLM-style hybrid).
 
 The reference is independent of `alignax.kernels`: the hybrid element mask is
-built here in NumPy from the rule of specs/sparse_attention.md §1 and
+built here in NumPy from the rule of docs/sparse_attention.md §1 and
 `framework/sparse_attention.py` (window + first real tokens as sinks + top-k
 earlier whole blocks by mean(q block) . mean(k block)), then plain float64
 softmax attention runs under it.
@@ -43,7 +43,7 @@ def _jit_logits(model):
 
 def numpy_hybrid_mask(q, k, key_valid, query_slot0, *, window, sinks, top_k,
                       block_q, block_k):
-  """The spec's hybrid rule, element by element: bool [B, Hkv, Tq, Tk].
+  """Hybrid rule of docs/sparse_attention.md §1 per element: bool [B, Hkv, Tq, Tk].
 
   Args:
     q: [B, Tq, Hq, D]; k: [B, Tk, Hkv, D] (NumPy, after RoPE).

@@ -80,7 +80,7 @@ def _grouped_batch(groups, prompts=2, p=6, c=5, vocab=32, seed=1):
 
 @pytest.mark.parametrize("c", [5, 1])
 def test_shared_prompt_forward_matches_full_rows(c):
-  """Prefix Grouper (algorithms.md §4.5): running each group's prompt once gives
+  """Prefix Grouper (docs/algorithms.md §4.5): one prompt run per group gives
   the per-row forward's log-probs, entropies and parameter gradients (1e-5)."""
   config = ModelConfig(vocab_size=32, hidden_size=32, intermediate_size=64, num_layers=2,
                        num_heads=4, num_kv_heads=2, qkv_bias=True)

@@ -1,4 +1,4 @@
-"""Advantage estimators: TRL 1.16 parity, spec worked examples, properties."""
+"""Advantage estimators: TRL 1.16 parity, docs/algorithms.md examples, properties."""
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -29,7 +29,7 @@ def test_grpo_advantages_match_trl(scale, group_size):
     ours = np.asarray(O.grpo_advantages(jnp.asarray(r), group_size,
                                         scale=scale))
   assert np.isfinite(ours).all()
-  # TRL works in float32 (its c/(c-1) factor is rounded): spec says ~3e-8.
+  # TRL rounds its c/(c-1) factor to float32: docs/algorithms.md §2.4 says ~3e-8.
   np.testing.assert_allclose(ours, expected, rtol=1e-6, atol=1e-6)
   if group_size > 1:  # G == 1: every row is its own group mean -> all 0
     assert np.abs(expected).max() > 0.1

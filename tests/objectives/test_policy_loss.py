@@ -133,7 +133,7 @@ WORKED = dict(
     ("dapo", 0.0, True, {"delta": 1.1}, -0.05550244194705294),
 ])
 def test_spec_worked_example(loss_type, beta, bc, kw, expected):
-  """algorithms.md §2.6 (G=2, N=4, T=3), float64, rtol 1e-6."""
+  """docs/algorithms.md §2.6 (G=2, N=4, T=3), float64, rtol 1e-6."""
   with jax.enable_x64(True):
     adv = O.grpo_advantages(jnp.array([1.0, 0.0, 0.5, 0.5]), 2)
     np.testing.assert_allclose(adv, [0.7070068, -0.7070068, 0, 0], rtol=1e-6)

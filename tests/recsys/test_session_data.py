@@ -12,8 +12,8 @@ import zipfile
 import numpy as np
 import pytest
 
-from alignax.framework.data import builders
-from alignax.framework.data import sessions
+from alignax.recsys.data import builders
+from alignax.recsys.data import sessions
 
 
 def _interactions(num_users=12, num_items=9, per_user=6, seed=0):

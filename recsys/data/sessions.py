@@ -158,7 +158,7 @@ def next_item_examples(sessions: Sequence[np.ndarray], length: int,
 
 @dataclasses.dataclass
 class UnlearningSet:
-  """Arrays describing U unlearning samples (§9.1).
+  """Arrays describing U unlearning samples (docs/algorithms.md §9.1).
 
   Attributes:
     prefixes: [U, L] left-padded v_{1:t-1}.

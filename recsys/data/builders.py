@@ -31,9 +31,17 @@ import os
 import zipfile
 from typing import Iterable, Iterator
 
-from etils import epath
 import numpy as np
-import tensorflow_datasets as tfds
+
+try:
+  from etils import epath
+  import tensorflow_datasets as tfds
+except ImportError as e:  # only the public data sets need tfds
+  raise ImportError(
+      "alignax.recsys.data.builders (MovieLens-1M, Amazon reviews) needs "
+      "tensorflow-datasets, array-record and etils, which a plain install "
+      f"does not pull ({e}). Install them with: pip install 'alignax[recsys]'"
+  ) from e
 
 _ML1M_URL = "https://files.grouplens.org/datasets/movielens/ml-1m.zip"
 _AMAZON_URL = "http://snap.stanford.edu/data/amazon/productGraph/categoryFiles/"

@@ -1,6 +1,6 @@
 """Session-based recommenders (Flax NNX): GRU4Rec, SASRec, BERT4Rec.
 
-Conventions shared by every model (algorithms.md §9.5):
+Conventions shared by every model (docs/algorithms.md §9.5):
 - item ids are 1..num_items, 0 is padding; sequences are LEFT-padded to a fixed
   length L so that the most recent item is always at position L-1;
 - `encode(seqs)` [B, L] -> [B, D] is the session representation that predicts
@@ -22,6 +22,7 @@ BERT4Rec (Sun et al., 2019) d = 64, 2 layers, 2 heads, mask probability 0.2.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Callable
 
 import chex
@@ -29,6 +30,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 import optax
+
+from alignax.objectives import unlearning
 
 PAD = 0
 _NEG = -1e9  # finite, so softmax/KL stay NaN-free on the padding item
@@ -245,9 +248,27 @@ def make_recommender(name: str, num_items: int, *, seed: int = 0,
 # Functional training and evaluation.
 
 
+@functools.partial(jax.jit, static_argnames=("graphdef", "tx"))
+def train_step(params, opt_state, seqs, key, *, graphdef: nnx.GraphDef,
+               tx: optax.GradientTransformation):
+  """One next-item training step -> (params, opt_state, loss).
+
+  `seqs` [B, L] full training sessions, `key` the dropout key. `graphdef` and
+  `tx` are static: one compilation per (model structure, optimiser object).
+  """
+
+  def loss_fn(p):
+    total, count = nnx.merge(graphdef, p).loss(seqs, key)
+    return total / jnp.maximum(count, 1)
+
+  loss, grads = jax.value_and_grad(loss_fn)(params)
+  updates, opt_state = tx.update(grads, opt_state, params)
+  return optax.apply_updates(params, updates), opt_state, loss
+
+
 @dataclasses.dataclass(frozen=True)
 class Trainer:
-  """Jitted next-item training and full-ranking evaluation over NNX state.
+  """Jitted next-item training over NNX state.
 
   Attributes:
     graphdef: from `nnx.split(model)`.
@@ -262,24 +283,18 @@ class Trainer:
 
   def make_train_step(self) -> Callable:
     """(params, opt_state, seqs [B, L], key) -> (params, opt_state, loss)."""
-    graphdef, tx = self.graphdef, self.tx
+    return functools.partial(train_step, graphdef=self.graphdef, tx=self.tx)
 
-    def loss_fn(params, seqs, key):
-      total, count = nnx.merge(graphdef, params).loss(seqs, key)
-      return total / jnp.maximum(count, 1)
 
-    @jax.jit
-    def step(params, opt_state, seqs, key):
-      loss, grads = jax.value_and_grad(loss_fn)(params, seqs, key)
-      updates, opt_state = tx.update(grads, opt_state, params)
-      return optax.apply_updates(params, updates), opt_state, loss
-
-    return step
+@functools.partial(jax.jit, static_argnames=("graphdef",))
+def logits(params, seqs, *, graphdef: nnx.GraphDef) -> jax.Array:
+  """(params, prefixes [B, L]) -> [B, num_items + 1] logits."""
+  return nnx.merge(graphdef, params)(seqs)
 
 
 def logits_fn(graphdef: nnx.GraphDef) -> Callable:
   """Jitted (params, prefixes [B, L]) -> [B, num_items + 1] logits."""
-  return jax.jit(lambda params, seqs: nnx.merge(graphdef, params)(seqs))
+  return functools.partial(logits, graphdef=graphdef)
 
 
 def evaluate(graphdef: nnx.GraphDef, params: nnx.State, prefixes, targets, *,
@@ -291,7 +306,7 @@ def evaluate(graphdef: nnx.GraphDef, params: nnx.State, prefixes, targets, *,
   Returns:
     {"hr@K": float, "ndcg@K": float} for every K, averaged over the N rows.
   """
-  fn = _eval_fn(graphdef, tuple(ks))
+  ks = tuple(ks)
   sums: dict[str, float] = {}
   n = len(targets)
   for start in range(0, n, batch_size):
@@ -299,34 +314,22 @@ def evaluate(graphdef: nnx.GraphDef, params: nnx.State, prefixes, targets, *,
     pad = batch_size - rows
     p = jnp.pad(jnp.asarray(prefixes[start:start + rows]), ((0, pad), (0, 0)))
     t = jnp.pad(jnp.asarray(targets[start:start + rows]), (0, pad))
-    out = fn(params, p, t, jnp.arange(batch_size) < rows)
+    out = _metric_sums(params, p, t, jnp.arange(batch_size) < rows,
+                       graphdef=graphdef, ks=ks)
     for k, v in out.items():
       sums[k] = sums.get(k, 0.0) + float(v)
   return {k: v / max(n, 1) for k, v in sums.items()}
 
 
-_EVAL_CACHE: dict = {}
-
-
-def _eval_fn(graphdef, ks):
-  """Jitted per-batch metric sums, cached per (graphdef, Ks)."""
-  # Imported here: objectives sit beside framework, and only evaluation needs it.
-  from alignax.objectives import unlearning  # pylint: disable=g-import-not-at-top
-
-  if (graphdef, ks) not in _EVAL_CACHE:
-
-    @jax.jit
-    def fn(params, prefixes, targets, row_mask):
-      logits = nnx.merge(graphdef, params)(prefixes)
-      count = jnp.sum(row_mask.astype(jnp.float32))
-      out = {}
-      for k in ks:
-        # Sums (not means) so that batches combine exactly.
-        out[f"hr@{k}"] = unlearning.hit_rate_at_k(
-            logits, targets, k, row_mask) * count
-        out[f"ndcg@{k}"] = unlearning.ndcg_at_k(
-            logits, targets, k, row_mask) * count
-      return out
-
-    _EVAL_CACHE[(graphdef, ks)] = fn
-  return _EVAL_CACHE[(graphdef, ks)]
+@functools.partial(jax.jit, static_argnames=("graphdef", "ks"))
+def _metric_sums(params, prefixes, targets, row_mask, *, graphdef, ks):
+  """Per-batch metric sums (not means, so that batches combine exactly)."""
+  scores = nnx.merge(graphdef, params)(prefixes)
+  count = jnp.sum(row_mask.astype(jnp.float32))
+  out = {}
+  for k in ks:
+    out[f"hr@{k}"] = unlearning.hit_rate_at_k(
+        scores, targets, k, row_mask) * count
+    out[f"ndcg@{k}"] = unlearning.ndcg_at_k(
+        scores, targets, k, row_mask) * count
+  return out

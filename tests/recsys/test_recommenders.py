@@ -6,7 +6,7 @@ import optax
 import pytest
 from flax import nnx
 
-from alignax.framework import recommenders
+from alignax.recsys import recommenders
 from alignax.objectives import unlearning
 
 NUM_ITEMS, L = 30, 8

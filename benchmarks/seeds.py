@@ -1,0 +1,174 @@
+r"""Runs a binary's default over several seeds and tests its headline claims.
+
+  python benchmarks/seeds.py grpo                 # seeds 0, 1, 2 of the default
+  python benchmarks/seeds.py dro --seeds 0,1,2 --preset default
+  python benchmarks/seeds.py moat --preset tiny --workdir /tmp/seeds   # a quick check
+
+Seeds run one after another, each in `<workdir>/<binary>/seed<S>` with
+`--config.seed=S`; a seed whose `summary.json` exists is not run again, and an
+interrupted one resumes from its own checkpoints (every binary resumes), so the
+script itself is resumable: run the same command again.
+
+Writes `benchmarks/results/seeds_<binary>.json` (or `..._<preset>.json` for a
+preset other than default): for every numeric leaf of `summary.json` its mean,
+sample standard deviation (ddof=1) and per-seed values, and for every headline
+claim whether it holds. A claim holds when it holds on the mean summary and in
+at least 2 of the 3 seeds (in general: in a majority of the seeds).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from typing import Callable, Mapping
+
+import numpy as np
+
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_RESULTS = os.path.join(_ROOT, "benchmarks", "results")
+
+Summary = Mapping[str, float]
+Claim = Callable[[Summary], bool]
+
+
+def _gain(s: Summary, key: str) -> float:
+  return s[f"{key}_after"] - s[f"{key}_before"]
+
+
+def _no_drop(s: Summary, key: str, points: float) -> bool:
+  """No iteration's value is more than `points` below the one before it."""
+  curve = [s[f"{key}_before"]] + [
+      s[k] for k in sorted((k for k in s if k.startswith(f"{key}_per_iteration/")),
+                           key=lambda k: int(k.rsplit("/", 1)[1]))]
+  return all(b >= a - points for a, b in zip(curve, curve[1:]))
+
+
+# The claims the README makes for each binary's default run (see its table).
+CLAIMS: dict[str, dict[str, Claim]] = {
+    "grpo": {
+        "held-out accuracy +30 points over the warm-start":
+            lambda s: _gain(s, "eval/accuracy") >= 0.30,
+    },
+    "exsearch": {
+        "held-out EM +15 over the warm-up": lambda s: _gain(s, "eval/em") >= 15,
+        "beats uniform": lambda s: s["eval/em_after"] > s["uniform/eval/em_after"],
+        "beats rejection_sft":
+            lambda s: s["eval/em_after"] > s["rejection_sft/eval/em_after"],
+    },
+    "dro": {
+        "held-out EM +15 over the warm-up": lambda s: _gain(s, "eval/em") >= 15,
+        "beats bm25_top5": lambda s: s["eval/em_after"] > s["bm25_top5/eval/em_after"],
+        "within 2 points of rejection_sft or better":
+            lambda s: s["eval/em_after"] >= s["rejection_sft/eval/em_after"] - 2,
+        "selector's gold-passage recall +10 points":
+            lambda s: _gain(s, "eval/gold_passage_recall") >= 10,
+    },
+    "moat": {
+        "held-out success >= separate/ + 3":
+            lambda s: s["eval/held_out_after"] >= s["separate/eval/held_out_after"] + 3,
+        "held-in success > separate/":
+            lambda s: s["eval/held_in_after"] > s["separate/eval/held_in_after"],
+        "no iteration drops more than 2 points":
+            lambda s: (_no_drop(s, "eval/held_in", 2) and _no_drop(s, "eval/held_out", 2)),
+    },
+    "cau_unlearn": {
+        "forget HR@10 within 0.02 of retraining":
+            lambda s: abs(s["cau/forget/hr@10"] - s["retrained/forget/hr@10"]) <= 0.02,
+        "retain NDCG@10 >= 95% of the original":
+            lambda s: s["cau/retain/ndcg@10"] >= 0.95 * s["original/retain/ndcg@10"],
+        "MGDA (cau) beats fixed weights on retain NDCG@10":
+            lambda s: s["cau/retain/ndcg@10"] > s["weighted_sum/retain/ndcg@10"],
+    },
+}
+
+
+def flatten(tree, prefix: str = "") -> dict[str, float]:
+  """Numeric leaves of a summary as {"a/b/c": float}; lists become "/i" keys."""
+  out = {}
+  items = (tree.items() if isinstance(tree, Mapping)
+           else enumerate(tree) if isinstance(tree, list) else None)
+  if items is None:
+    if isinstance(tree, (int, float)) and not isinstance(tree, bool):
+      out[prefix] = float(tree)
+    return out
+  for k, v in items:
+    out.update(flatten(v, f"{prefix}/{k}" if prefix else str(k)))
+  return out
+
+
+def run_seed(binary: str, preset: str, seed: int, workdir: str) -> dict:
+  """Runs (or resumes) one seed; returns its flat summary."""
+  path = os.path.join(workdir, "summary.json")
+  if not os.path.exists(path):
+    config = os.path.join(_ROOT, "experiments", "configs", f"{binary}.py")
+    cmd = [sys.executable, "-m", f"alignax.experiments.{binary}",
+           f"--config={config}" + ("" if preset == "default" else f":{preset}"),
+           f"--config.seed={seed}", f"--workdir={workdir}"]
+    print("$", " ".join(cmd), flush=True)
+    subprocess.run(cmd, check=True, cwd=_ROOT)
+  with open(path) as f:
+    return flatten(json.load(f))
+
+
+def aggregate(per_seed: Mapping[int, Summary], claims: Mapping[str, Claim]) -> dict:
+  """Mean, std (ddof=1) and per-seed values of every common leaf; claim verdicts."""
+  seeds = sorted(per_seed)
+  keys = sorted(set.intersection(*(set(per_seed[s]) for s in seeds)))
+  metrics = {}
+  for k in keys:
+    vals = np.array([per_seed[s][k] for s in seeds])
+    metrics[k] = {"mean": float(vals.mean()),
+                  "std": float(vals.std(ddof=1)) if len(vals) > 1 else 0.0,
+                  "per_seed": {str(s): float(v) for s, v in zip(seeds, vals)}}
+  mean = {k: m["mean"] for k, m in metrics.items()}
+  verdicts = {}
+  for name, claim in claims.items():
+    by_seed = {str(s): bool(claim(per_seed[s])) for s in seeds}
+    on_mean = bool(claim(mean))
+    passed = sum(by_seed.values())
+    verdicts[name] = {"on_mean": on_mean, "per_seed": by_seed,
+                      "holds": on_mean and 2 * passed > len(seeds)}
+  return {"seeds": seeds, "metrics": metrics, "claims": verdicts}
+
+
+def main(argv=None) -> dict:
+  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  parser.add_argument("binary", choices=sorted(CLAIMS))
+  parser.add_argument("--seeds", default="0,1,2")
+  parser.add_argument("--preset", default="default")
+  parser.add_argument("--workdir", default=os.path.join(_ROOT, "runs", "seeds"))
+  parser.add_argument("--out", default=None, help="JSON path (default: results/)")
+  args = parser.parse_args(argv)
+  seeds = [int(s) for s in args.seeds.split(",")]
+  suffix = "" if args.preset == "default" else f"_{args.preset}"
+  per_seed = {s: run_seed(args.binary, args.preset, s,
+                          os.path.join(args.workdir, f"{args.binary}{suffix}", f"seed{s}"))
+              for s in seeds}
+  result = {"binary": args.binary, "preset": args.preset,
+            **aggregate(per_seed, CLAIMS[args.binary])}
+  out = args.out or os.path.join(_RESULTS, f"seeds_{args.binary}{suffix}.json")
+  os.makedirs(os.path.dirname(out), exist_ok=True)
+  with open(out, "w") as f:
+    json.dump(result, f, indent=1)
+
+  headline = [k for k in result["metrics"]
+              if "per_iteration" not in k and "seconds" not in k and "details" not in k]
+  print(f"\n{args.binary} ({args.preset}), seeds {seeds}")
+  print(f"{'metric':<48} {'mean':>10} {'std':>9}  per seed")
+  for k in headline:
+    m = result["metrics"][k]
+    vals = " ".join(f"{v:.4g}" for v in m["per_seed"].values())
+    print(f"{k:<48} {m['mean']:>10.4g} {m['std']:>9.3g}  {vals}")
+  print(f"\n{'claim':<52} {'mean':>5} {'seeds':>8}  holds")
+  for name, v in result["claims"].items():
+    seeds_ok = "".join("+" if ok else "-" for ok in v["per_seed"].values())
+    print(f"{name:<52} {'yes' if v['on_mean'] else 'no':>5} {seeds_ok:>8}  "
+          f"{'YES' if v['holds'] else 'no'}")
+  print(f"\nwrote {out}")
+  return result
+
+
+if __name__ == "__main__":
+  main()

@@ -1,0 +1,39 @@
+"""benchmarks/seeds.py: flattening, mean/std over seeds, and the 2-of-3 rule."""
+import importlib.util
+import os
+
+import numpy as np
+
+_PATH = os.path.join(os.path.dirname(__file__), "..", "..", "benchmarks", "seeds.py")
+_spec = importlib.util.spec_from_file_location("seeds", _PATH)
+seeds = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(seeds)
+
+
+def test_flatten_nested_and_lists():
+  flat = seeds.flatten({"a": {"b": 1, "c": [2.0, 3]}, "d": True, "e": "x", "f": 0.5})
+  assert flat == {"a/b": 1.0, "a/c/0": 2.0, "a/c/1": 3.0, "f": 0.5}
+
+
+def test_aggregate_matches_numpy_and_majority_rule():
+  per_seed = {0: {"x": 1.0}, 1: {"x": 4.0}, 2: {"x": 10.0}}
+  out = seeds.aggregate(per_seed, {"x > 3": lambda s: s["x"] > 3,
+                                   "x > 5": lambda s: s["x"] > 5})
+  vals = np.array([1.0, 4.0, 10.0])
+  assert out["metrics"]["x"]["mean"] == vals.mean()
+  assert np.isclose(out["metrics"]["x"]["std"], np.std(vals, ddof=1))
+  assert out["metrics"]["x"]["per_seed"] == {"0": 1.0, "1": 4.0, "2": 10.0}
+  # Mean 5: "x > 3" holds on the mean and in 2 of 3 seeds; "x > 5" in 1 seed only.
+  assert out["claims"]["x > 3"]["holds"] and not out["claims"]["x > 5"]["holds"]
+  assert out["claims"]["x > 5"]["per_seed"] == {"0": False, "1": False, "2": True}
+
+
+def test_no_drop_reads_the_whole_curve():
+  s = {"m_before": 10.0, "m_per_iteration/0": 12.0, "m_per_iteration/1": 9.5,
+       "m_per_iteration/10": 9.0}
+  assert not seeds._no_drop(s, "m", 2)   # 12 -> 9.5 drops 2.5
+  assert seeds._no_drop(s, "m", 3)
+
+
+def test_every_binary_has_claims():
+  assert set(seeds.CLAIMS) == {"grpo", "exsearch", "dro", "moat", "cau_unlearn"}
