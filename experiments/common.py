@@ -214,6 +214,18 @@ def validate_config(config, config_file: str) -> None:
                       + "):\n  " + "\n  ".join(errors))
 
 
+def model_options(config) -> dict:
+  """`hf.from_pretrained` keywords for precision and remat from a binary's
+  config: `model.param_dtype` (weights, optimiser moments), `model.dtype`
+  (matmuls) and `train.remat` (decoder-layer rematerialisation), each
+  optional (float32 / float32 / none when a config has no such key)."""
+  model = config.get("model", {}) or {}
+  train = config.get("train", {}) or {}
+  return dict(dtype=model.get("param_dtype", "float32"),
+              compute_dtype=model.get("dtype", "float32"),
+              remat=train.get("remat", "none"))
+
+
 def read_metrics(workdir: str) -> list[dict]:
   return experiment.read_metrics(workdir)
 

@@ -118,7 +118,7 @@ def build_policy(config, workdir, task):
       hf.save_pretrained(model, tmp)
       shutil.rmtree(path, ignore_errors=True)
       os.replace(tmp, path)
-  model = hf.from_pretrained(path)
+  model = hf.from_pretrained(path, **common.model_options(config))
   tokenizer = hf.load_tokenizer(path, model.config)
   return model, tokenizer
 

@@ -28,6 +28,9 @@ _DTYPES = {
 }
 
 
+DTYPE_NAMES = tuple(_DTYPES)
+
+
 def as_dtype(dtype: Any) -> jnp.dtype:
   """Accepts a dtype or its name ('bfloat16') and returns the jnp dtype."""
   if isinstance(dtype, str):
