@@ -24,10 +24,28 @@ from alignax.agents.retrieval import DataFormatError, read_corpus_jsonl
 PAD, BOS, EOS, UNK = "<pad>", "<s>", "</s>", "<unk>"
 
 
-def _require(row: dict, field: str, path: str, line: int):
-  if not isinstance(row, dict) or field not in row:
+def _require(row: dict, field: str, path: str, line: int, kind=None):
+  """`row[field]`, checked to be present, not null and (if given) of `kind`."""
+  if not isinstance(row, dict):
+    raise DataFormatError(f"{path}, line {line}: expected a JSON object, got"
+                          f" {type(row).__name__}.")
+  if field not in row:
     raise DataFormatError(f"{path}, line {line}: missing field {field!r}.")
-  return row[field]
+  value = row[field]
+  if value is None:
+    raise DataFormatError(f"{path}, line {line}: field {field!r} is null.")
+  if kind is not None and not isinstance(value, kind):
+    names = " or ".join(k.__name__ for k in (kind if isinstance(kind, tuple) else (kind,)))
+    raise DataFormatError(f"{path}, line {line}: field {field!r} must be {names}, got"
+                          f" {type(value).__name__} {str(value)[:40]!r}.")
+  return value
+
+
+def _nonempty(examples: list, path: str) -> list:
+  if not examples:
+    raise DataFormatError(f"{path}: holds no examples; check the file (an empty split"
+                          " would train or evaluate on nothing).")
+  return examples
 
 
 def _json_array_records(path: str):
@@ -58,21 +76,28 @@ def load_hotpotqa(path: str) -> list[QAExample]:
   """HotpotQA examples with their context paragraphs as passages."""
   out = []
   for line, row in _json_array_records(path):
-    qid = str(_require(row, "_id", path, line))
-    question = _require(row, "question", path, line)
-    answer = _require(row, "answer", path, line)
-    context = _require(row, "context", path, line)
-    _require(row, "supporting_facts", path, line)
+    qid = str(_require(row, "_id", path, line, (str, int)))
+    question = _require(row, "question", path, line, str)
+    answer = _require(row, "answer", path, line, str)
+    context = _require(row, "context", path, line, list)
+    _require(row, "supporting_facts", path, line, list)
     passages = []
-    for item in context:
+    for i, item in enumerate(context):
       if not (isinstance(item, (list, tuple)) and len(item) == 2):
         raise DataFormatError(f"{path}, line {line}: field 'context' must hold"
-                              " [title, [sentences]] pairs.")
+                              f" [title, [sentences]] pairs; context[{i}] does not.")
       title, sentences = item
-      passages.append(Passage(title, title, " ".join(s.strip() for s in sentences)))
+      # A string here would be joined character by character.
+      if not isinstance(title, str) or not (
+          isinstance(sentences, list) and all(isinstance(x, str) for x in sentences)):
+        raise DataFormatError(
+            f"{path}, line {line}: context[{i}] must be [title, [sentence, ...]] with"
+            f" strings; got a {type(title).__name__} title and"
+            f" {type(sentences).__name__} sentences.")
+      passages.append(Passage(title, title, " ".join(x.strip() for x in sentences)))
     out.append(QAExample(qid, question, (answer,), hops=2,
                          plan=((question, answer),), passages=tuple(passages)))
-  return out
+  return _nonempty(out, path)
 
 
 def load_kilt(path: str) -> list[QAExample]:
@@ -86,14 +111,16 @@ def load_kilt(path: str) -> list[QAExample]:
         row = json.loads(text)
       except json.JSONDecodeError as e:
         raise DataFormatError(f"{path}, line {line}: not valid JSON ({e.msg}).") from e
-      qid = str(_require(row, "id", path, line))
-      question = _require(row, "input", path, line)
-      outputs = _require(row, "output", path, line)
-      answers = tuple(o["answer"] for o in outputs if isinstance(o, dict) and "answer" in o)
+      qid = str(_require(row, "id", path, line, (str, int)))
+      question = _require(row, "input", path, line, str)
+      outputs = _require(row, "output", path, line, list)
+      answers = tuple(o["answer"] for o in outputs if isinstance(o, dict)
+                      and isinstance(o.get("answer"), str))
       if not answers:
-        raise DataFormatError(f"{path}, line {line}: missing field 'output[].answer'.")
+        raise DataFormatError(f"{path}, line {line}: missing field 'output[].answer'"
+                              " (a string).")
       out.append(QAExample(qid, question, answers, plan=((question, answers[0]),)))
-  return out
+  return _nonempty(out, path)
 
 
 def _builtin(config) -> QADataset:

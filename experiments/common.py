@@ -237,6 +237,37 @@ def truncate_metrics(workdir: str, last_step: int) -> None:
   experiment.truncate_metrics(workdir, last_step)
 
 
+SAMPLES_FILE = "samples.jsonl"
+
+
+def write_samples(workdir: str, step: int, samples: Sequence[dict], writer=None) -> None:
+  """Appends `{"step": step, **sample}` lines to `samples.jsonl` and, given a
+  `MetricWriter`, shows them as TensorBoard text (tag `samples`)."""
+  if not samples:
+    return
+  from alignax.framework.experiment import _to_builtin  # pylint: disable=g-import-not-at-top
+  rows = [_to_builtin({"step": int(step), **s}) for s in samples]
+  with open(os.path.join(workdir, SAMPLES_FILE), "a") as f:
+    f.writelines(json.dumps(r) + "\n" for r in rows)
+  if writer is not None:
+    writer.write_text(step, "samples", "\n\n".join(
+        "\n".join(f"**{k}**: `{v}`" for k, v in r.items() if k != "step") for r in rows))
+
+
+def truncate_samples(workdir: str, keep_through: int) -> None:
+  """Drops `samples.jsonl` lines of steps after `keep_through` (a resumed run
+  writes them again)."""
+  path = os.path.join(workdir, SAMPLES_FILE)
+  if not os.path.exists(path):
+    return
+  with open(path) as f:
+    rows = [json.loads(line) for line in f if line.strip()]
+  tmp = path + ".tmp"
+  with open(tmp, "w") as f:
+    f.writelines(json.dumps(r) + "\n" for r in rows if r["step"] <= keep_through)
+  os.replace(tmp, path)
+
+
 def plot_curves(workdir: str, filename: str, panels: dict[str, Sequence[str]],
                 title: str = "") -> str:
   """One panel per entry {panel title: [metric keys]} of metrics.jsonl vs step."""

@@ -30,6 +30,12 @@ _DTYPES = {
 
 DTYPE_NAMES = tuple(_DTYPES)
 
+# config.json keys that `to_hf_dict` writes in its own spelling (or that
+# transformers writes itself), so a source config's copy is not carried over.
+_REWRITTEN_HF_KEYS = frozenset({
+    "rope_scaling", "rope_parameters", "rope_theta", "torch_dtype", "dtype",
+    "transformers_version", "_name_or_path", "architectures", "model_type"})
+
 
 def as_dtype(dtype: Any) -> jnp.dtype:
   """Accepts a dtype or its name ('bfloat16') and returns the jnp dtype."""
@@ -102,6 +108,11 @@ class ModelConfig:
   bos_token_id: int | None = None
   eos_token_id: int | tuple[int, ...] | None = None
   pad_token_id: int | None = None
+  # The config.json this was read from (if any): `to_hf_dict` writes its fields
+  # that alignax does not use back unchanged (e.g. Qwen2's max_window_layers).
+  # Not part of equality or the hash, so it never causes a recompilation.
+  hf_source: Mapping[str, Any] | None = dataclasses.field(
+      default=None, compare=False, repr=False)
 
   def __post_init__(self):
     for name in _POSITIVE_INT_FIELDS:
@@ -204,6 +215,7 @@ class ModelConfig:
         bos_token_id=hf.get("bos_token_id"),
         eos_token_id=tuple(eos) if isinstance(eos, list) else eos,
         pad_token_id=hf.get("pad_token_id"),
+        hf_source=hf,
     )
     kwargs.update(overrides)
     return cls(**kwargs)
@@ -252,7 +264,11 @@ class ModelConfig:
       raise ValueError(f"{file}: {detail}. Fix the field or re-save the model.") from None
 
   def to_hf_dict(self) -> dict[str, Any]:
-    """The transformers config.json fields for this model."""
+    """The transformers config.json fields for this model.
+
+    Fields of the config.json it was read from that alignax does not model
+    (`hf_source`) are kept; the ones it does are written from this config.
+    """
     rope = {"rope_type": "default", **self.rope_dict, "rope_theta": self.rope_theta}
     out = {
         "model_type": self.model_type,
@@ -286,4 +302,5 @@ class ModelConfig:
       out["mlp_bias"] = self.mlp_bias
     elif self.o_bias or self.mlp_bias or not self.qkv_bias:
       raise ValueError("Qwen2 has q/k/v biases only (qkv_bias=True).")
-    return out
+    kept = {k: v for k, v in (self.hf_source or {}).items() if k not in _REWRITTEN_HF_KEYS}
+    return {**kept, **out}

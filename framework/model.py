@@ -11,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 import math
 
-import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -102,7 +101,11 @@ def positions_from_mask(attention_mask: jax.Array) -> jax.Array:
 
 
 class Dense(nnx.Module):
-  """y = x @ kernel (+ bias), kernel [in, out] with logical axes."""
+  """y = x @ kernel (+ bias), kernel [in, out] with logical axes.
+
+  `lora`: None, or a low-rank adapter `lora(x, y) -> y + delta` that
+  `alignax.framework.lora.apply` attaches (the base kernel stays as it is).
+  """
 
   def __init__(self, din, dout, *, axes, bias, config, rngs):
     pdt = as_dtype(config.param_dtype)
@@ -112,11 +115,14 @@ class Dense(nnx.Module):
     self.bias = (nnx.Param(jnp.zeros((dout,), pdt), logical_axes=axes[1:])
                  if bias else None)
     self.dtype = as_dtype(config.dtype)
+    self.lora = nnx.data(None)
 
   def __call__(self, x):
     y = jnp.dot(x.astype(self.dtype), self.kernel[...].astype(self.dtype))
     if self.bias is not None:
       y = y + self.bias[...].astype(self.dtype)
+    if self.lora is not None:
+      y = self.lora(x, y)
     return y
 
 
@@ -205,6 +211,31 @@ class DecoderLayer(nnx.Module):
     return x, layer_cache
 
 
+def _check_inputs(config: ModelConfig, input_ids, attention_mask, positions) -> None:
+  """Errors that name the argument for wrong shapes, dtypes or token ids.
+
+  Shapes are checked always (they are static under jit); the token-id range
+  only for concrete arrays (outside jit), where it costs one host copy.
+  """
+  shape = getattr(input_ids, "shape", None)
+  if shape is None or len(shape) != 2:
+    raise ValueError(f"input_ids must be an int array [batch, length], got shape {shape}.")
+  if not jnp.issubdtype(input_ids.dtype, jnp.integer):
+    raise TypeError(f"input_ids must hold integer token ids, got dtype {input_ids.dtype}.")
+  for name, arr in (("attention_mask", attention_mask), ("positions", positions)):
+    if arr is not None and tuple(getattr(arr, "shape", ())) != tuple(shape):
+      raise ValueError(f"{name} has shape {tuple(getattr(arr, 'shape', ()))}, but input_ids"
+                       f" has shape {tuple(shape)}; they must match.")
+  if not isinstance(input_ids, jax.core.Tracer) and np.size(input_ids):
+    ids = np.asarray(input_ids)
+    lo, hi = int(ids.min()), int(ids.max())
+    if lo < 0 or hi >= config.vocab_size:
+      bad = lo if lo < 0 else hi
+      where = tuple(int(i) for i in np.argwhere(ids == bad)[0])
+      raise ValueError(f"input_ids{list(where)} = {bad} is outside the vocabulary [0,"
+                       f" {config.vocab_size}); was it encoded with another tokenizer?")
+
+
 class Decoder(nnx.Module):
   """Causal decoder LM (Llama / Qwen2).
 
@@ -256,12 +287,11 @@ class Decoder(nnx.Module):
         `config.remat` to the layers (the sampler and evaluation leave it
         False, so they never pay for rematerialisation).
     """
-    chex.assert_rank(input_ids, 2)
+    _check_inputs(self.config, input_ids, attention_mask, positions)
     b, t = input_ids.shape
     if attention_mask is None:
       attention_mask = jnp.ones((b, t), bool)
-    chex.assert_shape(attention_mask, (b, t))
-    attention_mask = attention_mask.astype(bool)
+    attention_mask = jnp.asarray(attention_mask).astype(bool)
     if positions is None:
       positions = positions_from_mask(attention_mask)
     if cache is None:

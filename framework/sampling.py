@@ -75,19 +75,59 @@ class SamplingParams:
   no_repeat_token_ids: tuple[int, ...] = ()
 
   def validate(self, vocab_size: int) -> None:
-    if self.max_new_tokens < 1:
-      raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}.")
-    if not (self.temperature >= 0.0 and np.isfinite(self.temperature)):
+    if not _is_int(self.max_new_tokens) or self.max_new_tokens < 1:
+      raise ValueError(f"max_new_tokens must be an integer >= 1, got {self.max_new_tokens!r}.")
+    if not (_is_number(self.temperature) and self.temperature >= 0.0):
       raise ValueError(
-          f"temperature must be a finite number >= 0 (0 = greedy), got {self.temperature}.")
-    if self.top_k is not None and not 1 <= self.top_k:
-      raise ValueError(f"top_k must be a positive integer or None, got {self.top_k}.")
-    if self.top_p is not None and not 0.0 < self.top_p <= 1.0:
-      raise ValueError(f"top_p must be in (0, 1] or None, got {self.top_p}.")
+          f"temperature must be a finite number >= 0 (0 = greedy), got {self.temperature!r}.")
+    if self.top_k is not None and not (_is_int(self.top_k) and self.top_k >= 1):
+      raise ValueError(f"top_k must be a positive integer or None (no top-k filtering),"
+                       f" got {self.top_k!r}.")
+    if self.top_p is not None and not (_is_number(self.top_p) and 0.0 < self.top_p <= 1.0):
+      raise ValueError(f"top_p must be in (0, 1] or None (no nucleus filtering), got"
+                       f" {self.top_p!r}.")
     for t in self.stop_token_ids + (self.pad_token_id,) + self.no_repeat_token_ids:
       if not 0 <= t < vocab_size:
         raise ValueError(f"Token id {t} (stop, pad or no-repeat) is outside the vocabulary"
                          f" [0, {vocab_size}).")
+
+
+def _is_int(x) -> bool:
+  return isinstance(x, (int, np.integer)) and not isinstance(x, (bool, np.bool_))
+
+
+def _is_number(x) -> bool:
+  return (_is_int(x) or isinstance(x, (float, np.floating))) and bool(np.isfinite(x))
+
+
+def _check_prompts(prompts, vocab_size: int) -> list[list[int]]:
+  """`prompts` (token-id lists, or an int array [B, P]) as lists of ints, with
+  one error naming the prompt and token for each way they can be wrong."""
+  if isinstance(prompts, (str, bytes)) or not hasattr(prompts, "__len__"):
+    raise TypeError(f"prompts must be a list of token-id lists, got {type(prompts).__name__}.")
+  if len(prompts) == 0:
+    raise ValueError("prompts is empty (an empty prompt list); generate() needs at least one"
+                     " prompt.")
+  rows = []
+  for i, p in enumerate(prompts):
+    if isinstance(p, (str, bytes)):
+      raise TypeError(f"prompts[{i}] is a string; encode it with the tokenizer first.")
+    arr = np.asarray(p)
+    if arr.ndim != 1:
+      raise ValueError(f"prompts[{i}] has shape {arr.shape}; each prompt is a 1-D list of"
+                       " token ids.")
+    if arr.size == 0:
+      raise ValueError(f"prompts[{i}] is empty; every prompt needs at least one token"
+                       " (e.g. the BOS token).")
+    if arr.dtype.kind not in "iu":
+      raise TypeError(f"prompts[{i}] holds {arr.dtype} values; token ids are integers.")
+    bad = (arr < 0) | (arr >= vocab_size)
+    if bad.any():
+      j = int(bad.argmax())
+      raise ValueError(f"prompts[{i}][{j}] = {int(arr[j])} is outside the vocabulary"
+                       f" [0, {vocab_size}); was it encoded with another tokenizer?")
+    rows.append(arr.astype(np.int64).tolist())
+  return rows
 
 
 def filter_logits(logits: jax.Array, top_k: int | None, top_p: float | None) -> jax.Array:
@@ -267,9 +307,13 @@ def bucket_length(n: int, limit: int) -> int:
   return min(max(_MIN_BUCKET, 1 << (max(n, 1) - 1).bit_length()), limit)
 
 
-def pad_prompts(prompts: Sequence[Sequence[int]], length: int, pad_token_id: int):
-  """Left-pads token lists to `length`: (ids int32 [B, length], mask bool)."""
-  ids = np.full((len(prompts), length), pad_token_id, np.int32)
+def pad_prompts(prompts: Sequence[Sequence[int]], length: int, pad_token_id: int | None):
+  """Left-pads token lists to `length`: (ids int32 [B, length], mask bool).
+
+  `pad_token_id=None` (tokenizers without a pad token, e.g. Llama 3) pads with
+  0: padded positions are masked, so the id is never seen.
+  """
+  ids = np.full((len(prompts), length), 0 if pad_token_id is None else pad_token_id, np.int32)
   mask = np.zeros((len(prompts), length), bool)
   for i, p in enumerate(prompts):
     if len(p):
@@ -311,10 +355,16 @@ def generate(model: Decoder, prompts: Sequence[Sequence[int]], *, max_new_tokens
       returned log-probs are those of the masked distribution).
   """
   config = model.config
-  if not prompts:
-    raise ValueError("generate() got an empty prompt list.")
-  if num_generations < 1:
-    raise ValueError(f"num_generations must be >= 1, got {num_generations}.")
+  prompts = _check_prompts(prompts, config.vocab_size)
+  if not _is_int(num_generations) or num_generations < 1:
+    raise ValueError(f"num_generations must be an integer >= 1, got {num_generations!r}.")
+  if not _is_int(max_new_tokens) or max_new_tokens < 1:
+    raise ValueError(f"max_new_tokens must be an integer >= 1, got {max_new_tokens!r}.")
+  if not (_is_int(seed) or isinstance(seed, jax.Array)):
+    raise TypeError(f"seed must be an int or a PRNG key, got {type(seed).__name__}.")
+  if temperature is None or not _is_number(temperature):
+    raise ValueError(f"temperature must be a finite number >= 0 (0 = greedy), got"
+                     f" {temperature!r}.")
   limit = config.max_position_embeddings - max_new_tokens
   longest = max(len(p) for p in prompts)
   if longest > limit:
@@ -322,8 +372,6 @@ def generate(model: Decoder, prompts: Sequence[Sequence[int]], *, max_new_tokens
         f"A prompt has {longest} tokens but the model's maximum length"
         f" ({config.max_position_embeddings}) minus max_new_tokens ({max_new_tokens})"
         f" leaves room for {limit}. Shorten the prompt or max_new_tokens.")
-  if any(len(p) == 0 for p in prompts):
-    raise ValueError("generate() got an empty prompt; every prompt needs a token.")
   if pad_token_id is None:
     pad_token_id = config.pad_token_id if config.pad_token_id is not None else 0
   params = SamplingParams(

@@ -28,6 +28,7 @@ import optax
 from flax import nnx
 
 from alignax import objectives
+from alignax.framework import lora
 from alignax.framework.logprobs import fused_logprobs_and_entropy
 from alignax.framework.model import Decoder, KVCache
 
@@ -35,8 +36,8 @@ from alignax.framework.model import Decoder, KVCache
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass
 class TrainState:
-  params: Any     # nnx.State of the model's parameters
-  opt_state: Any  # optax state
+  params: Any     # nnx.State of the model's parameters (LoRA: base + adapters)
+  opt_state: Any  # optax state (of the trainable parameters only)
   step: jax.Array  # int32 scalar, optimiser updates done
 
 
@@ -55,10 +56,16 @@ def make_optimizer(learning_rate: float, *, warmup_steps: int = 0,
   return optax.chain(*chain)
 
 
+def trainable_params(params: nnx.State) -> nnx.State:
+  """The parameters an update trains: the LoRA adapters if the model has
+  any (`framework/lora.py`; the base stays frozen), else all of them."""
+  return lora.partition(params)[0] if lora.has_adapters(params) else params
+
+
 def init_train_state(model: Decoder, optimizer: optax.GradientTransformation):
-  """Returns (graphdef, TrainState) for `model`."""
+  """Returns (graphdef, TrainState) for `model` (optimiser state of `trainable_params`)."""
   graphdef, params = nnx.split(model)
-  return graphdef, TrainState(params, optimizer.init(params), jnp.int32(0))
+  return graphdef, TrainState(params, optimizer.init(trainable_params(params)), jnp.int32(0))
 
 
 def completion_logprobs(graphdef, params, sequences, attention_mask, completion_tokens, *,
@@ -130,12 +137,20 @@ def accumulate_and_apply(state: TrainState, batch, terms_fn: Callable, optimizer
 
   Applies `sum grad(numerator) / max(sum normaliser, 1)` with the optimiser and
   returns (new state, metrics averaged over micro-batches, plus loss and
-  grad_norm).
+  grad_norm). With LoRA adapters only they are differentiated and updated; the
+  base is passed through (adapter dropout keys folded with step and micro-batch).
   """
-  grad_fn = jax.value_and_grad(terms_fn, has_aux=True)
+  if lora.has_adapters(state.params):
+    trainable, frozen = lora.partition(state.params)
+    def loss_fn(p, mb, i):
+      return terms_fn(lora.combine(p, lora.fold_dropout_keys(frozen, state.step, i)), mb)
+  else:
+    trainable, frozen = state.params, None
+    loss_fn = lambda p, mb, i: terms_fn(p, mb)
+  grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
 
-  def body(acc, mb):
-    (num, (den, metrics)), grads = grad_fn(state.params, mb)
+  def body(acc, indexed_mb):
+    (num, (den, metrics)), grads = grad_fn(trainable, indexed_mb[1], indexed_mb[0])
     g_acc, num_acc, den_acc, m_acc = acc
     g_acc = jax.tree.map(lambda a, g: a + g.astype(a.dtype), g_acc, grads)
     return (g_acc, num_acc + num, den_acc + den,
@@ -143,18 +158,20 @@ def accumulate_and_apply(state: TrainState, batch, terms_fn: Callable, optimizer
 
   micro = _split_micro(batch, micro_batches)
   first = jax.tree.map(lambda x: x[0], micro)
-  (_, (_, metrics_shape)) = jax.eval_shape(terms_fn, state.params, first)
+  (_, (_, metrics_shape)) = jax.eval_shape(loss_fn, trainable, first, 0)
   # Gradients accumulate in f32 whatever the parameter dtype, and are cast
   # back to it, so bf16 parameters keep bf16 optimiser moments.
-  zeros = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), state.params)
+  zeros = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), trainable)
   init = (zeros, jnp.float32(0), jnp.float32(0),
           jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), metrics_shape))
-  (grads, num, den, metrics), _ = jax.lax.scan(body, init, micro)
+  (grads, num, den, metrics), _ = jax.lax.scan(
+      body, init, (jnp.arange(micro_batches, dtype=jnp.int32), micro))
   scale = 1.0 / jnp.maximum(den, 1.0)
-  grads = jax.tree.map(lambda g, p: (g * scale).astype(p.dtype), grads,
-                       state.params)
-  updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
-  params = optax.apply_updates(state.params, updates)
+  grads = jax.tree.map(lambda g, p: (g * scale).astype(p.dtype), grads, trainable)
+  updates, opt_state = optimizer.update(grads, state.opt_state, trainable)
+  params = optax.apply_updates(trainable, updates)
+  if frozen is not None:
+    params = lora.combine(params, frozen)
   metrics = jax.tree.map(lambda m: m / micro_batches, metrics)
   metrics.update(loss=num * scale, grad_norm=optax.global_norm(grads))
   return TrainState(params, opt_state, state.step + 1), metrics

@@ -5,7 +5,6 @@ M-step: a weighted token-mean NLL.
 """
 from typing import Optional
 
-import chex
 import jax
 import jax.numpy as jnp
 
@@ -17,7 +16,7 @@ def answer_loglik(logp: jax.Array, answer_mask: jax.Array) -> jax.Array:
 
   `l_n = sum_t logp m / max(sum_t m, 1)` (the reference stores `-l` as CE).
   """
-  chex.assert_equal_shape([logp, answer_mask])
+  P.check_same_shape(logp=logp, answer_mask=answer_mask)
   return P.masked_mean(logp, answer_mask, axis=-1)
 
 
@@ -39,7 +38,7 @@ def em_weights(log_likelihoods: jax.Array, group_size: int, *,
     `[N]` weights.
   """
   P.check_temperature(temperature)
-  g = P.group_view(log_likelihoods, group_size) / temperature
+  g = P.group_view(log_likelihoods, group_size, "log_likelihoods") / temperature
   valid = ~jnp.isnan(g)
   z = jnp.where(valid, g, -jnp.inf)
   m = jnp.max(z, axis=1, keepdims=True)
@@ -61,7 +60,7 @@ def segment_em_weights(log_likelihoods: jax.Array, segment_ids: jax.Array,
     `[N]` weights summing to 1 within each non-empty segment.
   """
   P.check_temperature(temperature)
-  chex.assert_equal_shape([log_likelihoods, segment_ids])
+  P.check_same_shape(log_likelihoods=log_likelihoods, segment_ids=segment_ids)
   x = P.as_float(log_likelihoods) / temperature
   valid = ~jnp.isnan(x)
   z = jnp.where(valid, x, -jnp.inf)
@@ -89,9 +88,9 @@ def weighted_sequence_nll(logp: jax.Array, mask: jax.Array,
   Returns:
     `(value scalar, normaliser scalar)`; 0 when all weights are 0.
   """
-  chex.assert_equal_shape([logp, mask])
+  P.check_same_shape(logp=logp, mask=mask)
   w = jax.lax.stop_gradient(P.as_float(weights, P.compute_dtype(logp)))
-  chex.assert_shape(w, (logp.shape[0],))
+  P.check_shape("weights", w, (logp.shape[0],), f" (one per row of logp {logp.shape})")
   nll = -P.masked_mean(logp, mask, axis=-1)
   total = jnp.sum(w)
   return P.safe_divide(jnp.sum(w * nll), total), total

@@ -15,7 +15,6 @@ is exactly the gradient of the full-batch loss (any split, unequal sizes).
 import math
 from typing import Dict, NamedTuple, Optional, Tuple
 
-import chex
 import jax
 import jax.numpy as jnp
 
@@ -302,19 +301,31 @@ def policy_loss_terms(logprobs: jax.Array, old_logprobs: Optional[jax.Array],
     `(numerator scalar, normaliser scalar, metrics dict)`.
   """
   spec = get_policy_loss(loss_type)
-  chex.assert_rank(logprobs, 2)
-  chex.assert_equal_shape([logprobs, mask])
+  if importance_sampling_level not in ("token", "sequence"):
+    raise ValueError(f"importance_sampling_level={importance_sampling_level!r}; use"
+                     " 'token' or 'sequence' (GSPO).")
+  P.check_rank("logprobs", logprobs, 2)
+  P.check_same_shape(logprobs=logprobs, mask=mask, old_logprobs=old_logprobs,
+                     ref_logprobs=ref_logprobs, sampling_logprobs=sampling_logprobs)
   dtype = P.compute_dtype(logprobs)
-  logp = P.as_float(logprobs, dtype)
   m = P.as_float(mask, dtype)
+  # Masked-out entries are zeroed by `where` first: a NaN or inf at a padded
+  # position must reach neither the loss nor (0 * NaN) the gradient.
+  logp = P.zero_masked(P.as_float(logprobs, dtype), m)
   # TRL with num_iterations == 1: old = logp.detach(), ratio 1 with gradient.
   old = (jax.lax.stop_gradient(logp) if old_logprobs is None
-         else P.as_float(old_logprobs, dtype))
-  chex.assert_equal_shape([logp, old])
+         else P.zero_masked(P.as_float(old_logprobs, dtype), m))
   adv = P.as_float(advantages, dtype)
   if adv.ndim == 1:
     adv = adv[:, None]
-  chex.assert_shape(adv, (logp.shape[0], None))
+  P.check_shape("advantages", adv, (logp.shape[0], None),
+                f" ([N] or [N, 1] or [N, T] with N = logprobs.shape[0] = {logp.shape[0]})")
+  if adv.shape[1] not in (1, logp.shape[1]):
+    raise ValueError(f"advantages has shape {adv.shape}; per-token advantages must be"
+                     f" [N, T] = {logp.shape} like logprobs.")
+  # A row (or token) that is masked out contributes nothing, whatever its value.
+  adv = P.zero_masked(adv, jnp.any(m != 0, axis=-1, keepdims=True) if adv.shape[1] == 1
+                      else m)
 
   log_ratio = logp - old
   coef_1 = jnp.exp(importance_weights(logp, old, m,
@@ -326,14 +337,14 @@ def policy_loss_terms(logprobs: jax.Array, old_logprobs: Optional[jax.Array],
 
   metrics = {}
   if off_policy_mask_threshold is not None:
-    sampling = old if sampling_logprobs is None else P.as_float(
-        sampling_logprobs, dtype)
+    sampling = old if sampling_logprobs is None else P.zero_masked(P.as_float(
+        sampling_logprobs, dtype), m)
     per_token = per_token * off_policy_sequence_mask(
         adv, logp, sampling, m, off_policy_mask_threshold)
   if beta != 0.0:
     if ref_logprobs is None:
       raise ValueError("beta != 0 needs ref_logprobs")
-    kl = P.kl_estimator(logp, P.as_float(ref_logprobs, dtype), "k3")
+    kl = P.kl_estimator(logp, P.zero_masked(P.as_float(ref_logprobs, dtype), m), "k3")
     if use_bias_correction_kl:
       # The unclamped ratio, differentiable: changes the gradient even at 1.
       kl = kl * coef_1
@@ -416,7 +427,7 @@ def rloo_sequence_loss(seq_logp: jax.Array, old_seq_logp: jax.Array,
   Returns:
     Scalar loss.
   """
-  chex.assert_equal_shape([seq_logp, old_seq_logp, adv])
+  P.check_same_shape(seq_logp=seq_logp, old_seq_logp=old_seq_logp, advantages=adv)
   coef_1 = jnp.exp(P.as_float(seq_logp) - P.as_float(old_seq_logp))
   loss, _ = clipped_surrogate(coef_1, P.as_float(adv), eps_low, eps_high)
   return jnp.mean(loss)

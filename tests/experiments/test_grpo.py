@@ -42,12 +42,23 @@ def test_outputs(full_run):
   with open(os.path.join(workdir, "summary.json")) as f:
     written = json.load(f)
   for key in ("eval/accuracy_before", "eval/accuracy_after", "eval/reward_before",
-              "eval/reward_after", "train/steps", "train/seconds"):
+              "eval/reward_after", "eval/reward/exact_match_after", "eval/pass@2_after",
+              "eval/mean@2_after", "train/steps", "train/seconds"):
     assert key in written
-  assert written["train/steps"] == 6
+  assert written["train/steps"] == 12
   rows = [json.loads(l) for l in open(os.path.join(workdir, "metrics.jsonl"))]
-  assert [r["step"] for r in rows] == list(range(7))
+  assert [r["step"] for r in rows] == list(range(13))
   assert all(np.isfinite(r["train/loss"]) for r in rows[1:])
+  # The tiny preset learns: non-zero reward, rising train reward and accuracy.
+  reward = [r["train/reward"] for r in rows[1:]]
+  assert np.mean(reward[-4:]) > np.mean(reward[:4]) > 0
+  assert written["eval/accuracy_after"] > written["eval/accuracy_before"]
+  assert all(r["train/reward/exact_match"] == r["train/reward"] for r in rows[1:])
+  samples = [json.loads(l) for l in open(os.path.join(workdir, "samples.jsonl"))]
+  assert [s["step"] for s in samples] == [0] * 4 + [4] * 4 + [8] * 4 + [12] * 4
+  assert {"prompt", "completion", "ground_truth", "reward"} <= set(samples[0])
+  assert written["final_model"] == os.path.join(workdir, "final_model")
+  assert os.path.exists(os.path.join(workdir, "final_model", "generation_config.json"))
   assert os.path.getsize(os.path.join(workdir, "reward.png")) > 1000
   assert any(f.startswith("events.out.tfevents") for f in os.listdir(workdir))
   assert os.path.exists(os.path.join(workdir, "init_model", "tokenizer.json"))
@@ -56,14 +67,16 @@ def test_outputs(full_run):
 def test_kill_and_resume_is_bitwise_identical(full_run, tmp_path):
   _, _, expected = full_run
   workdir = str(tmp_path)
-  # "Killed" after step 3: the last checkpoint is step 2 (checkpoint_every=2).
-  grpo.run(tiny(), workdir, stop_after=3, progress=False)
+  # "Killed" after step 6: the last checkpoint is step 4 (checkpoint_every=4).
+  grpo.run(tiny(), workdir, stop_after=6, progress=False)
   summary, state = grpo.run(tiny(), workdir, progress=False)
   for a, b in zip(_leaves(state), expected):
     np.testing.assert_array_equal(a, b)
   steps = [json.loads(l)["step"] for l in open(os.path.join(workdir, "metrics.jsonl"))]
-  assert steps == list(range(7))  # step 3 was not logged twice
-  assert summary["train/steps"] == 6
+  assert steps == list(range(13))  # steps 5, 6 were not logged twice
+  assert summary["train/steps"] == 12
+  samples = [json.loads(l)["step"] for l in open(os.path.join(workdir, "samples.jsonl"))]
+  assert samples == [0] * 4 + [4] * 4 + [8] * 4 + [12] * 4
 
 
 def test_eight_device_mesh_gives_the_same_losses(full_run, tmp_path):
