@@ -345,11 +345,9 @@ def run(config, workdir: str, *, stop_after: int | None = None, progress: bool =
   as a kill would (tests use it); a re-run resumes from the last periodic one.
   """
   task, rewards, (train_data, eval_data) = prepare(config, workdir)
-  sharding.maybe_initialize_distributed()
+  mesh = common.setup_mesh(config)
   os.makedirs(workdir, exist_ok=True)
   experiment.check_or_store_config(workdir, config)
-  mesh_sizes = config.mesh.to_dict()
-  mesh = None if all(v == 1 for v in mesh_sizes.values()) else sharding.make_mesh(**mesh_sizes)
 
   model, tokenizer, model_dir = build_policy(config, workdir, task)
   if mesh is not None:
