@@ -4,6 +4,7 @@ from __future__ import annotations
 import difflib
 import importlib
 import importlib.util
+import json
 import os
 import sys
 from typing import Callable, Sequence

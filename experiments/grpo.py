@@ -308,25 +308,11 @@ def rollout(graphdef, params, policy: Policy, data, config, step, ref_params):
   return batch, metrics, host + score_seconds + time.perf_counter() - t0
 
 
-def _check_config(config):
-  if config.loss.advantage not in ADVANTAGES:
-    raise ValueError(f"config.loss.advantage={config.loss.advantage!r}; choose one of"
-                     f" {sorted(ADVANTAGES)}.")
-  objectives.get_policy_loss(config.loss.loss_type)  # raises, listing the valid names
-  if config.rollout.num_generations < 2:
-    raise ValueError("config.rollout.num_generations must be >= 2 for group advantages.")
-  # A micro-batch holds whole groups: each group's prompt is run once.
-  if config.rollout.prompts_per_step % config.train.micro_batches:
-    raise ValueError(f"config.rollout.prompts_per_step={config.rollout.prompts_per_step}"
-                     " is not divisible by config.train.micro_batches="
-                     f"{config.train.micro_batches} (micro-batches hold whole groups).")
-
-
 def prepare(config, workdir: str):
   """Everything that can fail on bad input, checked before any compilation:
   config, reward functions, tokenizer and data. Returns (task, rewards,
   tokenizer, (train, eval) data)."""
-  _check_config(config)
+  common.validate_config(config, DEFAULT_CONFIG)
   task = tasks.make_task(config.task.name, seed=config.seed,
                          **config.task.get(config.task.name, {}))
   rewards = make_rewards(config)

@@ -11,7 +11,7 @@ import ml_collections
 from ml_collections import config_dict
 
 from alignax.experiments.common import (boolean, directory_or_empty, integer, number,
-                                        one_of, optional)
+                                        one_of, optional, string)
 
 
 def get_config(preset: str = "default") -> ml_collections.ConfigDict:
@@ -117,7 +117,20 @@ SCHEMA = {
     "seed": _NONNEG,
     "model_path": directory_or_empty(),
     "task.name": one_of("alignax.agents.tasks:TASKS"),
-    "task.eval_size": _POS,
+    "task.train_size": _POS,
+    # Paths, formats and reward names are checked when the data and reward
+    # functions are loaded (alignax.agents.prompt_data / rewards), still
+    # before any compilation; here only their types.
+    "data.train": string(), "data.eval": string(),
+    "data.eval_fraction": number(0, 1, hi_open=True),
+    "data.format": one_of(("auto", "prompt_answer", "messages", "gsm8k", "math", "verl")),
+    "data.prompt_field": string(), "data.answer_field": string(),
+    "data.chat_template": one_of(("auto", "none")), "data.system_prompt": string(),
+    "data.drop_long_prompts": boolean(),
+    "reward.functions": string(), "reward.weights": string(),
+    "reward.overlong_buffer": _NONNEG,
+    "eval.size": _NONNEG, "eval.batch_size": _POS, "eval.num_samples": _NONNEG,
+    "eval.accuracy_reward": string(), "eval.log_samples": _NONNEG,
     "task.reverse.min_len": _POS, "task.reverse.max_len": _POS,
     "task.reverse.eval_fraction": number(0, 1, lo_open=True, hi_open=True),
     "task.addition.num_digits": _POS, "task.addition.reverse_answer": boolean(),
@@ -130,7 +143,7 @@ SCHEMA = {
     "warmup.flawed_fraction": number(0, 1),
     "rollout.prompts_per_step": _POS,
     "rollout.num_generations": integer(2),
-    "rollout.max_new_tokens": _POS,
+    "rollout.max_new_tokens": _POS, "rollout.max_prompt_length": _POS,
     "rollout.temperature": number(0, lo_open=True),
     "rollout.top_k": _NONNEG,
     "rollout.top_p": number(0, 1, lo_open=True),

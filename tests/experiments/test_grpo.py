@@ -112,9 +112,26 @@ def test_other_config_on_same_workdir_is_refused(full_run):
     grpo.run(tiny(**{"train.learning_rate": 0.5}), workdir, progress=False)
 
 
-def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
-  with pytest.raises(FloatingPointError, match=r"Non-finite loss .* at step 2"):
-    grpo.run(tiny(**{"train.learning_rate": float("nan")}), str(tmp_path), progress=False)
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
+  # A NaN learning rate is refused by the config check now, so the NaN is
+  # injected into the update's loss from the 6th step on.
+  make = grpo.train.make_grpo_update
+
+  def poisoned(*args, **kwargs):
+    update = make(*args, **kwargs)
+
+    def wrapped(state, batch):
+      state, metrics = update(state, batch)
+      if int(state.step) >= 6:
+        metrics = dict(metrics, loss=np.float32("nan"))
+      return state, metrics
+    return wrapped
+
+  monkeypatch.setattr(grpo.train, "make_grpo_update", poisoned)
+  with pytest.raises(FloatingPointError, match=r"Non-finite loss .* at step 6\. The last"
+                     r" good checkpoint \(step 4\)"):
+    grpo.run(tiny(), str(tmp_path), progress=False)
+  assert sorted(os.listdir(tmp_path / "checkpoints"))[-1] == "4"
 
 
 def test_missing_model_path(tmp_path):
