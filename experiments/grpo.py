@@ -137,7 +137,7 @@ def build_policy(config, workdir, task):
     hf.save_pretrained(model, tmp)
     shutil.rmtree(path, ignore_errors=True)
     os.replace(tmp, path)
-  model = hf.from_pretrained(path)
+  model = hf.from_pretrained(path, **common.model_options(config))
   tokenizer = hf.load_tokenizer(path, model.config)
   return model, tokenizer, path
 
@@ -330,11 +330,9 @@ def run(config, workdir: str, *, stop_after: int | None = None, progress: bool =
   as a kill would (tests use it); a re-run resumes from the last periodic one.
   """
   task, rewards, (train_data, eval_data) = prepare(config, workdir)
-  sharding.maybe_initialize_distributed()
+  mesh = common.setup_mesh(config)
   os.makedirs(workdir, exist_ok=True)
   experiment.check_or_store_config(workdir, config)
-  mesh_sizes = config.mesh.to_dict()
-  mesh = None if all(v == 1 for v in mesh_sizes.values()) else sharding.make_mesh(**mesh_sizes)
 
   model, tokenizer, model_dir = build_policy(config, workdir, task)
   if mesh is not None:

@@ -93,6 +93,24 @@ def test_eight_device_mesh_gives_the_same_losses(full_run, tmp_path):
   np.testing.assert_allclose(losses(str(tmp_path)), losses(workdir), atol=1e-5)
 
 
+def _losses(workdir):
+  rows = [json.loads(l) for l in open(os.path.join(workdir, "metrics.jsonl"))]
+  return [r.get("train/loss") for r in rows][1:]
+
+
+def test_remat_gives_the_same_losses(full_run, tmp_path):
+  workdir, _, _ = full_run
+  grpo.run(tiny(**{"train.remat": "dots_saveable"}), str(tmp_path), progress=False)
+  np.testing.assert_allclose(_losses(str(tmp_path)), _losses(workdir), atol=1e-6)
+
+
+def test_bf16_compute_with_f32_master_weights_runs(tmp_path):
+  _, state = grpo.run(tiny(**{"model.dtype": "bfloat16", "train.remat": "full"}),
+                      str(tmp_path), stop_after=2, progress=False)
+  assert {x.dtype for x in jax.tree.leaves(state.params)} == {np.dtype("float32")}
+  assert all(np.isfinite(l) for l in _losses(str(tmp_path)))
+
+
 def test_other_config_on_same_workdir_is_refused(full_run):
   workdir, _, _ = full_run
   with pytest.raises(experiment.ConfigMismatchError, match="train.learning_rate"):
