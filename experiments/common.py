@@ -350,6 +350,39 @@ def build_or_load_hf(dirs: Mapping[str, str], build: Callable | None = None):
   return models, tokenizers[0]
 
 
+def load_pretrained(path: str, markers: Sequence[str]):
+  """A pretrained checkpoint as an agent's starting point: (Decoder, tokenizer).
+
+  The agent's `markers` are added as special tokens and the embedding / LM
+  head grown (`framework.vocab.add_marker_tokens`); a tokenizer without a pad
+  token pads with its EOS (padded positions are masked everywhere).
+  """
+  from alignax.framework import hf, vocab  # pylint: disable=g-import-not-at-top
+  model = hf.from_pretrained(path)
+  tokenizer = hf.load_tokenizer(path, model.config)
+  if tokenizer.pad_token is None:
+    tokenizer.pad_token = tokenizer.eos_token
+  model, _ = vocab.add_marker_tokens(model, tokenizer, markers)
+  return model, tokenizer
+
+
+def export_models(workdir: str, models: Mapping[str, Any], tokenizer,
+                  sources: Mapping[str, str] | None = None) -> dict[str, str]:
+  """Writes each trained model {name: Decoder} to `<workdir>/final_<name>/`
+  (weights, config, tokenizer with its chat template, generation config with
+  every stop id) with `framework.hf.export_pretrained`. `sources` {name: the
+  checkpoint it started from, or ''} supplies the generation config.
+  Returns {name: folder}."""
+  from alignax.framework import hf  # pylint: disable=g-import-not-at-top
+  out = {}
+  for name, model in models.items():
+    source = (sources or {}).get(name) or None
+    stop_ids = hf.stop_token_ids(source, tokenizer, model.config)
+    out[name] = hf.export_pretrained(model, os.path.join(workdir, f"final_{name}"),
+                                     tokenizer=tokenizer, source=source, stop_ids=stop_ids)
+  return out
+
+
 def iteration_slice(pool: Sequence, iteration: int, count: int) -> Sequence:
   """The `count` items of `pool` that EM iteration `iteration` (0-based) works on:
   a window moving by `count` per iteration, wrapping round at the pool's end."""
@@ -361,7 +394,8 @@ def run_phases(workdir: str, fresh, phases: Mapping[str, Callable], iterations: 
                start: Callable[[], dict], start_scores: Callable[[dict, str], dict],
                summarize: Callable[[dict], dict], plot: Callable[[dict], Any], desc: str,
                postfix: Mapping[str, str], stop_after: int | None = None,
-               progress: bool = True) -> dict:
+               progress: bool = True,
+               on_method_end: Callable[[str, Any], None] | None = None) -> dict:
   """The resumable loop of the EM binaries: each method of `phases` {method:
   phase}, in order, runs `iterations` phases from a copy of the warm-up state
   `fresh` (a pytree).
@@ -379,7 +413,9 @@ def run_phases(workdir: str, fresh, phases: Mapping[str, Callable], iterations: 
   (logged at step 0). `stop_after` ends after that many phases, as a kill
   would. At the end: `plot(extras)`, and `summarize(extras)` is returned and,
   once every phase is done, written to `workdir/summary.json`. `postfix`:
-  {progress-bar label: score key}.
+  {progress-bar label: score key}. `on_method_end(method, state)` runs after
+  a method's last phase, before its checkpoint (so a run killed in between
+  runs it again on resume); the binaries export their final models there.
   """
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
@@ -412,6 +448,8 @@ def run_phases(workdir: str, fresh, phases: Mapping[str, Callable], iterations: 
     writer.write(index + 1, {"iteration": it + 1,
                              **{f"{method}/{k}": v for k, v in {**stats, **scores}.items()}})
     bar.set_postfix(method=method, **{k: f"{scores[v]:.1f}" for k, v in postfix.items()})
+    if on_method_end is not None and it == iterations - 1:
+      on_method_end(method, state)
     ckpt.save(index + 1, state, extras)
   writer.close()
   ckpt.close()

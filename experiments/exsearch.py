@@ -21,7 +21,12 @@ r"""EXSEARCH: a search agent trained by generalized EM (docs/algorithms.md §6).
    Held-out EM/F1 (greedy rollouts) after every iteration.
    The warm-up model's own figures are the "no EM" baseline.
 
-Under --workdir: bm25/ (the index), init_model/, metrics.jsonl, TensorBoard
+From a checkpoint: `--config.model_path=DIR` (a Llama / Qwen2 folder written by
+`save_pretrained`; the markers are added as special tokens, see
+framework/vocab.py) and `--config.warmup.steps=0` to skip the format warm-up.
+
+Under --workdir: bm25/ (the index), init_model/, final_model/ (EXSEARCH's trained
+model, a Hugging Face folder), metrics.jsonl, TensorBoard
 events, em.png, summary.json, checkpoints/ (one per method iteration; a re-run
 resumes after the last one).
 """
@@ -42,7 +47,7 @@ from alignax.agents import metrics as metrics_lib
 from alignax.agents import qa_data, qa_world, retrieval
 from alignax.agents import rollout as rollout_lib
 from alignax.experiments import common
-from alignax.framework import experiment, train
+from alignax.framework import experiment, train, vocab
 from alignax.framework.config import ModelConfig
 from alignax.framework.model import Decoder
 
@@ -71,7 +76,7 @@ class Agent:
     return self.tokenizer.encode(text, add_special_tokens=False)
 
   def prompt(self, example) -> list[int]:
-    return [self.tokenizer.bos_token_id] + self.encode(qa_world.prompt_text(example))
+    return vocab.prompt_ids(self.tokenizer, qa_world.prompt_text(example))
 
   def gold_ids(self, example) -> list[int]:
     return self.encode(example.answers[0])[:self.max_answer]
@@ -145,8 +150,12 @@ def evaluate(graphdef, params, agent, examples) -> dict[str, float]:
 
 
 def warm_up(model, agent, examples, config):
-  """SFT on oracle trajectories (every model-written token, uniform weights)."""
+  """SFT on oracle trajectories (every model-written token, uniform weights);
+  `warmup.steps=0` (e.g. from a checkpoint that already follows the format)
+  returns `model` as it is."""
   w = config.warmup
+  if w.steps == 0:
+    return model
   optimizer = train.make_optimizer(w.learning_rate, warmup_steps=min(10, w.steps),
                                    total_steps=w.steps)
   graphdef, state = train.init_train_state(model, optimizer)
@@ -160,15 +169,21 @@ def warm_up(model, agent, examples, config):
 
 
 def build_policy(config, workdir, dataset, retriever):
-  """Loads `<workdir>/init_model`, or builds, warm-starts and saves it first."""
+  """Loads `<workdir>/init_model`, or builds, warm-starts and saves it first:
+  from `config.model_path` (a Hugging Face checkpoint, the markers added as
+  special tokens) or, when it is '', a word-level tokenizer and a new decoder
+  of `config.model`."""
 
   def build():
-    tokenizer = qa_data.train_word_tokenizer(qa_world.vocabulary_text(dataset))
-    model_config = ModelConfig(
-        vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id,
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-        **config.model.to_dict())
-    model = warm_up(Decoder(model_config, seed=config.seed), Agent(tokenizer, retriever, config),
+    if config.model_path:
+      model, tokenizer = common.load_pretrained(config.model_path, qa_world.MARKERS)
+    else:
+      tokenizer = qa_data.train_word_tokenizer(qa_world.vocabulary_text(dataset))
+      model = Decoder(ModelConfig(
+          vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id,
+          bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+          **config.model.to_dict()), seed=config.seed)
+    model = warm_up(model, Agent(tokenizer, retriever, config),
                     dataset.train[:config.warmup.num_oracle], config)
     return {"policy": model}, tokenizer
 
@@ -269,10 +284,16 @@ def run(config, workdir: str, *, stop_after: int | None = None, progress: bool =
       {"eval/em": "held-out EM", "eval/f1": "held-out F1"}, "EXSEARCH vs baselines (held-out)",
       xlabel="EM iteration (0 = warm-up only)")
   phases = {m: functools.partial(phase, weighting=objectives.EM_WEIGHTINGS[m]) for m in methods}
+
+  def export(method, state):  # EXSEARCH's model -> <workdir>/final_model
+    if method == "exsearch":
+      common.export_models(workdir, {"model": nnx.merge(graphdef, state.params)},
+                           agent.tokenizer, {"model": config.model_path})
+
   return common.run_phases(workdir, fresh, phases, em.num_iterations, start=start,
                            start_scores=start_scores, summarize=summarize,
                            plot=plot, desc="EM", postfix={"em": "eval/em"},
-                           stop_after=stop_after, progress=progress)
+                           stop_after=stop_after, progress=progress, on_method_end=export)
 
 
 if __name__ == "__main__":

@@ -26,6 +26,9 @@ def get_config(preset: str = "default") -> ml_collections.ConfigDict:
   # The built-in model: a word-level tokenizer is trained on the corpus and
   # the model warm-started on oracle trajectories, both saved in
   # <workdir>/init_model (transformers format) and re-loaded from there.
+  # A Hugging Face checkpoint folder to start from ('' = the built-in model
+  # below); its tokenizer gets the markers as special tokens.
+  c.model_path = ""
   c.model = ml_collections.ConfigDict(dict(
       hidden_size=128, intermediate_size=256, num_layers=2, num_heads=4, num_kv_heads=2,
       max_position_embeddings=256, tie_word_embeddings=True))
@@ -96,6 +99,7 @@ SCHEMA = {
     "seed": _NONNEG,
     "dataset": one_of("alignax.agents.qa_data:DATASETS"),
     "data_dir": string(),
+    "model_path": directory_or_empty(),
     "world.num_people": _POS, "world.num_cities": _POS, "world.num_countries": _POS,
     "world.num_companies": _POS, "world.heldout_fraction": _FRACTION,
     "world.split": one_of(("question", "person")), "world.name_words": _POS,
