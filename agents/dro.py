@@ -14,7 +14,7 @@ from flax import nnx
 from alignax.agents import metrics as metrics_lib
 from alignax.agents import qa_world
 from alignax.agents import rollout as rollout_lib
-from alignax.framework import sampling
+from alignax.framework import sampling, vocab
 
 ROLES = ("selector", "generator")
 
@@ -78,7 +78,7 @@ class DroPrompts:
     return self._passage[i]
 
   def selector_prompt(self, ex) -> list[int]:
-    ids = [self.bos] + self.encode(f"rank question : {ex.question}")
+    ids = vocab.bos_ids(self.tokenizer) + self.encode(f"rank question : {ex.question}")
     for pos, i in enumerate(self.candidates[ex.id]):
       ids += self._ids[pos] + self.passage(int(i))
     return ids + self._end
@@ -91,7 +91,7 @@ class DroPrompts:
     return out + [self.eos]
 
   def generator_prompt(self, ex, passages) -> list[int]:
-    ids = [self.bos] + self.encode(f"answer question : {ex.question}")
+    ids = vocab.bos_ids(self.tokenizer) + self.encode(f"answer question : {ex.question}")
     for i in passages:
       ids += self._doc + self.passage(int(i))
     return ids + self._end + self._final
@@ -217,12 +217,14 @@ def evaluate(graphdef, states, roles, fmt, examples, mode: str) -> dict[str, flo
   preds = answers(graphdef, states[roles["generator"]].params, fmt, examples, passages)
   scores = metrics_lib.score_answers(preds, [e.answers for e in examples])
   out = {f"eval/{k}": 100.0 * v for k, v in scores.items()}
-  gold = [set(fmt.world.gold[e.id]) for e in examples]
+  # Over the questions with gold passages (every question of the built-in
+  # world; real data may name none for some).
+  pairs = [(set(fmt.world.gold[e.id]), set(p)) for e, p in zip(examples, passages)
+           if fmt.world.gold[e.id]]
+  mean = lambda xs: float(np.mean(xs)) if xs else 0.0
   # gold_recall: every gold passage selected; gold_passage_recall: the share of
   # gold passages selected (a 2-hop question with one of its two counts 1/2).
-  out["eval/gold_recall"] = 100.0 * float(np.mean(
-      [g <= set(p) for g, p in zip(gold, passages)]))
-  out["eval/gold_passage_recall"] = 100.0 * float(np.mean(
-      [len(g & set(p)) / len(g) for g, p in zip(gold, passages)]))
+  out["eval/gold_recall"] = 100.0 * mean([g <= p for g, p in pairs])
+  out["eval/gold_passage_recall"] = 100.0 * mean([len(g & p) / len(g) for g, p in pairs])
   out["eval/valid_rankings"] = 100.0 * float(np.mean(valid))
   return out

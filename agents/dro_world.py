@@ -168,6 +168,20 @@ def candidates(retriever, examples: Sequence[QAExample], gold: dict, num_candida
   return ids
 
 
+def from_qa_dataset(dataset: QADataset) -> DroWorld:
+  """A `DroWorld` over a loaded HotpotQA / KILT data set (`qa_data.load_dataset`):
+  each question's gold passages are the corpus passages whose titles its
+  supporting facts (KILT: provenance) name; any other question's answer can
+  stand in for its answer (`warmup.counterfactual`)."""
+  index = {}
+  for i, p in enumerate(dataset.corpus):
+    index.setdefault(p.title, i)
+  examples = dataset.train + dataset.eval
+  pool = tuple(sorted({e.answers[0] for e in examples}))
+  gold = {e.id: tuple(index[t] for t in e.supporting if t in index) for e in examples}
+  return DroWorld(dataset, gold, {e.id: pool for e in examples})
+
+
 def vocabulary_text(world: DroWorld) -> list[str]:
   """Texts covering every word of the world, prompts and outputs."""
   d = world.dataset

@@ -21,7 +21,7 @@ import numpy as np
 
 from alignax import objectives
 from alignax.agents import moat_world as mw
-from alignax.framework import sampling, train
+from alignax.framework import sampling, train, vocab
 
 
 class AgentIO:
@@ -42,11 +42,11 @@ class AgentIO:
     return self.tokenizer.decode(list(ids), skip_special_tokens=True)
 
   def planner_prompt(self, task: mw.MoatTask) -> list[int]:
-    ids = [self.bos] + self.encode(mw.task_text(task) + " plan :")
+    ids = vocab.bos_ids(self.tokenizer) + self.encode(mw.task_text(task) + " plan :")
     return ids[-self.plan_prompt_len:]
 
   def grounder_prompt(self, task: mw.MoatTask, subgoal_ids: Sequence[int]) -> list[int]:
-    head = [self.bos] + self.encode(mw.task_text(task) + " subgoals :")
+    head = vocab.bos_ids(self.tokenizer) + self.encode(mw.task_text(task) + " subgoals :")
     tail = self.encode("actions :")
     room = self.ground_prompt_len - len(head) - len(tail)
     return head + list(subgoal_ids)[:max(room, 0)] + tail

@@ -81,7 +81,9 @@ def load_hotpotqa(path: str) -> list[QAExample]:
     question = _require(row, "question", path, line, str)
     answer = _require(row, "answer", path, line, str)
     context = _require(row, "context", path, line, list)
-    _require(row, "supporting_facts", path, line, list)
+    facts = _require(row, "supporting_facts", path, line, list)
+    supporting = tuple(dict.fromkeys(
+        f[0] for f in facts if isinstance(f, (list, tuple)) and f and isinstance(f[0], str)))
     passages = []
     for i, item in enumerate(context):
       if not (isinstance(item, (list, tuple)) and len(item) == 2):
@@ -97,7 +99,8 @@ def load_hotpotqa(path: str) -> list[QAExample]:
             f" {type(sentences).__name__} sentences.")
       passages.append(Passage(title, title, " ".join(x.strip() for x in sentences)))
     out.append(QAExample(qid, question, (answer,), hops=2,
-                         plan=((question, answer),), passages=tuple(passages)))
+                         plan=((question, answer),), passages=tuple(passages),
+                         supporting=supporting))
   return _nonempty(out, path)
 
 
@@ -120,7 +123,12 @@ def load_kilt(path: str) -> list[QAExample]:
       if not answers:
         raise DataFormatError(f"{path}, line {line}: missing field 'output[].answer'"
                               " (a string).")
-      out.append(QAExample(qid, question, answers, plan=((question, answers[0]),)))
+      supporting = tuple(dict.fromkeys(
+          p["title"] for o in outputs if isinstance(o, dict)
+          for p in (o.get("provenance") or ()) if isinstance(p, dict)
+          and isinstance(p.get("title"), str)))
+      out.append(QAExample(qid, question, answers, plan=((question, answers[0]),),
+                           supporting=supporting))
   return _nonempty(out, path)
 
 

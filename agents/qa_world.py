@@ -61,6 +61,8 @@ class QAExample:
   # Oracle search plan: [(query, fact recorded from its results), ...].
   plan: tuple[tuple[str, str], ...] = ()
   passages: tuple[Passage, ...] = ()  # per-question context (HotpotQA); may be empty
+  # Titles of the gold passages (HotpotQA supporting facts, KILT provenance).
+  supporting: tuple[str, ...] = ()
 
 
 @dataclasses.dataclass(frozen=True)

@@ -34,8 +34,16 @@ passages, DRO's k_positive).
    well-formed selections whose greedy answer is right).
    Held-out EM/F1 after every iteration (greedy selector, greedy generator).
 
-Under --workdir: bm25/, init_model/, metrics.jsonl, TensorBoard events, em.png,
-summary.json, checkpoints/ (one per method iteration; a re-run resumes).
+From checkpoints: `--config.model_path=DIR` (shared model) or, with
+`--config.shared_model=False`, `--config.selector_model_path` and
+`--config.generator_model_path` (same architecture and tokenizer); the markers
+and candidate ids are added as special tokens (framework/vocab.py); warm-up
+steps may then be 0.
+
+Under --workdir: bm25/, init_model/, final_model/ (or final_selector/ and
+final_generator/: DRO's trained models as Hugging Face folders), metrics.jsonl,
+TensorBoard events, em.png, summary.json, checkpoints/ (one per method
+iteration; a re-run resumes).
 """
 from __future__ import annotations
 
@@ -52,7 +60,7 @@ from flax import nnx
 
 from alignax import objectives
 from alignax.agents import dro as dro_agents
-from alignax.agents import dro_world, qa_data, retrieval
+from alignax.agents import dro_world, qa_data, qa_world, retrieval
 from alignax.agents import metrics as metrics_lib
 from alignax.experiments import common
 from alignax.framework import experiment, train
@@ -209,6 +217,9 @@ def warm_up(models: dict, fmt, examples, config, roles):
   for name, model in models.items():
     mine = [r for r in ROLES if roles[r] == name]
     total = max(steps[r] for r in mine)
+    if total == 0:  # no warm-up (e.g. from a checkpoint that knows the format)
+      out[name] = model
+      continue
     optimizer = train.make_optimizer(w.learning_rate, warmup_steps=min(10, total),
                                      total_steps=total)
     graphdef, state = train.init_train_state(model, optimizer)
@@ -236,16 +247,27 @@ def build_policies(config, workdir, world, candidates):
   them first. Returns ({name: Decoder}, DroPrompts)."""
 
   def build():
-    tokenizer = qa_data.train_word_tokenizer(dro_world.vocabulary_text(world))
-    tokenizer.add_tokens([f"[{i + 1}]" for i in range(config.candidates.num)])
-    model_config = ModelConfig(
-        vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id,
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-        **config.model.to_dict())
+    ids = [f"[{i + 1}]" for i in range(config.candidates.num)]
+    sources = model_sources(config)
+    if any(sources.values()):
+      models, tokenizer = {}, None
+      for name, path in sources.items():
+        models[name], tok = common.load_pretrained(path, [*qa_world.MARKERS, *ids])
+        if tokenizer is not None and tok.get_vocab() != tokenizer.get_vocab():
+          raise ValueError(f"config.selector_model_path and config.generator_model_path"
+                           f" must share one tokenizer; {path!r} has another.")
+        tokenizer = tokenizer or tok
+    else:
+      tokenizer = qa_data.train_word_tokenizer(dro_world.vocabulary_text(world))
+      tokenizer.add_tokens(ids)
+      model_config = ModelConfig(
+          vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id,
+          bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+          **config.model.to_dict())
+      models = {name: Decoder(model_config, seed=config.seed + i)
+                for i, name in enumerate(dirs)}
     fmt = make_prompts(tokenizer, world, candidates, config)
-    _check_lengths(fmt, world, config)
-    models = {name: Decoder(model_config, seed=config.seed + i)
-              for i, name in enumerate(dirs)}
+    _check_lengths(fmt, world, min(m.config.max_position_embeddings for m in models.values()))
     return warm_up(models, fmt, world.dataset.train[:config.warmup.num_questions], config,
                    roles_of(config)), tokenizer
 
@@ -257,15 +279,35 @@ def build_policies(config, workdir, world, candidates):
   return models, make_prompts(tokenizer, world, candidates, config)
 
 
-def _check_lengths(fmt, world, config):
+def load_world(config) -> dro_world.DroWorld:
+  """The built-in selection world, or HotpotQA / KILT files under
+  `config.data_dir` (the loaders and errors of EXSEARCH, `agents/qa_data.py`)."""
+  if config.dataset != "builtin":
+    return dro_world.from_qa_dataset(qa_data.load_dataset(config.dataset,
+                                                          data_dir=config.data_dir))
+  w = config.world
+  return dro_world.make_dro_world(
+      seed=config.seed, num_people=w.num_people, num_cities=w.num_cities,
+      num_countries=w.num_countries, num_companies=w.num_companies,
+      distractors_per_person=w.distractors_per_person, max_fillers=w.max_fillers,
+      heldout_fraction=w.heldout_fraction)
+
+
+def model_sources(config) -> dict[str, str]:
+  """State name -> the checkpoint it starts from ('' = the built-in model)."""
+  if config.shared_model:
+    return {"policy": config.model_path}
+  return {"selector": config.selector_model_path, "generator": config.generator_model_path}
+
+
+def _check_lengths(fmt, world, limit):
   d = world.dataset
   sel, gen = fmt.lengths(d.train + d.eval)
-  limit = config.model.max_position_embeddings
   if max(sel, gen) > limit:
     raise ValueError(
-        f"A selector row needs {sel} positions and a generator row {gen}, but"
-        f" config.model.max_position_embeddings={limit}. Raise it or lower"
-        " config.candidates.num.")
+        f"A selector row needs {sel} positions and a generator row {gen}, but the"
+        f" model has max_position_embeddings={limit} (config.model or the checkpoint)."
+        " Lower config.candidates.num or use a model with a longer context.")
 
 
 def _check_config(config):
@@ -273,9 +315,6 @@ def _check_config(config):
   if unknown or "dro" not in config.methods:
     raise ValueError(f"config.methods={tuple(config.methods)!r} must include 'dro' and"
                      f" only name {list(METHODS)}.")
-  if config.dataset != "builtin":
-    raise ValueError(f"config.dataset={config.dataset!r}: the DRO binary runs on the"
-                     " built-in selection world only ('builtin').")
   if not 1 <= config.selector.top_k <= config.candidates.num:
     raise ValueError(f"config.selector.top_k={config.selector.top_k} must be in"
                      f" [1, config.candidates.num={config.candidates.num}].")
@@ -295,10 +334,13 @@ def _check_config(config):
                      " must be >= 1.")
   if not em.temperature > 0 or not config.selector.temperature > 0:
     raise ValueError("config.em.temperature and config.selector.temperature must be > 0.")
+  pretrained = any(model_sources(config).values())
   if (config.warmup.num_questions < 1 or config.eval.size < 1
-      or min(config.warmup.generator_steps, config.warmup.selector_steps) < 1):
-    raise ValueError("config.warmup.num_questions, generator_steps, selector_steps and"
-                     " config.eval.size must be >= 1.")
+      or (not pretrained and min(config.warmup.generator_steps,
+                                 config.warmup.selector_steps) < 1)):
+    raise ValueError("config.warmup.num_questions and config.eval.size must be >= 1, and"
+                     " warmup.generator_steps and selector_steps too unless the model"
+                     " starts from a checkpoint (config.model_path ...).")
 
 
 # ---------------------------------------------------------------------- run
@@ -313,12 +355,7 @@ def run(config, workdir: str, *, stop_after: int | None = None, progress: bool =
   _check_config(config)
   os.makedirs(workdir, exist_ok=True)
   experiment.check_or_store_config(workdir, config)
-  w = config.world
-  world = dro_world.make_dro_world(
-      seed=config.seed, num_people=w.num_people, num_cities=w.num_cities,
-      num_countries=w.num_countries, num_companies=w.num_companies,
-      distractors_per_person=w.distractors_per_person, max_fillers=w.max_fillers,
-      heldout_fraction=w.heldout_fraction)
+  world = load_world(config)
   t0 = time.perf_counter()
   retriever = retrieval.BM25Retriever.build_or_load(world.dataset.corpus,
                                                     os.path.join(workdir, "bm25"))
@@ -383,10 +420,19 @@ def run(config, workdir: str, *, stop_after: int | None = None, progress: bool =
       {"eval/em": "held-out EM", "eval/f1": "held-out F1"}, "DRO vs baselines (held-out)",
       xlabel="EM iteration (0 = warm-up only)")
   phases = {m: functools.partial(phase, method=METHODS[m]) for m in methods}
+  sources = model_sources(config)
+
+  def export(method, states):  # DRO's model(s) -> final_model or final_{selector,generator}
+    if method == "dro":
+      folder = lambda name: "model" if name == "policy" else name
+      common.export_models(
+          workdir, {folder(n): nnx.merge(graphdef, s.params) for n, s in states.items()},
+          fmt.tokenizer, {folder(n): p for n, p in sources.items()})
+
   return common.run_phases(workdir, fresh, phases, em.num_iterations, start=start,
                            start_scores=start_scores, summarize=summarize,
                            plot=plot, desc="DRO EM", postfix={"em": "eval/em"},
-                           stop_after=stop_after, progress=progress)
+                           stop_after=stop_after, progress=progress, on_method_end=export)
 
 
 if __name__ == "__main__":

@@ -11,6 +11,9 @@ trained on, held-out chains (new compositions, longer chains) only evaluated.
 1. Warm-up: a word tokenizer and two decoders (planner, grounder) are built
    and SFT-trained on `warmup.num_gold` gold tasks, then saved (HF format) to
    `<workdir>/{planner,grounder}_init` (or loaded from `planner_dir`/`grounder_dir`).
+   `planner_model_path`/`grounder_model_path`: Hugging Face checkpoints (one
+   tokenizer; subgoals and actions stay plain text) warm-started instead of
+   the built-in decoders (`warmup.*_steps` may be 0).
 2. For `num_iterations`:
    Stage 1: K plans per task from ONE batched `generate` call; ONE batched
      grounder pass scores each by the token-mean CE of the gold actions given
@@ -29,7 +32,8 @@ trained on, held-out chains (new compositions, longer chains) only evaluated.
    MOAT's stage 1 (planner) and stage 2 (grounder), at the same learning
    rates, no interaction.
 
-Under --workdir: bm25/, planner_init/, grounder_init/, metrics.jsonl,
+Under --workdir: bm25/, planner_init/, grounder_init/, final_planner/ and
+final_grounder/ (MOAT's trained agents as Hugging Face folders), metrics.jsonl,
 TensorBoard events, success.png, summary.json, checkpoints/ (one per
 iteration of each method; a re-run resumes, a finished one returns its summary).
 """
@@ -94,6 +98,8 @@ def sft_batches(io, tasks):
 
 
 def _warm_up(model, batch, w, steps, seed):
+  if steps == 0:
+    return model
   optimizer = train.make_optimizer(w.learning_rate, warmup_steps=min(10, steps),
                                    total_steps=steps)
   graphdef, state = train.init_train_state(model, optimizer)
@@ -111,14 +117,22 @@ def build_agents(config, workdir, world, gold_tasks):
     tokenizer = qa_data.train_word_tokenizer(
         mw.vocabulary(world, list(gold_tasks) + held_in + held_out))
     models = {}
+    if config.planner_model_path:  # subgoals and actions are text: no markers to add
+      for name in ROLES:
+        models[name], tok = common.load_pretrained(config[f"{name}_model_path"], ())
+        if name != ROLES[0] and tok.get_vocab() != tokenizer.get_vocab():
+          raise ValueError("config.planner_model_path and config.grounder_model_path must"
+                           " share one tokenizer.")
+        tokenizer = tok
     for i, (name, batch) in enumerate(zip(ROLES, sft_batches(make_io(tokenizer, config),
                                                              gold_tasks))):
-      model_config = ModelConfig(
-          vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id,
-          bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-          **config[name].to_dict())
-      models[name] = _warm_up(Decoder(model_config, seed=config.seed + i), batch,
-                              config.warmup, config.warmup[f"{name}_steps"], config.seed + i)
+      if name not in models:
+        models[name] = Decoder(ModelConfig(
+            vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id,
+            bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+            **config[name].to_dict()), seed=config.seed + i)
+      models[name] = _warm_up(models[name], batch, config.warmup,
+                              config.warmup[f"{name}_steps"], config.seed + i)
     return models, tokenizer
 
   if config.planner_dir:
@@ -337,12 +351,20 @@ def run(config, workdir: str, *, stop_after: int | None = None, progress: bool =
       {"eval/held_in_success": "held-in success (%)",
        "eval/held_out_success": "held-out success (%)"},
       "MOAT vs separately fine-tuned agents")
+  graphdefs = {"planner": p_graphdef, "grounder": g_graphdef}
+
+  def export(method, state):  # MOAT's agents -> final_planner/, final_grounder/
+    if method == "moat":
+      common.export_models(
+          workdir, {n: nnx.merge(graphdefs[n], state[n].params) for n in ROLES},
+          io.tokenizer, {n: config[f"{n}_model_path"] or config[f"{n}_dir"] for n in ROLES})
+
   return common.run_phases(workdir, fresh, phases, config.num_iterations, start=start,
                            start_scores=start_scores, summarize=summarize,
                            plot=plot, desc="MOAT",
                            postfix={"held_in": "eval/held_in_success",
                                     "held_out": "eval/held_out_success"},
-                           stop_after=stop_after, progress=progress)
+                           stop_after=stop_after, progress=progress, on_method_end=export)
 
 
 if __name__ == "__main__":

@@ -72,5 +72,9 @@ def prompt_ids(tokenizer, text: str) -> list[int]:
     if isinstance(out, dict) or hasattr(out, "keys"):  # BatchEncoding in new versions
       out = out["input_ids"]
     return list(out)
-  bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
-  return bos + tokenizer.encode(text, add_special_tokens=False)
+  return bos_ids(tokenizer) + tokenizer.encode(text, add_special_tokens=False)
+
+
+def bos_ids(tokenizer) -> list[int]:
+  """[BOS] for a tokenizer that has one (Llama), [] for one without (Qwen2.5)."""
+  return [] if tokenizer.bos_token_id is None else [tokenizer.bos_token_id]

@@ -13,9 +13,13 @@ from alignax.experiments.common import (boolean, directory_or_empty, integer, ma
 def get_config(preset: str = "default") -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.seed = 0
-  # Only "builtin": the selection world of agents/dro_world.py (paraphrased
-  # questions, same-name distractors, 2-hop bridge passages).
+  # "builtin": the selection world of agents/dro_world.py (paraphrased
+  # questions, same-name distractors, 2-hop bridge passages); "hotpotqa" |
+  # "kilt": files under data_dir, as EXSEARCH (gold passages = supporting
+  # facts / provenance; with candidates.keep_top=0 a gold passage BM25 missed
+  # goes to a uniformly random candidate position).
   c.dataset = "builtin"
+  c.data_dir = ""
   # 400 people (was 200): ~1250 train questions, so the generator's warm-up
   # set is large enough not to be memorised (held-out EM with the gold
   # passages: 48 % after SFT on 256 questions, 67 % on 640 with hidden 128).
@@ -40,6 +44,13 @@ def get_config(preset: str = "default") -> ml_collections.ConfigDict:
   # One model with two prompts (the paper's option), or separate selector and
   # generator models (shared_model=False).
   c.shared_model = True
+  # Hugging Face checkpoint folders to start from ('' = the built-in model of
+  # `model`): `model_path` for the shared model, `selector_model_path` and
+  # `generator_model_path` (sharing one tokenizer) with shared_model=False.
+  # The markers and candidate ids are added as special tokens.
+  c.model_path = ""
+  c.selector_model_path = ""
+  c.generator_model_path = ""
   # The selector writes `top_k` ids "[a] > [b] > ..."; the generator answers
   # from those passages. Sampling as the paper (temperature 0.7, top_p 0.95).
   # no_repeat_ids: constrained decoding, each candidate id at most once per
@@ -126,7 +137,8 @@ _MODEL = {f"{m}.{k}": _POS for m in ("model",) for k in (
 _MODEL["model.tie_word_embeddings"] = boolean()
 SCHEMA = {
     "seed": _NONNEG,
-    "dataset": string(),  # the binary says which data sets it runs on
+    "dataset": one_of("alignax.agents.qa_data:DATASETS"),
+    "data_dir": string(),
     "world.num_people": _POS, "world.num_cities": _POS, "world.num_countries": _POS,
     "world.num_companies": _POS, "world.distractors_per_person": _NONNEG,
     "world.max_fillers": _NONNEG, "world.heldout_fraction": _FRACTION,
@@ -134,6 +146,8 @@ SCHEMA = {
     "candidates.keep_top": _NONNEG,
     **_MODEL,
     "shared_model": boolean(),
+    "model_path": directory_or_empty(), "selector_model_path": directory_or_empty(),
+    "generator_model_path": directory_or_empty(),
     "selector.top_k": _POS, "selector.temperature": number(0, lo_open=True),
     "selector.top_p": _TOP_P, "selector.no_repeat_ids": boolean(),
     "generator.max_answer_tokens": _POS,
@@ -157,4 +171,15 @@ def _check_top_k(c):
             f" config.candidates.num={c.candidates.num}")
 
 
-CHECKS = (_check_top_k,)
+def _check_model_paths(c):
+  if c.shared_model and (c.selector_model_path or c.generator_model_path):
+    return ("config.selector_model_path / generator_model_path need"
+            " config.shared_model=False (one shared model: config.model_path)")
+  if not c.shared_model and c.model_path:
+    return ("config.model_path is the shared model's; with config.shared_model=False set"
+            " config.selector_model_path and config.generator_model_path")
+  if bool(c.selector_model_path) != bool(c.generator_model_path):
+    return "set both config.selector_model_path and config.generator_model_path, or neither"
+
+
+CHECKS = (_check_top_k, _check_model_paths)

@@ -32,6 +32,12 @@ def get_config(preset: str = "default") -> ml_collections.ConfigDict:
   c.grounder = ml_collections.ConfigDict(dict(agent))
   c.planner_dir = ""
   c.grounder_dir = ""
+  # Hugging Face checkpoints to start from instead of the built-in decoders
+  # (warm-started by `warmup` as the built-in ones; the steps may be 0). They
+  # may be the same folder and must share one tokenizer; subgoals and actions
+  # are plain text in its own vocabulary.
+  c.planner_model_path = ""
+  c.grounder_model_path = ""
   c.mesh = ml_collections.ConfigDict(dict(data=1, fsdp=1, tensor=1))
   c.lengths = ml_collections.ConfigDict(dict(
       plan_prompt_len=32, plan_len=40, ground_prompt_len=80, action_len=40))
@@ -103,6 +109,7 @@ SCHEMA = {
     "world.num_long": _NONNEG, "world.relations": string(),
     **_AGENT,
     "planner_dir": directory_or_empty(), "grounder_dir": directory_or_empty(),
+    "planner_model_path": directory_or_empty(), "grounder_model_path": directory_or_empty(),
     "mesh.data": _POS, "mesh.fsdp": _POS, "mesh.tensor": _POS,
     "lengths.plan_prompt_len": _POS, "lengths.plan_len": _POS,
     "lengths.ground_prompt_len": _POS, "lengths.action_len": _POS,
@@ -133,4 +140,12 @@ def _check_relations(c):
             f" from {sorted(mw.RELATIONS)} (unknown: {unknown})")
 
 
-CHECKS = (_check_relations,)
+def _check_model_paths(c):
+  if bool(c.planner_model_path) != bool(c.grounder_model_path):
+    return "set both config.planner_model_path and config.grounder_model_path, or neither"
+  if c.planner_model_path and c.planner_dir:
+    return ("config.planner_dir/grounder_dir (ready agents) and config.planner_model_path/"
+            "grounder_model_path (checkpoints to warm up) exclude each other")
+
+
+CHECKS = (_check_relations, _check_model_paths)

@@ -5,7 +5,11 @@ supporting_facts: [[title, sentence index]], context: [[title, [sentences]]]}.""
 import json
 import os
 
+import jax.numpy as jnp
+import numpy as np
+
 from alignax.agents import qa_world
+from alignax.framework import hf, vocab
 
 
 def write_hotpotqa(folder, num_people=12):
@@ -28,3 +32,23 @@ def write_hotpotqa(folder, num_people=12):
     with open(os.path.join(folder, name), "w") as f:
       json.dump(rows, f)
   return str(folder)
+
+
+def assert_transformers_loads(folder, markers=()):
+  """`folder` (an exported model) loads in transformers with the logits of
+  alignax's loader (1e-5), with a tokenizer that keeps each marker as one
+  token and a generation config listing the tokenizer's EOS."""
+  import torch  # pylint: disable=g-import-not-at-top
+  import transformers  # pylint: disable=g-import-not-at-top
+  tok = transformers.AutoTokenizer.from_pretrained(folder)
+  for m in markers:
+    assert len(tok.encode(m, add_special_tokens=False)) == 1, m
+  ids = vocab.prompt_ids(tok, " ".join(markers) + " who is the boss ?")
+  ref = transformers.AutoModelForCausalLM.from_pretrained(folder).eval()
+  with torch.no_grad():
+    want = ref(torch.tensor([ids])).logits.numpy()
+  got = np.asarray(hf.from_pretrained(folder)(jnp.asarray([ids])))
+  np.testing.assert_allclose(got, want, atol=1e-5, rtol=1e-5)
+  with open(os.path.join(folder, "generation_config.json")) as f:
+    eos = json.load(f)["eos_token_id"]
+  assert tok.eos_token_id in (eos if isinstance(eos, list) else [eos])

@@ -16,6 +16,7 @@ from alignax.agents import dro as dro_agents
 from alignax.agents import dro_world, retrieval
 from alignax.experiments import dro
 from alignax.experiments.common import load_config_file
+from tests.experiments.em_fixtures import assert_transformers_loads
 from tests.experiments.resume import assert_killed_run_resumes_identically
 
 TINY = os.path.join(os.path.dirname(dro.__file__), "configs", "dro.py") + ":tiny"
@@ -49,6 +50,7 @@ def test_outputs_and_summary_keys(tiny_run):
   assert "dro/train/weight_max" in rows[1] and "rejection_sft/train/sample_em" in rows[5]
   assert os.path.getsize(os.path.join(workdir, "em.png")) > 1000
   assert any(f.startswith("events.out.tfevents") for f in os.listdir(workdir))
+  assert_transformers_loads(os.path.join(workdir, "final_model"), ("<DOC>", "[1]"))
   for f in ("init_model/tokenizer.json", "bm25/corpus.jsonl", "bm25/corpus.sha256"):
     assert os.path.exists(os.path.join(workdir, f))
 

@@ -1,22 +1,15 @@
 """EXSEARCH, DRO and MOAT from a tiny random Qwen2.5-shaped checkpoint (ChatML,
 no BOS) on files in the real HotpotQA layout: they run, resume bit-exactly and
 export Hugging Face folders that `transformers` loads with equal logits."""
-import json
 import os
 
-import jax.numpy as jnp
-import numpy as np
 import pytest
 
 from alignax.experiments import exsearch
 from alignax.experiments.common import load_config_file
-from alignax.framework import hf
-from tests.experiments.em_fixtures import write_hotpotqa
+from tests.experiments.em_fixtures import assert_transformers_loads, write_hotpotqa
 from tests.experiments.resume import assert_killed_run_resumes_identically
 from tests.experiments.user_fixtures import make_qwen25_dir
-
-torch = pytest.importorskip("torch")
-transformers = pytest.importorskip("transformers")
 
 _CONFIGS = os.path.join(os.path.dirname(exsearch.__file__), "configs")
 
@@ -25,27 +18,6 @@ _CONFIGS = os.path.join(os.path.dirname(exsearch.__file__), "configs")
 def files(tmp_path_factory):
   root = tmp_path_factory.mktemp("em_files")
   return make_qwen25_dir(root / "qwen25"), write_hotpotqa(root / "hotpotqa")
-
-
-def assert_transformers_loads(folder, markers=()):
-  """`folder` loads in transformers with the logits of alignax's loader (1e-5),
-  with a tokenizer that keeps each marker as one token and a generation
-  config listing the checkpoint's stop ids."""
-  tok = transformers.AutoTokenizer.from_pretrained(folder)
-  assert tok.bos_token_id is None and tok.chat_template
-  for m in markers:
-    assert len(tok.encode(m, add_special_tokens=False)) == 1, m
-  ids = tok.apply_chat_template([{"role": "user", "content": " ".join(markers) + " who ?"}],
-                                add_generation_prompt=True, tokenize=True)
-  ids = list(ids["input_ids"] if hasattr(ids, "keys") else ids)
-  ref = transformers.AutoModelForCausalLM.from_pretrained(folder).eval()
-  with torch.no_grad():
-    want = ref(torch.tensor([ids])).logits.numpy()
-  got = np.asarray(hf.from_pretrained(folder)(jnp.asarray([ids])))
-  np.testing.assert_allclose(got, want, atol=1e-5, rtol=1e-5)
-  with open(os.path.join(folder, "generation_config.json")) as f:
-    eos = json.load(f)["eos_token_id"]
-  assert tok.eos_token_id in (eos if isinstance(eos, list) else [eos])
 
 
 def _exsearch_config(files):
@@ -66,8 +38,101 @@ def test_exsearch_from_checkpoint_resumes_and_exports(files, tmp_path):
   assert_killed_run_resumes_identically(exsearch.run, lambda: _exsearch_config(files),
                                         str(tmp_path / "resumed"), ref, stop_after=1)
   assert_transformers_loads(os.path.join(ref, "final_model"), qa_world.MARKERS)
+  import transformers  # pylint: disable=g-import-not-at-top
+  tok = transformers.AutoTokenizer.from_pretrained(os.path.join(ref, "final_model"))
+  assert tok.bos_token_id is None and "<|im_start|>" in tok.chat_template
   # The export is the last EM iteration's model, bit for bit.
   for name in ("model.safetensors", "tokenizer.json"):
     with open(os.path.join(ref, "final_model", name), "rb") as a, open(
         os.path.join(tmp_path, "resumed", "final_model", name), "rb") as b:
       assert a.read() == b.read(), name
+
+
+def _dro_config(files, shared=True):
+  model, _ = files
+  c = load_config_file(os.path.join(_CONFIGS, "dro.py") + ":tiny")
+  c.candidates.update(num=4, keep_top=2)  # byte-level rows fit 256 positions
+  c.selector.top_k = 2
+  c.methods = ("dro",)
+  if shared:
+    c.model_path = model
+  else:
+    c.shared_model = False
+    c.selector_model_path = c.generator_model_path = model
+  return c
+
+
+def test_dro_from_checkpoint_resumes_and_exports(files, tmp_path):
+  from alignax.agents import qa_world
+  from alignax.experiments import dro
+  ref = str(tmp_path / "ref")
+  dro.run(_dro_config(files), ref, progress=False)
+  assert_killed_run_resumes_identically(dro.run, lambda: _dro_config(files),
+                                        str(tmp_path / "resumed"), ref, stop_after=1)
+  assert sorted(f for f in os.listdir(ref) if f.startswith("final_")) == ["final_model"]
+  assert_transformers_loads(os.path.join(ref, "final_model"),
+                            (*qa_world.MARKERS, "[1]", "[4]"))
+
+
+def test_dro_two_checkpoints_on_hotpotqa_export_two_models(files, tmp_path):
+  from alignax.agents import qa_data
+  from alignax.experiments import dro
+  c = _dro_config(files, shared=False)
+  c.dataset, c.data_dir = "hotpotqa", files[1]
+  c.candidates.keep_top = 0  # gold passages BM25 missed: uniformly random positions
+  c.em.num_iterations = 1
+  world = dro.load_world(c)
+  assert world.dataset.train == tuple(qa_data.load_hotpotqa(os.path.join(files[1],
+                                                                         "train.json")))
+  with_gold = [e for e in world.dataset.train if world.gold[e.id]]
+  assert len(with_gold) > len(world.dataset.train) // 2
+  for e in with_gold:
+    assert {world.dataset.corpus[i].title for i in world.gold[e.id]} == set(e.supporting)
+  c.warmup.update(selector_steps=0, generator_steps=0)  # allowed from a checkpoint
+  dro.run(c, str(tmp_path), progress=False)
+  for role in ("selector", "generator"):
+    assert_transformers_loads(str(tmp_path / f"final_{role}"), ("[2]",))
+
+
+def _moat_config(files):
+  model, _ = files
+  c = load_config_file(os.path.join(_CONFIGS, "moat.py") + ":tiny")
+  c.planner_model_path = c.grounder_model_path = model
+  c.lengths.update(plan_prompt_len=64, plan_len=64, ground_prompt_len=128, action_len=64)
+  c.separate.enabled = False
+  c.num_iterations = 1
+  return c
+
+
+def test_moat_from_checkpoint_exports_both_agents(files, tmp_path):
+  from alignax.experiments import moat
+  moat.run(_moat_config(files), str(tmp_path), progress=False)
+  for role in ("planner", "grounder"):
+    assert_transformers_loads(str(tmp_path / f"final_{role}"))
+
+
+@pytest.mark.slow
+def test_moat_from_checkpoint_resumes(files, tmp_path):
+  from alignax.experiments import moat
+
+  def config():
+    c = _moat_config(files)
+    c.num_iterations = 2
+    return c
+  ref = str(tmp_path / "ref")
+  moat.run(config(), ref, progress=False)
+  assert_killed_run_resumes_identically(moat.run, config, str(tmp_path / "resumed"), ref,
+                                        stop_after=1)
+
+
+def test_bad_model_path_combinations_are_config_errors(files):
+  from alignax.experiments import common
+  model, _ = files
+  c = _dro_config(files)
+  c.selector_model_path = model
+  with pytest.raises(common.ConfigError, match="shared_model=False"):
+    common.validate_config(c, os.path.join(_CONFIGS, "dro.py"))
+  c = _moat_config(files)
+  c.grounder_model_path = ""
+  with pytest.raises(common.ConfigError, match="or neither"):
+    common.validate_config(c, os.path.join(_CONFIGS, "moat.py"))

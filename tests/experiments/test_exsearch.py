@@ -12,6 +12,7 @@ from alignax.agents import rollout as rollout_lib
 from alignax.experiments import exsearch
 from alignax.experiments.common import load_config_file
 from alignax.framework import train
+from tests.experiments.em_fixtures import assert_transformers_loads
 from tests.experiments.resume import assert_killed_run_resumes_identically
 
 TINY = os.path.join(os.path.dirname(exsearch.__file__), "configs", "exsearch.py") + ":tiny"
@@ -41,6 +42,7 @@ def test_outputs_and_summary_keys(tiny_run):
   assert any(f.startswith("events.out.tfevents") for f in os.listdir(workdir))
   for f in ("init_model/tokenizer.json", "bm25/corpus.jsonl", "bm25/corpus.sha256"):
     assert os.path.exists(os.path.join(workdir, f))
+  assert_transformers_loads(os.path.join(workdir, "final_model"), ("<SEARCH>", "<FINAL>"))
 
 
 def test_rerun_resumes_without_work(tiny_run):

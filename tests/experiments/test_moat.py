@@ -8,6 +8,7 @@ import pytest
 from alignax.experiments import moat
 from alignax.experiments.common import load_config_file
 from alignax.framework.experiment import ConfigMismatchError
+from tests.experiments.em_fixtures import assert_transformers_loads
 
 TINY = os.path.join(os.path.dirname(moat.__file__), "configs", "moat.py") + ":tiny"
 SPLITS = ("held_in", "held_out")
@@ -51,6 +52,8 @@ def test_run_resume_outputs_and_summary(tmp_path):
   for f in ("planner_init/tokenizer.json", "grounder_init/model.safetensors",
             "bm25/corpus.jsonl"):
     assert os.path.exists(os.path.join(workdir, f)), f
+  for role in ("planner", "grounder"):
+    assert_transformers_loads(os.path.join(workdir, f"final_{role}"))
   # A finished workdir returns the same summary.
   assert moat.run(load_config_file(TINY), workdir, progress=False) == summary
 
