@@ -176,7 +176,21 @@ def main(argv=None):
                            " fsdp8: a smoke run in seconds")
   parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results",
                                                     "memory_plan.json"))
+  parser.add_argument("--merge", nargs="+", default=None,
+                      help="JSON files of earlier runs: write their rows together to --out"
+                           " and print one table (no compiling)")
   args = parser.parse_args(argv)
+  if args.merge:
+    runs = []
+    for path in args.merge:
+      with open(path) as f:
+        runs.append(json.load(f))
+    rows = [r for run in runs for r in run["rows"]]
+    print_table(rows)
+    with open(args.out, "w") as f:
+      json.dump(dict(runs=[{k: v for k, v in run.items() if k != "rows"} for run in runs],
+                     rows=rows), f, indent=1)
+    return rows
   if args.quick:
     args.models, args.meshes, args.layers = "llama-3.2-1b", "fsdp8", 2
     args.rows, args.prompt, args.completion, args.micro_batches = 16, 64, 256, 2
