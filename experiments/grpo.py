@@ -47,14 +47,6 @@ from alignax.framework.model import Decoder
 
 DEFAULT_CONFIG = os.path.join(os.path.dirname(__file__), "configs", "grpo.py")
 
-# Advantage estimators a config can name, each as f(rewards [N], group_size, cfg).
-ADVANTAGES = {
-    "grpo": lambda r, g, c: objectives.grpo_advantages(r, g, scale=c.scale_rewards),
-    "dr_grpo": lambda r, g, c: objectives.dr_grpo_advantages(r, g),
-    "rloo": lambda r, g, c: objectives.rloo_advantages(r, g),
-    "f_grpo": lambda r, g, c: objectives.focal_grpo_advantages(r, g, scale=c.scale_rewards),
-}
-
 
 def _pad_right(rows, length, pad):
   ids = np.full((len(rows), length), pad, np.int32)
@@ -274,7 +266,12 @@ def _advantage_rewards(total: np.ndarray, group_size: int) -> tuple[np.ndarray, 
 
 
 def rollout(graphdef, params, policy: Policy, data, config, step, ref_params):
-  """Samples a group batch for `step` and returns (batch, metrics, host seconds)."""
+  """Samples a group batch for `step` and returns (batch, metrics, host seconds).
+
+  Host seconds: the data and reward work (drawing rows, decoding completions,
+  calling the reward functions, None handling), timed for the overhead figure
+  (benchmarks/grpo_host_overhead.py).
+  """
   r = config.rollout
   t0 = time.perf_counter()
   rows = data.indices(config.seed, step, r.prompts_per_step)
@@ -285,8 +282,10 @@ def rollout(graphdef, params, policy: Policy, data, config, step, ref_params):
       seed=jax.random.fold_in(jax.random.key(config.seed), step))
   t0 = time.perf_counter()
   rewards, unscorable = _advantage_rewards(result.total, r.num_generations)
-  advantages = ADVANTAGES[config.loss.advantage](jnp.asarray(rewards), r.num_generations,
-                                                 config.loss)
+  host = host + score_seconds + time.perf_counter() - t0
+  estimator = objectives.ADVANTAGE_ESTIMATORS[config.loss.advantage]
+  advantages = estimator(jnp.asarray(rewards), r.num_generations, **objectives.accepted_options(
+      estimator, {"scale": config.loss.scale_rewards}))
   if unscorable.any():
     advantages = jnp.where(jnp.asarray(unscorable), 0.0, advantages)
   batch = dict(sequences=gen.sequences, attention_mask=gen.attention_mask,
@@ -305,13 +304,13 @@ def rollout(graphdef, params, policy: Policy, data, config, step, ref_params):
       "train/reward_std_in_group": float(grouped.std(axis=1).mean()),
       "train/solved_groups": float((grouped.max(axis=1) > 0).mean()),
       "train/completion_length": float(np.asarray(gen.mask).sum(1).mean())})
-  return batch, metrics, host + score_seconds + time.perf_counter() - t0
+  return batch, metrics, host
 
 
 def prepare(config, workdir: str):
   """Everything that can fail on bad input, checked before any compilation:
   config, reward functions, tokenizer and data. Returns (task, rewards,
-  tokenizer, (train, eval) data)."""
+  (train data, eval data or None))."""
   common.validate_config(config, DEFAULT_CONFIG)
   task = tasks.make_task(config.task.name, seed=config.seed,
                          **config.task.get(config.task.name, {}))
@@ -347,12 +346,9 @@ def run(config, workdir: str, *, stop_after: int | None = None, progress: bool =
   graphdef, state = train.init_train_state(model, optimizer)
   lc = config.loss
   ref_params = jax.tree.map(jnp.copy, state.params) if lc.beta > 0 else None
-  loss_kwargs = dict(loss_type=lc.loss_type, epsilon_low=lc.epsilon_low,
-                     epsilon_high=lc.epsilon_high, delta=lc.delta,
-                     importance_sampling_level=lc.importance_sampling_level, beta=lc.beta,
-                     use_bias_correction_kl=lc.use_bias_correction_kl,
-                     max_completion_length=config.rollout.max_new_tokens)
-  update = train.make_grpo_update(graphdef, optimizer, loss_kwargs=loss_kwargs,
+  loss = objectives.PolicyLossConfig.from_mapping(
+      lc, max_completion_length=config.rollout.max_new_tokens)
+  update = train.make_grpo_update(graphdef, optimizer, loss=loss,
                                   temperature=config.rollout.temperature,
                                   micro_batches=t.micro_batches,
                                   prompt_groups=config.rollout.num_generations)

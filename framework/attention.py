@@ -37,15 +37,14 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
+from alignax.objectives.registry import Registry
+
 AttentionFn = Callable[..., jax.Array]
-ATTENTION_IMPLS: dict[str, AttentionFn] = {}
+ATTENTION_IMPLS = Registry("attention implementation")
 
 
 def register_attention(name: str) -> Callable[[AttentionFn], AttentionFn]:
-  def wrap(fn: AttentionFn) -> AttentionFn:
-    ATTENTION_IMPLS[name] = fn
-    return fn
-  return wrap
+  return ATTENTION_IMPLS.register(name)
 
 
 # Implementations that live in their own module and register on import; the
@@ -59,12 +58,7 @@ CONTEXT_KWARGS = ("config", "query_slot0", "key_valid")
 def get_attention(name: str) -> AttentionFn:
   if name not in ATTENTION_IMPLS and name in _LAZY_IMPLS:
     importlib.import_module(_LAZY_IMPLS[name])
-  try:
-    return ATTENTION_IMPLS[name]
-  except KeyError:
-    raise ValueError(
-        f"Unknown attention implementation {name!r}; registered:"
-        f" {sorted(ATTENTION_IMPLS)}.") from None
+  return ATTENTION_IMPLS[name]
 
 
 @functools.lru_cache(maxsize=None)

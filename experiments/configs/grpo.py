@@ -148,7 +148,7 @@ SCHEMA = {
     "rollout.top_k": _NONNEG,
     "rollout.top_p": number(0, 1, lo_open=True),
     "loss.loss_type": one_of("alignax.objectives:POLICY_LOSSES"),
-    "loss.advantage": one_of(("grpo", "dr_grpo", "rloo", "f_grpo")),
+    "loss.advantage": one_of("alignax.objectives:ADVANTAGE_ESTIMATORS"),
     "loss.scale_rewards": one_of(("group", "batch", "none")),
     "loss.epsilon_low": number(0), "loss.epsilon_high": number(0),
     "loss.delta": optional(number(1)),
