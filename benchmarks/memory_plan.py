@@ -42,6 +42,7 @@ import numpy as np  # noqa: E402
 from flax import nnx  # noqa: E402
 from jax.sharding import NamedSharding, PartitionSpec as P  # noqa: E402
 
+from alignax import objectives  # noqa: E402
 from alignax.framework import sharding, train  # noqa: E402
 from alignax.framework.config import ModelConfig  # noqa: E402
 from alignax.framework.model import Decoder  # noqa: E402
@@ -111,7 +112,7 @@ def plan(name, model_kwargs, mesh_name, *, remat, fused_remat, rows, prompt,
   optimizer = train.make_optimizer(1e-6, warmup_steps=10, total_steps=1000)
   graphdef, state = build_state(config, optimizer)
   update = train.make_grpo_update(
-      graphdef, optimizer, loss_kwargs=dict(loss_type="dapo"),
+      graphdef, optimizer, loss=objectives.PolicyLossConfig(loss_type="dapo"),
       micro_batches=micro_batches, prompt_groups=groups, remat=fused_remat)
   state_sh = tree_shardings(state, mesh)
   batch = batch_struct(rows, prompt, completion)

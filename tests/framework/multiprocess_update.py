@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from alignax import objectives
 from alignax.framework import checkpoint, sharding, train
 from alignax.framework.config import ModelConfig
 from alignax.framework.model import Decoder
@@ -46,7 +47,7 @@ def main(argv=None):
   model = sharding.shard_model(Decoder(config, seed=0), mesh)
   optimizer = optax.adamw(1e-3)
   graphdef, state = train.init_train_state(model, optimizer)
-  update = train.make_grpo_update(graphdef, optimizer, loss_kwargs=dict(loss_type="dapo"),
+  update = train.make_grpo_update(graphdef, optimizer, loss=objectives.PolicyLossConfig(loss_type="dapo"),
                                   prompt_groups=2)
   ckpt = checkpoint.Checkpointer(os.path.join(a.out, "ckpt"))
   restored = ckpt.restore_latest(state)
