@@ -19,6 +19,14 @@ from flax import nnx
 from alignax.framework import attention as attention_lib
 from alignax.framework.config import ModelConfig, as_dtype
 
+# `ModelConfig.remat` -> `jax.checkpoint` policy (None: save nothing).
+_REMAT_POLICY = {
+    "full": None,
+    "dots_saveable": jax.checkpoint_policies.dots_saveable,
+    "dots_with_no_batch_dims_saveable":
+        jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
+
 
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass
@@ -93,7 +101,11 @@ def positions_from_mask(attention_mask: jax.Array) -> jax.Array:
 
 
 class Dense(nnx.Module):
-  """y = x @ kernel (+ bias), kernel [in, out] with logical axes."""
+  """y = x @ kernel (+ bias), kernel [in, out] with logical axes.
+
+  `lora`: None, or a low-rank adapter `lora(x, y) -> y + delta` that
+  `alignax.framework.lora.apply` attaches (the base kernel stays as it is).
+  """
 
   def __init__(self, din, dout, *, axes, bias, config, rngs):
     pdt = as_dtype(config.param_dtype)
@@ -103,11 +115,14 @@ class Dense(nnx.Module):
     self.bias = (nnx.Param(jnp.zeros((dout,), pdt), logical_axes=axes[1:])
                  if bias else None)
     self.dtype = as_dtype(config.dtype)
+    self.lora = nnx.data(None)
 
   def __call__(self, x):
     y = jnp.dot(x.astype(self.dtype), self.kernel[...].astype(self.dtype))
     if self.bias is not None:
       y = y + self.bias[...].astype(self.dtype)
+    if self.lora is not None:
+      y = self.lora(x, y)
     return y
 
 
@@ -256,7 +271,8 @@ class Decoder(nnx.Module):
                    preferred_element_type=jnp.float32)
 
   def forward(self, input_ids, *, attention_mask=None, positions=None,
-              cache: KVCache | None = None, cache_index=0):
+              cache: KVCache | None = None, cache_index=0,
+              train: bool = False):
     """Runs the decoder and returns (final-normed hidden [B, T, H], cache).
 
     Args:
@@ -267,6 +283,9 @@ class Decoder(nnx.Module):
         [cache_index, cache_index + T) and the queries attend to every filled
         slot up to their own. None: plain causal attention over the T tokens.
       cache_index: int32 scalar, the first slot to write.
+      train: a forward that will be differentiated: applies
+        `config.remat` to the layers (the sampler and evaluation leave it
+        False, so they never pay for rematerialisation).
     """
     _check_inputs(self.config, input_ids, attention_mask, positions)
     b, t = input_ids.shape
@@ -288,9 +307,14 @@ class Decoder(nnx.Module):
         as_dtype(self.config.dtype))
     inv_freq = jnp.asarray(rope_inv_freq(self.config))  # a compile-time constant
     new_k, new_v = [], []
+    call = DecoderLayer.__call__
+    if train and self.config.remat != "none":
+      # Recompute each layer in the backward pass, keeping what the policy saves.
+      call = nnx.remat(call, policy=_REMAT_POLICY[self.config.remat])
     for i, layer in enumerate(self.layers):
       layer_cache = None if cache is None else (cache.k[i], cache.v[i])
-      x, layer_cache = layer(x, positions, inv_freq, mask, layer_cache, cache_index)
+      x, layer_cache = call(layer, x, positions, inv_freq, mask, layer_cache,
+                            cache_index)
       if cache is not None:
         new_k.append(layer_cache[0])
         new_v.append(layer_cache[1])

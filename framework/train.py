@@ -28,6 +28,7 @@ import optax
 from flax import nnx
 
 from alignax import objectives
+from alignax.framework import lora
 from alignax.framework.logprobs import fused_logprobs_and_entropy
 from alignax.framework.model import Decoder, KVCache
 
@@ -35,8 +36,8 @@ from alignax.framework.model import Decoder, KVCache
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass
 class TrainState:
-  params: Any     # nnx.State of the model's parameters
-  opt_state: Any  # optax state
+  params: Any     # nnx.State of the model's parameters (LoRA: base + adapters)
+  opt_state: Any  # optax state (of the trainable parameters only)
   step: jax.Array  # int32 scalar, optimiser updates done
 
 
@@ -55,10 +56,16 @@ def make_optimizer(learning_rate: float, *, warmup_steps: int = 0,
   return optax.chain(*chain)
 
 
+def trainable_params(params: nnx.State) -> nnx.State:
+  """The parameters an update trains: the LoRA adapters if the model has
+  any (`framework/lora.py`; the base stays frozen), else all of them."""
+  return lora.partition(params)[0] if lora.has_adapters(params) else params
+
+
 def init_train_state(model: Decoder, optimizer: optax.GradientTransformation):
-  """Returns (graphdef, TrainState) for `model`."""
+  """Returns (graphdef, TrainState) for `model` (optimiser state of `trainable_params`)."""
   graphdef, params = nnx.split(model)
-  return graphdef, TrainState(params, optimizer.init(params), jnp.int32(0))
+  return graphdef, TrainState(params, optimizer.init(trainable_params(params)), jnp.int32(0))
 
 
 def completion_logprobs(graphdef, params, sequences, attention_mask, completion_tokens, *,
@@ -82,7 +89,8 @@ def completion_logprobs(graphdef, params, sequences, attention_mask, completion_
   if prompt_groups > 1:
     hidden = _shared_prompt_hidden(model, sequences, attention_mask, c, prompt_groups)
   else:
-    hidden, _ = model.forward(sequences, attention_mask=attention_mask)
+    hidden, _ = model.forward(sequences, attention_mask=attention_mask,
+                              train=True)
     hidden = hidden[:, -c - 1:-1]
   return fused_logprobs_and_entropy(
       hidden, model.unembedding(), completion_tokens, temperature=temperature,
@@ -100,7 +108,7 @@ def _shared_prompt_hidden(model: Decoder, sequences, attention_mask, c: int, gro
   prompt_mask = attention_mask[::groups, :p]
   cache = KVCache.zeros(model.config, n // groups, length - 1)
   prompt_hidden, cache = model.forward(sequences[::groups, :p], attention_mask=prompt_mask,
-                                       cache=cache, cache_index=0)
+                                       cache=cache, cache_index=0, train=True)
   first = jnp.repeat(prompt_hidden[:, -1:], groups, axis=0)  # predicts completion token 0
   if c == 1:
     return first
@@ -110,7 +118,7 @@ def _shared_prompt_hidden(model: Decoder, sequences, attention_mask, c: int, gro
   prompt_len = jnp.repeat(prompt_mask.sum(axis=1), groups)
   positions = jnp.where(mask, prompt_len[:, None] + jnp.cumsum(mask, axis=1) - 1, 0)
   rest, _ = model.forward(sequences[:, p:-1], attention_mask=mask, positions=positions,
-                          cache=cache, cache_index=p)
+                          cache=cache, cache_index=p, train=True)
   return jnp.concatenate([first, rest], axis=1)
 
 
@@ -129,34 +137,48 @@ def accumulate_and_apply(state: TrainState, batch, terms_fn: Callable, optimizer
 
   Applies `sum grad(numerator) / max(sum normaliser, 1)` with the optimiser and
   returns (new state, metrics averaged over micro-batches, plus loss and
-  grad_norm).
+  grad_norm). With LoRA adapters only they are differentiated and updated; the
+  base is passed through (adapter dropout keys folded with step and micro-batch).
   """
-  grad_fn = jax.value_and_grad(terms_fn, has_aux=True)
+  if lora.has_adapters(state.params):
+    trainable, frozen = lora.partition(state.params)
+    def loss_fn(p, mb, i):
+      return terms_fn(lora.combine(p, lora.fold_dropout_keys(frozen, state.step, i)), mb)
+  else:
+    trainable, frozen = state.params, None
+    loss_fn = lambda p, mb, i: terms_fn(p, mb)
+  grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
 
-  def body(acc, mb):
-    (num, (den, metrics)), grads = grad_fn(state.params, mb)
+  def body(acc, indexed_mb):
+    (num, (den, metrics)), grads = grad_fn(trainable, indexed_mb[1], indexed_mb[0])
     g_acc, num_acc, den_acc, m_acc = acc
-    return (jax.tree.map(jnp.add, g_acc, grads), num_acc + num, den_acc + den,
+    g_acc = jax.tree.map(lambda a, g: a + g.astype(a.dtype), g_acc, grads)
+    return (g_acc, num_acc + num, den_acc + den,
             jax.tree.map(jnp.add, m_acc, metrics)), None
 
   micro = _split_micro(batch, micro_batches)
   first = jax.tree.map(lambda x: x[0], micro)
-  (_, (_, metrics_shape)) = jax.eval_shape(terms_fn, state.params, first)
-  zeros = jax.tree.map(jnp.zeros_like, state.params)
+  (_, (_, metrics_shape)) = jax.eval_shape(loss_fn, trainable, first, 0)
+  # Gradients accumulate in f32 whatever the parameter dtype, and are cast
+  # back to it, so bf16 parameters keep bf16 optimiser moments.
+  zeros = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), trainable)
   init = (zeros, jnp.float32(0), jnp.float32(0),
           jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), metrics_shape))
-  (grads, num, den, metrics), _ = jax.lax.scan(body, init, micro)
+  (grads, num, den, metrics), _ = jax.lax.scan(
+      body, init, (jnp.arange(micro_batches, dtype=jnp.int32), micro))
   scale = 1.0 / jnp.maximum(den, 1.0)
-  grads = jax.tree.map(lambda g: g * scale, grads)
-  updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
-  params = optax.apply_updates(state.params, updates)
+  grads = jax.tree.map(lambda g, p: (g * scale).astype(p.dtype), grads, trainable)
+  updates, opt_state = optimizer.update(grads, state.opt_state, trainable)
+  params = optax.apply_updates(trainable, updates)
+  if frozen is not None:
+    params = lora.combine(params, frozen)
   metrics = jax.tree.map(lambda m: m / micro_batches, metrics)
   metrics.update(loss=num * scale, grad_norm=optax.global_norm(grads))
   return TrainState(params, opt_state, state.step + 1), metrics
 
 
 def make_grpo_update(graphdef, optimizer: optax.GradientTransformation, *,
-                     loss_kwargs: Mapping[str, Any], temperature: float = 1.0,
+                     loss: objectives.PolicyLossConfig, temperature: float = 1.0,
                      micro_batches: int = 1, token_chunk: int = 1024,
                      prompt_groups: int = 1, remat: bool = True):
   """Jitted `update(state, batch) -> (state, metrics)` for a GRPO-family loss.
@@ -164,12 +186,14 @@ def make_grpo_update(graphdef, optimizer: optax.GradientTransformation, *,
   batch (N rows): `sequences` int32 [N, L], `attention_mask` [N, L],
   `completion_tokens` int32 [N, C], `completion_mask` [N, C],
   `old_logprobs` [N, C] (the sampler's), `advantages` [N], and `ref_logprobs`
-  [N, C] when `loss_kwargs["beta"] > 0`. `loss_kwargs` are `policy_loss_terms`
-  keyword arguments (loss_type, epsilon_low/high, delta, beta, ...).
-  `prompt_groups` (rows of a group share the prompt, run once) and `remat`:
-  see `completion_logprobs`.
+  [N, C] when `loss.beta > 0`. `loss`: the loss's options (loss_type,
+  epsilon_low/high, delta, beta, ...). `prompt_groups` (rows of a group share
+  the prompt, run once) and `remat`: see `completion_logprobs`.
   """
-  loss_kwargs = dict(loss_kwargs)
+  if not isinstance(loss, objectives.PolicyLossConfig):
+    raise TypeError(f"make_grpo_update(loss=...) takes an objectives.PolicyLossConfig, got"
+                    f" {type(loss).__name__}; build one with PolicyLossConfig(**options).")
+  loss_kwargs = loss.kwargs()
 
   def terms(params, mb):
     logp, ent = completion_logprobs(
@@ -245,7 +269,8 @@ def trim_padding(batch, multiple: int = 32):
 
 
 def make_weighted_update(graphdef, optimizer, micro_batches: int = 1):
-  """`update(state, batch)` minimising `weighted_sequence_nll` (EM M-step, docs/algorithms.md §6.3, §7.2).
+  """`update(state, batch)` minimising `weighted_sequence_nll`, the EM M-step
+  (docs/algorithms.md §6.3, §7.2).
 
   batch: sequences [N, L], attention_mask [N, L], loss_mask [N, L-1]
   (trainable next tokens), weights [N]. Each batch is first cut to its

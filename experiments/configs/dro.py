@@ -146,7 +146,7 @@ SCHEMA = {
     "em.renormalize_after_filter": boolean(), "em.epochs": _POS,
     "em.batch_size": _POS, "em.micro_batches": _POS, "em.learning_rate": _LR,
     "em.min_weight": number(0, 1),
-    "methods": many_of(("dro", "bm25_top5", "rejection_sft")),
+    "methods": many_of("alignax.experiments.dro:METHODS"),
     "eval.size": _POS,
 }
 

@@ -53,7 +53,8 @@ def test_with_gold_answer_and_oracle_rows(tiny_run):
   workdir, _ = tiny_run
   config = load_config_file(TINY)
   from alignax.agents import qa_data, retrieval
-  dataset = qa_data.load_dataset(config)
+  dataset = qa_data.load_dataset(config.dataset, data_dir=config.data_dir, seed=config.seed,
+                                 world=config.world)
   retriever = retrieval.BM25Retriever.build_or_load(dataset.corpus,
                                                     os.path.join(workdir, "bm25"))
   _, agent = exsearch.build_policy(config, workdir, dataset, retriever)
