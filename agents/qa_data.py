@@ -15,11 +15,12 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Callable, Sequence
+from typing import Any, Mapping, Sequence
 
 from alignax.agents import qa_world
 from alignax.agents.qa_world import Passage, QADataset, QAExample
 from alignax.agents.retrieval import DataFormatError, read_corpus_jsonl
+from alignax.objectives.registry import Registry
 
 PAD, BOS, EOS, UNK = "<pad>", "<s>", "</s>", "<unk>"
 
@@ -123,12 +124,13 @@ def load_kilt(path: str) -> list[QAExample]:
   return _nonempty(out, path)
 
 
-def _builtin(config) -> QADataset:
-  w = config.world
-  return qa_world.make_world(seed=config.seed, num_people=w.num_people,
-                             num_cities=w.num_cities, num_countries=w.num_countries,
-                             num_companies=w.num_companies,
-                             heldout_fraction=w.heldout_fraction,
+def _builtin(*, data_dir: str, seed: int, world: Mapping[str, Any]) -> QADataset:
+  del data_dir
+  w = world
+  return qa_world.make_world(seed=seed, num_people=w["num_people"],
+                             num_cities=w["num_cities"], num_countries=w["num_countries"],
+                             num_companies=w["num_companies"],
+                             heldout_fraction=w["heldout_fraction"],
                              split=w.get("split", "question"),
                              name_words=w.get("name_words", 1)).dataset()
 
@@ -140,27 +142,35 @@ def _path(data_dir: str, name: str) -> str:
   return path
 
 
-def _hotpotqa(config) -> QADataset:
-  train = load_hotpotqa(_path(config.data_dir, "train.json"))
-  dev = load_hotpotqa(_path(config.data_dir, "dev.json"))
+def _hotpotqa(*, data_dir: str, seed: int, world: Mapping[str, Any]) -> QADataset:
+  del seed, world
+  train = load_hotpotqa(_path(data_dir, "train.json"))
+  dev = load_hotpotqa(_path(data_dir, "dev.json"))
   corpus = {p.title: p for ex in train + dev for p in ex.passages}
   return QADataset(tuple(train), tuple(dev), tuple(corpus.values()))
 
 
-def _kilt(config) -> QADataset:
-  return QADataset(tuple(load_kilt(_path(config.data_dir, "train.jsonl"))),
-                   tuple(load_kilt(_path(config.data_dir, "dev.jsonl"))),
-                   tuple(read_corpus_jsonl(_path(config.data_dir, "corpus.jsonl"))))
+def _kilt(*, data_dir: str, seed: int, world: Mapping[str, Any]) -> QADataset:
+  del seed, world
+  return QADataset(tuple(load_kilt(_path(data_dir, "train.jsonl"))),
+                   tuple(load_kilt(_path(data_dir, "dev.jsonl"))),
+                   tuple(read_corpus_jsonl(_path(data_dir, "corpus.jsonl"))))
 
 
-# config.dataset -> loader(config) -> QADataset.
-DATASETS: dict[str, Callable] = {"builtin": _builtin, "hotpotqa": _hotpotqa, "kilt": _kilt}
+# Data sets a config names (config.dataset), each
+# `loader(*, data_dir, seed, world) -> QADataset` (`world`: the built-in
+# world's sizes, a mapping with num_people, num_cities, ...).
+DATASETS = Registry("dataset")
+DATASETS.add("builtin", _builtin)
+DATASETS.add("hotpotqa", _hotpotqa)
+DATASETS.add("kilt", _kilt)
 
 
-def load_dataset(config) -> QADataset:
-  if config.dataset not in DATASETS:
-    raise ValueError(f"Unknown dataset {config.dataset!r}; choose one of {sorted(DATASETS)}.")
-  return DATASETS[config.dataset](config)
+def load_dataset(name: str, *, data_dir: str = "", seed: int = 0,
+                 world: Mapping[str, Any] | None = None) -> QADataset:
+  """The QA data set `name` (a key of `DATASETS`): files under `data_dir`, or
+  the built-in world of `seed` and sizes `world`."""
+  return DATASETS[name](data_dir=data_dir, seed=seed, world=world or {})
 
 
 def train_word_tokenizer(texts: Sequence[str], path: str | None = None,

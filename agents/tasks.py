@@ -26,7 +26,7 @@ class Problem:
   answer: str  # e.g. "132"
 
 
-class Task:
+class VerifiableTask:
   """A deterministic verifiable task: problems by (split, batch index).
 
   Subclasses define `sample(rng) -> Problem`; a problem belongs to the held-out
@@ -68,7 +68,7 @@ class Task:
 
 
 @dataclasses.dataclass(frozen=True)
-class AdditionTask(Task):
+class AdditionTask(VerifiableTask):
   """`a+b=` with `num_digits`-digit operands; the answer is the sum."""
 
   num_digits: int = 2
@@ -94,7 +94,7 @@ class AdditionTask(Task):
 
 
 @dataclasses.dataclass(frozen=True)
-class ReverseTask(Task):
+class ReverseTask(VerifiableTask):
   """`d1 d2 ... dn>` -> the digits reversed, n in [min_len, max_len]."""
 
   min_len: int = 3
@@ -119,7 +119,7 @@ TASKS.add("addition", AdditionTask)
 TASKS.add("reverse", ReverseTask)
 
 
-def make_task(name: str, **kwargs) -> Task:
+def make_task(name: str, **kwargs) -> VerifiableTask:
   return TASKS[name](**kwargs)  # an unknown name lists the registered ones
 
 
@@ -128,7 +128,7 @@ def records(problems: Sequence[Problem]) -> list[dict[str, str]]:
   return [{"prompt": p.prompt, "answer": p.answer} for p in problems]
 
 
-def train_tokenizer(task: Task, path: str | None = None):
+def train_tokenizer(task: VerifiableTask, path: str | None = None):
   """Trains a character-level tokenizer on the task's symbols.
 
   Returns a `transformers.PreTrainedTokenizerFast` (saved to `path` if given).

@@ -47,14 +47,6 @@ from alignax.framework.model import Decoder
 
 DEFAULT_CONFIG = os.path.join(os.path.dirname(__file__), "configs", "grpo.py")
 
-# Advantage estimators a config can name, each as f(rewards [N], group_size, cfg).
-ADVANTAGES = {
-    "grpo": lambda r, g, c: objectives.grpo_advantages(r, g, scale=c.scale_rewards),
-    "dr_grpo": lambda r, g, c: objectives.dr_grpo_advantages(r, g),
-    "rloo": lambda r, g, c: objectives.rloo_advantages(r, g),
-    "f_grpo": lambda r, g, c: objectives.focal_grpo_advantages(r, g, scale=c.scale_rewards),
-}
-
 
 def _pad_right(rows, length, pad):
   ids = np.full((len(rows), length), pad, np.int32)
@@ -145,7 +137,7 @@ def build_policy(config, workdir, task):
     hf.save_pretrained(model, tmp)
     shutil.rmtree(path, ignore_errors=True)
     os.replace(tmp, path)
-  model = hf.from_pretrained(path)
+  model = hf.from_pretrained(path, **common.model_options(config))
   tokenizer = hf.load_tokenizer(path, model.config)
   return model, tokenizer, path
 
@@ -291,8 +283,9 @@ def rollout(graphdef, params, policy: Policy, data, config, step, ref_params):
   t0 = time.perf_counter()
   rewards, unscorable = _advantage_rewards(result.total, r.num_generations)
   host = host + score_seconds + time.perf_counter() - t0
-  advantages = ADVANTAGES[config.loss.advantage](jnp.asarray(rewards), r.num_generations,
-                                                 config.loss)
+  estimator = objectives.ADVANTAGE_ESTIMATORS[config.loss.advantage]
+  advantages = estimator(jnp.asarray(rewards), r.num_generations, **objectives.accepted_options(
+      estimator, {"scale": config.loss.scale_rewards}))
   if unscorable.any():
     advantages = jnp.where(jnp.asarray(unscorable), 0.0, advantages)
   batch = dict(sequences=gen.sequences, attention_mask=gen.attention_mask,
@@ -337,11 +330,9 @@ def run(config, workdir: str, *, stop_after: int | None = None, progress: bool =
   as a kill would (tests use it); a re-run resumes from the last periodic one.
   """
   task, rewards, (train_data, eval_data) = prepare(config, workdir)
-  sharding.maybe_initialize_distributed()
+  mesh = common.setup_mesh(config)
   os.makedirs(workdir, exist_ok=True)
   experiment.check_or_store_config(workdir, config)
-  mesh_sizes = config.mesh.to_dict()
-  mesh = None if all(v == 1 for v in mesh_sizes.values()) else sharding.make_mesh(**mesh_sizes)
 
   model, tokenizer, model_dir = build_policy(config, workdir, task)
   if mesh is not None:
@@ -355,12 +346,9 @@ def run(config, workdir: str, *, stop_after: int | None = None, progress: bool =
   graphdef, state = train.init_train_state(model, optimizer)
   lc = config.loss
   ref_params = jax.tree.map(jnp.copy, state.params) if lc.beta > 0 else None
-  loss_kwargs = dict(loss_type=lc.loss_type, epsilon_low=lc.epsilon_low,
-                     epsilon_high=lc.epsilon_high, delta=lc.delta,
-                     importance_sampling_level=lc.importance_sampling_level, beta=lc.beta,
-                     use_bias_correction_kl=lc.use_bias_correction_kl,
-                     max_completion_length=config.rollout.max_new_tokens)
-  update = train.make_grpo_update(graphdef, optimizer, loss_kwargs=loss_kwargs,
+  loss = objectives.PolicyLossConfig.from_mapping(
+      lc, max_completion_length=config.rollout.max_new_tokens)
+  update = train.make_grpo_update(graphdef, optimizer, loss=loss,
                                   temperature=config.rollout.temperature,
                                   micro_batches=t.micro_batches,
                                   prompt_groups=config.rollout.num_generations)

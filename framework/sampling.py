@@ -190,18 +190,18 @@ def _draw_from_weights(key, weights, block: int = 256):
   return (blk * block + jnp.minimum(idx, last_nz)).astype(jnp.int32)
 
 
-def sample_next(key, logits, params: SamplingParams):
+def sample_next(key, logits, sampling_params: SamplingParams):
   """Samples tokens [B] from float32 logits [B, V]; returns (tokens, logprobs).
 
   One exp pass over [B, V] serves both the draw and the log-prob when nothing
   is filtered (the row max survives any filtering, so it is shared).
   """
   rows = jnp.arange(logits.shape[0])
-  if params.temperature == 0.0:
+  if sampling_params.temperature == 0.0:
     tokens = jnp.argmax(logits, axis=-1)
     return tokens.astype(jnp.int32), logits[rows, tokens] - jax.nn.logsumexp(logits, axis=-1)
-  scaled = logits / params.temperature
-  filtered = filter_logits(scaled, params.top_k, params.top_p)
+  scaled = logits / sampling_params.temperature
+  filtered = filter_logits(scaled, sampling_params.top_k, sampling_params.top_p)
   top = jnp.max(scaled, axis=-1, keepdims=True)
   weights = jnp.exp(filtered - top)
   tokens = _draw_from_weights(key, weights)
@@ -229,7 +229,8 @@ def prefill(graphdef, state, ids, mask, *, slots, repeats=1):
   return out
 
 
-def decode_loop(model, cache, logits, positions, start, key, done, budget, params):
+def decode_loop(model, cache, logits, positions, start, key, done, budget,
+                sampling_params):
   """The decode `while_loop`, shared by `decode` and multi-turn rollouts.
 
   Args:
@@ -242,11 +243,11 @@ def decode_loop(model, cache, logits, positions, start, key, done, budget, param
     done: bool [B], rows that write nothing (their slots stay holes).
     budget: int32 [B], the most tokens row b may write.
   Returns (tokens [B, N], mask [B, N], logprobs [B, N], steps, cache), N =
-  `params.max_new_tokens`; `steps` is the number of slots used. Stops early
+  `sampling_params.max_new_tokens`; `steps` is the number of slots used. Stops early
   when every row is done (stop token, budget, or done from the start).
   """
-  b, n = logits.shape[0], params.max_new_tokens
-  stop = jnp.asarray(params.stop_token_ids or (-1,), jnp.int32)
+  b, n = logits.shape[0], sampling_params.max_new_tokens
+  stop = jnp.asarray(sampling_params.stop_token_ids or (-1,), jnp.int32)
   done = done | (budget <= 0)
 
   def cond(carry):
@@ -255,15 +256,15 @@ def decode_loop(model, cache, logits, positions, start, key, done, budget, param
 
   def body(carry):
     i, cache, logits, done, key, tokens, mask, logps = carry
-    if params.no_repeat_token_ids:  # mask the no-repeat ids this row already wrote
-      ids = jnp.asarray(params.no_repeat_token_ids, jnp.int32)
+    if sampling_params.no_repeat_token_ids:  # mask the no-repeat ids this row already wrote
+      ids = jnp.asarray(sampling_params.no_repeat_token_ids, jnp.int32)
       seen = jnp.any((tokens[:, :, None] == ids) & mask[:, :, None], axis=1)  # [B, R]
       logits = logits.at[:, ids].set(
           jnp.where(seen, jnp.finfo(logits.dtype).min, logits[:, ids]))
     key, sub = jax.random.split(key)
-    tok, logp = sample_next(sub, logits, params)
+    tok, logp = sample_next(sub, logits, sampling_params)
     live = ~done
-    tok = jnp.where(live, tok, params.pad_token_id)
+    tok = jnp.where(live, tok, sampling_params.pad_token_id)
     tokens = tokens.at[:, i].set(tok)
     mask = mask.at[:, i].set(live)
     logps = logps.at[:, i].set(jnp.where(live, logp, 0.0))
@@ -274,16 +275,16 @@ def decode_loop(model, cache, logits, positions, start, key, done, budget, param
     return (i + 1, cache, model.logits(hidden[:, 0]), done, key, tokens, mask, logps)
 
   carry = (jnp.int32(0), cache, logits, done, key,
-           jnp.full((b, n), params.pad_token_id, jnp.int32), jnp.zeros((b, n), bool),
+           jnp.full((b, n), sampling_params.pad_token_id, jnp.int32), jnp.zeros((b, n), bool),
            jnp.zeros((b, n), jnp.float32))
   steps, cache, _, _, _, tokens, mask, logps = jax.lax.while_loop(cond, body, carry)
   return tokens, mask, logps, steps, cache
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef", "params"),
+@functools.partial(jax.jit, static_argnames=("graphdef", "sampling_params"),
                    donate_argnames=("cache",))
-def decode(graphdef, state, cache, logits, positions, start, key, *, params):
-  """Samples up to `params.max_new_tokens` tokens per row with a while_loop.
+def decode(graphdef, state, cache, logits, positions, start, key, *, sampling_params):
+  """Samples up to `sampling_params.max_new_tokens` tokens per row with a while_loop.
 
   Args:
     cache: `KVCache` holding the prompts in slots [0, start); donated.
@@ -298,7 +299,8 @@ def decode(graphdef, state, cache, logits, positions, start, key, *, params):
   b = logits.shape[0]
   tokens, mask, logps, _, cache = decode_loop(
       nnx.merge(graphdef, state), cache, logits, positions, start, key,
-      jnp.zeros((b,), bool), jnp.full((b,), params.max_new_tokens, jnp.int32), params)
+      jnp.zeros((b,), bool), jnp.full((b,), sampling_params.max_new_tokens, jnp.int32),
+      sampling_params)
   return tokens, mask, logps, cache
 
 
@@ -374,21 +376,21 @@ def generate(model: Decoder, prompts: Sequence[Sequence[int]], *, max_new_tokens
         f" leaves room for {limit}. Shorten the prompt or max_new_tokens.")
   if pad_token_id is None:
     pad_token_id = config.pad_token_id if config.pad_token_id is not None else 0
-  params = SamplingParams(
+  sampling_params = SamplingParams(
       max_new_tokens=max_new_tokens, temperature=float(temperature), top_k=top_k,
       top_p=top_p, pad_token_id=int(pad_token_id),
       stop_token_ids=tuple(sorted(set(_as_tuple(eos_token_id) + _as_tuple(stop_token_ids)))),
       no_repeat_token_ids=tuple(sorted(set(_as_tuple(no_repeat_token_ids)))))
-  params.validate(config.vocab_size)
+  sampling_params.validate(config.vocab_size)
 
   # The prompt pass runs once per prompt; its cache is repeated per completion.
   rows = list(prompts)
   num_rows = len(rows) * num_generations
   if mesh is not None:
     shards = mesh.shape["data"] * mesh.shape["fsdp"]
-    rows += [[params.pad_token_id]] * (-len(rows) % shards)
+    rows += [[sampling_params.pad_token_id]] * (-len(rows) % shards)
   length = bucket_length(longest, limit)
-  host_ids, host_mask = pad_prompts(rows, length, params.pad_token_id)
+  host_ids, host_mask = pad_prompts(rows, length, sampling_params.pad_token_id)
   ids, mask = host_ids, host_mask
   if mesh is not None:
     ids, mask = (jax.device_put(a, sharding_lib.batch_sharding(mesh)) for a in (ids, mask))
@@ -400,6 +402,14 @@ def generate(model: Decoder, prompts: Sequence[Sequence[int]], *, max_new_tokens
   ids, mask = (np.repeat(a, num_generations, axis=0) for a in (host_ids, host_mask))
   positions = jnp.asarray(mask.sum(axis=1), jnp.int32)
   tokens, out_mask, logprobs, _ = decode(graphdef, state, cache, logits, positions,
-                                      jnp.int32(length), key, params=params)
+                                      jnp.int32(length), key, sampling_params=sampling_params)
   return Generation(tokens[:num_rows], out_mask[:num_rows], logprobs[:num_rows],
                     jnp.asarray(ids[:num_rows]), jnp.asarray(mask[:num_rows]))
+
+
+def generate_from_state(graphdef, state, prompts: Sequence[Sequence[int]],
+                        **kwargs) -> Generation:
+  """`generate` for the model handle the rest of alignax passes around:
+  `(graphdef, state)` as split by `nnx.split` / held by a `TrainState`
+  (`state` may be `TrainState.params`). Keyword arguments as `generate`."""
+  return generate(nnx.merge(graphdef, state), prompts, **kwargs)

@@ -178,7 +178,7 @@ def accumulate_and_apply(state: TrainState, batch, terms_fn: Callable, optimizer
 
 
 def make_grpo_update(graphdef, optimizer: optax.GradientTransformation, *,
-                     loss_kwargs: Mapping[str, Any], temperature: float = 1.0,
+                     loss: objectives.PolicyLossConfig, temperature: float = 1.0,
                      micro_batches: int = 1, token_chunk: int = 1024,
                      prompt_groups: int = 1, remat: bool = True):
   """Jitted `update(state, batch) -> (state, metrics)` for a GRPO-family loss.
@@ -186,12 +186,14 @@ def make_grpo_update(graphdef, optimizer: optax.GradientTransformation, *,
   batch (N rows): `sequences` int32 [N, L], `attention_mask` [N, L],
   `completion_tokens` int32 [N, C], `completion_mask` [N, C],
   `old_logprobs` [N, C] (the sampler's), `advantages` [N], and `ref_logprobs`
-  [N, C] when `loss_kwargs["beta"] > 0`. `loss_kwargs` are `policy_loss_terms`
-  keyword arguments (loss_type, epsilon_low/high, delta, beta, ...).
-  `prompt_groups` (rows of a group share the prompt, run once) and `remat`:
-  see `completion_logprobs`.
+  [N, C] when `loss.beta > 0`. `loss`: the loss's options (loss_type,
+  epsilon_low/high, delta, beta, ...). `prompt_groups` (rows of a group share
+  the prompt, run once) and `remat`: see `completion_logprobs`.
   """
-  loss_kwargs = dict(loss_kwargs)
+  if not isinstance(loss, objectives.PolicyLossConfig):
+    raise TypeError(f"make_grpo_update(loss=...) takes an objectives.PolicyLossConfig, got"
+                    f" {type(loss).__name__}; build one with PolicyLossConfig(**options).")
+  loss_kwargs = loss.kwargs()
 
   def terms(params, mb):
     logp, ent = completion_logprobs(
@@ -267,7 +269,8 @@ def trim_padding(batch, multiple: int = 32):
 
 
 def make_weighted_update(graphdef, optimizer, micro_batches: int = 1):
-  """`update(state, batch)` minimising `weighted_sequence_nll` (EM M-step, docs/algorithms.md §6.3, §7.2).
+  """`update(state, batch)` minimising `weighted_sequence_nll`, the EM M-step
+  (docs/algorithms.md §6.3, §7.2).
 
   batch: sequences [N, L], attention_mask [N, L], loss_mask [N, L-1]
   (trainable next tokens), weights [N]. Each batch is first cut to its

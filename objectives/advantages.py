@@ -1,11 +1,11 @@
 """Advantage estimators of the GRPO family (docs/algorithms.md §2.1, §3, §4).
 
 Layout: `N = P * G` rows, groups of `G = group_size` contiguous rows share a
-prompt (TRL layout). Estimators with the signature
-`fn(rewards [N], group_size, **kwargs) -> [N]` are registered in
-`ADVANTAGE_ESTIMATORS` ("grpo", "dr_grpo", "rloo", "f_grpo"); the step-level
-ones (GiGPO, TreeRPO, EMPG, REINFORCE++) are registered too but take their own
-arguments.
+prompt (TRL layout). Every estimator of `ADVANTAGE_ESTIMATORS` ("grpo",
+"dr_grpo", "rloo", "f_grpo") has one call shape,
+`fn(rewards [N], group_size, **params) -> [N]`, so a config picks one by name;
+the step- and token-level estimators (GiGPO, TreeRPO, EMPG, REINFORCE++) take
+their own inputs and are called by name directly.
 """
 from typing import Optional, Tuple, Union
 
@@ -234,7 +234,6 @@ def masked_whiten(x: jax.Array, mask: jax.Array, eps: float = 1e-8):
   return (x - mean) * jax.lax.rsqrt(var + eps)
 
 
-@register_advantage_estimator("reinforce_pp")
 def reinforce_pp_advantages(outcome: jax.Array, token_kl: jax.Array,
                             mask: jax.Array, *, baseline: Optional[str] = None,
                             group_size: Optional[int] = None,
@@ -318,7 +317,6 @@ def _num_rows(ids, num_segments):
   return jax.ops.segment_sum(jnp.ones(ids.shape), ids, num_segments)
 
 
-@register_advantage_estimator("gigpo")
 def gigpo_advantages(episode_rewards: jax.Array, step_returns: jax.Array,
                      group_ids: jax.Array, anchor_ids: jax.Array, *,
                      omega: float = 1.0, mode: str = "mean_std_norm",
@@ -439,7 +437,6 @@ def tree_node_values(leaf_rewards: jax.Array,
   return P.safe_divide(r @ a, jnp.sum(a, axis=0))
 
 
-@register_advantage_estimator("tree_sibling")
 def sibling_advantages(node_values: jax.Array, parent_ids: jax.Array,
                        num_parents: int, eps: float = 1e-6) -> jax.Array:
   """`A = (v - mean_sib v) / (std_sib v + eps)` over siblings (§4.3).
@@ -465,7 +462,6 @@ def sibling_advantages(node_values: jax.Array, parent_ids: jax.Array,
 # EMPG (arXiv:2509.09265), §4.4 [INFERRED]
 
 
-@register_advantage_estimator("empg")
 def empg_advantages(adv: jax.Array, step_entropy: jax.Array,
                     next_step_entropy: jax.Array, *, k: float = 1.0,
                     k_future: float = 1.0, zeta: float = 0.05,

@@ -14,6 +14,7 @@ import optax
 import pytest
 from flax import nnx
 
+from alignax import objectives
 from alignax.framework import train
 from alignax.framework.config import REMAT_POLICIES, ModelConfig
 from alignax.framework.model import Decoder
@@ -95,7 +96,7 @@ def _f32_update_metrics():
 def _update(config, batch):
   optimizer = optax.adamw(1e-3)
   graphdef, state = train.init_train_state(Decoder(config, seed=0), optimizer)
-  update = train.make_grpo_update(graphdef, optimizer, loss_kwargs=_LOSS,
+  update = train.make_grpo_update(graphdef, optimizer, loss=objectives.PolicyLossConfig(**_LOSS),
                                   prompt_groups=2)
   state, metrics = update(state, batch)
   return state, metrics

@@ -25,6 +25,7 @@ import numpy as np
 import pytest
 
 from alignax import kernels
+from alignax import objectives
 from alignax.kernels import attention as attention_impl
 
 TRITON = "__gpu$xla.gpu.triton"
@@ -218,7 +219,7 @@ def _grpo_update_args(attention, target):
       old_logprobs=_sds((n, c), np.float32),
       advantages=_sds((n,), np.float32))
   update = train.make_grpo_update(
-      graphdef, optimizer, loss_kwargs=dict(loss_type="dapo"),
+      graphdef, optimizer, loss=objectives.PolicyLossConfig(loss_type="dapo"),
       prompt_groups=2)
   return update, (state, batch)
 
