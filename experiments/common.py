@@ -214,6 +214,32 @@ def validate_config(config, config_file: str) -> None:
                       + "):\n  " + "\n  ".join(errors))
 
 
+def apply_lora(model, lora_config, *, seed: int = 0):
+  """Attaches LoRA adapters per a config's `lora` block and returns the model.
+
+  `lora_config`: rank (0 = none: full fine-tuning), alpha, dropout,
+  target_modules, init_from (a PEFT adapter directory to continue from; its
+  adapter_config.json sets rank and alpha, and a rank > 0 here must agree).
+  See `alignax.framework.lora`.
+  """
+  from alignax.framework import lora  # pylint: disable=g-import-not-at-top
+
+  c = lora_config
+  if c.init_from:
+    lora.load_peft(model, c.init_from, seed=seed)
+    loaded = lora.config_of(model)
+    if c.rank and c.rank != loaded.rank:
+      raise ValueError(f"config.lora.rank={c.rank} but the adapter in"
+                       f" config.lora.init_from={c.init_from!r} has rank {loaded.rank};"
+                       " set config.lora.rank=0 (take the adapter's) or the same rank.")
+    return model
+  if not c.rank:
+    return model
+  return lora.apply(model, lora.LoraConfig(
+      rank=int(c.rank), alpha=float(c.alpha), dropout=float(c.dropout),
+      target_modules=tuple(c.target_modules)), seed=seed)
+
+
 def read_metrics(workdir: str) -> list[dict]:
   return experiment.read_metrics(workdir)
 

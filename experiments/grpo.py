@@ -29,7 +29,7 @@ from flax import nnx
 from alignax import objectives
 from alignax.agents import tasks
 from alignax.experiments import common
-from alignax.framework import checkpoint, experiment, hf, sampling, sharding, train
+from alignax.framework import checkpoint, experiment, hf, lora, sampling, sharding, train
 from alignax.framework.config import ModelConfig
 from alignax.framework.model import Decoder
 
@@ -134,8 +134,11 @@ def evaluate(model, tokenizer, task, config, mesh):
   return {"eval/accuracy": float(rewards.mean()), "eval/reward": float(rewards.mean())}
 
 
-def rollout(graphdef, params, tokenizer, task, config, step, mesh, ref_params):
-  """Samples a group batch for `step` and returns (batch, metrics)."""
+def rollout(graphdef, params, tokenizer, task, config, step, mesh, reference):
+  """Samples a group batch for `step` and returns (batch, metrics).
+
+  reference: (graphdef, params) of the KL reference policy, or None.
+  """
   r = config.rollout
   problems = task.problems("train", step, r.prompts_per_step)
   gen = sampling.generate(
@@ -151,9 +154,9 @@ def rollout(graphdef, params, tokenizer, task, config, step, mesh, ref_params):
   batch = dict(sequences=gen.sequences, attention_mask=gen.attention_mask,
                completion_tokens=gen.tokens, completion_mask=gen.mask,
                old_logprobs=gen.logprobs, advantages=advantages)
-  if ref_params is not None:
+  if reference is not None:
     batch["ref_logprobs"] = train.reference_logprobs(
-        graphdef, ref_params, gen.sequences, gen.attention_mask, gen.tokens,
+        *reference, gen.sequences, gen.attention_mask, gen.tokens,
         temperature=r.temperature)
   if mesh is not None:
     batch = {k: jax.device_put(v, sharding.batch_sharding(mesh, v.ndim))
@@ -197,6 +200,7 @@ def run(config, workdir: str, *, stop_after: int | None = None, progress: bool =
   task = tasks.make_task(config.task.name, seed=config.seed,
                          **config.task.get(config.task.name, {}))
   model, tokenizer = build_policy(config, workdir, task)
+  model = common.apply_lora(model, config.lora, seed=config.seed)
   if mesh is not None:
     sharding.shard_model(model, mesh)
   t = config.train
@@ -205,26 +209,36 @@ def run(config, workdir: str, *, stop_after: int | None = None, progress: bool =
                                    max_grad_norm=t.max_grad_norm)
   graphdef, state = train.init_train_state(model, optimizer)
   lc = config.loss
-  ref_params = jax.tree.map(jnp.copy, state.params) if lc.beta > 0 else None
+  use_lora = lora.has_adapters(state.params)
+  # The KL reference: the initial weights; under LoRA the base with the
+  # adapters disabled (the same arrays, no copy).
+  ref_params = (jax.tree.map(jnp.copy, state.params) if lc.beta > 0 and not use_lora
+                else None)
+
+  def reference(params):
+    if lc.beta <= 0:
+      return None
+    return lora.disable(graphdef, params) if use_lora else (graphdef, ref_params)
   loss_kwargs = dict(loss_type=lc.loss_type, epsilon_low=lc.epsilon_low,
                      epsilon_high=lc.epsilon_high, delta=lc.delta,
                      importance_sampling_level=lc.importance_sampling_level, beta=lc.beta,
                      use_bias_correction_kl=lc.use_bias_correction_kl,
                      max_completion_length=config.rollout.max_new_tokens)
-  update = train.make_grpo_update(graphdef, optimizer, loss_kwargs=loss_kwargs,
+  update = train.make_grpo_update(lora.training(graphdef, state.params), optimizer, loss_kwargs=loss_kwargs,
                                   temperature=config.rollout.temperature,
                                   micro_batches=t.micro_batches,
                                   prompt_groups=config.rollout.num_generations)
 
   ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"),
                                  max_to_keep=t.keep_checkpoints)
-  restored = ckpt.restore_latest(state)
+  restored = ckpt.restore_latest(train.checkpoint_state(state))
   if restored is None:
     start = 0
     before = evaluate(model, tokenizer, task, config, mesh)
     extras = {"eval_before": before, "seconds": 0.0, "last_eval": before}
   else:
-    start, state, extras = restored
+    start, saved, extras = restored
+    state = train.from_checkpoint_state(state, saved)
     logging.info("Resumed from step %d in %s", start, workdir)
   common.truncate_metrics(workdir, start)  # before the writer opens the file
   writer = experiment.MetricWriter(workdir)
@@ -239,7 +253,7 @@ def run(config, workdir: str, *, stop_after: int | None = None, progress: bool =
   for step in bar:
     t0 = time.perf_counter()
     batch, metrics = rollout(graphdef, state.params, tokenizer, task, config, step, mesh,
-                             ref_params)
+                             reference(state.params))
     for _ in range(t.num_iterations):
       state, update_metrics = update(state, batch)
     update_metrics = {f"train/{k}": float(v) for k, v in update_metrics.items()}
@@ -258,7 +272,7 @@ def run(config, workdir: str, *, stop_after: int | None = None, progress: bool =
     bar.set_postfix(reward=f"{metrics['train/reward']:.2f}",
                     acc=f"{extras['last_eval']['eval/accuracy']:.2f}")
     if (step + 1) % t.checkpoint_every == 0 or step + 1 == t.steps:
-      ckpt.save(step + 1, state, extras)
+      ckpt.save(step + 1, train.checkpoint_state(state), extras)
       last_saved = step + 1
   writer.close()
   ckpt.close()
@@ -277,8 +291,21 @@ def run(config, workdir: str, *, stop_after: int | None = None, progress: bool =
       "train/finished": done,
   }
   if done:
+    if use_lora:
+      _export_lora(nnx.merge(graphdef, state.params), tokenizer, workdir,
+                   config.model_path or os.path.join(workdir, "init_model"))
     experiment.write_summary(workdir, summary)
   return summary, state
+
+
+def _export_lora(model, tokenizer, workdir, base_path):
+  """final_adapter/ (PEFT format, for `PeftModel.from_pretrained(base, dir)`)
+  and final_model/ (adapters merged: a plain Hugging Face directory)."""
+  lora.save_peft(model, os.path.join(workdir, "final_adapter"),
+                 base_model_name_or_path=os.path.abspath(base_path))
+  final = os.path.join(workdir, "final_model")
+  hf.save_pretrained(lora.merge(model), final)
+  tokenizer.save_pretrained(final)
 
 
 if __name__ == "__main__":

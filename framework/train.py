@@ -62,6 +62,20 @@ def trainable_params(params: nnx.State) -> nnx.State:
   return lora.partition(params)[0] if lora.has_adapters(params) else params
 
 
+def checkpoint_state(state: TrainState) -> TrainState:
+  """What a checkpoint must hold: `state` without the frozen base under LoRA
+  (it is read again from the model directory; see `from_checkpoint_state`)."""
+  return dataclasses.replace(state, params=trainable_params(state.params))
+
+
+def from_checkpoint_state(state: TrainState, saved: TrainState) -> TrainState:
+  """`saved` (a restored `checkpoint_state`) with the frozen part of `state`."""
+  if not lora.has_adapters(state.params):
+    return saved
+  return dataclasses.replace(saved, params=lora.combine(saved.params,
+                                                        lora.partition(state.params)[1]))
+
+
 def init_train_state(model: Decoder, optimizer: optax.GradientTransformation):
   """Returns (graphdef, TrainState) for `model` (optimiser state of `trainable_params`)."""
   graphdef, params = nnx.split(model)
