@@ -171,6 +171,28 @@ def directory_or_empty() -> Rule:
               "'' or an existing directory")
 
 
+def lora_config() -> ml_collections.ConfigDict:
+  """The `lora` block every LLM binary's config holds (see `apply_lora`).
+
+  rank 0 = full fine-tuning. With rank > 0 only the adapters train (base
+  frozen), the sampler runs base + adapters unmerged, a KL / DPO reference is
+  the base with the adapters disabled. init_from: a PEFT adapter directory to
+  continue training from.
+  """
+  return ml_collections.ConfigDict(dict(
+      rank=0, alpha=16.0, dropout=0.0, init_from="",
+      target_modules=("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
+                      "down_proj")))
+
+
+def lora_schema(prefix: str = "lora") -> dict[str, "Rule"]:
+  """SCHEMA rules of a `lora_config()` block at `prefix`."""
+  return {f"{prefix}.rank": integer(0), f"{prefix}.alpha": number(0, lo_open=True),
+          f"{prefix}.dropout": number(0, 1, hi_open=True),
+          f"{prefix}.init_from": directory_or_empty(),
+          f"{prefix}.target_modules": many_of("alignax.framework.lora:TARGETS")}
+
+
 def _lookup(config, key: str):
   value = config
   for part in key.split("."):

@@ -43,7 +43,7 @@ from alignax.agents import metrics as metrics_lib
 from alignax.agents import qa_data, qa_world, retrieval
 from alignax.agents import rollout as rollout_lib
 from alignax.experiments import common
-from alignax.framework import checkpoint, experiment, hf, train
+from alignax.framework import checkpoint, experiment, hf, lora, train
 from alignax.framework.config import ModelConfig
 from alignax.framework.model import Decoder
 
@@ -243,22 +243,25 @@ def run(config, workdir: str, *, stop_after: int | None = None, progress: bool =
                                                     os.path.join(workdir, "bm25"))
   t0 = time.perf_counter()
   model, agent = build_policy(config, workdir, dataset, retriever)
+  model = common.apply_lora(model, config.lora, seed=config.seed)
   held_out = dataset.eval[:config.eval.size]
   em = config.em
   optimizer = train.make_optimizer(em.learning_rate, total_steps=None)
   graphdef, fresh = train.init_train_state(model, optimizer)
-  update = train.make_weighted_update(graphdef, optimizer, em.micro_batches)
+  update = train.make_weighted_update(lora.training(graphdef, fresh.params), optimizer,
+                                      em.micro_batches)
   methods, iters = list(config.methods), em.num_iterations
 
   ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"), max_to_keep=2)
-  restored = ckpt.restore_latest(fresh)
+  restored = ckpt.restore_latest(train.checkpoint_state(fresh))
   if restored is None:
     done, state = 0, fresh
     before = evaluate(graphdef, fresh.params, agent, held_out)
     extras = {"before": before, "curves": {m: [] for m in methods},
               "seconds": time.perf_counter() - t0}
   else:
-    done, state, extras = restored
+    done, saved, extras = restored
+    state = train.from_checkpoint_state(fresh, saved)
   common.truncate_metrics(workdir, done)
   writer = experiment.MetricWriter(workdir)
   if restored is None:
@@ -270,7 +273,9 @@ def run(config, workdir: str, *, stop_after: int | None = None, progress: bool =
   for phase in bar:
     method, it = methods[phase // iters], phase % iters
     if it == 0:
-      state = jax.tree.map(jnp.copy, fresh)  # every method starts from the warm-up model
+      # Every method starts from the warm-up model (under LoRA: fresh adapters).
+      state = train.from_checkpoint_state(
+          fresh, jax.tree.map(jnp.copy, train.checkpoint_state(fresh)))
     t1 = time.perf_counter()
     # E-step questions start after the warm-up's oracle questions, so that
     # iteration 1 is not scored on questions the warm-up saw solved.
@@ -287,7 +292,7 @@ def run(config, workdir: str, *, stop_after: int | None = None, progress: bool =
     writer.write(phase + 1, {"iteration": it + 1,
                              **{f"{method}/{k}": v for k, v in {**stats, **scores}.items()}})
     bar.set_postfix(method=method, em=f"{scores['eval/em']:.1f}")
-    ckpt.save(phase + 1, state, extras)
+    ckpt.save(phase + 1, train.checkpoint_state(state), extras)
   writer.close()
   ckpt.close()
   finished = end == total

@@ -8,8 +8,9 @@ Presets: `default` (the main job: a few minutes on a laptop CPU) and `tiny`
 import ml_collections
 from ml_collections import config_dict
 
-from alignax.experiments.common import (boolean, directory_or_empty, integer, many_of,
-                                        number, one_of, optional)
+from alignax.experiments.common import (boolean, directory_or_empty, integer,
+                                        lora_config, lora_schema, number, one_of,
+                                        optional)
 
 
 def get_config(preset: str = "default") -> ml_collections.ConfigDict:
@@ -56,15 +57,9 @@ def get_config(preset: str = "default") -> ml_collections.ConfigDict:
 
   c.mesh = ml_collections.ConfigDict(dict(data=1, fsdp=1, tensor=1))
 
-  # LoRA adapters (alignax.framework.lora): rank 0 = full fine-tuning. With
-  # rank > 0 only the adapters train (base frozen), the sampler runs base +
-  # adapters unmerged, the KL reference (beta > 0) is the base, and the run
+  # LoRA adapters (alignax.framework.lora), rank 0 = off; with rank > 0 the run
   # ends with final_adapter/ (PEFT format) and final_model/ (merged).
-  # init_from: a PEFT adapter directory to continue training from.
-  c.lora = ml_collections.ConfigDict(dict(
-      rank=0, alpha=16.0, dropout=0.0, init_from="",
-      target_modules=("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
-                      "down_proj")))
+  c.lora = lora_config()
 
   if preset == "tiny":
     c.task.eval_size = 32
@@ -116,9 +111,7 @@ SCHEMA = {
     "train.eval_every": _POS, "train.checkpoint_every": _POS,
     "train.keep_checkpoints": _POS,
     "mesh.data": _POS, "mesh.fsdp": _POS, "mesh.tensor": _POS,
-    "lora.rank": _NONNEG, "lora.alpha": number(0, lo_open=True),
-    "lora.dropout": number(0, 1, hi_open=True), "lora.init_from": directory_or_empty(),
-    "lora.target_modules": many_of("alignax.framework.lora:TARGETS"),
+    **lora_schema(),
 }
 
 
