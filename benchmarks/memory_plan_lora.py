@@ -15,9 +15,12 @@ arithmetic of the persistent state per device:
   LoRA: bf16 frozen base 2 B per base parameter; adapters in f32 with their
         Adam moments and gradients, 16 B per adapter parameter
 
-(both with bf16 matmuls). XLA:CPU's buffer assignment is not a GPU's or a
-TPU's: read the compiled figures as a plan, not a measurement. Writes
-benchmarks/results/memory_plan_lora.json.
+(both with bf16 matmuls by default). XLA:CPU's buffer assignment is not a
+GPU's or a TPU's: read the compiled figures as a plan, not a measurement. In
+particular XLA:CPU runs bf16 dots in f32, so with bf16 compute its temporaries
+include f32 copies of the weights that a GPU/TPU never makes;
+`--compute_dtype float32 --lora_base_dtype float32` compares without them.
+Writes benchmarks/results/memory_plan_lora.json (`--out` to change).
 """
 from __future__ import annotations
 
@@ -74,8 +77,8 @@ def shardings(tree, mesh):
 def plan(rank: int, args) -> dict:
   kwargs = dict(QWEN25_7B, num_layers=args.layers or QWEN25_7B["num_layers"])
   # Full fine-tuning keeps f32 master weights; LoRA's frozen base can be bf16.
-  config = ModelConfig(**kwargs, param_dtype="bfloat16" if rank else "float32",
-                       dtype="bfloat16")
+  base_dtype = args.lora_base_dtype if rank else "float32"
+  config = ModelConfig(**kwargs, param_dtype=base_dtype, dtype=args.compute_dtype)
   optimizer = train.make_optimizer(1e-5)
   graphdef, state = abstract_state(config, optimizer, rank)
   mesh = sharding.make_mesh(**MESHES[args.mesh], devices=jax.devices()[:np.prod(
@@ -99,12 +102,14 @@ def plan(rank: int, args) -> dict:
       train.trainable_params(state.params))))
   devices = mesh.size
   if rank:
-    persistent = (2 * (total - trained) + 16 * trained) / devices
+    base_bytes = np.dtype(jax.numpy.dtype(base_dtype)).itemsize
+    persistent = (base_bytes * (total - trained) + 16 * trained) / devices
   else:
     persistent = 16 * total / devices
   arg, tmp = mem.argument_size_in_bytes / GIB, mem.temp_size_in_bytes / GIB
   out, alias = mem.output_size_in_bytes / GIB, mem.alias_size_in_bytes / GIB
   return dict(method=f"lora r={rank}" if rank else "full", mesh=args.mesh,
+              weights_dtype=base_dtype, compute_dtype=args.compute_dtype,
               params_billion=total / 1e9, trainable_million=trained / 1e6,
               arithmetic_state_gib=persistent / GIB,
               compiled_gib=dict(arguments=arg, temporaries=tmp, outputs=out, aliased=alias,
@@ -121,6 +126,9 @@ def main(argv=None):
   parser.add_argument("--prompt", type=int, default=256)
   parser.add_argument("--completion", type=int, default=1024)
   parser.add_argument("--micro_batches", type=int, default=8)
+  parser.add_argument("--compute_dtype", default="bfloat16", choices=("bfloat16", "float32"))
+  parser.add_argument("--lora_base_dtype", default="bfloat16",
+                      choices=("bfloat16", "float32"))
   parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results",
                                                     "memory_plan_lora.json"))
   args = parser.parse_args(argv)
@@ -128,12 +136,13 @@ def main(argv=None):
   print(f"Qwen2.5-7B shapes ({args.layers or 28} layers), GRPO update of {args.rows} rows x"
         f" ({args.prompt} + {args.completion}) tokens in {args.micro_batches} micro-batches,"
         f" mesh {args.mesh}, per device:\n")
-  print("| method | params | trained | state (arithmetic) | arguments | temporaries "
-        "| total (compiled) |")
-  print("| --- | --- | --- | --- | --- | --- | --- |")
+  print("| method | weights | compute | params | trained | state (arithmetic) | arguments "
+        "| temporaries | total (compiled) |")
+  print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
   for r in rows:
     c = r["compiled_gib"]
-    print(f"| {r['method']} | {r['params_billion']:.2f} B | {r['trainable_million']:.1f} M "
+    print(f"| {r['method']} | {r['weights_dtype']} | {r['compute_dtype']} "
+          f"| {r['params_billion']:.2f} B | {r['trainable_million']:.1f} M "
           f"| {r['arithmetic_state_gib']:.1f} GiB | {c['arguments']:.1f} GiB "
           f"| {c['temporaries']:.1f} GiB | {c['total']:.1f} GiB |")
   os.makedirs(os.path.dirname(args.out), exist_ok=True)

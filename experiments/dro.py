@@ -54,7 +54,7 @@ from alignax.agents import dro_world, qa_data, qa_world, retrieval
 from alignax.agents import metrics as metrics_lib
 from alignax.agents import rollout as rollout_lib
 from alignax.experiments import common
-from alignax.framework import checkpoint, experiment, hf, sampling, train
+from alignax.framework import checkpoint, experiment, hf, lora, sampling, train
 from alignax.framework.config import ModelConfig
 from alignax.framework.model import Decoder
 
@@ -523,12 +523,18 @@ def run(config, workdir: str, *, stop_after: int | None = None, progress: bool =
   graphdef = None
   fresh = {}
   for name, model in models.items():
+    model = common.apply_lora(model, config.lora, seed=config.seed)
     graphdef, fresh[name] = train.init_train_state(model, optimizer)
-  update = train.make_weighted_update(graphdef, optimizer, em.micro_batches)
+  update = train.make_weighted_update(lora.training(graphdef, fresh[name].params), optimizer,
+                                      em.micro_batches)
   methods, iters = list(config.methods), em.num_iterations
+  # Under LoRA a checkpoint holds the adapters and their optimiser state only.
+  saved_part = lambda states: {k: train.checkpoint_state(s) for k, s in states.items()}
+  with_base = lambda saved: {k: train.from_checkpoint_state(fresh[k], s)
+                             for k, s in saved.items()}
 
   ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"), max_to_keep=2)
-  restored = ckpt.restore_latest(fresh)
+  restored = ckpt.restore_latest(saved_part(fresh))
   if restored is None:
     done, states = 0, fresh
     t1 = time.perf_counter()
@@ -540,7 +546,8 @@ def run(config, workdir: str, *, stop_after: int | None = None, progress: bool =
               "timings": {"warmup": t_warm, "e_step": 0.0, "m_step": 0.0,
                           "eval": time.perf_counter() - t1}}
   else:
-    done, states, extras = restored
+    done, saved, extras = restored
+    states = with_base(saved)
   common.truncate_metrics(workdir, done)
   writer = experiment.MetricWriter(workdir)
   if restored is None:
@@ -555,7 +562,8 @@ def run(config, workdir: str, *, stop_after: int | None = None, progress: bool =
   for phase in bar:
     method, it = methods[phase // iters], phase % iters
     if it == 0:
-      states = jax.tree.map(jnp.copy, fresh)  # every method starts from the warm-up
+      # Every method starts from the warm-up (under LoRA: fresh adapters).
+      states = with_base(jax.tree.map(jnp.copy, saved_part(fresh)))
     t1 = time.perf_counter()
     q, pool = em.questions_per_iteration, world.dataset.train[config.warmup.num_questions:]
     start = (it * q) % max(len(pool) - q + 1, 1)
@@ -580,7 +588,7 @@ def run(config, workdir: str, *, stop_after: int | None = None, progress: bool =
                              f"{method}/time/m_step": t3 - t2,
                              **{f"{method}/{k}": v for k, v in {**stats, **scores}.items()}})
     bar.set_postfix(method=method, em=f"{scores['eval/em']:.1f}")
-    ckpt.save(phase + 1, states, extras)
+    ckpt.save(phase + 1, saved_part(states), extras)
   writer.close()
   ckpt.close()
   # Each method starts from its own warm-up evaluation (bm25_top5 has its own).

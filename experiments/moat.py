@@ -49,7 +49,7 @@ from alignax.agents import moat as agents
 from alignax.agents import moat_critic, qa_data, retrieval
 from alignax.agents import moat_world as mw
 from alignax.experiments import common
-from alignax.framework import checkpoint, experiment, hf, sharding, train
+from alignax.framework import checkpoint, experiment, hf, lora, sharding, train
 from alignax.framework.config import ModelConfig
 from alignax.framework.model import Decoder
 
@@ -257,6 +257,8 @@ def run(config, workdir: str, *, stop_after: int | None = None, progress: bool =
                                      max_new_tokens=config.critic.max_new_tokens)
   t0 = time.perf_counter()
   planner, grounder, io = build_agents(config, workdir, world, gold_tasks)
+  planner, grounder = (common.apply_lora(m, config.lora, seed=config.seed)
+                       for m in (planner, grounder))
   if mesh is not None:  # both agents on the same mesh
     sharding.shard_model(planner, mesh)
     sharding.shard_model(grounder, mesh)
@@ -275,12 +277,19 @@ def run(config, workdir: str, *, stop_after: int | None = None, progress: bool =
   p_graphdef, p_fresh = train.init_train_state(planner, dpo_opt)
   g_graphdef, g_fresh = train.init_train_state(grounder, sft_opt)
   fresh = {"planner": p_fresh, "grounder": g_fresh}
-  dpo_update = train.make_dpo_update(p_graphdef, dpo_opt, beta=config.stage1.beta,
+  # Under LoRA the updates run the adapters' dropout, and a checkpoint holds
+  # the adapters and their optimiser state only.
+  p_train, g_train = (lora.training(p_graphdef, p_fresh.params),
+                      lora.training(g_graphdef, g_fresh.params))
+  saved_part = lambda states: {k: train.checkpoint_state(s) for k, s in states.items()}
+  with_base = lambda saved: {k: train.from_checkpoint_state(fresh[k], s)
+                             for k, s in saved.items()}
+  dpo_update = train.make_dpo_update(p_train, dpo_opt, beta=config.stage1.beta,
                                       rpo_alpha=config.stage1.rpo_alpha)
-  g_update = train.make_sft_update(g_graphdef, sft_opt)
-  sep_p_update = train.make_sft_update(p_graphdef, sep_p_opt)
+  g_update = train.make_sft_update(g_train, sft_opt)
+  sep_p_update = train.make_sft_update(p_train, sep_p_opt)
   # (stage 2's optimiser unless separate.learning_rate is set: reuse its update)
-  sep_g_update = train.make_sft_update(g_graphdef, sep_g_opt) if sep_lr else g_update
+  sep_g_update = train.make_sft_update(g_train, sep_g_opt) if sep_lr else g_update
 
   # stage2.replay_gold: the warm-up gold rows, trained on beside every iteration's pairs.
   gold_replay = [(t, io.encode(mw.gold_subgoals(t)), mw.actions_text(mw.gold_actions(t)))
@@ -298,7 +307,7 @@ def run(config, workdir: str, *, stop_after: int | None = None, progress: bool =
   methods = [m for m in METHODS if m == "moat" or config.separate.enabled]
   iters = config.num_iterations
   ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"), max_to_keep=2)
-  restored = ckpt.restore_latest(fresh)
+  restored = ckpt.restore_latest(saved_part(fresh))
   if restored is None:
     done, state = 0, fresh
     before = evaluate(fresh)
@@ -307,7 +316,8 @@ def run(config, workdir: str, *, stop_after: int | None = None, progress: bool =
               "stage_seconds": {"stage1": [], "stage2": []},
               "seconds": time.perf_counter() - t0}
   else:
-    done, state, extras = restored
+    done, saved, extras = restored
+    state = with_base(saved)
   common.truncate_metrics(workdir, done)
   writer = experiment.MetricWriter(workdir)
   if restored is None:
@@ -322,7 +332,8 @@ def run(config, workdir: str, *, stop_after: int | None = None, progress: bool =
   for phase in bar:
     method, it = methods[phase // iters], phase % iters
     if it == 0:
-      state = jax.tree.map(jnp.copy, fresh)  # every method starts from the warm-up agents
+      # Every method starts from the warm-up agents (under LoRA: fresh adapters).
+      state = with_base(jax.tree.map(jnp.copy, saved_part(fresh)))
     t1 = time.perf_counter()
     seed = config.seed * 1000 + phase
     if method == "moat":
@@ -355,7 +366,7 @@ def run(config, workdir: str, *, stop_after: int | None = None, progress: bool =
                                                      {**stats, **scores}.items()}})
     bar.set_postfix(method=method, held_in=f"{scores['eval/held_in_success']:.1f}",
                     held_out=f"{scores['eval/held_out_success']:.1f}")
-    ckpt.save(phase + 1, state, extras)
+    ckpt.save(phase + 1, saved_part(state), extras)
   writer.close()
   ckpt.close()
   plot_success(workdir, extras)
