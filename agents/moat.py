@@ -18,7 +18,6 @@ from typing import Sequence
 
 import jax
 import numpy as np
-from flax import nnx
 
 from alignax import objectives
 from alignax.agents import moat_world as mw
@@ -42,11 +41,11 @@ class AgentIO:
   def decode(self, ids) -> str:
     return self.tokenizer.decode(list(ids), skip_special_tokens=True)
 
-  def planner_prompt(self, task: mw.Task) -> list[int]:
+  def planner_prompt(self, task: mw.MoatTask) -> list[int]:
     ids = [self.bos] + self.encode(mw.task_text(task) + " plan :")
     return ids[-self.plan_prompt_len:]
 
-  def grounder_prompt(self, task: mw.Task, subgoal_ids: Sequence[int]) -> list[int]:
+  def grounder_prompt(self, task: mw.MoatTask, subgoal_ids: Sequence[int]) -> list[int]:
     head = [self.bos] + self.encode(mw.task_text(task) + " subgoals :")
     tail = self.encode("actions :")
     room = self.ground_prompt_len - len(head) - len(tail)
@@ -98,20 +97,23 @@ def grounder_scores(graphdef, params, batch):
 
 
 # ----------------------------------------------------------- generation
-def sample_plans(planner, io: AgentIO, tasks, *, num_samples: int, temperature: float,
-                 top_p: float | None, seed, mesh=None) -> sampling.Generation:
-  """K plans per task in ONE batched generate call (rows task-major)."""
-  return sampling.generate(planner, [io.planner_prompt(t) for t in tasks],
+def sample_plans(graphdef, params, io: AgentIO, tasks, *, num_samples: int,
+                 temperature: float, top_p: float | None, seed,
+                 mesh=None) -> sampling.Generation:
+  """K plans per task in ONE batched generate call (rows task-major), from
+  the planner `(graphdef, params)`."""
+  return sampling.generate_from_state(graphdef, params, [io.planner_prompt(t) for t in tasks],
                            max_new_tokens=io.plan_len, temperature=temperature,
                            top_p=top_p, eos_token_id=io.eos, pad_token_id=io.pad,
                            num_generations=num_samples, seed=seed, mesh=mesh)
 
 
-def ground(grounder, io: AgentIO, tasks, subgoal_ids, *, temperature: float,
+def ground(graphdef, params, io: AgentIO, tasks, subgoal_ids, *, temperature: float,
            top_p: float | None, seed, mesh=None) -> list[str]:
-  """The grounder's action text for every (task, subgoals) row (one call)."""
-  gen = sampling.generate(grounder, [io.grounder_prompt(t, s) for t, s in
-                                     zip(tasks, subgoal_ids)],
+  """The grounder `(graphdef, params)`'s action text for every (task,
+  subgoals) row (one call)."""
+  gen = sampling.generate_from_state(graphdef, params, [io.grounder_prompt(t, s) for t, s in
+                                                        zip(tasks, subgoal_ids)],
                           max_new_tokens=io.action_len, temperature=temperature,
                           top_p=top_p, eos_token_id=io.eos, pad_token_id=io.pad,
                           seed=seed, mesh=mesh)
@@ -121,11 +123,12 @@ def ground(grounder, io: AgentIO, tasks, subgoal_ids, *, temperature: float,
 def evaluate(planner, grounder, io: AgentIO, world: mw.MoatWorld, tasks,
              search_fn=None, mesh=None) -> dict[str, float]:
   """End to end (greedy planner -> greedy grounder -> world execution):
-  success rate in points (0-100), and the share of exactly-gold plans."""
-  gen = sample_plans(planner, io, tasks, num_samples=1, temperature=0.0, top_p=None,
+  success rate in points (0-100), and the share of exactly-gold plans.
+  planner, grounder: `(graphdef, params)` of each agent."""
+  gen = sample_plans(*planner, io, tasks, num_samples=1, temperature=0.0, top_p=None,
                      seed=0, mesh=mesh)
   subgoals = io.subgoal_ids(gen)
-  actions = ground(grounder, io, tasks, subgoals, temperature=0.0, top_p=None, seed=0,
+  actions = ground(*grounder, io, tasks, subgoals, temperature=0.0, top_p=None, seed=0,
                    mesh=mesh)
   ok = [mw.success(world, t, a, search_fn) for t, a in zip(tasks, actions)]
   plan_ok = [mw.normalize(io.decode(s)) == mw.normalize(mw.gold_subgoals(t))
@@ -133,6 +136,3 @@ def evaluate(planner, grounder, io: AgentIO, world: mw.MoatWorld, tasks,
   return {"success": 100.0 * float(np.mean(ok)),
           "plan_exact": 100.0 * float(np.mean(plan_ok))}
 
-
-def merge(graphdef, params):
-  return nnx.merge(graphdef, params)

@@ -19,11 +19,12 @@ import re
 from typing import Callable, Sequence
 
 from alignax.agents import moat_world as mw
+from alignax.objectives.registry import Registry
 
 
 @dataclasses.dataclass(frozen=True)
 class CriticInput:
-  task: mw.Task
+  task: mw.MoatTask
   subgoals: str
   actions: str
 
@@ -35,19 +36,11 @@ class Correction:
   changed: bool  # False: the input pair was already right and is kept as is
 
 
-CRITICS: dict[str, Callable] = {}
-
-
-def register_critic(name: str):
-  def wrap(factory):
-    CRITICS[name] = factory
-    return factory
-  return wrap
+CRITICS = Registry("critic")
+register_critic = CRITICS.register
 
 
 def make_critic(name: str, **kwargs):
-  if name not in CRITICS:
-    raise ValueError(f"Unknown critic {name!r}; choose one of {sorted(CRITICS)}.")
   return CRITICS[name](**kwargs)
 
 

@@ -99,7 +99,7 @@ _REF_RE = re.compile(r"#\s*(\d+)")
 
 
 @dataclasses.dataclass(frozen=True)
-class Task:
+class MoatTask:
   id: str
   subject: str
   chain: tuple[str, ...]
@@ -139,7 +139,7 @@ class MoatWorld:
   def lookup(self, entity: str, relation: str) -> str | None:
     return self.facts.get(relation, {}).get(entity)
 
-  def task(self, person: str, chain: Sequence[str], nested: bool | None = None) -> Task:
+  def task(self, person: str, chain: Sequence[str], nested: bool | None = None) -> MoatTask:
     """The task `chain` applied to `person`; `nested` (the phrasing) defaults
     to a hash of the task against `nested_fraction`."""
     path, e = [], person
@@ -149,7 +149,7 @@ class MoatWorld:
     tid = f"{'.'.join(chain)}:{person}"
     if nested is None:
       nested = _frac(self.seed, "nested", tid) < self.nested_fraction
-    return Task(tid, person, tuple(chain), e, tuple(path), nested)
+    return MoatTask(tid, person, tuple(chain), e, tuple(path), nested)
 
   def subjects(self, entity_type: str) -> list[str]:
     rel = next(r for r in self.relations if RELATIONS[r][0] == entity_type)
@@ -227,11 +227,11 @@ def make_moat_world(seed: int = 0, relations: Sequence[str] = BASE_RELATIONS,
 
 
 # --------------------------------------------------------------- formats
-def task_text(task: Task) -> str:
+def task_text(task: MoatTask) -> str:
   return f"task : {task.question}"
 
 
-def gold_actions(task: Task) -> list[Action]:
+def gold_actions(task: MoatTask) -> list[Action]:
   out = []
   for i, r in enumerate(task.chain):
     out.append(Action("lookup", (f"#{i}", r)))
@@ -252,7 +252,7 @@ def subgoals_text(actions: Sequence[Action]) -> str:
   return " ".join(subgoal_for(a, i + 1) for i, a in enumerate(actions))
 
 
-def gold_subgoals(task: Task) -> str:
+def gold_subgoals(task: MoatTask) -> str:
   return subgoals_text(gold_actions(task))
 
 
@@ -341,12 +341,12 @@ def make_search_fn(retriever) -> Callable[[str], str | None]:
   return search
 
 
-def success(world: MoatWorld, task: Task, actions_str: str, search_fn=None) -> bool:
+def success(world: MoatWorld, task: MoatTask, actions_str: str, search_fn=None) -> bool:
   return execute(world, parse_actions(actions_str), search_fn,
                  task.subject).answer == task.answer
 
 
-def vocabulary(world: MoatWorld, tasks: Sequence[Task]) -> list[str]:
+def vocabulary(world: MoatWorld, tasks: Sequence[MoatTask]) -> list[str]:
   """Texts covering every word of tasks, subgoals, actions and the corpus."""
   texts = [p.text for p in world.corpus]
   texts += ["task : subgoals : actions : plan : search find answer of what is the ?",

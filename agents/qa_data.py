@@ -15,19 +15,38 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Callable, Sequence
+from typing import Any, Mapping, Sequence
 
 from alignax.agents import qa_world
 from alignax.agents.qa_world import Passage, QADataset, QAExample
 from alignax.agents.retrieval import DataFormatError, read_corpus_jsonl
+from alignax.objectives.registry import Registry
 
 PAD, BOS, EOS, UNK = "<pad>", "<s>", "</s>", "<unk>"
 
 
-def _require(row: dict, field: str, path: str, line: int):
-  if not isinstance(row, dict) or field not in row:
+def _require(row: dict, field: str, path: str, line: int, kind=None):
+  """`row[field]`, checked to be present, not null and (if given) of `kind`."""
+  if not isinstance(row, dict):
+    raise DataFormatError(f"{path}, line {line}: expected a JSON object, got"
+                          f" {type(row).__name__}.")
+  if field not in row:
     raise DataFormatError(f"{path}, line {line}: missing field {field!r}.")
-  return row[field]
+  value = row[field]
+  if value is None:
+    raise DataFormatError(f"{path}, line {line}: field {field!r} is null.")
+  if kind is not None and not isinstance(value, kind):
+    names = " or ".join(k.__name__ for k in (kind if isinstance(kind, tuple) else (kind,)))
+    raise DataFormatError(f"{path}, line {line}: field {field!r} must be {names}, got"
+                          f" {type(value).__name__} {str(value)[:40]!r}.")
+  return value
+
+
+def _nonempty(examples: list, path: str) -> list:
+  if not examples:
+    raise DataFormatError(f"{path}: holds no examples; check the file (an empty split"
+                          " would train or evaluate on nothing).")
+  return examples
 
 
 def _json_array_records(path: str):
@@ -58,21 +77,28 @@ def load_hotpotqa(path: str) -> list[QAExample]:
   """HotpotQA examples with their context paragraphs as passages."""
   out = []
   for line, row in _json_array_records(path):
-    qid = str(_require(row, "_id", path, line))
-    question = _require(row, "question", path, line)
-    answer = _require(row, "answer", path, line)
-    context = _require(row, "context", path, line)
-    _require(row, "supporting_facts", path, line)
+    qid = str(_require(row, "_id", path, line, (str, int)))
+    question = _require(row, "question", path, line, str)
+    answer = _require(row, "answer", path, line, str)
+    context = _require(row, "context", path, line, list)
+    _require(row, "supporting_facts", path, line, list)
     passages = []
-    for item in context:
+    for i, item in enumerate(context):
       if not (isinstance(item, (list, tuple)) and len(item) == 2):
         raise DataFormatError(f"{path}, line {line}: field 'context' must hold"
-                              " [title, [sentences]] pairs.")
+                              f" [title, [sentences]] pairs; context[{i}] does not.")
       title, sentences = item
-      passages.append(Passage(title, title, " ".join(s.strip() for s in sentences)))
+      # A string here would be joined character by character.
+      if not isinstance(title, str) or not (
+          isinstance(sentences, list) and all(isinstance(x, str) for x in sentences)):
+        raise DataFormatError(
+            f"{path}, line {line}: context[{i}] must be [title, [sentence, ...]] with"
+            f" strings; got a {type(title).__name__} title and"
+            f" {type(sentences).__name__} sentences.")
+      passages.append(Passage(title, title, " ".join(x.strip() for x in sentences)))
     out.append(QAExample(qid, question, (answer,), hops=2,
                          plan=((question, answer),), passages=tuple(passages)))
-  return out
+  return _nonempty(out, path)
 
 
 def load_kilt(path: str) -> list[QAExample]:
@@ -86,22 +112,25 @@ def load_kilt(path: str) -> list[QAExample]:
         row = json.loads(text)
       except json.JSONDecodeError as e:
         raise DataFormatError(f"{path}, line {line}: not valid JSON ({e.msg}).") from e
-      qid = str(_require(row, "id", path, line))
-      question = _require(row, "input", path, line)
-      outputs = _require(row, "output", path, line)
-      answers = tuple(o["answer"] for o in outputs if isinstance(o, dict) and "answer" in o)
+      qid = str(_require(row, "id", path, line, (str, int)))
+      question = _require(row, "input", path, line, str)
+      outputs = _require(row, "output", path, line, list)
+      answers = tuple(o["answer"] for o in outputs if isinstance(o, dict)
+                      and isinstance(o.get("answer"), str))
       if not answers:
-        raise DataFormatError(f"{path}, line {line}: missing field 'output[].answer'.")
+        raise DataFormatError(f"{path}, line {line}: missing field 'output[].answer'"
+                              " (a string).")
       out.append(QAExample(qid, question, answers, plan=((question, answers[0]),)))
-  return out
+  return _nonempty(out, path)
 
 
-def _builtin(config) -> QADataset:
-  w = config.world
-  return qa_world.make_world(seed=config.seed, num_people=w.num_people,
-                             num_cities=w.num_cities, num_countries=w.num_countries,
-                             num_companies=w.num_companies,
-                             heldout_fraction=w.heldout_fraction,
+def _builtin(*, data_dir: str, seed: int, world: Mapping[str, Any]) -> QADataset:
+  del data_dir
+  w = world
+  return qa_world.make_world(seed=seed, num_people=w["num_people"],
+                             num_cities=w["num_cities"], num_countries=w["num_countries"],
+                             num_companies=w["num_companies"],
+                             heldout_fraction=w["heldout_fraction"],
                              split=w.get("split", "question"),
                              name_words=w.get("name_words", 1)).dataset()
 
@@ -113,27 +142,35 @@ def _path(data_dir: str, name: str) -> str:
   return path
 
 
-def _hotpotqa(config) -> QADataset:
-  train = load_hotpotqa(_path(config.data_dir, "train.json"))
-  dev = load_hotpotqa(_path(config.data_dir, "dev.json"))
+def _hotpotqa(*, data_dir: str, seed: int, world: Mapping[str, Any]) -> QADataset:
+  del seed, world
+  train = load_hotpotqa(_path(data_dir, "train.json"))
+  dev = load_hotpotqa(_path(data_dir, "dev.json"))
   corpus = {p.title: p for ex in train + dev for p in ex.passages}
   return QADataset(tuple(train), tuple(dev), tuple(corpus.values()))
 
 
-def _kilt(config) -> QADataset:
-  return QADataset(tuple(load_kilt(_path(config.data_dir, "train.jsonl"))),
-                   tuple(load_kilt(_path(config.data_dir, "dev.jsonl"))),
-                   tuple(read_corpus_jsonl(_path(config.data_dir, "corpus.jsonl"))))
+def _kilt(*, data_dir: str, seed: int, world: Mapping[str, Any]) -> QADataset:
+  del seed, world
+  return QADataset(tuple(load_kilt(_path(data_dir, "train.jsonl"))),
+                   tuple(load_kilt(_path(data_dir, "dev.jsonl"))),
+                   tuple(read_corpus_jsonl(_path(data_dir, "corpus.jsonl"))))
 
 
-# config.dataset -> loader(config) -> QADataset.
-DATASETS: dict[str, Callable] = {"builtin": _builtin, "hotpotqa": _hotpotqa, "kilt": _kilt}
+# Data sets a config names (config.dataset), each
+# `loader(*, data_dir, seed, world) -> QADataset` (`world`: the built-in
+# world's sizes, a mapping with num_people, num_cities, ...).
+DATASETS = Registry("dataset")
+DATASETS.add("builtin", _builtin)
+DATASETS.add("hotpotqa", _hotpotqa)
+DATASETS.add("kilt", _kilt)
 
 
-def load_dataset(config) -> QADataset:
-  if config.dataset not in DATASETS:
-    raise ValueError(f"Unknown dataset {config.dataset!r}; choose one of {sorted(DATASETS)}.")
-  return DATASETS[config.dataset](config)
+def load_dataset(name: str, *, data_dir: str = "", seed: int = 0,
+                 world: Mapping[str, Any] | None = None) -> QADataset:
+  """The QA data set `name` (a key of `DATASETS`): files under `data_dir`, or
+  the built-in world of `seed` and sizes `world`."""
+  return DATASETS[name](data_dir=data_dir, seed=seed, world=world or {})
 
 
 def train_word_tokenizer(texts: Sequence[str], path: str | None = None,

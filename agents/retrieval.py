@@ -44,10 +44,18 @@ def read_corpus_jsonl(path: str) -> list[Passage]:
         row = json.loads(line)
       except json.JSONDecodeError as e:
         raise DataFormatError(f"{path}, line {line_no}: not valid JSON ({e.msg}).") from e
-      for field in ("id", "text"):
-        if field not in row:
+      if not isinstance(row, dict):
+        raise DataFormatError(f"{path}, line {line_no}: expected a JSON object.")
+      for field, kinds in (("id", (str, int)), ("text", str), ("title", (str, type(None)))):
+        if field not in row and field != "title":
           raise DataFormatError(f"{path}, line {line_no}: missing field {field!r}.")
-      out.append(Passage(str(row["id"]), str(row.get("title", "")), str(row["text"])))
+        if not isinstance(row.get(field), kinds):
+          raise DataFormatError(
+              f"{path}, line {line_no}: field {field!r} must be a string, got"
+              f" {'null' if row.get(field) is None else type(row[field]).__name__}.")
+      out.append(Passage(str(row["id"]), row.get("title") or "", row["text"]))
+  if not out:
+    raise DataFormatError(f"{path}: holds no passages.")
   return out
 
 

@@ -126,10 +126,10 @@ class SearchTool:
     return self.tokenizer.decode(self([query])[0][0])
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef", "params"),
+@functools.partial(jax.jit, static_argnames=("graphdef", "sampling_params"),
                    donate_argnames=("cache",))
 def decode_turn(graphdef, state, cache, logits, positions, start, key, done, budget, *,
-                params: sampling.SamplingParams):
+                sampling_params: sampling.SamplingParams):
   """Decodes one turn for every row not `done`, from cache slot `start`.
 
   Like `sampling.decode`, but rows that are already done (finished
@@ -148,7 +148,7 @@ def decode_turn(graphdef, state, cache, logits, positions, start, key, done, bud
     [B, N], steps (int32 scalar, slots used), cache.
   """
   return sampling.decode_loop(nnx.merge(graphdef, state), cache, logits, positions,
-                              start, key, done, budget, params)
+                              start, key, done, budget, sampling_params)
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef",), donate_argnames=("cache",))
@@ -194,7 +194,7 @@ def rollout(graphdef, state, prompts: Sequence[Sequence[int]], tool: Tool,
   slots = p_len + c.max_turns * (c.max_turn_tokens + c.max_tool_tokens)
   ids, mask = sampling.pad_prompts(prompts, p_len, fmt.pad_id)
   cache, logits = sampling.prefill(graphdef, state, ids, mask, slots=slots)
-  params = sampling.SamplingParams(
+  sampling_params = sampling.SamplingParams(
       max_new_tokens=c.max_turn_tokens, temperature=float(c.temperature), top_k=c.top_k,
       top_p=c.top_p, stop_token_ids=tuple(sorted({fmt.search_id, fmt.eos_id})),
       pad_token_id=fmt.pad_id)
@@ -212,7 +212,7 @@ def rollout(graphdef, state, prompts: Sequence[Sequence[int]], tool: Tool,
     budget = np.where(active, np.minimum(c.max_turn_tokens, c.max_total_tokens - pos), 0)
     toks, tmask, tlogp, steps, cache = decode_turn(
         graphdef, state, cache, logits, jnp.asarray(pos), jnp.int32(cursor), sub,
-        jnp.asarray(~active), jnp.asarray(budget, jnp.int32), params=params)
+        jnp.asarray(~active), jnp.asarray(budget, jnp.int32), sampling_params=sampling_params)
     toks, tmask, tlogp = np.asarray(toks), np.asarray(tmask), np.asarray(tlogp)
     cursor += int(steps)
     callers, queries = [], []

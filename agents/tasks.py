@@ -1,6 +1,8 @@
-"""Built-in verifiable tasks (addition, digit reversal) with an exact-match reward.
+"""Built-in verifiable tasks (addition, digit reversal) as prompt/answer datasets.
 
-Deterministic: problem `i` of a split depends only on (seed, split, i). The tokenizer is a character-level WordLevel model
+The GRPO binary reads them through the same path as a user's data
+(`agents.prompt_data`, format `prompt_answer`) and scores them with the
+registered `exact_match` reward (`agents.rewards`). Deterministic: problem `i` of a split depends only on (seed, split, i). The tokenizer is a character-level WordLevel model
 trained locally with `tokenizers` and saved in the Hugging Face format.
 """
 from __future__ import annotations
@@ -12,6 +14,8 @@ from typing import Sequence
 
 import numpy as np
 
+from alignax.objectives.registry import Registry
+
 PAD, BOS, EOS, UNK = "<pad>", "<s>", "</s>", "<unk>"
 SPECIAL_TOKENS = (PAD, BOS, EOS, UNK)  # ids 0..3, in this order
 
@@ -22,7 +26,7 @@ class Problem:
   answer: str  # e.g. "132"
 
 
-class Task:
+class VerifiableTask:
   """A deterministic verifiable task: problems by (split, batch index).
 
   Subclasses define `sample(rng) -> Problem`; a problem belongs to the held-out
@@ -64,7 +68,7 @@ class Task:
 
 
 @dataclasses.dataclass(frozen=True)
-class AdditionTask(Task):
+class AdditionTask(VerifiableTask):
   """`a+b=` with `num_digits`-digit operands; the answer is the sum."""
 
   num_digits: int = 2
@@ -90,7 +94,7 @@ class AdditionTask(Task):
 
 
 @dataclasses.dataclass(frozen=True)
-class ReverseTask(Task):
+class ReverseTask(VerifiableTask):
   """`d1 d2 ... dn>` -> the digits reversed, n in [min_len, max_len]."""
 
   min_len: int = 3
@@ -110,21 +114,21 @@ class ReverseTask(Task):
 
 # Tasks a config can name (config.task.name); the other config.task fields are
 # passed to the class.
-TASKS = {"addition": AdditionTask, "reverse": ReverseTask}
+TASKS = Registry("built-in task")
+TASKS.add("addition", AdditionTask)
+TASKS.add("reverse", ReverseTask)
 
 
-def make_task(name: str, **kwargs) -> Task:
-  if name not in TASKS:
-    raise ValueError(f"Unknown task {name!r}; choose one of {sorted(TASKS)}.")
-  return TASKS[name](**kwargs)
+def make_task(name: str, **kwargs) -> VerifiableTask:
+  return TASKS[name](**kwargs)  # an unknown name lists the registered ones
 
 
-def exact_match_reward(completion: str, answer: str) -> float:
-  """1.0 if the completion (stripped) is exactly the answer, else 0.0."""
-  return float(completion.strip() == answer)
+def records(problems: Sequence[Problem]) -> list[dict[str, str]]:
+  """Problems as `{"prompt", "answer"}` rows (the `prompt_answer` data format)."""
+  return [{"prompt": p.prompt, "answer": p.answer} for p in problems]
 
 
-def train_tokenizer(task: Task, path: str | None = None):
+def train_tokenizer(task: VerifiableTask, path: str | None = None):
   """Trains a character-level tokenizer on the task's symbols.
 
   Returns a `transformers.PreTrainedTokenizerFast` (saved to `path` if given).
@@ -156,15 +160,3 @@ def encode_answers(tokenizer, problems: Sequence[Problem]) -> list[list[int]]:
   """Token ids of answer + `</s>` (the supervised completion)."""
   return [tokenizer.encode(p.answer, add_special_tokens=False) + [tokenizer.eos_token_id]
           for p in problems]
-
-
-def score_completions(tokenizer, tokens: np.ndarray, mask: np.ndarray,
-                      problems: Sequence[Problem], num_generations: int = 1) -> np.ndarray:
-  """Exact-match rewards [N] for completions [N, C] of problems (groups contiguous)."""
-  texts = tokenizer.batch_decode(
-      [row[m].tolist() for row, m in zip(np.asarray(tokens), np.asarray(mask, bool))],
-      skip_special_tokens=True)
-  answers = [p.answer for p in problems for _ in range(num_generations)]
-  if len(answers) != len(texts):
-    raise ValueError(f"{len(texts)} completions for {len(answers)} expected answers.")
-  return np.asarray([exact_match_reward(t, a) for t, a in zip(texts, answers)], np.float32)

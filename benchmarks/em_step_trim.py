@@ -43,7 +43,8 @@ def main():
                                                     "em_step_trim.json"))
   args = parser.parse_args()
   config = common.load_config_file(exsearch.DEFAULT_CONFIG)
-  dataset = qa_data.load_dataset(config)
+  dataset = qa_data.load_dataset(config.dataset, data_dir=config.data_dir, seed=config.seed,
+                                 world=config.world)
   retriever = retrieval.BM25Retriever.build_or_load(dataset.corpus,
                                                     os.path.join(args.workdir, "bm25"))
   model, agent = exsearch.build_policy(config, args.workdir, dataset, retriever)

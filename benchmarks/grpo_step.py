@@ -85,8 +85,8 @@ def bench_alignax(a, model, prompt_sets):
   update = train.make_grpo_update(
       graphdef, optimizer, temperature=1.0, token_chunk=a.token_chunk,
       prompt_groups=1 if a.no_shared_prompt else a.generations, remat=a.remat,
-      loss_kwargs=dict(loss_type="dapo", epsilon_low=0.2, epsilon_high=0.2, beta=0.0,
-                       max_completion_length=a.new))
+      loss=objectives.PolicyLossConfig(loss_type="dapo", epsilon_low=0.2, epsilon_high=0.2,
+                                       beta=0.0, max_completion_length=a.new))
 
   def step(state, prompts, i):
     gen = sampling.generate(nnx.merge(graphdef, state.params), prompts,

@@ -40,6 +40,7 @@ import numpy as np  # noqa: E402
 from flax import nnx  # noqa: E402
 from jax.sharding import NamedSharding, PartitionSpec as P  # noqa: E402
 
+from alignax import objectives  # noqa: E402
 from alignax.framework import lora, sharding, train  # noqa: E402
 from alignax.framework.config import ModelConfig  # noqa: E402
 from alignax.framework.model import Decoder  # noqa: E402
@@ -83,8 +84,9 @@ def plan(rank: int, args) -> dict:
   graphdef, state = abstract_state(config, optimizer, rank)
   mesh = sharding.make_mesh(**MESHES[args.mesh], devices=jax.devices()[:np.prod(
       list(MESHES[args.mesh].values()))])
-  update = train.make_grpo_update(graphdef, optimizer, loss_kwargs=dict(loss_type="dapo"),
-                                  micro_batches=args.micro_batches)
+  update = train.make_grpo_update(
+      graphdef, optimizer, loss=objectives.PolicyLossConfig(loss_type="dapo"),
+      micro_batches=args.micro_batches)
   sds = jax.ShapeDtypeStruct
   n, c, length = args.rows, args.completion, args.prompt + args.completion
   batch = dict(sequences=sds((n, length), np.int32), attention_mask=sds((n, length), bool),

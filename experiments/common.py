@@ -1,12 +1,17 @@
-"""Wiring shared by the experiment binaries: config-flag checks, resume, plots."""
+"""Wiring shared by the experiment binaries: config-flag checks, the warm-up
+models' folders (`build_or_load_hf`), the resumable method x iteration loop of
+the EM binaries (`run_phases`), their summaries and plots, the absl `main`."""
 from __future__ import annotations
 
 import difflib
 import importlib
 import importlib.util
+import json
 import os
+import shutil
 import sys
-from typing import Callable, Sequence
+import time
+from typing import Any, Callable, Mapping, Sequence
 
 import ml_collections
 import numpy as np
@@ -262,6 +267,34 @@ def apply_lora(model, lora_config, *, seed: int = 0):
       target_modules=tuple(c.target_modules)), seed=seed)
 
 
+def setup_mesh(config):
+  """The one call each binary makes before any JAX work: joins the other
+  processes when the environment asks for it (`sharding.
+  maybe_initialize_distributed`: `JAX_COORDINATOR_ADDRESS` + `JAX_NUM_PROCESSES`
+  + `JAX_PROCESS_ID`, or `ALIGNAX_DISTRIBUTED=1`), then returns the device mesh
+  of `config.mesh` (data/fsdp/tensor sizes), or None when the config has no
+  mesh or every axis is 1."""
+  from alignax.framework import sharding  # pylint: disable=g-import-not-at-top
+  sharding.maybe_initialize_distributed()
+  sizes = config.get("mesh")
+  sizes = sizes.to_dict() if hasattr(sizes, "to_dict") else dict(sizes or {})
+  if all(v == 1 for v in sizes.values()):
+    return None
+  return sharding.make_mesh(**sizes)
+
+
+def model_options(config) -> dict:
+  """`hf.from_pretrained` keywords for precision and remat from a binary's
+  config: `model.param_dtype` (weights, optimiser moments), `model.dtype`
+  (matmuls) and `train.remat` (decoder-layer rematerialisation), each
+  optional (float32 / float32 / none when a config has no such key)."""
+  model = config.get("model", {}) or {}
+  train = config.get("train", {}) or {}
+  return dict(dtype=model.get("param_dtype", "float32"),
+              compute_dtype=model.get("dtype", "float32"),
+              remat=train.get("remat", "none"))
+
+
 def read_metrics(workdir: str) -> list[dict]:
   return experiment.read_metrics(workdir)
 
@@ -271,6 +304,37 @@ def truncate_metrics(workdir: str, last_step: int) -> None:
   could checkpoint them) and duplicates, so a resumed run logs each step once
   (see `framework.experiment.truncate_metrics`)."""
   experiment.truncate_metrics(workdir, last_step)
+
+
+SAMPLES_FILE = "samples.jsonl"
+
+
+def write_samples(workdir: str, step: int, samples: Sequence[dict], writer=None) -> None:
+  """Appends `{"step": step, **sample}` lines to `samples.jsonl` and, given a
+  `MetricWriter`, shows them as TensorBoard text (tag `samples`)."""
+  if not samples:
+    return
+  from alignax.framework.experiment import _to_builtin  # pylint: disable=g-import-not-at-top
+  rows = [_to_builtin({"step": int(step), **s}) for s in samples]
+  with open(os.path.join(workdir, SAMPLES_FILE), "a") as f:
+    f.writelines(json.dumps(r) + "\n" for r in rows)
+  if writer is not None:
+    writer.write_text(step, "samples", "\n\n".join(
+        "\n".join(f"**{k}**: `{v}`" for k, v in r.items() if k != "step") for r in rows))
+
+
+def truncate_samples(workdir: str, keep_through: int) -> None:
+  """Drops `samples.jsonl` lines of steps after `keep_through` (a resumed run
+  writes them again)."""
+  path = os.path.join(workdir, SAMPLES_FILE)
+  if not os.path.exists(path):
+    return
+  with open(path) as f:
+    rows = [json.loads(line) for line in f if line.strip()]
+  tmp = path + ".tmp"
+  with open(tmp, "w") as f:
+    f.writelines(json.dumps(r) + "\n" for r in rows if r["step"] <= keep_through)
+  os.replace(tmp, path)
 
 
 def plot_curves(workdir: str, filename: str, panels: dict[str, Sequence[str]],
@@ -301,20 +365,145 @@ def plot_curves(workdir: str, filename: str, panels: dict[str, Sequence[str]],
   return path
 
 
-def plot_per_iteration(workdir, filename, curves, start_of, title):
-  """Held-out EM and F1 per EM iteration of every method.
+def build_or_load_hf(dirs: Mapping[str, str], build: Callable | None = None):
+  """Loads the Hugging Face folders `dirs` {name: folder}; builds them first if needed.
 
-  curves: method -> list of per-iteration metrics; start_of(method): the
-  metrics it starts from (iteration 0, the warm-up).
+  When a folder lacks `model.safetensors`, `build() -> ({name: model}, tokenizer)`
+  runs (e.g. a tokenizer and a warm-started decoder); each model is saved with
+  the tokenizer to `<folder>.tmp` and then moved into place, so a killed build
+  never leaves a half-written folder. Every model is loaded back from disk, so
+  a resumed run starts from exactly the saved weights.
+
+  Returns ({name: Decoder}, the first folder's tokenizer); the folders must
+  share one tokenizer (the same vocabulary size).
   """
+  from alignax.framework import hf  # pylint: disable=g-import-not-at-top
+  missing = [p for p in dirs.values() if not os.path.exists(os.path.join(p, "model.safetensors"))]
+  if missing:
+    if build is None:
+      raise FileNotFoundError(f"No model.safetensors in {missing}; give folders written by"
+                              " save_pretrained (config.json, *.safetensors, tokenizer files).")
+    models, tokenizer = build()
+    for name, path in dirs.items():
+      shutil.rmtree(path + ".tmp", ignore_errors=True)
+      hf.save_pretrained(models[name], path + ".tmp")
+      tokenizer.save_pretrained(path + ".tmp")
+    for path in dirs.values():
+      shutil.rmtree(path, ignore_errors=True)
+      os.replace(path + ".tmp", path)
+  models = {name: hf.from_pretrained(path) for name, path in dirs.items()}
+  tokenizers = [hf.load_tokenizer(path, models[name].config) for name, path in dirs.items()]
+  if any(len(t) != len(tokenizers[0]) for t in tokenizers):
+    raise ValueError(f"The folders {sorted(dirs.values())} must share one tokenizer.")
+  return models, tokenizers[0]
+
+
+def iteration_slice(pool: Sequence, iteration: int, count: int) -> Sequence:
+  """The `count` items of `pool` that EM iteration `iteration` (0-based) works on:
+  a window moving by `count` per iteration, wrapping round at the pool's end."""
+  start = (iteration * count) % max(len(pool) - count + 1, 1)
+  return pool[start:start + count]
+
+
+def run_phases(workdir: str, fresh, phases: Mapping[str, Callable], iterations: int, *,
+               start: Callable[[], dict], start_scores: Callable[[dict, str], dict],
+               summarize: Callable[[dict], dict], plot: Callable[[dict], Any], desc: str,
+               postfix: Mapping[str, str], stop_after: int | None = None,
+               progress: bool = True) -> dict:
+  """The resumable loop of the EM binaries: each method of `phases` {method:
+  phase}, in order, runs `iterations` phases from a copy of the warm-up state
+  `fresh` (a pytree).
+
+  A phase is `phase(state, iteration, index, extras) -> (state, stats,
+  scores)` (index = phase number over all methods; `scores` its held-out
+  evaluation). After every phase the state and `extras` (a JSON-able dict
+  the phases may update) are checkpointed under `workdir/checkpoints`, and the
+  row `{"iteration", "<method>/<stat or score>"}` goes to metrics.jsonl at step
+  index + 1; a re-run resumes after the last checkpoint.
+
+  On a fresh run `start() -> extras` evaluates the warm-up (it holds "seconds",
+  the time so far); `extras["curves"][method]` collects each phase's scores
+  and `start_scores(extras, method)` gives a method's iteration-0 scores
+  (logged at step 0). `stop_after` ends after that many phases, as a kill
+  would. At the end: `plot(extras)`, and `summarize(extras)` is returned and,
+  once every phase is done, written to `workdir/summary.json`. `postfix`:
+  {progress-bar label: score key}.
+  """
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  import tqdm  # pylint: disable=g-import-not-at-top
+  from alignax.framework import checkpoint, experiment, train  # pylint: disable=g-import-not-at-top
+
+  methods = list(phases)
+  ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"), max_to_keep=2)
+  # Under LoRA checkpoints hold the adapters and their optimiser state only.
+  restored = ckpt.restore_latest(train.checkpoint_state(fresh))
+  if restored is None:
+    done, state, extras = 0, fresh, start()
+    extras.setdefault("curves", {m: [] for m in methods})
+  else:
+    done, saved, extras = restored
+    state = train.from_checkpoint_state(fresh, saved)
+  truncate_metrics(workdir, done)
+  writer = experiment.MetricWriter(workdir)
+  if restored is None:
+    writer.write(0, {f"{m}/{k}": v for m in methods for k, v in start_scores(extras, m).items()})
+  total = len(methods) * iterations
+  end = total if stop_after is None else min(total, done + stop_after)
+  bar = tqdm.tqdm(range(done, end), initial=done, total=total, desc=desc, disable=not progress)
+  for index in bar:
+    method, it = methods[index // iterations], index % iterations
+    if it == 0:
+      # Every method starts from the warm-up (under LoRA: fresh adapters, same base).
+      state = train.from_checkpoint_state(
+          fresh, jax.tree.map(jnp.copy, train.checkpoint_state(fresh)))
+    t0 = time.perf_counter()
+    state, stats, scores = phases[method](state, it, index, extras)
+    extras["curves"][method].append(scores)
+    extras["seconds"] += time.perf_counter() - t0
+    writer.write(index + 1, {"iteration": it + 1,
+                             **{f"{method}/{k}": v for k, v in {**stats, **scores}.items()}})
+    bar.set_postfix(method=method, **{k: f"{scores[v]:.1f}" for k, v in postfix.items()})
+    ckpt.save(index + 1, train.checkpoint_state(state), extras)
+  writer.close()
+  ckpt.close()
+  plot(extras)
+  summary = summarize(extras)
+  if end == total:
+    experiment.write_summary(workdir, summary)
+  return summary
+
+
+def per_method_summary(extras: dict, methods: Sequence[str], main: str,
+                       metrics: Mapping[str, str], start_scores: Callable) -> dict:
+  """`<prefix>eval/<name>_{before,after,per_iteration}` for every method and
+  `metrics` {name: score key}; the prefix is "" for `main`, "<method>/" else."""
+  out = {}
+  for m in methods:
+    before, curve = start_scores(extras, m), extras["curves"][m]
+    prefix = "" if m == main else f"{m}/"
+    last = curve[-1] if curve else before
+    for name, key in metrics.items():
+      out[f"{prefix}eval/{name}_before"] = before[key]
+      out[f"{prefix}eval/{name}_after"] = last[key]
+      out[f"{prefix}eval/{name}_per_iteration"] = [c[key] for c in curve]
+  return out
+
+
+def plot_per_iteration(workdir: str, filename: str, curves: Mapping[str, Sequence[dict]],
+                       start_of: Callable[[str], dict], panels: Mapping[str, str],
+                       title: str, xlabel: str = "iteration (0 = warm-up)") -> None:
+  """One panel per {score key: panel title}: each method's held-out score per
+  iteration. curves: method -> per-iteration scores; start_of(method): the
+  scores it starts from (iteration 0, the warm-up)."""
   from matplotlib.figure import Figure  # pylint: disable=g-import-not-at-top
-  fig = Figure(figsize=(10, 3.5))
-  for ax, key in zip(fig.subplots(1, 2), ("eval/em", "eval/f1")):
+  fig = Figure(figsize=(5 * len(panels), 3.5))
+  for ax, (key, panel) in zip(fig.subplots(1, len(panels), squeeze=False)[0], panels.items()):
     for method, curve in curves.items():
       ys = [start_of(method)[key]] + [c[key] for c in curve]
       ax.plot(range(len(ys)), ys, marker="o", label=method)
-    ax.set_title(f"held-out {key.split('/')[1].upper()}")
-    ax.set_xlabel("EM iteration (0 = warm-up only)")
+    ax.set_title(panel)
+    ax.set_xlabel(xlabel)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
   fig.suptitle(title)

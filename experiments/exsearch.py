@@ -12,7 +12,7 @@ r"""EXSEARCH: a search agent trained by generalized EM (docs/algorithms.md §6).
    E-step: K trajectories per train question with the batched multi-turn BM25
      rollout; each is re-written with the *gold* answer after `<FINAL>` and
      scored by the token-mean log-likelihood of that answer (`answer_loglik`);
-     the method turns the scores into weights (`WEIGHTINGS`):
+     the method turns the scores into weights (`objectives.EM_WEIGHTINGS`):
        exsearch       `em_weights` (softmax within each question)
        uniform        1/K (EM without the posterior)
        rejection_sft  1 for trajectories whose own answer is right, else 0
@@ -27,10 +27,9 @@ resumes after the last one).
 """
 from __future__ import annotations
 
+import functools
 import os
-import shutil
 import time
-from typing import Callable
 
 import jax
 import jax.numpy as jnp
@@ -43,21 +42,11 @@ from alignax.agents import metrics as metrics_lib
 from alignax.agents import qa_data, qa_world, retrieval
 from alignax.agents import rollout as rollout_lib
 from alignax.experiments import common
-from alignax.framework import checkpoint, experiment, hf, lora, train
+from alignax.framework import experiment, lora, train
 from alignax.framework.config import ModelConfig
 from alignax.framework.model import Decoder
 
 DEFAULT_CONFIG = os.path.join(os.path.dirname(__file__), "configs", "exsearch.py")
-
-
-# ---------------------------------------------------------------- weightings
-# method name -> f(loglik [Q*K], correct [Q*K], K) -> weights [Q*K]
-# (rows of one question contiguous).
-WEIGHTINGS: dict[str, Callable] = {
-    "exsearch": lambda ll, ok, k, tau: objectives.em_weights(ll, k, temperature=tau),
-    "uniform": lambda ll, ok, k, tau: jnp.full(ll.shape, 1.0 / k),
-    "rejection_sft": lambda ll, ok, k, tau: jnp.asarray(ok, jnp.float32),
-}
 
 
 # ------------------------------------------------------ sequences and losses
@@ -171,44 +160,41 @@ def warm_up(model, agent, examples, config):
 
 
 def build_policy(config, workdir, dataset, retriever):
-  """Loads `<workdir>/init_model`, or builds, warm-starts and saves it."""
-  path = os.path.join(workdir, "init_model")
-  if not os.path.exists(os.path.join(path, "model.safetensors")):
-    tmp = path + ".tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tokenizer = qa_data.train_word_tokenizer(qa_world.vocabulary_text(dataset), tmp)
+  """Loads `<workdir>/init_model`, or builds, warm-starts and saves it first."""
+
+  def build():
+    tokenizer = qa_data.train_word_tokenizer(qa_world.vocabulary_text(dataset))
     model_config = ModelConfig(
         vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id,
         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
         **config.model.to_dict())
-    agent = Agent(tokenizer, retriever, config)
-    model = warm_up(Decoder(model_config, seed=config.seed), agent,
+    model = warm_up(Decoder(model_config, seed=config.seed), Agent(tokenizer, retriever, config),
                     dataset.train[:config.warmup.num_oracle], config)
-    hf.save_pretrained(model, tmp)
-    shutil.rmtree(path, ignore_errors=True)
-    os.replace(tmp, path)
-  model = hf.from_pretrained(path)
-  tokenizer = hf.load_tokenizer(path, model.config)
-  return model, Agent(tokenizer, retriever, config)
+    return {"policy": model}, tokenizer
+
+  models, tokenizer = common.build_or_load_hf(
+      {"policy": os.path.join(workdir, "init_model")}, build)
+  return models["policy"], Agent(tokenizer, retriever, config)
 
 
-def e_step(graphdef, params, agent, examples, method, config, key):
-  """Samples K trajectories per question and weights them. Returns (M-step
+def e_step(graphdef, params, agent, examples, weighting, em, key):
+  """Samples K = em.num_samples trajectories per question and weights them
+  with `weighting` (an `objectives.EM_WEIGHTINGS` entry). Returns (M-step
   batch, metrics)."""
-  k = config.em.num_samples
+  k = em.num_samples
   trajs = run_rollouts(graphdef, params, agent, examples, k, key)
   rows_ex = [e for e in examples for _ in range(k)]
   correct = np.asarray([metrics_lib.exact_match(agent.answer_text(t), e.answers)
                         for t, e in zip(trajs, rows_ex)], np.float32)
   batch = agent.batch([agent.with_gold_answer(t, e) for t, e in zip(trajs, rows_ex)])
   ll = train.answer_logliks(graphdef, params, batch)
-  weights = WEIGHTINGS[method](ll, correct, k, config.em.temperature)
+  weights = weighting(ll, correct, k, temperature=em.temperature)
   batch["weights"] = np.asarray(weights, np.float32)
   w = batch["weights"].reshape(-1, k)
   # Rows whose weight is below `min_weight` add (almost) nothing to the
   # weighted loss; skipping them makes the M-step cost follow the posterior's
   # effective sample size instead of K. (min_weight=0 keeps every row with w > 0.)
-  keep = batch["weights"] > config.em.min_weight
+  keep = batch["weights"] > em.min_weight
   batch = {name: v[keep] for name, v in batch.items()}
   stats = {"train/sample_em": 100.0 * float(correct.mean()),
            "train/answer_loglik": float(jnp.mean(ll)),
@@ -220,10 +206,10 @@ def e_step(graphdef, params, agent, examples, method, config, key):
 
 
 def _check_config(config):
-  unknown = [m for m in config.methods if m not in WEIGHTINGS]
+  unknown = [m for m in config.methods if m not in objectives.EM_WEIGHTINGS]
   if unknown or "exsearch" not in config.methods:
     raise ValueError(f"config.methods={tuple(config.methods)!r} must include 'exsearch' and"
-                     f" only name {sorted(WEIGHTINGS)}.")
+                     f" only name {sorted(objectives.EM_WEIGHTINGS)}.")
   if config.em.num_samples < 1 or config.em.num_iterations < 1:
     raise ValueError("config.em.num_samples and num_iterations must be >= 1.")
 
@@ -235,91 +221,60 @@ def run(config, workdir: str, *, stop_after: int | None = None, progress: bool =
   Returns the summary dict.
   """
   common.validate_config(config, DEFAULT_CONFIG)  # before any work
+  common.setup_mesh(config)  # multi-host init; these binaries run unsharded
   _check_config(config)
   os.makedirs(workdir, exist_ok=True)
   experiment.check_or_store_config(workdir, config)
-  dataset = qa_data.load_dataset(config)
+  dataset = qa_data.load_dataset(config.dataset, data_dir=config.data_dir, seed=config.seed,
+                                 world=config.world)
   retriever = retrieval.BM25Retriever.build_or_load(dataset.corpus,
                                                     os.path.join(workdir, "bm25"))
   t0 = time.perf_counter()
   model, agent = build_policy(config, workdir, dataset, retriever)
-  model = common.apply_lora(model, config.lora, seed=config.seed)
+  model = common.apply_lora(model, config.lora, seed=config.seed)  # rank 0: unchanged
   held_out = dataset.eval[:config.eval.size]
   em = config.em
   optimizer = train.make_optimizer(em.learning_rate, total_steps=None)
   graphdef, fresh = train.init_train_state(model, optimizer)
   update = train.make_weighted_update(lora.training(graphdef, fresh.params), optimizer,
                                       em.micro_batches)
-  methods, iters = list(config.methods), em.num_iterations
+  # E-step questions start after the warm-up's oracle questions, so that
+  # iteration 1 is not scored on questions the warm-up saw solved.
+  pool = dataset.train[config.warmup.num_oracle:]
 
-  ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"), max_to_keep=2)
-  restored = ckpt.restore_latest(train.checkpoint_state(fresh))
-  if restored is None:
-    done, state = 0, fresh
-    before = evaluate(graphdef, fresh.params, agent, held_out)
-    extras = {"before": before, "curves": {m: [] for m in methods},
-              "seconds": time.perf_counter() - t0}
-  else:
-    done, saved, extras = restored
-    state = train.from_checkpoint_state(fresh, saved)
-  common.truncate_metrics(workdir, done)
-  writer = experiment.MetricWriter(workdir)
-  if restored is None:
-    writer.write(0, {f"{m}/{k}": v for m in methods for k, v in before.items()})
+  def start():
+    return {"before": evaluate(graphdef, fresh.params, agent, held_out),
+            "seconds": time.perf_counter() - t0}
 
-  total = len(methods) * iters
-  end = total if stop_after is None else min(total, done + stop_after)
-  bar = tqdm.tqdm(range(done, end), initial=done, total=total, desc="EM", disable=not progress)
-  for phase in bar:
-    method, it = methods[phase // iters], phase % iters
-    if it == 0:
-      # Every method starts from the warm-up model (under LoRA: fresh adapters).
-      state = train.from_checkpoint_state(
-          fresh, jax.tree.map(jnp.copy, train.checkpoint_state(fresh)))
-    t1 = time.perf_counter()
-    # E-step questions start after the warm-up's oracle questions, so that
-    # iteration 1 is not scored on questions the warm-up saw solved.
-    q, pool = em.questions_per_iteration, dataset.train[config.warmup.num_oracle:]
-    start = (it * q) % max(len(pool) - q + 1, 1)
-    examples = pool[start:start + q]
-    key = jax.random.fold_in(jax.random.key(config.seed), phase)
-    batch, stats = e_step(graphdef, state.params, agent, examples, method, config, key)
-    state, _, _ = train.train_minibatches(update, state, batch, em.batch_size, config.seed + phase,
-                                         epochs=em.epochs)
-    scores = evaluate(graphdef, state.params, agent, held_out)
-    extras["curves"][method].append(scores)
-    extras["seconds"] += time.perf_counter() - t1
-    writer.write(phase + 1, {"iteration": it + 1,
-                             **{f"{method}/{k}": v for k, v in {**stats, **scores}.items()}})
-    bar.set_postfix(method=method, em=f"{scores['eval/em']:.1f}")
-    ckpt.save(phase + 1, train.checkpoint_state(state), extras)
-  writer.close()
-  ckpt.close()
-  finished = end == total
-  common.plot_per_iteration(workdir, "em.png", extras["curves"], lambda _: extras["before"],
-                     "EXSEARCH vs baselines (held-out)")
-  summary = _summary(extras, methods)
-  if finished:
-    experiment.write_summary(workdir, summary)
-  return summary
+  def phase(state, it, index, extras, *, weighting):
+    del extras
+    examples = common.iteration_slice(pool, it, em.questions_per_iteration)
+    key = jax.random.fold_in(jax.random.key(config.seed), index)
+    batch, stats = e_step(graphdef, state.params, agent, examples, weighting, em, key)
+    state, _, _ = train.train_minibatches(update, state, batch, em.batch_size,
+                                          config.seed + index, epochs=em.epochs)
+    return state, stats, evaluate(graphdef, state.params, agent, held_out)
 
+  start_scores = lambda extras, method: extras["before"]
+  methods = list(config.methods)
 
-def _summary(extras, methods):
-  """summary.json: EXSEARCH's keys bare, each baseline's prefixed by its name."""
-  before = extras["before"]
-  out = {"no_em/eval/em": before["eval/em"], "no_em/eval/f1": before["eval/f1"],
-         "train/seconds": extras["seconds"]}
-  for m in methods:
-    curve = extras["curves"][m]
-    prefix = "" if m == "exsearch" else f"{m}/"
-    last = curve[-1] if curve else before
-    out.update({f"{prefix}eval/em_before": before["eval/em"],
-                f"{prefix}eval/f1_before": before["eval/f1"],
-                f"{prefix}eval/em_after": last["eval/em"],
-                f"{prefix}eval/f1_after": last["eval/f1"],
-                f"{prefix}eval/em_per_iteration": [c["eval/em"] for c in curve],
-                f"{prefix}eval/f1_per_iteration": [c["eval/f1"] for c in curve]})
-  return out
+  def summarize(extras):
+    """EXSEARCH's keys bare, each baseline's prefixed by its name."""
+    before = extras["before"]
+    return {"no_em/eval/em": before["eval/em"], "no_em/eval/f1": before["eval/f1"],
+            "train/seconds": extras["seconds"],
+            **common.per_method_summary(extras, methods, "exsearch",
+                                        {"em": "eval/em", "f1": "eval/f1"}, start_scores)}
+
+  plot = lambda extras: common.plot_per_iteration(
+      workdir, "em.png", extras["curves"], lambda _: extras["before"],
+      {"eval/em": "held-out EM", "eval/f1": "held-out F1"}, "EXSEARCH vs baselines (held-out)",
+      xlabel="EM iteration (0 = warm-up only)")
+  phases = {m: functools.partial(phase, weighting=objectives.EM_WEIGHTINGS[m]) for m in methods}
+  return common.run_phases(workdir, fresh, phases, em.num_iterations, start=start,
+                           start_scores=start_scores, summarize=summarize,
+                           plot=plot, desc="EM", postfix={"em": "eval/em"},
+                           stop_after=stop_after, progress=progress)
 
 
 if __name__ == "__main__":

@@ -1,23 +1,34 @@
-r"""GRPO (and its family) on a built-in verifiable task: the main job.
+r"""GRPO (and its family) on your checkpoint, data and reward functions: the main job.
 
-  python -m alignax.experiments.grpo                       # default preset, runs/grpo
+  python -m alignax.experiments.grpo                       # built-in task, runs/grpo
   python -m alignax.experiments.grpo --config=experiments/configs/grpo.py:tiny \
       --workdir=runs/tiny --config.loss.loss_type=grpo --config.mesh.fsdp=8
+  python -m alignax.experiments.grpo --config.model_path=DIR \
+      --config.data.train=train.jsonl --config.reward.functions=math_accuracy,think_format \
+      --config.reward.weights=1.0,0.1 --workdir=runs/mine
 
-Each step: draw prompts -> sample `num_generations` completions per prompt ->
-exact-match rewards -> group-relative advantages -> `num_iterations` policy
-updates with the sampler's log-probs as `old_logprobs`. Held-out accuracy is
-evaluated (greedy) before training, every `eval_every` steps and at the end.
+Each step: draw prompts (a deterministic function of (seed, step)) -> sample
+`num_generations` completions per prompt -> reward functions (TRL's calling
+convention, `agents.rewards`) -> group-relative advantages -> `num_iterations`
+policy updates with the sampler's log-probs as `old_logprobs`. The eval split is
+evaluated (greedy reward and accuracy, pass@k / mean@k) before training, every
+`eval_every` steps and at the end. Without `data.train`, the built-in task's
+prompt/answer rows go through the same data and reward path (`exact_match`).
 
-Under --workdir: metrics.jsonl, TensorBoard events, reward.png, summary.json,
-checkpoints/ (Orbax). Running the same command again resumes from the last
+Under --workdir: metrics.jsonl, TensorBoard events (scalars and sample text),
+samples.jsonl, reward.png, summary.json, checkpoints/ (Orbax), and at the end
+final_model/ (a Hugging Face directory with tokenizer, chat template and
+generation config). Running the same command again resumes from the last
 checkpoint and ends with the same parameters as an uninterrupted run.
 """
 from __future__ import annotations
 
+import dataclasses
+import json
 import os
 import shutil
 import time
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -27,21 +38,14 @@ from absl import logging
 from flax import nnx
 
 from alignax import objectives
-from alignax.agents import tasks
+from alignax.agents import prompt_data, tasks
+from alignax.agents import rewards as rewards_lib
 from alignax.experiments import common
 from alignax.framework import checkpoint, experiment, hf, lora, sampling, sharding, train
 from alignax.framework.config import ModelConfig
 from alignax.framework.model import Decoder
 
 DEFAULT_CONFIG = os.path.join(os.path.dirname(__file__), "configs", "grpo.py")
-
-# Advantage estimators a config can name, each as f(rewards [N], group_size, cfg).
-ADVANTAGES = {
-    "grpo": lambda r, g, c: objectives.grpo_advantages(r, g, scale=c.scale_rewards),
-    "dr_grpo": lambda r, g, c: objectives.dr_grpo_advantages(r, g),
-    "rloo": lambda r, g, c: objectives.rloo_advantages(r, g),
-    "f_grpo": lambda r, g, c: objectives.focal_grpo_advantages(r, g, scale=c.scale_rewards),
-}
 
 
 def _pad_right(rows, length, pad):
@@ -55,8 +59,9 @@ def _pad_right(rows, length, pad):
 
 
 def sft_batch(tokenizer, problems, max_new_tokens):
-  """Teacher-forcing batch (prompt left-padded, answer + eos right-padded)."""
-  prompts = tasks.encode_prompts(tokenizer, problems)
+  """Teacher-forcing batch (prompt left-padded, answer + eos right-padded); the
+  prompts are encoded as the RL data are (`prompt_data.PromptEncoder`)."""
+  prompts = prompt_data.PromptEncoder(tokenizer).encode([p.prompt for p in problems])
   p_len = sampling.bucket_length(max(map(len, prompts)), 1 << 30)
   p_ids, p_mask = sampling.pad_prompts(prompts, p_len, tokenizer.pad_token_id)
   c_ids, c_mask = _pad_right(tasks.encode_answers(tokenizer, problems),
@@ -91,66 +96,200 @@ def warm_start(model, tokenizer, task, config):
   return nnx.merge(graphdef, state.params)
 
 
+def _model_dir(config, workdir):
+  """`model_path`, checked, or `<workdir>/init_model` for the built-in model."""
+  path = config.model_path
+  if not path:
+    return os.path.join(workdir, "init_model")
+  if not os.path.isdir(path):
+    raise FileNotFoundError(
+        f"--config.model_path={path!r} is not a directory; give a folder written by"
+        " save_pretrained (config.json, *.safetensors and the tokenizer files).")
+  return path
+
+
+def load_tokenizer(config, workdir, task):
+  """The policy's tokenizer, without building the model (so data errors come
+  before any compilation): the model directory's, or the built-in one."""
+  if config.model_path:
+    return hf.load_tokenizer(_model_dir(config, workdir))
+  return tasks.train_tokenizer(task)  # deterministic: the one init_model gets
+
+
 def build_policy(config, workdir, task):
   """Loads `model_path`, or builds + warm-starts the built-in model once.
 
   The built-in model is saved to `<workdir>/init_model` with its tokenizer (the
   same format `--config.model_path` takes) and re-loaded from there, so a
-  resumed run starts from exactly the same weights.
+  resumed run starts from exactly the same weights. Returns (model, tokenizer,
+  model directory).
   """
-  path = config.model_path
-  if path:
-    if not os.path.isdir(path):
-      raise FileNotFoundError(
-          f"--config.model_path={path!r} is not a directory; give a folder written by"
-          " save_pretrained (config.json, *.safetensors and the tokenizer files).")
-  else:
-    path = os.path.join(workdir, "init_model")
-    if not os.path.exists(os.path.join(path, "model.safetensors")):
-      tmp = path + ".tmp"
-      shutil.rmtree(tmp, ignore_errors=True)
-      tokenizer = tasks.train_tokenizer(task, tmp)
-      model_config = ModelConfig(
-          vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id,
-          bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-          **config.model.to_dict())
-      model = warm_start(Decoder(model_config, seed=config.seed), tokenizer, task, config)
-      hf.save_pretrained(model, tmp)
-      shutil.rmtree(path, ignore_errors=True)
-      os.replace(tmp, path)
-  model = hf.from_pretrained(path)
+  path = _model_dir(config, workdir)
+  if not config.model_path and not os.path.exists(os.path.join(path, "model.safetensors")):
+    tmp = path + ".tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tokenizer = tasks.train_tokenizer(task, tmp)
+    model_config = ModelConfig(
+        vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        **config.model.to_dict())
+    model = warm_start(Decoder(model_config, seed=config.seed), tokenizer, task, config)
+    hf.save_pretrained(model, tmp)
+    shutil.rmtree(path, ignore_errors=True)
+    os.replace(tmp, path)
+  model = hf.from_pretrained(path, **common.model_options(config))
   tokenizer = hf.load_tokenizer(path, model.config)
-  return model, tokenizer
+  return model, tokenizer, path
 
 
-def evaluate(model, tokenizer, task, config, mesh):
-  """Greedy held-out accuracy (= mean exact-match reward)."""
-  problems = task.problems("eval", 0, config.task.eval_size)
-  gen = sampling.generate(model, tasks.encode_prompts(tokenizer, problems),
-                          max_new_tokens=config.rollout.max_new_tokens,
-                          eos_token_id=tokenizer.eos_token_id,
-                          pad_token_id=tokenizer.pad_token_id, mesh=mesh)
-  rewards = tasks.score_completions(tokenizer, gen.tokens, gen.mask, problems)
-  return {"eval/accuracy": float(rewards.mean()), "eval/reward": float(rewards.mean())}
+def builtin_rows(task, config):
+  """(train rows, eval rows) of the built-in task, as prompt/answer records."""
+  return (tasks.records(task.problems("train", 0, config.task.train_size)),
+          tasks.records(task.problems("eval", 0, config.eval.size or 256)))
 
 
-def rollout(graphdef, params, tokenizer, task, config, step, mesh, reference):
-  """Samples a group batch for `step` and returns (batch, metrics).
+def _split_list(value, cast=str):
+  """A config list given as "a,b" (command line) or a sequence (Python)."""
+  items = value.split(",") if isinstance(value, str) else list(value or ())
+  return [cast(x.strip() if isinstance(x, str) else x) for x in items
+          if not (isinstance(x, str) and not x.strip())]
+
+
+def make_rewards(config) -> rewards_lib.RewardSet:
+  """The `config.reward` functions (unknown names, files, weights fail here)."""
+  try:
+    weights = _split_list(config.reward.weights, float)
+  except ValueError:
+    raise ValueError(f"config.reward.weights={config.reward.weights!r}: give numbers"
+                     " separated by commas, e.g. 1.0,0.1.") from None
+  max_len = config.rollout.max_new_tokens
+  settings = {"overlong_penalty": dict(
+      max_completion_length=max_len,
+      overlong_buffer=config.reward.overlong_buffer or max(1, max_len // 4))}
+  return rewards_lib.RewardSet(_split_list(config.reward.functions), weights, settings)
+
+
+@dataclasses.dataclass
+class Policy:
+  """What the loop needs to sample from and score the policy (host side)."""
+
+  tokenizer: Any
+  stop_ids: tuple[int, ...]
+  pad_id: int
+  rewards: rewards_lib.RewardSet
+  mesh: Any
+
+
+def _sample(model, policy: Policy, data, rows, config, *, temperature, num_generations, seed):
+  """Samples and scores completions of `rows` of `data`: (Generation, RewardResult,
+  texts, host seconds spent decoding and scoring)."""
+  r = config.rollout
+  gen = sampling.generate(
+      model, [data.prompt_ids[i] for i in rows], max_new_tokens=r.max_new_tokens,
+      temperature=temperature, top_k=(r.top_k or None) if temperature else None,
+      top_p=(r.top_p if r.top_p < 1.0 else None) if temperature else None,
+      eos_token_id=policy.stop_ids, pad_token_id=policy.pad_id,
+      num_generations=num_generations, seed=seed, mesh=policy.mesh)
+  tokens, mask = np.asarray(gen.tokens), np.asarray(gen.mask)  # waits for the device
+  t0 = time.perf_counter()
+  ids = [row[m].tolist() for row, m in zip(tokens, mask)]
+  texts = policy.tokenizer.batch_decode(ids, skip_special_tokens=True)
+  examples = [data.examples[i] for i in rows for _ in range(num_generations)]
+  result = policy.rewards.score(examples, ids, texts)
+  return gen, result, texts, time.perf_counter() - t0
+
+
+def _accuracy_index(config, rewards) -> int:
+  name = config.eval.accuracy_reward
+  if not name:
+    return 0
+  if name not in rewards.names:
+    raise ValueError(f"config.eval.accuracy_reward={name!r} is not one of the reward"
+                     f" functions {list(rewards.names)}.")
+  return rewards.names.index(name)
+
+
+def evaluate(model, policy: Policy, data, config, step: int):
+  """Greedy reward/accuracy and pass@k / mean@k on the eval split.
+
+  Returns (metrics, samples): `eval/reward`, `eval/reward/<name>`,
+  `eval/accuracy`, `eval/pass@k`, `eval/mean@k`; and the first
+  `config.eval.log_samples` greedy (prompt, completion, rewards) records.
+  """
+  e = config.eval
+  n = len(data) if not e.size else min(e.size, len(data))
+  acc = _accuracy_index(config, policy.rewards)
+  greedy, per_k, samples = [], [], []
+  for lo in range(0, n, e.batch_size):
+    rows = np.arange(lo, min(n, lo + e.batch_size))
+    _, result, texts, _ = _sample(model, policy, data, rows, config, temperature=0.0,
+                                  num_generations=1, seed=0)
+    greedy.append(result)
+    for j in range(min(len(rows), e.log_samples - len(samples))):
+      ex = data.examples[rows[j]]
+      samples.append({"prompt": prompt_data.prompt_key(ex.prompt), "completion": texts[j],
+                      "ground_truth": ex.ground_truth, "reward": result.total[j],
+                      **{f"reward/{k}": result.per_function[j, i]
+                         for i, k in enumerate(result.names)}})
+    if e.num_samples:
+      key = jax.random.fold_in(jax.random.key(config.seed + 1), step * 100003 + lo)
+      _, result_k, _, _ = _sample(model, policy, data, rows, config,
+                                  temperature=config.rollout.temperature,
+                                  num_generations=e.num_samples, seed=key)
+      per_k.append(result_k.per_function[:, acc].reshape(len(rows), e.num_samples))
+  result = rewards_lib.RewardResult(
+      np.concatenate([g.per_function for g in greedy]),
+      np.concatenate([g.total for g in greedy]), greedy[0].names)
+  metrics = result.metrics("eval/")
+  metrics["eval/accuracy"] = float(np.mean(np.nan_to_num(result.per_function[:, acc]) >= 1.0))
+  if per_k:
+    correct = np.nan_to_num(np.concatenate(per_k)) >= 1.0
+    k = e.num_samples
+    metrics[f"eval/pass@{k}"] = float(correct.any(axis=1).mean())
+    metrics[f"eval/mean@{k}"] = float(correct.mean())
+  return metrics, samples
+
+
+def _advantage_rewards(total: np.ndarray, group_size: int) -> tuple[np.ndarray, np.ndarray]:
+  """(rewards with unscorable samples set to their group's mean, unscorable mask).
+
+  A sample every reward function returned None for carries no signal: it does
+  not move its group's mean and its advantage is set to 0 (as TRL).
+  """
+  unscorable = np.isnan(total)
+  if not unscorable.any():
+    return total, unscorable
+  grouped = total.reshape(-1, group_size)
+  with np.errstate(all="ignore"):
+    means = np.nan_to_num(np.nanmean(grouped, axis=1, keepdims=True))
+  return np.where(np.isnan(grouped), means, grouped).reshape(-1), unscorable
+
+
+def rollout(graphdef, params, policy: Policy, data, config, step, reference):
+  """Samples a group batch for `step` and returns (batch, metrics, host seconds).
 
   reference: (graphdef, params) of the KL reference policy, or None.
+
+  Host seconds: the data and reward work (drawing rows, decoding completions,
+  calling the reward functions, None handling), timed for the overhead figure
+  (benchmarks/grpo_host_overhead.py).
   """
   r = config.rollout
-  problems = task.problems("train", step, r.prompts_per_step)
-  gen = sampling.generate(
-      nnx.merge(graphdef, params), tasks.encode_prompts(tokenizer, problems),
-      max_new_tokens=r.max_new_tokens, temperature=r.temperature, top_k=r.top_k or None,
-      top_p=r.top_p if r.top_p < 1.0 else None, eos_token_id=tokenizer.eos_token_id,
-      pad_token_id=tokenizer.pad_token_id, num_generations=r.num_generations,
-      seed=jax.random.fold_in(jax.random.key(config.seed), step), mesh=mesh)
-  rewards = tasks.score_completions(tokenizer, gen.tokens, gen.mask, problems,
-                                         r.num_generations)
-  advantages = ADVANTAGES[config.loss.advantage](jnp.asarray(rewards), r.num_generations,
-                                                 config.loss)
+  t0 = time.perf_counter()
+  rows = data.indices(config.seed, step, r.prompts_per_step)
+  host = time.perf_counter() - t0
+  gen, result, _, score_seconds = _sample(
+      nnx.merge(graphdef, params), policy, data, rows, config, temperature=r.temperature,
+      num_generations=r.num_generations,
+      seed=jax.random.fold_in(jax.random.key(config.seed), step))
+  t0 = time.perf_counter()
+  rewards, unscorable = _advantage_rewards(result.total, r.num_generations)
+  host = host + score_seconds + time.perf_counter() - t0
+  estimator = objectives.ADVANTAGE_ESTIMATORS[config.loss.advantage]
+  advantages = estimator(jnp.asarray(rewards), r.num_generations, **objectives.accepted_options(
+      estimator, {"scale": config.loss.scale_rewards}))
+  if unscorable.any():
+    advantages = jnp.where(jnp.asarray(unscorable), 0.0, advantages)
   batch = dict(sequences=gen.sequences, attention_mask=gen.attention_mask,
                completion_tokens=gen.tokens, completion_mask=gen.mask,
                old_logprobs=gen.logprobs, advantages=advantages)
@@ -158,29 +297,32 @@ def rollout(graphdef, params, tokenizer, task, config, step, mesh, reference):
     batch["ref_logprobs"] = train.reference_logprobs(
         *reference, gen.sequences, gen.attention_mask, gen.tokens,
         temperature=r.temperature)
-  if mesh is not None:
-    batch = {k: jax.device_put(v, sharding.batch_sharding(mesh, v.ndim))
+  if policy.mesh is not None:
+    batch = {k: jax.device_put(v, sharding.batch_sharding(policy.mesh, v.ndim))
              for k, v in batch.items()}
   grouped = rewards.reshape(-1, r.num_generations)
-  metrics = {"train/reward": float(rewards.mean()),
-             "train/reward_std_in_group": float(grouped.std(axis=1).mean()),
-             "train/solved_groups": float((grouped.max(axis=1) > 0).mean()),
-             "train/completion_length": float(np.asarray(gen.mask).sum(1).mean())}
-  return batch, metrics
+  metrics = result.metrics("train/")
+  metrics.update({
+      "train/reward_std_in_group": float(grouped.std(axis=1).mean()),
+      "train/solved_groups": float((grouped.max(axis=1) > 0).mean()),
+      "train/completion_length": float(np.asarray(gen.mask).sum(1).mean())})
+  return batch, metrics, host
 
 
-def _check_config(config):
-  if config.loss.advantage not in ADVANTAGES:
-    raise ValueError(f"config.loss.advantage={config.loss.advantage!r}; choose one of"
-                     f" {sorted(ADVANTAGES)}.")
-  objectives.get_policy_loss(config.loss.loss_type)  # raises, listing the valid names
-  if config.rollout.num_generations < 2:
-    raise ValueError("config.rollout.num_generations must be >= 2 for group advantages.")
-  # A micro-batch holds whole groups: each group's prompt is run once.
-  if config.rollout.prompts_per_step % config.train.micro_batches:
-    raise ValueError(f"config.rollout.prompts_per_step={config.rollout.prompts_per_step}"
-                     " is not divisible by config.train.micro_batches="
-                     f"{config.train.micro_batches} (micro-batches hold whole groups).")
+def prepare(config, workdir: str):
+  """Everything that can fail on bad input, checked before any compilation:
+  config, reward functions, tokenizer and data. Returns (task, rewards,
+  (train data, eval data or None))."""
+  common.validate_config(config, DEFAULT_CONFIG)
+  task = tasks.make_task(config.task.name, seed=config.seed,
+                         **config.task.get(config.task.name, {}))
+  rewards = make_rewards(config)
+  _accuracy_index(config, rewards)
+  tokenizer = load_tokenizer(config, workdir, task)
+  data = prompt_data.load_prompt_data(
+      config.data, tokenizer, max_prompt_length=config.rollout.max_prompt_length,
+      builtin=None if config.data.train else builtin_rows(task, config))
+  return task, rewards, data
 
 
 def run(config, workdir: str, *, stop_after: int | None = None, progress: bool = True):
@@ -189,20 +331,17 @@ def run(config, workdir: str, *, stop_after: int | None = None, progress: bool =
   `stop_after` ends the loop after that many steps without a final checkpoint,
   as a kill would (tests use it); a re-run resumes from the last periodic one.
   """
-  common.validate_config(config, DEFAULT_CONFIG)  # before any work
-  _check_config(config)
-  sharding.maybe_initialize_distributed()
+  task, rewards, (train_data, eval_data) = prepare(config, workdir)
+  mesh = common.setup_mesh(config)
   os.makedirs(workdir, exist_ok=True)
   experiment.check_or_store_config(workdir, config)
-  mesh_sizes = config.mesh.to_dict()
-  mesh = None if all(v == 1 for v in mesh_sizes.values()) else sharding.make_mesh(**mesh_sizes)
 
-  task = tasks.make_task(config.task.name, seed=config.seed,
-                         **config.task.get(config.task.name, {}))
-  model, tokenizer = build_policy(config, workdir, task)
+  model, tokenizer, model_dir = build_policy(config, workdir, task)
   model = common.apply_lora(model, config.lora, seed=config.seed)
   if mesh is not None:
     sharding.shard_model(model, mesh)
+  stop_ids = hf.stop_token_ids(model_dir, tokenizer, model.config)
+  policy = Policy(tokenizer, stop_ids, hf.pad_token_id(tokenizer, stop_ids), rewards, mesh)
   t = config.train
   optimizer = train.make_optimizer(t.learning_rate, warmup_steps=t.warmup_steps,
                                    total_steps=t.steps * t.num_iterations,
@@ -219,31 +358,36 @@ def run(config, workdir: str, *, stop_after: int | None = None, progress: bool =
     if lc.beta <= 0:
       return None
     return lora.disable(graphdef, params) if use_lora else (graphdef, ref_params)
-  loss_kwargs = dict(loss_type=lc.loss_type, epsilon_low=lc.epsilon_low,
-                     epsilon_high=lc.epsilon_high, delta=lc.delta,
-                     importance_sampling_level=lc.importance_sampling_level, beta=lc.beta,
-                     use_bias_correction_kl=lc.use_bias_correction_kl,
-                     max_completion_length=config.rollout.max_new_tokens)
-  update = train.make_grpo_update(lora.training(graphdef, state.params), optimizer, loss_kwargs=loss_kwargs,
+  loss = objectives.PolicyLossConfig.from_mapping(
+      lc, max_completion_length=config.rollout.max_new_tokens)
+  update = train.make_grpo_update(lora.training(graphdef, state.params), optimizer, loss=loss,
                                   temperature=config.rollout.temperature,
                                   micro_batches=t.micro_batches,
                                   prompt_groups=config.rollout.num_generations)
 
+  def run_eval(params, step):
+    if eval_data is None:
+      return {}
+    metrics, samples = evaluate(nnx.merge(graphdef, params), policy, eval_data, config, step)
+    common.write_samples(workdir, step, samples, writer)
+    return metrics
+
   ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"),
                                  max_to_keep=t.keep_checkpoints)
+  # Under LoRA a checkpoint holds the adapters and their optimiser state only.
   restored = ckpt.restore_latest(train.checkpoint_state(state))
-  if restored is None:
-    start = 0
-    before = evaluate(model, tokenizer, task, config, mesh)
-    extras = {"eval_before": before, "seconds": 0.0, "last_eval": before}
-  else:
-    start, saved, extras = restored
-    state = train.from_checkpoint_state(state, saved)
-    logging.info("Resumed from step %d in %s", start, workdir)
+  start = 0 if restored is None else restored[0]
   common.truncate_metrics(workdir, start)  # before the writer opens the file
+  common.truncate_samples(workdir, start if restored is not None else -1)
   writer = experiment.MetricWriter(workdir)
   if restored is None:
+    before = run_eval(state.params, 0)
+    extras = {"eval_before": before, "seconds": 0.0, "last_eval": before}
     writer.write(0, before)
+  else:
+    _, saved, extras = restored
+    state = train.from_checkpoint_state(state, saved)
+    logging.info("Resumed from step %d in %s", start, workdir)
   del model  # its buffers are donated to the first update
 
   end = t.steps if stop_after is None else min(t.steps, start + stop_after)
@@ -252,8 +396,8 @@ def run(config, workdir: str, *, stop_after: int | None = None, progress: bool =
   last_saved = start
   for step in bar:
     t0 = time.perf_counter()
-    batch, metrics = rollout(graphdef, state.params, tokenizer, task, config, step, mesh,
-                             reference(state.params))
+    batch, metrics, host_seconds = rollout(graphdef, state.params, policy, train_data, config,
+                                           step, reference(state.params))
     for _ in range(t.num_iterations):
       state, update_metrics = update(state, batch)
     update_metrics = {f"train/{k}": float(v) for k, v in update_metrics.items()}
@@ -262,50 +406,44 @@ def run(config, workdir: str, *, stop_after: int | None = None, progress: bool =
           f"Non-finite loss ({update_metrics['train/loss']}) at step {step + 1}. The last"
           f" good checkpoint (step {last_saved}) is kept in {workdir}/checkpoints; lower"
           " config.train.learning_rate or check the rewards, then re-run to resume.")
-    extras["seconds"] += time.perf_counter() - t0
+    step_seconds = time.perf_counter() - t0
+    extras["seconds"] += step_seconds
     metrics.update(update_metrics)
+    # Host-side data + reward work vs the whole step (rollout + update).
+    metrics.update({"perf/step_seconds": step_seconds, "perf/host_seconds": host_seconds})
     if (step + 1) % t.eval_every == 0 or step + 1 == t.steps:
-      extras["last_eval"] = evaluate(nnx.merge(graphdef, state.params), tokenizer, task,
-                                     config, mesh)
+      extras["last_eval"] = run_eval(state.params, step + 1)
       metrics.update(extras["last_eval"])
     writer.write(step + 1, metrics)
     bar.set_postfix(reward=f"{metrics['train/reward']:.2f}",
-                    acc=f"{extras['last_eval']['eval/accuracy']:.2f}")
+                    acc=f"{extras['last_eval'].get('eval/accuracy', float('nan')):.2f}")
     if (step + 1) % t.checkpoint_every == 0 or step + 1 == t.steps:
       ckpt.save(step + 1, train.checkpoint_state(state), extras)
       last_saved = step + 1
   writer.close()
   ckpt.close()
   done = last_saved == t.steps
+  data_name = config.data.train or f"the {config.task.name} task"
   common.plot_curves(workdir, "reward.png", {
       "reward": ["train/reward", "eval/reward"],
       "held-out accuracy": ["eval/accuracy"],
-  }, title=f"GRPO ({config.loss.loss_type}) on the {config.task.name} task")
-  summary = {
-      "eval/accuracy_before": extras["eval_before"]["eval/accuracy"],
-      "eval/reward_before": extras["eval_before"]["eval/reward"],
-      "eval/accuracy_after": extras["last_eval"]["eval/accuracy"],
-      "eval/reward_after": extras["last_eval"]["eval/reward"],
-      "train/steps": last_saved,
-      "train/seconds": extras["seconds"],
-      "train/finished": done,
-  }
+  }, title=f"GRPO ({config.loss.loss_type}) on {os.path.basename(data_name) or data_name}")
+  summary = {f"{k}_before": v for k, v in extras["eval_before"].items()}
+  summary.update({f"{k}_after": v for k, v in extras["last_eval"].items()})
+  summary.update({"train/steps": last_saved, "train/seconds": extras["seconds"],
+                  "train/finished": done})
   if done:
-    if use_lora:
-      _export_lora(nnx.merge(graphdef, state.params), tokenizer, workdir,
-                   config.model_path or os.path.join(workdir, "init_model"))
+    final = nnx.merge(graphdef, state.params)
+    if use_lora:  # the adapters in the PEFT format; final_model/ has them merged
+      lora.save_peft(final, os.path.join(workdir, "final_adapter"),
+                     base_model_name_or_path=os.path.abspath(model_dir))
+      summary["final_adapter"] = os.path.join(workdir, "final_adapter")
+      final = lora.merge(final)
+    summary["final_model"] = hf.export_pretrained(
+        final, os.path.join(workdir, "final_model"),
+        tokenizer=tokenizer, source=model_dir, stop_ids=stop_ids)
     experiment.write_summary(workdir, summary)
   return summary, state
-
-
-def _export_lora(model, tokenizer, workdir, base_path):
-  """final_adapter/ (PEFT format, for `PeftModel.from_pretrained(base, dir)`)
-  and final_model/ (adapters merged: a plain Hugging Face directory)."""
-  lora.save_peft(model, os.path.join(workdir, "final_adapter"),
-                 base_model_name_or_path=os.path.abspath(base_path))
-  final = os.path.join(workdir, "final_model")
-  hf.save_pretrained(lora.merge(model), final)
-  tokenizer.save_pretrained(final)
 
 
 if __name__ == "__main__":

@@ -36,25 +36,22 @@ iteration of each method; a re-run resumes, a finished one returns its summary).
 from __future__ import annotations
 
 import os
-import shutil
 import time
 
-import jax
-import jax.numpy as jnp
 import numpy as np
-import tqdm
+from flax import nnx
 
 from alignax import objectives
-from alignax.agents import moat as agents
+from alignax.agents import moat as moat_agents
 from alignax.agents import moat_critic, qa_data, retrieval
 from alignax.agents import moat_world as mw
 from alignax.experiments import common
-from alignax.framework import checkpoint, experiment, hf, lora, sharding, train
+from alignax.framework import experiment, lora, sharding, train
 from alignax.framework.config import ModelConfig
 from alignax.framework.model import Decoder
 
 DEFAULT_CONFIG = os.path.join(os.path.dirname(__file__), "configs", "moat.py")
-METHODS = ("moat", "separate")
+ROLES = ("planner", "grounder")
 
 
 def _check_config(config):
@@ -84,7 +81,7 @@ def split_tasks(world, config):
 
 
 def make_io(tokenizer, config):
-  return agents.AgentIO(tokenizer, **config.lengths.to_dict())
+  return moat_agents.AgentIO(tokenizer, **config.lengths.to_dict())
 
 
 def sft_batches(io, tasks):
@@ -102,43 +99,34 @@ def _warm_up(model, batch, w, steps, seed):
   graphdef, state = train.init_train_state(model, optimizer)
   update = train.make_sft_update(graphdef, optimizer)
   state, _, _ = train.train_minibatches(update, state, batch, w.batch_size, seed, steps=steps)
-  return agents.merge(graphdef, state.params)
+  return nnx.merge(graphdef, state.params)
 
 
 def build_agents(config, workdir, world, gold_tasks):
-  """Loads the two agents (HF dirs), building and warm-starting them first
-  when `<workdir>/{planner,grounder}_init` do not exist."""
+  """Loads the two agents (HF dirs `planner_dir`, `grounder_dir`, or
+  `<workdir>/{planner,grounder}_init`, built and warm-started first if absent)."""
+
+  def build():
+    _, held_in, held_out = split_tasks(world, config)
+    tokenizer = qa_data.train_word_tokenizer(
+        mw.vocabulary(world, list(gold_tasks) + held_in + held_out))
+    models = {}
+    for i, (name, batch) in enumerate(zip(ROLES, sft_batches(make_io(tokenizer, config),
+                                                             gold_tasks))):
+      model_config = ModelConfig(
+          vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id,
+          bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+          **config[name].to_dict())
+      models[name] = _warm_up(Decoder(model_config, seed=config.seed + i), batch,
+                              config.warmup, config.warmup[f"{name}_steps"], config.seed + i)
+    return models, tokenizer
+
   if config.planner_dir:
-    paths = config.planner_dir, config.grounder_dir
+    dirs, build = {"planner": config.planner_dir, "grounder": config.grounder_dir}, None
   else:
-    paths = tuple(os.path.join(workdir, f"{n}_init") for n in ("planner", "grounder"))
-    if not all(os.path.exists(os.path.join(p, "model.safetensors")) for p in paths):
-      tmp = os.path.join(workdir, "init.tmp")
-      shutil.rmtree(tmp, ignore_errors=True)
-      _, held_in, held_out = split_tasks(world, config)
-      tokenizer = qa_data.train_word_tokenizer(
-          mw.vocabulary(world, list(gold_tasks) + held_in + held_out))
-      io = make_io(tokenizer, config)
-      batches = sft_batches(io, gold_tasks)
-      for i, (name, batch) in enumerate(zip(("planner", "grounder"), batches)):
-        model_config = ModelConfig(
-            vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id,
-            bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-            **config[name].to_dict())
-        model = _warm_up(Decoder(model_config, seed=config.seed + i), batch, config.warmup,
-                         config.warmup[f"{name}_steps"], config.seed + i)
-        out = os.path.join(tmp, name)
-        hf.save_pretrained(model, out)
-        tokenizer.save_pretrained(out)
-      for name, path in zip(("planner", "grounder"), paths):
-        shutil.rmtree(path, ignore_errors=True)
-        os.replace(os.path.join(tmp, name), path)
-      shutil.rmtree(tmp, ignore_errors=True)
-  planner, grounder = (hf.from_pretrained(p) for p in paths)
-  tokenizer = hf.load_tokenizer(paths[0], planner.config)
-  if len(hf.load_tokenizer(paths[1], grounder.config)) != len(tokenizer):
-    raise ValueError("The planner and grounder directories must share one tokenizer.")
-  return planner, grounder, make_io(tokenizer, config)
+    dirs = {n: os.path.join(workdir, f"{n}_init") for n in ROLES}
+  models, tokenizer = common.build_or_load_hf(dirs, build)
+  return models["planner"], models["grounder"], make_io(tokenizer, config)
 
 
 # ------------------------------------------------------------------ stages
@@ -148,13 +136,13 @@ def stage1(p_graphdef, p_state, g_graphdef, g_params, io, tasks, config, update,
   s = config.stage1
   k = s.num_samples
   t0 = time.perf_counter()
-  planner = agents.merge(p_graphdef, p_state.params)
-  gen = agents.sample_plans(planner, io, tasks, num_samples=k, temperature=s.temperature,
-                            top_p=s.top_p, seed=seed, mesh=mesh)  # one call, T*K rows
+  gen = moat_agents.sample_plans(p_graphdef, p_state.params, io, tasks, num_samples=k,
+                                 temperature=s.temperature, top_p=s.top_p, seed=seed,
+                                 mesh=mesh)  # one call, T*K rows
   plans = io.subgoal_ids(gen)
   rows = [t for t in tasks for _ in range(k)]
   gold = [mw.actions_text(mw.gold_actions(t)) for t in rows]
-  scores = agents.grounder_scores(g_graphdef, g_params,  # one pass over T*K rows
+  scores = moat_agents.grounder_scores(g_graphdef, g_params,  # one pass over T*K rows
                                   io.grounder_batch(rows, plans, gold))
   t_sample = time.perf_counter() - t0
   chosen, rejected, valid = (np.asarray(x) for x in
@@ -201,9 +189,8 @@ def stage2(g_graphdef, g_state, io, world, tasks, plans, critic, config, update,
         seen.add(tuple(p))
         row_tasks.append(task)
         row_plans.append(p)
-  grounder = agents.merge(g_graphdef, g_state.params)
-  actions = agents.ground(grounder, io, row_tasks, row_plans, temperature=s.temperature,
-                          top_p=s.top_p, seed=seed, mesh=mesh)
+  actions = moat_agents.ground(g_graphdef, g_state.params, io, row_tasks, row_plans,
+                               temperature=s.temperature, top_p=s.top_p, seed=seed, mesh=mesh)
   own_ok = [mw.success(world, t, a, search_fn) for t, a in zip(row_tasks, actions)]
   fixes = critic([moat_critic.CriticInput(t, io.decode(p), a)
                   for t, p, a in zip(row_tasks, row_plans, actions)])
@@ -237,10 +224,9 @@ def run(config, workdir: str, *, stop_after: int | None = None, progress: bool =
   """
   common.validate_config(config, DEFAULT_CONFIG)  # before any work
   _check_config(config)
+  mesh = common.setup_mesh(config)
   os.makedirs(workdir, exist_ok=True)
   experiment.check_or_store_config(workdir, config)
-  mesh_sizes = config.mesh.to_dict()
-  mesh = None if all(v == 1 for v in mesh_sizes.values()) else sharding.make_mesh(**mesh_sizes)
   world = make_world(config)
   train_tasks, held_in, held_out = split_tasks(world, config)
   held_in, held_out = held_in[:config.eval.held_in_size], held_out[:config.eval.held_out_size]
@@ -257,7 +243,7 @@ def run(config, workdir: str, *, stop_after: int | None = None, progress: bool =
                                      max_new_tokens=config.critic.max_new_tokens)
   t0 = time.perf_counter()
   planner, grounder, io = build_agents(config, workdir, world, gold_tasks)
-  planner, grounder = (common.apply_lora(m, config.lora, seed=config.seed)
+  planner, grounder = (common.apply_lora(m, config.lora, seed=config.seed)  # rank 0: unchanged
                        for m in (planner, grounder))
   if mesh is not None:  # both agents on the same mesh
     sharding.shard_model(planner, mesh)
@@ -277,13 +263,9 @@ def run(config, workdir: str, *, stop_after: int | None = None, progress: bool =
   p_graphdef, p_fresh = train.init_train_state(planner, dpo_opt)
   g_graphdef, g_fresh = train.init_train_state(grounder, sft_opt)
   fresh = {"planner": p_fresh, "grounder": g_fresh}
-  # Under LoRA the updates run the adapters' dropout, and a checkpoint holds
-  # the adapters and their optimiser state only.
+  # Under LoRA the updates run the adapters' dropout.
   p_train, g_train = (lora.training(p_graphdef, p_fresh.params),
                       lora.training(g_graphdef, g_fresh.params))
-  saved_part = lambda states: {k: train.checkpoint_state(s) for k, s in states.items()}
-  with_base = lambda saved: {k: train.from_checkpoint_state(fresh[k], s)
-                             for k, s in saved.items()}
   dpo_update = train.make_dpo_update(p_train, dpo_opt, beta=config.stage1.beta,
                                       rpo_alpha=config.stage1.rpo_alpha)
   g_update = train.make_sft_update(g_train, sft_opt)
@@ -296,119 +278,76 @@ def run(config, workdir: str, *, stop_after: int | None = None, progress: bool =
                  for t in gold_tasks] if config.stage2.replay_gold else []
 
   def evaluate(state):
-    p = agents.merge(p_graphdef, state["planner"].params)
-    g = agents.merge(g_graphdef, state["grounder"].params)
+    p = (p_graphdef, state["planner"].params)
+    g = (g_graphdef, state["grounder"].params)
     out = {}
     for split, tasks in (("held_in", held_in), ("held_out", held_out)):
-      for k, v in agents.evaluate(p, g, io, world, tasks, search_fn, mesh).items():
+      for k, v in moat_agents.evaluate(p, g, io, world, tasks, search_fn, mesh).items():
         out[f"eval/{split}_{k}"] = v
     return out
 
-  methods = [m for m in METHODS if m == "moat" or config.separate.enabled]
-  iters = config.num_iterations
-  ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"), max_to_keep=2)
-  restored = ckpt.restore_latest(saved_part(fresh))
-  if restored is None:
-    done, state = 0, fresh
-    before = evaluate(fresh)
-    extras = {"before": before, "curves": {m: [] for m in methods}, "budgets": [],
-              "buffer": [],  # [task id, subgoals, actions] (stage2.accumulate)
-              "stage_seconds": {"stage1": [], "stage2": []},
-              "seconds": time.perf_counter() - t0}
-  else:
-    done, saved, extras = restored
-    state = with_base(saved)
-  common.truncate_metrics(workdir, done)
-  writer = experiment.MetricWriter(workdir)
-  if restored is None:
-    writer.write(0, {f"{m}/{k}": v for m in methods for k, v in before.items()})
-
-  total = len(methods) * iters
-  end = total if stop_after is None else min(total, done + stop_after)
   q = config.stage1.tasks_per_iteration
-  bar = tqdm.tqdm(range(done, end), initial=done, total=total, desc="MOAT",
-                  disable=not progress)
   gold_p, gold_g = sft_batches(io, gold_tasks)
-  for phase in bar:
-    method, it = methods[phase // iters], phase % iters
-    if it == 0:
-      # Every method starts from the warm-up agents (under LoRA: fresh adapters).
-      state = with_base(jax.tree.map(jnp.copy, saved_part(fresh)))
-    t1 = time.perf_counter()
-    seed = config.seed * 1000 + phase
-    if method == "moat":
-      start = (it * q) % max(len(pool) - q + 1, 1)
-      tasks = pool[start:start + q]
-      p_state, plans, s1 = stage1(p_graphdef, state["planner"], g_graphdef,
-                                  state["grounder"].params, io, tasks, config, dpo_update,
-                                  seed, mesh)
-      replay = [(by_id[i], io.encode(sg), a) for i, sg, a in extras["buffer"]] + gold_replay
-      g_state, pairs, s2 = stage2(g_graphdef, state["grounder"], io, world, tasks, plans,
-                                  critic, config, g_update, seed, mesh, search_fn, replay)
-      if config.stage2.accumulate:  # this iteration's pairs are replayed from now on
-        extras["buffer"] += [[t.id, sg, a] for t, sg, a in pairs]
-      stats = {**s1, **s2}
-      extras["budgets"].append([s1["stage1/updates"], s2["stage2/updates"]])
-      extras["stage_seconds"]["stage1"].append(s1["stage1/seconds"])
-      extras["stage_seconds"]["stage2"].append(s2["stage2/seconds"])
-    else:  # the same number of updates, each agent alone on the gold set
-      p_steps, g_steps = extras["budgets"][it]
-      p_state, _, _ = train.train_minibatches(sep_p_update, state["planner"], gold_p,
-                                              config.stage1.batch_size, seed, steps=p_steps)
-      g_state, _, _ = train.train_minibatches(sep_g_update, state["grounder"], gold_g,
-                                              config.stage2.batch_size, seed, steps=g_steps)
-      stats = {"planner_updates": p_steps, "grounder_updates": g_steps}
+
+  def start():
+    return {"before": evaluate(fresh), "budgets": [],
+            "buffer": [],  # [task id, subgoals, actions] (stage2.accumulate)
+            "stage_seconds": {"stage1": [], "stage2": []},
+            "seconds": time.perf_counter() - t0}
+
+  def moat_phase(state, it, index, extras):
+    seed = config.seed * 1000 + index
+    tasks = common.iteration_slice(pool, it, q)
+    p_state, plans, s1 = stage1(p_graphdef, state["planner"], g_graphdef,
+                                state["grounder"].params, io, tasks, config, dpo_update,
+                                seed, mesh)
+    replay = [(by_id[i], io.encode(sg), a) for i, sg, a in extras["buffer"]] + gold_replay
+    g_state, pairs, s2 = stage2(g_graphdef, state["grounder"], io, world, tasks, plans,
+                                critic, config, g_update, seed, mesh, search_fn, replay)
+    if config.stage2.accumulate:  # this iteration's pairs are replayed from now on
+      extras["buffer"] += [[t.id, sg, a] for t, sg, a in pairs]
+    extras["budgets"].append([s1["stage1/updates"], s2["stage2/updates"]])
+    extras["stage_seconds"]["stage1"].append(s1["stage1/seconds"])
+    extras["stage_seconds"]["stage2"].append(s2["stage2/seconds"])
     state = {"planner": p_state, "grounder": g_state}
-    scores = evaluate(state)
-    extras["curves"][method].append(scores)
-    extras["seconds"] += time.perf_counter() - t1
-    writer.write(phase + 1, {"iteration": it + 1, **{f"{method}/{k}": v for k, v in
-                                                     {**stats, **scores}.items()}})
-    bar.set_postfix(method=method, held_in=f"{scores['eval/held_in_success']:.1f}",
-                    held_out=f"{scores['eval/held_out_success']:.1f}")
-    ckpt.save(phase + 1, saved_part(state), extras)
-  writer.close()
-  ckpt.close()
-  plot_success(workdir, extras)
-  summary = _summary(extras, methods)
-  if end == total:
-    experiment.write_summary(workdir, summary)
-  return summary
+    return state, {**s1, **s2}, evaluate(state)
 
+  def separate_phase(state, it, index, extras):
+    """MOAT's number of updates of that iteration, each agent alone on the gold set."""
+    seed = config.seed * 1000 + index
+    p_steps, g_steps = extras["budgets"][it]
+    p_state, _, _ = train.train_minibatches(sep_p_update, state["planner"], gold_p,
+                                            config.stage1.batch_size, seed, steps=p_steps)
+    g_state, _, _ = train.train_minibatches(sep_g_update, state["grounder"], gold_g,
+                                            config.stage2.batch_size, seed, steps=g_steps)
+    state = {"planner": p_state, "grounder": g_state}
+    return state, {"planner_updates": p_steps, "grounder_updates": g_steps}, evaluate(state)
 
-def plot_success(workdir, extras):
-  """Held-in / held-out success per iteration (0 = warm-up), MOAT vs separate."""
-  from matplotlib.figure import Figure  # pylint: disable=g-import-not-at-top
-  fig = Figure(figsize=(10, 3.5))
-  for ax, split in zip(fig.subplots(1, 2), ("held_in", "held_out")):
-    key = f"eval/{split}_success"
-    for method, curve in extras["curves"].items():
-      ys = [extras["before"][key]] + [c[key] for c in curve]
-      ax.plot(range(len(ys)), ys, marker="o", label=method)
-    ax.set_title(f"{split.replace('_', '-')} success (%)")
-    ax.set_xlabel("iteration (0 = warm-up)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-  fig.suptitle("MOAT vs separately fine-tuned agents")
-  fig.tight_layout()
-  fig.savefig(os.path.join(workdir, "success.png"), dpi=110)
+  phases = {"moat": moat_phase}
+  if config.separate.enabled:  # the baseline runs after MOAT, whose update counts it matches
+    phases["separate"] = separate_phase
+  methods = list(phases)
+  start_scores = lambda extras, method: extras["before"]
 
+  def summarize(extras):
+    """MOAT's keys bare, the separate baseline's prefixed by its name."""
+    splits = {s: f"eval/{s}_success" for s in ("held_in", "held_out")}
+    return {"train/seconds": extras["seconds"],
+            "time/stage1_seconds": extras["stage_seconds"]["stage1"],
+            "time/stage2_seconds": extras["stage_seconds"]["stage2"],
+            **common.per_method_summary(extras, methods, "moat", splits, start_scores)}
 
-def _summary(extras, methods):
-  before = extras["before"]
-  out = {"train/seconds": extras["seconds"],
-         "time/stage1_seconds": extras["stage_seconds"]["stage1"],
-         "time/stage2_seconds": extras["stage_seconds"]["stage2"]}
-  for m in methods:
-    curve = extras["curves"][m]
-    prefix = "" if m == "moat" else f"{m}/"
-    last = curve[-1] if curve else before
-    for split in ("held_in", "held_out"):
-      key = f"eval/{split}_success"
-      out[f"{prefix}eval/{split}_before"] = before[key]
-      out[f"{prefix}eval/{split}_after"] = last[key]
-      out[f"{prefix}eval/{split}_per_iteration"] = [c[key] for c in curve]
-  return out
+  plot = lambda extras: common.plot_per_iteration(
+      workdir, "success.png", extras["curves"], lambda _: extras["before"],
+      {"eval/held_in_success": "held-in success (%)",
+       "eval/held_out_success": "held-out success (%)"},
+      "MOAT vs separately fine-tuned agents")
+  return common.run_phases(workdir, fresh, phases, config.num_iterations, start=start,
+                           start_scores=start_scores, summarize=summarize,
+                           plot=plot, desc="MOAT",
+                           postfix={"held_in": "eval/held_in_success",
+                                    "held_out": "eval/held_out_success"},
+                           stop_after=stop_after, progress=progress)
 
 
 if __name__ == "__main__":

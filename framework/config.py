@@ -11,11 +11,30 @@ import jax.numpy as jnp
 SUPPORTED_MODEL_TYPES = ("llama", "qwen2")
 SUPPORTED_ROPE_TYPES = ("default", "linear", "llama3")
 
+# Rematerialisation of the decoder layers in training (`jax.checkpoint`
+# policies): what the backward pass keeps from the forward pass.
+#   none           keep every activation (fastest, most memory)
+#   full           keep only each layer's input; recompute the layer
+#   dots_saveable  keep matmul outputs, recompute the element-wise ops
+#   dots_with_no_batch_dims_saveable  keep the weight matmuls' outputs only
+#                  (recompute attention scores)
+REMAT_POLICIES = ("none", "full", "dots_saveable",
+                  "dots_with_no_batch_dims_saveable")
+
 _DTYPES = {
     "float32": jnp.float32,
     "bfloat16": jnp.bfloat16,
     "float16": jnp.float16,
 }
+
+
+DTYPE_NAMES = tuple(_DTYPES)
+
+# config.json keys that `to_hf_dict` writes in its own spelling (or that
+# transformers writes itself), so a source config's copy is not carried over.
+_REWRITTEN_HF_KEYS = frozenset({
+    "rope_scaling", "rope_parameters", "rope_theta", "torch_dtype", "dtype",
+    "transformers_version", "_name_or_path", "architectures", "model_type"})
 
 
 def as_dtype(dtype: Any) -> jnp.dtype:
@@ -67,10 +86,13 @@ class ModelConfig:
   param_dtype: str = "float32"
   dtype: str = "float32"
   # Attention implementation, a name in `framework.attention.ATTENTION_IMPLS`:
-  # "dense" (default) or "block_sparse" (DeltaLLM-style hybrid, see
+  # "auto" (default: "dot_product", i.e. cuDNN flash attention, on a GPU with
+  # bf16/fp16 compute, "dense" otherwise), "dense" (softmax attention in XLA),
+  # "dot_product" (`jax.nn.dot_product_attention`), or "block_sparse"
+  # (DeltaLLM-style hybrid, see
   # `framework/sparse_attention.py`). The `sparse_*` fields are read only by
   # "block_sparse"; they are alignax-only and never written to config.json.
-  attention_impl: str = "dense"
+  attention_impl: str = "auto"
   sparse_window: int = 1024      # exact causal window, in keys incl. self
   sparse_sinks: int = 4          # first real tokens of each row, always seen
   sparse_top_k: int = 8          # earlier whole key blocks picked per q block
@@ -79,9 +101,18 @@ class ModelConfig:
   # `alignax.kernels.block_sparse_attention` implementation: "auto" picks the
   # Pallas kernel on GPU/TPU and the gathered XLA path on CPU.
   sparse_implementation: str = "auto"
+  # Rematerialisation of each decoder layer when no KV cache is used (the
+  # training forward): one of `REMAT_POLICIES`. alignax-only, not in
+  # config.json; it changes memory and speed, never values.
+  remat: str = "none"
   bos_token_id: int | None = None
   eos_token_id: int | tuple[int, ...] | None = None
   pad_token_id: int | None = None
+  # The config.json this was read from (if any): `to_hf_dict` writes its fields
+  # that alignax does not use back unchanged (e.g. Qwen2's max_window_layers).
+  # Not part of equality or the hash, so it never causes a recompilation.
+  hf_source: Mapping[str, Any] | None = dataclasses.field(
+      default=None, compare=False, repr=False)
 
   def __post_init__(self):
     for name in _POSITIVE_INT_FIELDS:
@@ -113,6 +144,8 @@ class ModelConfig:
           f" {SUPPORTED_ROPE_TYPES}.")
     as_dtype(self.param_dtype)
     as_dtype(self.dtype)
+    if self.remat not in REMAT_POLICIES:
+      raise ValueError(f"remat={self.remat!r}; choose one of {REMAT_POLICIES}.")
     if self.attention_impl == "block_sparse":
       if self.sparse_window < 1:
         raise ValueError(f"sparse_window must be >= 1, got {self.sparse_window}.")
@@ -182,6 +215,7 @@ class ModelConfig:
         bos_token_id=hf.get("bos_token_id"),
         eos_token_id=tuple(eos) if isinstance(eos, list) else eos,
         pad_token_id=hf.get("pad_token_id"),
+        hf_source=hf,
     )
     kwargs.update(overrides)
     return cls(**kwargs)
@@ -230,7 +264,11 @@ class ModelConfig:
       raise ValueError(f"{file}: {detail}. Fix the field or re-save the model.") from None
 
   def to_hf_dict(self) -> dict[str, Any]:
-    """The transformers config.json fields for this model."""
+    """The transformers config.json fields for this model.
+
+    Fields of the config.json it was read from that alignax does not model
+    (`hf_source`) are kept; the ones it does are written from this config.
+    """
     rope = {"rope_type": "default", **self.rope_dict, "rope_theta": self.rope_theta}
     out = {
         "model_type": self.model_type,
@@ -264,4 +302,5 @@ class ModelConfig:
       out["mlp_bias"] = self.mlp_bias
     elif self.o_bias or self.mlp_bias or not self.qkv_bias:
       raise ValueError("Qwen2 has q/k/v biases only (qkv_bias=True).")
-    return out
+    kept = {k: v for k, v in (self.hf_source or {}).items() if k not in _REWRITTEN_HF_KEYS}
+    return {**kept, **out}

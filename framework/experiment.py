@@ -182,6 +182,10 @@ class MetricWriter:
       if isinstance(v, (int, float)) and not isinstance(v, bool):
         self._tb.add_scalar(k, v, int(step))
 
+  def write_text(self, step: int, tag: str, text: str) -> None:
+    """TensorBoard text (markdown) under `tag`."""
+    self._tb.add_text(tag, text, int(step))
+
   def close(self) -> None:
     self._jsonl.close()
     self._tb.close()

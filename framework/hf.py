@@ -8,7 +8,8 @@ from __future__ import annotations
 import json
 import os
 import re
-from typing import Iterator
+import shutil
+from typing import Iterator, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -208,3 +209,77 @@ def load_tokenizer(path: str, config: ModelConfig | None = None):
         f" vocab_size is {config.vocab_size}: token ids would index past the"
         " embedding. Use the tokenizer the model was trained with.")
   return tokenizer
+
+
+_GENERATION_CONFIG = "generation_config.json"
+
+
+def stop_token_ids(path: str | None, tokenizer=None, config: ModelConfig | None = None
+                  ) -> tuple[int, ...]:
+  """Every id that ends a completion, as transformers' `generate` stops.
+
+  The tokenizer's EOS, the model config's `eos_token_id` and every
+  `eos_token_id` of `path/generation_config.json` (Llama 3 lists several, e.g.
+  `<|end_of_text|>`, `<|eom_id|>`, `<|eot_id|>`).
+  """
+  ids = []
+  if tokenizer is not None and tokenizer.eos_token_id is not None:
+    ids.append(tokenizer.eos_token_id)
+  sources = [config.eos_token_id if config is not None else None]
+  if path and os.path.exists(os.path.join(path, _GENERATION_CONFIG)):
+    with open(os.path.join(path, _GENERATION_CONFIG)) as f:
+      sources.append(json.load(f).get("eos_token_id"))
+  for eos in sources:
+    if eos is not None:
+      ids.extend(eos if isinstance(eos, (list, tuple)) else [eos])
+  return tuple(sorted({int(i) for i in ids}))
+
+
+def pad_token_id(tokenizer, stop_ids: Sequence[int] = ()) -> int:
+  """The tokenizer's pad id, else its first stop id, else 0.
+
+  Llama 3 and Qwen2.5 base tokenizers may have no pad token; padded positions
+  are masked out everywhere, so any in-vocabulary id works.
+  """
+  if tokenizer.pad_token_id is not None:
+    return int(tokenizer.pad_token_id)
+  return int(stop_ids[0]) if stop_ids else 0
+
+
+def export_pretrained(model: Decoder, path: str, *, tokenizer=None, source: str | None = None,
+                      stop_ids: Sequence[int] = ()) -> str:
+  """Writes a complete Hugging Face model directory: weights, config, tokenizer
+  (with its chat template) and generation config.
+
+  The generation config is `source`'s `generation_config.json` if it has one,
+  else one with `stop_ids` as `eos_token_id`. The directory is written under a
+  temporary name and renamed, so `path` is never half written.
+
+  Args:
+    model: the `Decoder` to save.
+    path: output directory (replaced if it exists).
+    tokenizer: saved with `save_pretrained` (optional).
+    source: the model directory training started from (optional).
+    stop_ids: ids that end a completion (see `stop_token_ids`).
+  Returns:
+    `path`.
+  """
+  import transformers
+
+  tmp = path.rstrip(os.sep) + ".tmp"
+  shutil.rmtree(tmp, ignore_errors=True)
+  save_pretrained(model, tmp)
+  if tokenizer is not None:
+    tokenizer.save_pretrained(tmp)
+  if source and os.path.exists(os.path.join(source, _GENERATION_CONFIG)):
+    shutil.copy(os.path.join(source, _GENERATION_CONFIG), tmp)
+  else:
+    eos = list(stop_ids) or model.config.eos_token_id
+    transformers.GenerationConfig(
+        bos_token_id=model.config.bos_token_id,
+        eos_token_id=eos[0] if isinstance(eos, list) and len(eos) == 1 else eos,
+        pad_token_id=(tokenizer.pad_token_id if tokenizer is not None
+                      else model.config.pad_token_id)).save_pretrained(tmp)
+  shutil.rmtree(path, ignore_errors=True)
+  os.replace(tmp, path)
+  return path

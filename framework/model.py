@@ -11,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 import math
 
-import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -19,6 +18,14 @@ from flax import nnx
 
 from alignax.framework import attention as attention_lib
 from alignax.framework.config import ModelConfig, as_dtype
+
+# `ModelConfig.remat` -> `jax.checkpoint` policy (None: save nothing).
+_REMAT_POLICY = {
+    "full": None,
+    "dots_saveable": jax.checkpoint_policies.dots_saveable,
+    "dots_with_no_batch_dims_saveable":
+        jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
 
 
 @jax.tree_util.register_dataclass
@@ -204,6 +211,31 @@ class DecoderLayer(nnx.Module):
     return x, layer_cache
 
 
+def _check_inputs(config: ModelConfig, input_ids, attention_mask, positions) -> None:
+  """Errors that name the argument for wrong shapes, dtypes or token ids.
+
+  Shapes are checked always (they are static under jit); the token-id range
+  only for concrete arrays (outside jit), where it costs one host copy.
+  """
+  shape = getattr(input_ids, "shape", None)
+  if shape is None or len(shape) != 2:
+    raise ValueError(f"input_ids must be an int array [batch, length], got shape {shape}.")
+  if not jnp.issubdtype(input_ids.dtype, jnp.integer):
+    raise TypeError(f"input_ids must hold integer token ids, got dtype {input_ids.dtype}.")
+  for name, arr in (("attention_mask", attention_mask), ("positions", positions)):
+    if arr is not None and tuple(getattr(arr, "shape", ())) != tuple(shape):
+      raise ValueError(f"{name} has shape {tuple(getattr(arr, 'shape', ()))}, but input_ids"
+                       f" has shape {tuple(shape)}; they must match.")
+  if not isinstance(input_ids, jax.core.Tracer) and np.size(input_ids):
+    ids = np.asarray(input_ids)
+    lo, hi = int(ids.min()), int(ids.max())
+    if lo < 0 or hi >= config.vocab_size:
+      bad = lo if lo < 0 else hi
+      where = tuple(int(i) for i in np.argwhere(ids == bad)[0])
+      raise ValueError(f"input_ids{list(where)} = {bad} is outside the vocabulary [0,"
+                       f" {config.vocab_size}); was it encoded with another tokenizer?")
+
+
 class Decoder(nnx.Module):
   """Causal decoder LM (Llama / Qwen2).
 
@@ -239,7 +271,8 @@ class Decoder(nnx.Module):
                    preferred_element_type=jnp.float32)
 
   def forward(self, input_ids, *, attention_mask=None, positions=None,
-              cache: KVCache | None = None, cache_index=0):
+              cache: KVCache | None = None, cache_index=0,
+              train: bool = False):
     """Runs the decoder and returns (final-normed hidden [B, T, H], cache).
 
     Args:
@@ -250,13 +283,15 @@ class Decoder(nnx.Module):
         [cache_index, cache_index + T) and the queries attend to every filled
         slot up to their own. None: plain causal attention over the T tokens.
       cache_index: int32 scalar, the first slot to write.
+      train: a forward that will be differentiated: applies
+        `config.remat` to the layers (the sampler and evaluation leave it
+        False, so they never pay for rematerialisation).
     """
-    chex.assert_rank(input_ids, 2)
+    _check_inputs(self.config, input_ids, attention_mask, positions)
     b, t = input_ids.shape
     if attention_mask is None:
       attention_mask = jnp.ones((b, t), bool)
-    chex.assert_shape(attention_mask, (b, t))
-    attention_mask = attention_mask.astype(bool)
+    attention_mask = jnp.asarray(attention_mask).astype(bool)
     if positions is None:
       positions = positions_from_mask(attention_mask)
     if cache is None:
@@ -272,9 +307,14 @@ class Decoder(nnx.Module):
         as_dtype(self.config.dtype))
     inv_freq = jnp.asarray(rope_inv_freq(self.config))  # a compile-time constant
     new_k, new_v = [], []
+    call = DecoderLayer.__call__
+    if train and self.config.remat != "none":
+      # Recompute each layer in the backward pass, keeping what the policy saves.
+      call = nnx.remat(call, policy=_REMAT_POLICY[self.config.remat])
     for i, layer in enumerate(self.layers):
       layer_cache = None if cache is None else (cache.k[i], cache.v[i])
-      x, layer_cache = layer(x, positions, inv_freq, mask, layer_cache, cache_index)
+      x, layer_cache = call(layer, x, positions, inv_freq, mask, layer_cache,
+                            cache_index)
       if cache is not None:
         new_k.append(layer_cache[0])
         new_v.append(layer_cache[1])

@@ -75,19 +75,59 @@ class SamplingParams:
   no_repeat_token_ids: tuple[int, ...] = ()
 
   def validate(self, vocab_size: int) -> None:
-    if self.max_new_tokens < 1:
-      raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}.")
-    if not (self.temperature >= 0.0 and np.isfinite(self.temperature)):
+    if not _is_int(self.max_new_tokens) or self.max_new_tokens < 1:
+      raise ValueError(f"max_new_tokens must be an integer >= 1, got {self.max_new_tokens!r}.")
+    if not (_is_number(self.temperature) and self.temperature >= 0.0):
       raise ValueError(
-          f"temperature must be a finite number >= 0 (0 = greedy), got {self.temperature}.")
-    if self.top_k is not None and not 1 <= self.top_k:
-      raise ValueError(f"top_k must be a positive integer or None, got {self.top_k}.")
-    if self.top_p is not None and not 0.0 < self.top_p <= 1.0:
-      raise ValueError(f"top_p must be in (0, 1] or None, got {self.top_p}.")
+          f"temperature must be a finite number >= 0 (0 = greedy), got {self.temperature!r}.")
+    if self.top_k is not None and not (_is_int(self.top_k) and self.top_k >= 1):
+      raise ValueError(f"top_k must be a positive integer or None (no top-k filtering),"
+                       f" got {self.top_k!r}.")
+    if self.top_p is not None and not (_is_number(self.top_p) and 0.0 < self.top_p <= 1.0):
+      raise ValueError(f"top_p must be in (0, 1] or None (no nucleus filtering), got"
+                       f" {self.top_p!r}.")
     for t in self.stop_token_ids + (self.pad_token_id,) + self.no_repeat_token_ids:
       if not 0 <= t < vocab_size:
         raise ValueError(f"Token id {t} (stop, pad or no-repeat) is outside the vocabulary"
                          f" [0, {vocab_size}).")
+
+
+def _is_int(x) -> bool:
+  return isinstance(x, (int, np.integer)) and not isinstance(x, (bool, np.bool_))
+
+
+def _is_number(x) -> bool:
+  return (_is_int(x) or isinstance(x, (float, np.floating))) and bool(np.isfinite(x))
+
+
+def _check_prompts(prompts, vocab_size: int) -> list[list[int]]:
+  """`prompts` (token-id lists, or an int array [B, P]) as lists of ints, with
+  one error naming the prompt and token for each way they can be wrong."""
+  if isinstance(prompts, (str, bytes)) or not hasattr(prompts, "__len__"):
+    raise TypeError(f"prompts must be a list of token-id lists, got {type(prompts).__name__}.")
+  if len(prompts) == 0:
+    raise ValueError("prompts is empty (an empty prompt list); generate() needs at least one"
+                     " prompt.")
+  rows = []
+  for i, p in enumerate(prompts):
+    if isinstance(p, (str, bytes)):
+      raise TypeError(f"prompts[{i}] is a string; encode it with the tokenizer first.")
+    arr = np.asarray(p)
+    if arr.ndim != 1:
+      raise ValueError(f"prompts[{i}] has shape {arr.shape}; each prompt is a 1-D list of"
+                       " token ids.")
+    if arr.size == 0:
+      raise ValueError(f"prompts[{i}] is empty; every prompt needs at least one token"
+                       " (e.g. the BOS token).")
+    if arr.dtype.kind not in "iu":
+      raise TypeError(f"prompts[{i}] holds {arr.dtype} values; token ids are integers.")
+    bad = (arr < 0) | (arr >= vocab_size)
+    if bad.any():
+      j = int(bad.argmax())
+      raise ValueError(f"prompts[{i}][{j}] = {int(arr[j])} is outside the vocabulary"
+                       f" [0, {vocab_size}); was it encoded with another tokenizer?")
+    rows.append(arr.astype(np.int64).tolist())
+  return rows
 
 
 def filter_logits(logits: jax.Array, top_k: int | None, top_p: float | None) -> jax.Array:
@@ -150,18 +190,18 @@ def _draw_from_weights(key, weights, block: int = 256):
   return (blk * block + jnp.minimum(idx, last_nz)).astype(jnp.int32)
 
 
-def sample_next(key, logits, params: SamplingParams):
+def sample_next(key, logits, sampling_params: SamplingParams):
   """Samples tokens [B] from float32 logits [B, V]; returns (tokens, logprobs).
 
   One exp pass over [B, V] serves both the draw and the log-prob when nothing
   is filtered (the row max survives any filtering, so it is shared).
   """
   rows = jnp.arange(logits.shape[0])
-  if params.temperature == 0.0:
+  if sampling_params.temperature == 0.0:
     tokens = jnp.argmax(logits, axis=-1)
     return tokens.astype(jnp.int32), logits[rows, tokens] - jax.nn.logsumexp(logits, axis=-1)
-  scaled = logits / params.temperature
-  filtered = filter_logits(scaled, params.top_k, params.top_p)
+  scaled = logits / sampling_params.temperature
+  filtered = filter_logits(scaled, sampling_params.top_k, sampling_params.top_p)
   top = jnp.max(scaled, axis=-1, keepdims=True)
   weights = jnp.exp(filtered - top)
   tokens = _draw_from_weights(key, weights)
@@ -189,7 +229,8 @@ def prefill(graphdef, state, ids, mask, *, slots, repeats=1):
   return out
 
 
-def decode_loop(model, cache, logits, positions, start, key, done, budget, params):
+def decode_loop(model, cache, logits, positions, start, key, done, budget,
+                sampling_params):
   """The decode `while_loop`, shared by `decode` and multi-turn rollouts.
 
   Args:
@@ -202,11 +243,11 @@ def decode_loop(model, cache, logits, positions, start, key, done, budget, param
     done: bool [B], rows that write nothing (their slots stay holes).
     budget: int32 [B], the most tokens row b may write.
   Returns (tokens [B, N], mask [B, N], logprobs [B, N], steps, cache), N =
-  `params.max_new_tokens`; `steps` is the number of slots used. Stops early
+  `sampling_params.max_new_tokens`; `steps` is the number of slots used. Stops early
   when every row is done (stop token, budget, or done from the start).
   """
-  b, n = logits.shape[0], params.max_new_tokens
-  stop = jnp.asarray(params.stop_token_ids or (-1,), jnp.int32)
+  b, n = logits.shape[0], sampling_params.max_new_tokens
+  stop = jnp.asarray(sampling_params.stop_token_ids or (-1,), jnp.int32)
   done = done | (budget <= 0)
 
   def cond(carry):
@@ -215,15 +256,15 @@ def decode_loop(model, cache, logits, positions, start, key, done, budget, param
 
   def body(carry):
     i, cache, logits, done, key, tokens, mask, logps = carry
-    if params.no_repeat_token_ids:  # mask the no-repeat ids this row already wrote
-      ids = jnp.asarray(params.no_repeat_token_ids, jnp.int32)
+    if sampling_params.no_repeat_token_ids:  # mask the no-repeat ids this row already wrote
+      ids = jnp.asarray(sampling_params.no_repeat_token_ids, jnp.int32)
       seen = jnp.any((tokens[:, :, None] == ids) & mask[:, :, None], axis=1)  # [B, R]
       logits = logits.at[:, ids].set(
           jnp.where(seen, jnp.finfo(logits.dtype).min, logits[:, ids]))
     key, sub = jax.random.split(key)
-    tok, logp = sample_next(sub, logits, params)
+    tok, logp = sample_next(sub, logits, sampling_params)
     live = ~done
-    tok = jnp.where(live, tok, params.pad_token_id)
+    tok = jnp.where(live, tok, sampling_params.pad_token_id)
     tokens = tokens.at[:, i].set(tok)
     mask = mask.at[:, i].set(live)
     logps = logps.at[:, i].set(jnp.where(live, logp, 0.0))
@@ -234,16 +275,16 @@ def decode_loop(model, cache, logits, positions, start, key, done, budget, param
     return (i + 1, cache, model.logits(hidden[:, 0]), done, key, tokens, mask, logps)
 
   carry = (jnp.int32(0), cache, logits, done, key,
-           jnp.full((b, n), params.pad_token_id, jnp.int32), jnp.zeros((b, n), bool),
+           jnp.full((b, n), sampling_params.pad_token_id, jnp.int32), jnp.zeros((b, n), bool),
            jnp.zeros((b, n), jnp.float32))
   steps, cache, _, _, _, tokens, mask, logps = jax.lax.while_loop(cond, body, carry)
   return tokens, mask, logps, steps, cache
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef", "params"),
+@functools.partial(jax.jit, static_argnames=("graphdef", "sampling_params"),
                    donate_argnames=("cache",))
-def decode(graphdef, state, cache, logits, positions, start, key, *, params):
-  """Samples up to `params.max_new_tokens` tokens per row with a while_loop.
+def decode(graphdef, state, cache, logits, positions, start, key, *, sampling_params):
+  """Samples up to `sampling_params.max_new_tokens` tokens per row with a while_loop.
 
   Args:
     cache: `KVCache` holding the prompts in slots [0, start); donated.
@@ -258,7 +299,8 @@ def decode(graphdef, state, cache, logits, positions, start, key, *, params):
   b = logits.shape[0]
   tokens, mask, logps, _, cache = decode_loop(
       nnx.merge(graphdef, state), cache, logits, positions, start, key,
-      jnp.zeros((b,), bool), jnp.full((b,), params.max_new_tokens, jnp.int32), params)
+      jnp.zeros((b,), bool), jnp.full((b,), sampling_params.max_new_tokens, jnp.int32),
+      sampling_params)
   return tokens, mask, logps, cache
 
 
@@ -267,9 +309,13 @@ def bucket_length(n: int, limit: int) -> int:
   return min(max(_MIN_BUCKET, 1 << (max(n, 1) - 1).bit_length()), limit)
 
 
-def pad_prompts(prompts: Sequence[Sequence[int]], length: int, pad_token_id: int):
-  """Left-pads token lists to `length`: (ids int32 [B, length], mask bool)."""
-  ids = np.full((len(prompts), length), pad_token_id, np.int32)
+def pad_prompts(prompts: Sequence[Sequence[int]], length: int, pad_token_id: int | None):
+  """Left-pads token lists to `length`: (ids int32 [B, length], mask bool).
+
+  `pad_token_id=None` (tokenizers without a pad token, e.g. Llama 3) pads with
+  0: padded positions are masked, so the id is never seen.
+  """
+  ids = np.full((len(prompts), length), 0 if pad_token_id is None else pad_token_id, np.int32)
   mask = np.zeros((len(prompts), length), bool)
   for i, p in enumerate(prompts):
     if len(p):
@@ -311,10 +357,16 @@ def generate(model: Decoder, prompts: Sequence[Sequence[int]], *, max_new_tokens
       returned log-probs are those of the masked distribution).
   """
   config = model.config
-  if not prompts:
-    raise ValueError("generate() got an empty prompt list.")
-  if num_generations < 1:
-    raise ValueError(f"num_generations must be >= 1, got {num_generations}.")
+  prompts = _check_prompts(prompts, config.vocab_size)
+  if not _is_int(num_generations) or num_generations < 1:
+    raise ValueError(f"num_generations must be an integer >= 1, got {num_generations!r}.")
+  if not _is_int(max_new_tokens) or max_new_tokens < 1:
+    raise ValueError(f"max_new_tokens must be an integer >= 1, got {max_new_tokens!r}.")
+  if not (_is_int(seed) or isinstance(seed, jax.Array)):
+    raise TypeError(f"seed must be an int or a PRNG key, got {type(seed).__name__}.")
+  if temperature is None or not _is_number(temperature):
+    raise ValueError(f"temperature must be a finite number >= 0 (0 = greedy), got"
+                     f" {temperature!r}.")
   limit = config.max_position_embeddings - max_new_tokens
   longest = max(len(p) for p in prompts)
   if longest > limit:
@@ -322,25 +374,23 @@ def generate(model: Decoder, prompts: Sequence[Sequence[int]], *, max_new_tokens
         f"A prompt has {longest} tokens but the model's maximum length"
         f" ({config.max_position_embeddings}) minus max_new_tokens ({max_new_tokens})"
         f" leaves room for {limit}. Shorten the prompt or max_new_tokens.")
-  if any(len(p) == 0 for p in prompts):
-    raise ValueError("generate() got an empty prompt; every prompt needs a token.")
   if pad_token_id is None:
     pad_token_id = config.pad_token_id if config.pad_token_id is not None else 0
-  params = SamplingParams(
+  sampling_params = SamplingParams(
       max_new_tokens=max_new_tokens, temperature=float(temperature), top_k=top_k,
       top_p=top_p, pad_token_id=int(pad_token_id),
       stop_token_ids=tuple(sorted(set(_as_tuple(eos_token_id) + _as_tuple(stop_token_ids)))),
       no_repeat_token_ids=tuple(sorted(set(_as_tuple(no_repeat_token_ids)))))
-  params.validate(config.vocab_size)
+  sampling_params.validate(config.vocab_size)
 
   # The prompt pass runs once per prompt; its cache is repeated per completion.
   rows = list(prompts)
   num_rows = len(rows) * num_generations
   if mesh is not None:
     shards = mesh.shape["data"] * mesh.shape["fsdp"]
-    rows += [[params.pad_token_id]] * (-len(rows) % shards)
+    rows += [[sampling_params.pad_token_id]] * (-len(rows) % shards)
   length = bucket_length(longest, limit)
-  host_ids, host_mask = pad_prompts(rows, length, params.pad_token_id)
+  host_ids, host_mask = pad_prompts(rows, length, sampling_params.pad_token_id)
   ids, mask = host_ids, host_mask
   if mesh is not None:
     ids, mask = (jax.device_put(a, sharding_lib.batch_sharding(mesh)) for a in (ids, mask))
@@ -352,6 +402,14 @@ def generate(model: Decoder, prompts: Sequence[Sequence[int]], *, max_new_tokens
   ids, mask = (np.repeat(a, num_generations, axis=0) for a in (host_ids, host_mask))
   positions = jnp.asarray(mask.sum(axis=1), jnp.int32)
   tokens, out_mask, logprobs, _ = decode(graphdef, state, cache, logits, positions,
-                                      jnp.int32(length), key, params=params)
+                                      jnp.int32(length), key, sampling_params=sampling_params)
   return Generation(tokens[:num_rows], out_mask[:num_rows], logprobs[:num_rows],
                     jnp.asarray(ids[:num_rows]), jnp.asarray(mask[:num_rows]))
+
+
+def generate_from_state(graphdef, state, prompts: Sequence[Sequence[int]],
+                        **kwargs) -> Generation:
+  """`generate` for the model handle the rest of alignax passes around:
+  `(graphdef, state)` as split by `nnx.split` / held by a `TrainState`
+  (`state` may be `TrainState.params`). Keyword arguments as `generate`."""
+  return generate(nnx.merge(graphdef, state), prompts, **kwargs)

@@ -62,18 +62,26 @@ def trainable_params(params: nnx.State) -> nnx.State:
   return lora.partition(params)[0] if lora.has_adapters(params) else params
 
 
-def checkpoint_state(state: TrainState) -> TrainState:
-  """What a checkpoint must hold: `state` without the frozen base under LoRA
-  (it is read again from the model directory; see `from_checkpoint_state`)."""
-  return dataclasses.replace(state, params=trainable_params(state.params))
+def _is_state(x) -> bool:
+  return isinstance(x, TrainState)
 
 
-def from_checkpoint_state(state: TrainState, saved: TrainState) -> TrainState:
-  """`saved` (a restored `checkpoint_state`) with the frozen part of `state`."""
-  if not lora.has_adapters(state.params):
-    return saved
-  return dataclasses.replace(saved, params=lora.combine(saved.params,
-                                                        lora.partition(state.params)[1]))
+def checkpoint_state(state):
+  """What a checkpoint must hold of a `TrainState` (or a pytree of them, e.g.
+  {name: TrainState}): under LoRA the frozen base is left out (it is read
+  again from the model directory; see `from_checkpoint_state`)."""
+  def one(s):
+    return dataclasses.replace(s, params=trainable_params(s.params)) if _is_state(s) else s
+  return jax.tree.map(one, state, is_leaf=_is_state)
+
+
+def from_checkpoint_state(state, saved):
+  """`saved` (a restored `checkpoint_state(state)`) with the frozen parts of `state`."""
+  def one(s, v):
+    if not (_is_state(s) and lora.has_adapters(s.params)):
+      return v
+    return dataclasses.replace(v, params=lora.combine(v.params, lora.partition(s.params)[1]))
+  return jax.tree.map(one, state, saved, is_leaf=_is_state)
 
 
 def init_train_state(model: Decoder, optimizer: optax.GradientTransformation):
@@ -103,7 +111,8 @@ def completion_logprobs(graphdef, params, sequences, attention_mask, completion_
   if prompt_groups > 1:
     hidden = _shared_prompt_hidden(model, sequences, attention_mask, c, prompt_groups)
   else:
-    hidden, _ = model.forward(sequences, attention_mask=attention_mask)
+    hidden, _ = model.forward(sequences, attention_mask=attention_mask,
+                              train=True)
     hidden = hidden[:, -c - 1:-1]
   return fused_logprobs_and_entropy(
       hidden, model.unembedding(), completion_tokens, temperature=temperature,
@@ -121,7 +130,7 @@ def _shared_prompt_hidden(model: Decoder, sequences, attention_mask, c: int, gro
   prompt_mask = attention_mask[::groups, :p]
   cache = KVCache.zeros(model.config, n // groups, length - 1)
   prompt_hidden, cache = model.forward(sequences[::groups, :p], attention_mask=prompt_mask,
-                                       cache=cache, cache_index=0)
+                                       cache=cache, cache_index=0, train=True)
   first = jnp.repeat(prompt_hidden[:, -1:], groups, axis=0)  # predicts completion token 0
   if c == 1:
     return first
@@ -131,7 +140,7 @@ def _shared_prompt_hidden(model: Decoder, sequences, attention_mask, c: int, gro
   prompt_len = jnp.repeat(prompt_mask.sum(axis=1), groups)
   positions = jnp.where(mask, prompt_len[:, None] + jnp.cumsum(mask, axis=1) - 1, 0)
   rest, _ = model.forward(sequences[:, p:-1], attention_mask=mask, positions=positions,
-                          cache=cache, cache_index=p)
+                          cache=cache, cache_index=p, train=True)
   return jnp.concatenate([first, rest], axis=1)
 
 
@@ -165,19 +174,22 @@ def accumulate_and_apply(state: TrainState, batch, terms_fn: Callable, optimizer
   def body(acc, indexed_mb):
     (num, (den, metrics)), grads = grad_fn(trainable, indexed_mb[1], indexed_mb[0])
     g_acc, num_acc, den_acc, m_acc = acc
-    return (jax.tree.map(jnp.add, g_acc, grads), num_acc + num, den_acc + den,
+    g_acc = jax.tree.map(lambda a, g: a + g.astype(a.dtype), g_acc, grads)
+    return (g_acc, num_acc + num, den_acc + den,
             jax.tree.map(jnp.add, m_acc, metrics)), None
 
   micro = _split_micro(batch, micro_batches)
   first = jax.tree.map(lambda x: x[0], micro)
   (_, (_, metrics_shape)) = jax.eval_shape(loss_fn, trainable, first, 0)
-  zeros = jax.tree.map(jnp.zeros_like, trainable)
+  # Gradients accumulate in f32 whatever the parameter dtype, and are cast
+  # back to it, so bf16 parameters keep bf16 optimiser moments.
+  zeros = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), trainable)
   init = (zeros, jnp.float32(0), jnp.float32(0),
           jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), metrics_shape))
   (grads, num, den, metrics), _ = jax.lax.scan(
       body, init, (jnp.arange(micro_batches, dtype=jnp.int32), micro))
   scale = 1.0 / jnp.maximum(den, 1.0)
-  grads = jax.tree.map(lambda g: g * scale, grads)
+  grads = jax.tree.map(lambda g, p: (g * scale).astype(p.dtype), grads, trainable)
   updates, opt_state = optimizer.update(grads, state.opt_state, trainable)
   params = optax.apply_updates(trainable, updates)
   if frozen is not None:
@@ -212,7 +224,7 @@ def jit_donating_state(update_fn: Callable) -> Callable:
 
 
 def make_grpo_update(graphdef, optimizer: optax.GradientTransformation, *,
-                     loss_kwargs: Mapping[str, Any], temperature: float = 1.0,
+                     loss: objectives.PolicyLossConfig, temperature: float = 1.0,
                      micro_batches: int = 1, token_chunk: int = 1024,
                      prompt_groups: int = 1, remat: bool = True):
   """Jitted `update(state, batch) -> (state, metrics)` for a GRPO-family loss.
@@ -220,12 +232,14 @@ def make_grpo_update(graphdef, optimizer: optax.GradientTransformation, *,
   batch (N rows): `sequences` int32 [N, L], `attention_mask` [N, L],
   `completion_tokens` int32 [N, C], `completion_mask` [N, C],
   `old_logprobs` [N, C] (the sampler's), `advantages` [N], and `ref_logprobs`
-  [N, C] when `loss_kwargs["beta"] > 0`. `loss_kwargs` are `policy_loss_terms`
-  keyword arguments (loss_type, epsilon_low/high, delta, beta, ...).
-  `prompt_groups` (rows of a group share the prompt, run once) and `remat`:
-  see `completion_logprobs`.
+  [N, C] when `loss.beta > 0`. `loss`: the loss's options (loss_type,
+  epsilon_low/high, delta, beta, ...). `prompt_groups` (rows of a group share
+  the prompt, run once) and `remat`: see `completion_logprobs`.
   """
-  loss_kwargs = dict(loss_kwargs)
+  if not isinstance(loss, objectives.PolicyLossConfig):
+    raise TypeError(f"make_grpo_update(loss=...) takes an objectives.PolicyLossConfig, got"
+                    f" {type(loss).__name__}; build one with PolicyLossConfig(**options).")
+  loss_kwargs = loss.kwargs()
 
   def terms(params, mb):
     logp, ent = completion_logprobs(
@@ -301,7 +315,8 @@ def trim_padding(batch, multiple: int = 32):
 
 
 def make_weighted_update(graphdef, optimizer, micro_batches: int = 1):
-  """`update(state, batch)` minimising `weighted_sequence_nll` (EM M-step, docs/algorithms.md §6.3, §7.2).
+  """`update(state, batch)` minimising `weighted_sequence_nll`, the EM M-step
+  (docs/algorithms.md §6.3, §7.2).
 
   batch: sequences [N, L], attention_mask [N, L], loss_mask [N, L-1]
   (trainable next tokens), weights [N]. Each batch is first cut to its

@@ -4,13 +4,13 @@ Imports only jax and numpy. See `docs/sparse_attention.md`.
 """
 from alignax.kernels.attention import IMPLEMENTATIONS
 from alignax.kernels.attention import block_sparse_attention
-from alignax.kernels.block_mask import block_scores
 from alignax.kernels.block_mask import BlockMask
-from alignax.kernels.block_mask import hybrid_block_mask
 from alignax.kernels.block_mask import local_window_block_mask
 from alignax.kernels.block_mask import MaskRule
 from alignax.kernels.block_mask import prefix_group_block_mask
-from alignax.kernels.block_mask import topk_blocks
+from alignax.kernels.block_select import block_scores
+from alignax.kernels.block_select import hybrid_block_mask
+from alignax.kernels.block_select import topk_blocks
 from alignax.kernels.decode import decode_attention
 from alignax.kernels.delta import delta_threshold
 from alignax.kernels.reference import block_sparse_attention_reference

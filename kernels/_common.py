@@ -1,6 +1,7 @@
 """Shared checks and small helpers of the attention implementations."""
 from __future__ import annotations
 
+import functools
 import math
 
 import jax
@@ -94,3 +95,21 @@ def rule_vis(rule, pos, j, ks, kl):
   if rule.window is not None:
     vis = vis & ((pos - j < rule.window) | (j - ks < rule.sinks))
   return vis
+
+
+# `interpret` value meaning "decide when lowering": the Pallas interpreter
+# when the computation is lowered for CPU, the compiled kernel (Triton /
+# Mosaic) for any other platform. So `jax.export(..., platforms=["cuda"])`
+# on a CPU host emits the real kernel while a plain CPU run interprets it.
+BY_PLATFORM = "by_platform"
+
+
+def by_platform(fn, interpret, *args):
+  """`fn(interpret: bool, *args)`, with `interpret=BY_PLATFORM` resolved by
+  `lax.platform_dependent` at lowering time (only the branch of the lowering
+  platform is lowered; the other is traced but never compiled)."""
+  if interpret != BY_PLATFORM:
+    return fn(bool(interpret), *args)
+  return lax.platform_dependent(
+      *args, cpu=functools.partial(fn, True),
+      default=functools.partial(fn, False))

@@ -51,6 +51,14 @@ def _check_lowerable(impl, mask, d, dtype):
                        f"{min_q} == 0, got ({bq}, {bk})")
 
 
+def _is_lowerable(impl, mask, d, dtype) -> bool:
+  try:
+    _check_lowerable(impl, mask, d, dtype)
+  except ValueError:
+    return False
+  return True
+
+
 def _zero_cotangent(tree):
   """float0 zeros for integer/bool leaves of the mask."""
   def z(x):
@@ -60,9 +68,10 @@ def _zero_cotangent(tree):
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5, 6, 7))
 def _kernel_attention(q, k, v, mask, scale, impl, interpret, backward):
-  out, lse = _kernel_module(impl).forward(q, k, v, mask, scale=scale,
-                                          interpret=interpret)
-  return out, lse
+  fwd = _kernel_module(impl).forward
+  return _common.by_platform(
+      lambda interp, q_, k_, v_: fwd(q_, k_, v_, mask, scale=scale,
+                                     interpret=interp), interpret, q, k, v)
 
 
 def _kernel_fwd(q, k, v, mask, scale, impl, interpret, backward):
@@ -86,8 +95,11 @@ def _kernel_bwd(scale, impl, interpret, backward, res, cts):
   # Rows with lse = -inf received no probability mass; their lse cotangent
   # has nothing to flow into.
   dlse = jnp.where(jnp.isfinite(lse), dlse.astype(jnp.float32), 0.0)
-  dq, dk, dv = mod.backward(q, k, v, mask, out, lse, do, scale=scale,
-                            interpret=interpret, dlse=dlse)
+  dq, dk, dv = _common.by_platform(
+      lambda interp, q_, k_, v_, o_, lse_, do_, dlse_: mod.backward(
+          q_, k_, v_, mask, o_, lse_, do_, scale=scale, interpret=interp,
+          dlse=dlse_),
+      interpret, q, k, v, out, lse, do, dlse)
   return dq, dk, dv, _zero_cotangent(mask)
 
 
@@ -107,8 +119,11 @@ def block_sparse_attention(q, k, v, block_mask: BlockMask, *, sm_scale=None,
     implementation: "auto" (TPU -> pallas_tpu, GPU -> pallas_gpu, else xla),
       "xla", "reference", "pallas" (the kernel of the current backend; on CPU
       the GPU-style kernel in interpret mode), "pallas_gpu", "pallas_tpu".
-    interpret: None means True exactly when the backend is CPU and a Pallas
-      path is chosen.
+    interpret: None: decided when lowering (`lax.platform_dependent`): the
+      interpreter when lowered for CPU, the compiled kernel otherwise, so
+      `jax.export` on a CPU host can emit the real kernel. Block shapes the
+      compiled kernel rejects fall back to `jax.default_backend() == "cpu"`
+      (and raise on an accelerator). True / False force it.
     return_lse: also return f32 `[B, Hq, Tq]` natural-log LSE (-inf for rows
       that see no key).
     backward: "kernel" (dq/dkv kernels) or "xla" (autodiff of the xla path;
@@ -131,9 +146,11 @@ def block_sparse_attention(q, k, v, block_mask: BlockMask, *, sm_scale=None,
                                                return_lse=return_lse)
   if backward not in ("kernel", "xla"):
     raise ValueError(f"backward must be 'kernel' or 'xla', got {backward!r}")
+  on_cpu = jax.default_backend() == "cpu"
   if interpret is None:
-    interpret = jax.default_backend() == "cpu"
-  if interpret and jax.config.jax_enable_x64:
+    lowerable = _is_lowerable(impl, block_mask, d, q.dtype)
+    interpret = _common.BY_PLATFORM if lowerable else on_cpu
+  if interpret and on_cpu and jax.config.jax_enable_x64:
     raise ValueError("Pallas interpret mode on CPU needs jax_enable_x64 off")
   if not interpret:
     _check_lowerable(impl, block_mask, d, q.dtype)
@@ -143,5 +160,5 @@ def block_sparse_attention(q, k, v, block_mask: BlockMask, *, sm_scale=None,
                                        interpret=interpret)
   else:
     out, lse = _kernel_attention(q, k, v, block_mask, scale, impl,
-                                 bool(interpret), backward)
+                                 interpret, backward)
   return (out, lse) if return_lse else out

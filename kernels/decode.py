@@ -134,7 +134,9 @@ def _decode_gpu(q, k, v, mask: BlockMask, scale, interpret, n_splits=None):
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5, 6))
 def _decode(q, k, v, mask, scale, interpret, n_splits):
-  return _decode_gpu(q, k, v, mask, scale, interpret, n_splits)
+  return _common.by_platform(
+      lambda interp, q_, k_, v_: _decode_gpu(q_, k_, v_, mask, scale, interp,
+                                             n_splits), interpret, q, k, v)
 
 
 def _decode_fwd(q, k, v, mask, scale, interpret, n_splits):
@@ -169,7 +171,8 @@ def decode_attention(q, k, v, block_mask: BlockMask, *, sm_scale=None,
       `BlockMask.decode(kv_len, cache_len=Tk, block_k=...)`, optionally with
       `topk_blocks` selections.
     sm_scale: default `1/sqrt(D)`.
-    interpret: run the kernel through the Pallas interpreter.
+    interpret: run the kernel through the Pallas interpreter (True), compiled
+      (False), or `_common.BY_PLATFORM` (decided when lowering).
     n_splits: key-range splits (flash-decoding); default from the list width.
 
   Returns:
@@ -180,4 +183,5 @@ def decode_attention(q, k, v, block_mask: BlockMask, *, sm_scale=None,
     raise ValueError("decode path needs Tq <= 16, a rule mask, one query "
                      "block and Hm in {1, Hkv}")
   return _decode(q, k, v, block_mask, _common.scale_of(sm_scale, d),
-                 bool(interpret), n_splits)
+                 interpret if interpret == _common.BY_PLATFORM
+                 else bool(interpret), n_splits)

@@ -22,6 +22,8 @@ from alignax.objectives.registry import AGGREGATIONS
 from alignax.objectives.registry import DPO_LOSSES
 from alignax.objectives.registry import POLICY_LOSSES
 from alignax.objectives.registry import PolicyLossDef
+from alignax.objectives.registry import Registry
+from alignax.objectives.registry import accepted_options
 from alignax.objectives.registry import get_advantage_fn
 from alignax.objectives.registry import get_aggregation
 from alignax.objectives.registry import get_dpo_loss
@@ -47,6 +49,7 @@ from alignax.objectives.advantages import reinforce_pp_advantages
 from alignax.objectives.advantages import rloo_advantages
 from alignax.objectives.advantages import sibling_advantages
 from alignax.objectives.advantages import tree_node_values
+from alignax.objectives.policy import PolicyLossConfig
 from alignax.objectives.policy import PolicyLossInputs
 from alignax.objectives.policy import aggregate_loss
 from alignax.objectives.policy import aggregate_loss_terms
@@ -64,8 +67,11 @@ from alignax.objectives.dpo import build_dpo_pairs
 from alignax.objectives.dpo import dpo_loss
 from alignax.objectives.dpo import perplexity_scores
 from alignax.objectives.dpo import sequence_logprobs
+from alignax.objectives.em import EM_WEIGHTINGS
 from alignax.objectives.em import answer_loglik
+from alignax.objectives.em import dro_weights
 from alignax.objectives.em import em_weights
+from alignax.objectives.em import first_occurrences
 from alignax.objectives.em import segment_em_weights
 from alignax.objectives.em import weighted_sequence_nll
 from alignax.objectives.mgda import gram_from_grads

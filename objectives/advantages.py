@@ -1,11 +1,11 @@
 """Advantage estimators of the GRPO family (docs/algorithms.md §2.1, §3, §4).
 
 Layout: `N = P * G` rows, groups of `G = group_size` contiguous rows share a
-prompt (TRL layout). Estimators with the signature
-`fn(rewards [N], group_size, **kwargs) -> [N]` are registered in
-`ADVANTAGE_ESTIMATORS` ("grpo", "dr_grpo", "rloo", "f_grpo"); the step-level
-ones (GiGPO, TreeRPO, EMPG, REINFORCE++) are registered too but take their own
-arguments.
+prompt (TRL layout). Every estimator of `ADVANTAGE_ESTIMATORS` ("grpo",
+"dr_grpo", "rloo", "f_grpo") has one call shape,
+`fn(rewards [N], group_size, **params) -> [N]`, so a config picks one by name;
+the step- and token-level estimators (GiGPO, TreeRPO, EMPG, REINFORCE++) take
+their own inputs and are called by name directly.
 """
 from typing import Optional, Tuple, Union
 
@@ -40,7 +40,9 @@ def grpo_advantages(rewards: jax.Array, group_size: int, *,
   the group ("group"), of the whole batch ("batch", still the *group* mean),
   or no division ("none", = Dr. GRPO). NaN rewards (unscorable rows) are left
   out of the statistics and get advantage 0; groups with one scorable row get 0.
-  Zero-std groups give exactly 0 (no NaN). Paper: Shao et al. 2024
+  Zero-std groups give exactly 0 (no NaN). An infinite reward is an error
+  (`primitives.infinite_groups`: raised outside jit, NaN advantages for its
+  group under jit). Paper: Shao et al. 2024
   (DeepSeekMath, arXiv:2402.03300). Source: TRL
   `GRPOTrainer._generate_and_score_completions`.
 
@@ -55,14 +57,15 @@ def grpo_advantages(rewards: jax.Array, group_size: int, *,
   """
   scale = _scale_name(scale)
   r = P.as_float(rewards)
-  chex.assert_rank(r, 1)
+  P.check_rank("rewards", r, 1)
+  bad = P.infinite_groups(r, group_size)
   adv = r - P.nan_group_mean(r, group_size)
   if scale == "group":
     adv = adv / (P.nan_group_std(r, group_size) + eps)
   elif scale == "batch":
     std = P.nanstd(r) if r.shape[0] > 1 else jnp.zeros((), r.dtype)
     adv = adv / (std + eps)
-  return jnp.nan_to_num(adv, nan=0.0)
+  return jnp.where(bad, jnp.nan, jnp.nan_to_num(adv, nan=0.0))
 
 
 @register_advantage_estimator("dr_grpo")
@@ -99,9 +102,11 @@ def grpo_advantages_multi(rewards_per_func: jax.Array, weights: jax.Array,
     `[N]` advantages.
   """
   R = P.as_float(rewards_per_func)
-  chex.assert_rank(R, 2)
+  P.check_rank("rewards_per_func", R, 2)
   w = P.as_float(weights, R.dtype)
-  chex.assert_shape(w, (R.shape[1],))
+  P.check_shape("weights", w, (R.shape[1],), f" (one per reward function of"
+                f" rewards_per_func {R.shape})")
+  P.infinite_groups(R, group_size, "rewards_per_func")  # raises outside jit
   unscorable = jnp.all(jnp.isnan(R), axis=1)
   if aggregation == "sum_then_normalize":
     r = jnp.nansum(R * w[None], axis=1)
@@ -142,15 +147,16 @@ def rloo_advantages(rewards: jax.Array, group_size: int, *,
     `[N]` advantages.
   """
   r = P.as_float(rewards)
+  bad = P.infinite_groups(r, group_size)
   if group_size == 1:
-    return jnp.zeros_like(r)
-  g = P.group_view(r, group_size)
+    return jnp.where(bad, jnp.nan, jnp.zeros_like(r))
+  g = P.group_view(r, group_size, "rewards")
   count = jnp.sum(~jnp.isnan(g), axis=1, keepdims=True).astype(r.dtype)
   total = jnp.nansum(g, axis=1, keepdims=True)
   adv = (r - ((total - g) / (count - 1)).reshape(-1))
   if normalize:
     adv = (adv - P.nanmean(adv)) / (P.nanstd(adv) + eps)
-  return jnp.nan_to_num(adv, nan=0.0, posinf=0.0, neginf=0.0)
+  return jnp.where(bad, jnp.nan, jnp.nan_to_num(adv, nan=0.0, posinf=0.0, neginf=0.0))
 
 
 def kl_penalized_rewards(rewards: jax.Array, old_logp: jax.Array,
@@ -164,7 +170,7 @@ def kl_penalized_rewards(rewards: jax.Array, old_logp: jax.Array,
   Returns:
     `[N]` shaped rewards.
   """
-  chex.assert_equal_shape([old_logp, ref_logp, mask])
+  P.check_same_shape(old_logp=old_logp, ref_logp=ref_logp, mask=mask)
   kl = P.masked_sum(P.as_float(old_logp) - P.as_float(ref_logp), mask, axis=-1)
   return P.as_float(rewards) - beta * kl
 
@@ -228,7 +234,6 @@ def masked_whiten(x: jax.Array, mask: jax.Array, eps: float = 1e-8):
   return (x - mean) * jax.lax.rsqrt(var + eps)
 
 
-@register_advantage_estimator("reinforce_pp")
 def reinforce_pp_advantages(outcome: jax.Array, token_kl: jax.Array,
                             mask: jax.Array, *, baseline: Optional[str] = None,
                             group_size: Optional[int] = None,
@@ -252,7 +257,7 @@ def reinforce_pp_advantages(outcome: jax.Array, token_kl: jax.Array,
   Returns:
     `[N, T]` advantages (0 on padding).
   """
-  chex.assert_equal_shape([token_kl, mask])
+  P.check_same_shape(token_kl=token_kl, mask=mask)
   m = P.as_float(mask)
   out = P.as_float(outcome)
   if baseline == "group":
@@ -312,7 +317,6 @@ def _num_rows(ids, num_segments):
   return jax.ops.segment_sum(jnp.ones(ids.shape), ids, num_segments)
 
 
-@register_advantage_estimator("gigpo")
 def gigpo_advantages(episode_rewards: jax.Array, step_returns: jax.Array,
                      group_ids: jax.Array, anchor_ids: jax.Array, *,
                      omega: float = 1.0, mode: str = "mean_std_norm",
@@ -351,7 +355,8 @@ def gigpo_advantages(episode_rewards: jax.Array, step_returns: jax.Array,
   if mode not in ("mean_std_norm", "mean_norm"):
     raise ValueError(f"unknown mode {mode!r}")
   e = P.as_float(episode_rewards)
-  chex.assert_equal_shape([e, step_returns, group_ids, anchor_ids])
+  P.check_same_shape(episode_rewards=e, step_returns=step_returns, group_ids=group_ids,
+                     anchor_ids=anchor_ids)
   S = num_segments or e.shape[0]
   weights = None
   if episode_stats == "trajectories":
@@ -432,7 +437,6 @@ def tree_node_values(leaf_rewards: jax.Array,
   return P.safe_divide(r @ a, jnp.sum(a, axis=0))
 
 
-@register_advantage_estimator("tree_sibling")
 def sibling_advantages(node_values: jax.Array, parent_ids: jax.Array,
                        num_parents: int, eps: float = 1e-6) -> jax.Array:
   """`A = (v - mean_sib v) / (std_sib v + eps)` over siblings (§4.3).
@@ -458,7 +462,6 @@ def sibling_advantages(node_values: jax.Array, parent_ids: jax.Array,
 # EMPG (arXiv:2509.09265), §4.4 [INFERRED]
 
 
-@register_advantage_estimator("empg")
 def empg_advantages(adv: jax.Array, step_entropy: jax.Array,
                     next_step_entropy: jax.Array, *, k: float = 1.0,
                     k_future: float = 1.0, zeta: float = 0.05,
@@ -483,7 +486,7 @@ def empg_advantages(adv: jax.Array, step_entropy: jax.Array,
     `[S]` modulated advantages (zero mean).
   """
   h = P.as_float(step_entropy)
-  chex.assert_equal_shape([adv, h, next_step_entropy])
+  P.check_same_shape(adv=adv, step_entropy=h, next_step_entropy=next_step_entropy)
   lo, hi = jnp.min(h), jnp.max(h)
   norm = lambda x: (x - lo) / (hi - lo + eps)
   e = jnp.exp(-k * norm(h))

@@ -10,6 +10,8 @@ import chex
 import jax
 import jax.numpy as jnp
 
+from alignax.objectives.registry import Registry
+
 
 def hard_curriculum_batches(difficulty: jax.Array, batch_size: int) -> jax.Array:
   """Hard sampling: sort by ascending difficulty, cut into consecutive batches.
@@ -98,10 +100,9 @@ def random_batches(key: jax.Array, num_samples: int,
       jax.random.uniform(key, (num_samples,)), batch_size)
 
 
-# Registry so configs choose a schedule by name (no if-chains in binaries).
-# Each entry: (key, difficulty [U], batch_size, tau) -> [nb, B] indices.
-CURRICULA = {
-    "hard": lambda key, d, b, tau: hard_curriculum_batches(d, b),
-    "soft": soft_curriculum_batches,
-    "none": lambda key, d, b, tau: random_batches(key, d.shape[0], b),
-}
+# Schedules a config chooses by name (no if-chains in binaries), each
+# `(key, difficulty [U], batch_size, tau) -> [nb, B]` indices.
+CURRICULA = Registry("curriculum")
+CURRICULA.add("hard", lambda key, d, b, tau: hard_curriculum_batches(d, b))
+CURRICULA.add("soft", soft_curriculum_batches)
+CURRICULA.add("none", lambda key, d, b, tau: random_batches(key, d.shape[0], b))

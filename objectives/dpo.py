@@ -5,7 +5,6 @@ Inputs are sequence log-probs `[B]` (masked sums of per-token log-probs, see
 """
 from typing import Optional
 
-import chex
 import jax
 import jax.numpy as jnp
 
@@ -15,7 +14,7 @@ from alignax.objectives.registry import get_dpo_loss, register_dpo_loss
 
 def sequence_logprobs(logp: jax.Array, mask: jax.Array) -> jax.Array:
   """`sum_t logp m` per row: `[B, T] -> [B]` (an empty row gives 0)."""
-  chex.assert_equal_shape([logp, mask])
+  P.check_same_shape(logp=logp, mask=mask)
   return P.masked_sum(logp, mask, axis=-1)
 
 
@@ -34,9 +33,9 @@ def perplexity_scores(logp: jax.Array, mask: jax.Array, *,
   Returns:
     `[N]` scores (lower = more likely).
   """
-  chex.assert_equal_shape([logp, mask])
-  nll = -P.as_float(logp)
-  m = P.as_float(mask, nll.dtype)
+  P.check_same_shape(logp=logp, mask=mask)
+  m = P.as_float(mask, P.compute_dtype(logp))
+  nll = -P.zero_masked(P.as_float(logp), m)
   count_m = m if count_threshold is None else m * (nll >= count_threshold)
   return jnp.sum(nll * m, -1) / P.clamp_min1(jnp.sum(count_m, -1))
 
@@ -125,8 +124,10 @@ def dpo_loss(chosen_logps: jax.Array, rejected_logps: jax.Array,
     `(loss scalar, metrics)` with `rewards/chosen`, `rewards/rejected`,
     `rewards/accuracies`, `rewards/margins` (means of `beta * log-ratio`).
   """
-  chex.assert_equal_shape([chosen_logps, rejected_logps, ref_chosen_logps,
-                           ref_rejected_logps])
+  P.check_same_shape(chosen_logps=chosen_logps, rejected_logps=rejected_logps,
+                     ref_chosen_logps=ref_chosen_logps,
+                     ref_rejected_logps=ref_rejected_logps,
+                     chosen_lengths=chosen_lengths, rejected_lengths=rejected_lengths)
   dtype = P.compute_dtype(chosen_logps)
   f = lambda x: P.as_float(x, dtype)
   chosen_lr = f(chosen_logps) - f(ref_chosen_logps)

@@ -3,13 +3,14 @@
 E-step: self-normalised importance weights from the gold answer's likelihood;
 M-step: a weighted token-mean NLL.
 """
-from typing import Optional
+from typing import Sequence
 
-import chex
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from alignax.objectives import primitives as P
+from alignax.objectives.registry import Registry
 
 
 def answer_loglik(logp: jax.Array, answer_mask: jax.Array) -> jax.Array:
@@ -17,7 +18,7 @@ def answer_loglik(logp: jax.Array, answer_mask: jax.Array) -> jax.Array:
 
   `l_n = sum_t logp m / max(sum_t m, 1)` (the reference stores `-l` as CE).
   """
-  chex.assert_equal_shape([logp, answer_mask])
+  P.check_same_shape(logp=logp, answer_mask=answer_mask)
   return P.masked_mean(logp, answer_mask, axis=-1)
 
 
@@ -39,7 +40,7 @@ def em_weights(log_likelihoods: jax.Array, group_size: int, *,
     `[N]` weights.
   """
   P.check_temperature(temperature)
-  g = P.group_view(log_likelihoods, group_size) / temperature
+  g = P.group_view(log_likelihoods, group_size, "log_likelihoods") / temperature
   valid = ~jnp.isnan(g)
   z = jnp.where(valid, g, -jnp.inf)
   m = jnp.max(z, axis=1, keepdims=True)
@@ -61,7 +62,7 @@ def segment_em_weights(log_likelihoods: jax.Array, segment_ids: jax.Array,
     `[N]` weights summing to 1 within each non-empty segment.
   """
   P.check_temperature(temperature)
-  chex.assert_equal_shape([log_likelihoods, segment_ids])
+  P.check_same_shape(log_likelihoods=log_likelihoods, segment_ids=segment_ids)
   x = P.as_float(log_likelihoods) / temperature
   valid = ~jnp.isnan(x)
   z = jnp.where(valid, x, -jnp.inf)
@@ -89,9 +90,71 @@ def weighted_sequence_nll(logp: jax.Array, mask: jax.Array,
   Returns:
     `(value scalar, normaliser scalar)`; 0 when all weights are 0.
   """
-  chex.assert_equal_shape([logp, mask])
+  P.check_same_shape(logp=logp, mask=mask)
   w = jax.lax.stop_gradient(P.as_float(weights, P.compute_dtype(logp)))
-  chex.assert_shape(w, (logp.shape[0],))
+  P.check_shape("weights", w, (logp.shape[0],), f" (one per row of logp {logp.shape})")
   nll = -P.masked_mean(logp, mask, axis=-1)
   total = jnp.sum(w)
   return P.safe_divide(jnp.sum(w * nll), total), total
+
+
+def first_occurrences(outputs: Sequence, question_ids) -> np.ndarray:
+  """bool [N]: True for the first of identical outputs (token lists or strings)
+  of the same question (DRO de-duplicates before the softmax, §7.1)."""
+  seen, keep = set(), []
+  for out, q in zip(outputs, question_ids):
+    key = (int(q), tuple(out) if not isinstance(out, str) else out)
+    keep.append(key not in seen)
+    seen.add(key)
+  return np.asarray(keep, bool)
+
+
+def dro_weights(log_likelihoods, question_ids, num_questions: int, keep, valid, *,
+                temperature: float = 1.0, renormalize_after_filter: bool = False):
+  """DRO E-step weights [N] (§7.1) of N sampled selections.
+
+  Args: log_likelihoods [N] (the gold answer's, given each selection),
+  question_ids [N] in [0, num_questions), keep [N] (False for a duplicate,
+  `first_occurrences`), valid [N] (False for a malformed selection).
+
+  Duplicates (`keep` False) are removed *before* the softmax
+  (`segment_em_weights` over the kept samples of each question); malformed
+  samples (`valid` False) are dropped *after* it, and with
+  `renormalize_after_filter` the remaining weights of each question are
+  re-normalised to sum to 1 (a question with none left keeps zeros).
+  """
+  ll = jnp.where(jnp.asarray(keep), jnp.asarray(log_likelihoods, jnp.float32), jnp.nan)
+  qids = jnp.asarray(question_ids, jnp.int32)
+  w = segment_em_weights(ll, qids, num_questions, temperature)
+  w = jnp.where(jnp.asarray(valid), w, 0.0)
+  if renormalize_after_filter:
+    total = jax.ops.segment_sum(w, qids, num_questions)[qids]
+    w = jnp.where(total > 0, w / jnp.where(total > 0, total, 1.0), 0.0)
+  return w
+
+
+# EM weightings a config chooses by name (EXSEARCH §6.2 and its baselines),
+# each `fn(log_likelihoods [N], correct [N], group_size, *, temperature) -> [N]`
+# over contiguous groups of `group_size` samples of one question; `correct`
+# is 1.0 where the sample's own answer is right.
+EM_WEIGHTINGS = Registry("EM weighting")
+
+
+@EM_WEIGHTINGS.register("exsearch")
+def _posterior(log_likelihoods, correct, group_size: int, *, temperature: float = 1.0):
+  del correct
+  return em_weights(log_likelihoods, group_size, temperature=temperature)
+
+
+@EM_WEIGHTINGS.register("uniform")
+def _uniform(log_likelihoods, correct, group_size: int, *, temperature: float = 1.0):
+  """1/K: EM without the posterior."""
+  del correct, temperature
+  return jnp.full(jnp.shape(log_likelihoods), 1.0 / group_size)
+
+
+@EM_WEIGHTINGS.register("rejection_sft")
+def _rejection(log_likelihoods, correct, group_size: int, *, temperature: float = 1.0):
+  """1 for the samples whose own answer is right, else 0."""
+  del log_likelihoods, group_size, temperature
+  return jnp.asarray(correct, jnp.float32)

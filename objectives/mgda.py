@@ -13,6 +13,7 @@ import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 
 from alignax.objectives import primitives as P
 
@@ -155,10 +156,9 @@ def gram_matrix(flat_grads: jax.Array) -> jax.Array:
   return g @ g.T
 
 
-def _tree_vdot(a, b):
-  leaves = jax.tree.map(lambda x, y: jnp.vdot(P.as_float(x), P.as_float(y)),
-                        a, b)
-  return sum(jax.tree.leaves(leaves))
+def _as_float(tree):
+  """Leaves upcast to float32+, so sums over bf16 gradients stay accurate."""
+  return jax.tree.map(P.as_float, tree)
 
 
 def gram_from_grads(grads_list: Sequence) -> jax.Array:
@@ -167,10 +167,11 @@ def gram_from_grads(grads_list: Sequence) -> jax.Array:
   `M_ij = sum over leaves <g_i, g_j>`.
   """
   k = len(grads_list)
+  grads = [_as_float(g) for g in grads_list]
   rows = [[None] * k for _ in range(k)]
   for i in range(k):
     for j in range(i, k):
-      rows[i][j] = rows[j][i] = _tree_vdot(grads_list[i], grads_list[j])
+      rows[i][j] = rows[j][i] = optax.tree.vdot(grads[i], grads[j])
   return jnp.stack([jnp.stack(r) for r in rows])
 
 
@@ -192,7 +193,7 @@ def normalize_gradients(grads_list: Sequence, losses: jax.Array,
   chex.assert_shape(losses, (len(grads_list),))
   out = []
   for i, g in enumerate(grads_list):
-    norm = jnp.sqrt(_tree_vdot(g, g))
+    norm = optax.tree.norm(_as_float(g))
     scale = {"none": 1.0,
              "l2": P.safe_divide(1.0, norm),
              "loss": P.safe_divide(1.0, losses[i]),

@@ -12,10 +12,10 @@ metrics)` with additive normalisers, so over micro-batches `i`
 
 is exactly the gradient of the full-batch loss (any split, unequal sizes).
 """
+import dataclasses
 import math
-from typing import Dict, NamedTuple, Optional, Tuple
+from typing import Any, Dict, Mapping, NamedTuple, Optional, Tuple
 
-import chex
 import jax
 import jax.numpy as jnp
 
@@ -279,6 +279,50 @@ def clip_fraction_metrics(coef_1: jax.Array, adv: jax.Array, mask: jax.Array,
 # policy_loss
 
 
+@dataclasses.dataclass(frozen=True)
+class PolicyLossConfig:
+  """The static options of a GRPO-family loss: the keyword arguments of
+  `policy_loss_terms` / `policy_loss` that are not arrays (see `policy_loss`).
+
+  Frozen and hashable, so a jitted update closes over it; the options are
+  checked here, before anything compiles.
+  """
+  loss_type: str = "dapo"
+  epsilon_low: float = 0.2
+  epsilon_high: float = 0.2
+  delta: Optional[float] = None
+  importance_sampling_level: str = "token"
+  beta: float = 0.0
+  use_bias_correction_kl: bool = True
+  max_completion_length: Optional[int] = None
+  sapo_temperature_pos: float = 1.0
+  sapo_temperature_neg: float = 1.05
+  vespo_params: Tuple[float, float, float, float] = (2.0, 3.0, 3.0, 2.0)
+  off_policy_mask_threshold: Optional[float] = None
+
+  def __post_init__(self):
+    get_policy_loss(self.loss_type)  # raises, listing the registered names
+    if self.importance_sampling_level not in ("token", "sequence"):
+      raise ValueError("PolicyLossConfig.importance_sampling_level must be 'token' or"
+                       f" 'sequence', got {self.importance_sampling_level!r}.")
+    if self.loss_type == "dr_grpo" and not self.max_completion_length:
+      raise ValueError("PolicyLossConfig(loss_type='dr_grpo') needs max_completion_length.")
+    if self.beta < 0:
+      raise ValueError(f"PolicyLossConfig.beta must be >= 0, got {self.beta}.")
+    object.__setattr__(self, "vespo_params", tuple(self.vespo_params))
+
+  @classmethod
+  def from_mapping(cls, options: Mapping[str, Any], **overrides) -> "PolicyLossConfig":
+    """From a mapping (e.g. a config's `loss` section) holding these fields among
+    others (its other keys are ignored), with `overrides` on top."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    return cls(**{k: v for k, v in options.items() if k in names}, **overrides)
+
+  def kwargs(self) -> dict:
+    """The options as `policy_loss_terms` keyword arguments."""
+    return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+
+
 def policy_loss_terms(logprobs: jax.Array, old_logprobs: Optional[jax.Array],
                       advantages: jax.Array, mask: jax.Array, *,
                       loss_type: str = "dapo", epsilon_low: float = 0.2,
@@ -302,19 +346,31 @@ def policy_loss_terms(logprobs: jax.Array, old_logprobs: Optional[jax.Array],
     `(numerator scalar, normaliser scalar, metrics dict)`.
   """
   spec = get_policy_loss(loss_type)
-  chex.assert_rank(logprobs, 2)
-  chex.assert_equal_shape([logprobs, mask])
+  if importance_sampling_level not in ("token", "sequence"):
+    raise ValueError(f"importance_sampling_level={importance_sampling_level!r}; use"
+                     " 'token' or 'sequence' (GSPO).")
+  P.check_rank("logprobs", logprobs, 2)
+  P.check_same_shape(logprobs=logprobs, mask=mask, old_logprobs=old_logprobs,
+                     ref_logprobs=ref_logprobs, sampling_logprobs=sampling_logprobs)
   dtype = P.compute_dtype(logprobs)
-  logp = P.as_float(logprobs, dtype)
   m = P.as_float(mask, dtype)
+  # Masked-out entries are zeroed by `where` first: a NaN or inf at a padded
+  # position must reach neither the loss nor (0 * NaN) the gradient.
+  logp = P.zero_masked(P.as_float(logprobs, dtype), m)
   # TRL with num_iterations == 1: old = logp.detach(), ratio 1 with gradient.
   old = (jax.lax.stop_gradient(logp) if old_logprobs is None
-         else P.as_float(old_logprobs, dtype))
-  chex.assert_equal_shape([logp, old])
+         else P.zero_masked(P.as_float(old_logprobs, dtype), m))
   adv = P.as_float(advantages, dtype)
   if adv.ndim == 1:
     adv = adv[:, None]
-  chex.assert_shape(adv, (logp.shape[0], None))
+  P.check_shape("advantages", adv, (logp.shape[0], None),
+                f" ([N] or [N, 1] or [N, T] with N = logprobs.shape[0] = {logp.shape[0]})")
+  if adv.shape[1] not in (1, logp.shape[1]):
+    raise ValueError(f"advantages has shape {adv.shape}; per-token advantages must be"
+                     f" [N, T] = {logp.shape} like logprobs.")
+  # A row (or token) that is masked out contributes nothing, whatever its value.
+  adv = P.zero_masked(adv, jnp.any(m != 0, axis=-1, keepdims=True) if adv.shape[1] == 1
+                      else m)
 
   log_ratio = logp - old
   coef_1 = jnp.exp(importance_weights(logp, old, m,
@@ -326,14 +382,14 @@ def policy_loss_terms(logprobs: jax.Array, old_logprobs: Optional[jax.Array],
 
   metrics = {}
   if off_policy_mask_threshold is not None:
-    sampling = old if sampling_logprobs is None else P.as_float(
-        sampling_logprobs, dtype)
+    sampling = old if sampling_logprobs is None else P.zero_masked(P.as_float(
+        sampling_logprobs, dtype), m)
     per_token = per_token * off_policy_sequence_mask(
         adv, logp, sampling, m, off_policy_mask_threshold)
   if beta != 0.0:
     if ref_logprobs is None:
       raise ValueError("beta != 0 needs ref_logprobs")
-    kl = P.kl_estimator(logp, P.as_float(ref_logprobs, dtype), "k3")
+    kl = P.kl_estimator(logp, P.zero_masked(P.as_float(ref_logprobs, dtype), m), "k3")
     if use_bias_correction_kl:
       # The unclamped ratio, differentiable: changes the gradient even at 1.
       kl = kl * coef_1
@@ -356,8 +412,18 @@ def policy_loss_terms(logprobs: jax.Array, old_logprobs: Optional[jax.Array],
 
 def policy_loss(logprobs: jax.Array, old_logprobs: Optional[jax.Array],
                 advantages: jax.Array, mask: jax.Array, *,
-                loss_type: str = "dapo",
-                num_items_in_batch: Optional[jax.Array] = None, **kwargs):
+                loss_type: str = "dapo", epsilon_low: float = 0.2,
+                epsilon_high: float = 0.2, delta: Optional[float] = None,
+                importance_sampling_level: str = "token",
+                beta: float = 0.0, ref_logprobs: Optional[jax.Array] = None,
+                use_bias_correction_kl: bool = True,
+                max_completion_length: Optional[int] = None,
+                sapo_temperature_pos: float = 1.0,
+                sapo_temperature_neg: float = 1.05,
+                vespo_params=(2.0, 3.0, 3.0, 2.0),
+                off_policy_mask_threshold: Optional[float] = None,
+                sampling_logprobs: Optional[jax.Array] = None,
+                num_items_in_batch: Optional[jax.Array] = None):
   """GRPO-family clipped policy loss, identical to TRL 1.16 (§2.2–2.4).
 
   ```
@@ -381,19 +447,34 @@ def policy_loss(logprobs: jax.Array, old_logprobs: Optional[jax.Array],
     advantages: `[N]` or `[N, T]`.
     mask: `[N, T]` 1 for completion tokens.
     loss_type: a key of `POLICY_LOSSES` (static).
+    epsilon_low, epsilon_high: the ratio's clip range `[1 - low, 1 + high]`
+      (cispo: `epsilon_high` caps the weight).
+    delta: optional upper bound on the ratio (two-sided clip), or None.
+    importance_sampling_level: "token", or "sequence" (GSPO).
+    beta: weight of the k3 KL to `ref_logprobs` `[N, T]` (needed when > 0).
+    use_bias_correction_kl: multiply the KL by the importance ratio (TRL >= 1.16).
+    max_completion_length: the constant length of "dr_grpo" (required there).
+    sapo_temperature_pos, sapo_temperature_neg: SAPO's gate temperatures.
+    vespo_params: VESPO's `(k_pos, lambda_pos, k_neg, lambda_neg)`.
+    off_policy_mask_threshold: drop negative-advantage sequences whose KL to
+      the sampler exceeds it (None: off); `sampling_logprobs` `[N, T]` are the
+      sampler's log-probs (default `old_logprobs`).
     num_items_in_batch: global active-token count for dapo/cispo/vespo (TRL's
       `num_items_in_batch`); default = `mask.sum()`.
-    **kwargs: `epsilon_low=0.2, epsilon_high=0.2, delta=None,
-      importance_sampling_level="token", beta=0.0, ref_logprobs=None,
-      use_bias_correction_kl=True, max_completion_length=None` (required for
-      dr_grpo), `sapo_temperature_pos/neg`, `vespo_params`,
-      `off_policy_mask_threshold`, `sampling_logprobs`.
 
   Returns:
     `(loss scalar, metrics dict[str, scalar])`.
   """
   numerator, normaliser, metrics = policy_loss_terms(
-      logprobs, old_logprobs, advantages, mask, loss_type=loss_type, **kwargs)
+      logprobs, old_logprobs, advantages, mask, loss_type=loss_type,
+      epsilon_low=epsilon_low, epsilon_high=epsilon_high, delta=delta,
+      importance_sampling_level=importance_sampling_level, beta=beta,
+      ref_logprobs=ref_logprobs, use_bias_correction_kl=use_bias_correction_kl,
+      max_completion_length=max_completion_length,
+      sapo_temperature_pos=sapo_temperature_pos,
+      sapo_temperature_neg=sapo_temperature_neg, vespo_params=vespo_params,
+      off_policy_mask_threshold=off_policy_mask_threshold,
+      sampling_logprobs=sampling_logprobs)
   if num_items_in_batch is not None and get_policy_loss(
       loss_type).uses_global_token_count:
     normaliser = jnp.asarray(num_items_in_batch, numerator.dtype)
@@ -416,7 +497,7 @@ def rloo_sequence_loss(seq_logp: jax.Array, old_seq_logp: jax.Array,
   Returns:
     Scalar loss.
   """
-  chex.assert_equal_shape([seq_logp, old_seq_logp, adv])
+  P.check_same_shape(seq_logp=seq_logp, old_seq_logp=old_seq_logp, advantages=adv)
   coef_1 = jnp.exp(P.as_float(seq_logp) - P.as_float(old_seq_logp))
   loss, _ = clipped_surrogate(coef_1, P.as_float(adv), eps_low, eps_high)
   return jnp.mean(loss)

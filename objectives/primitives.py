@@ -6,9 +6,9 @@ of `group_size`), `T` padded completion length, `V` vocabulary size.
 Every reduction runs in at least float32 (bf16/f16 inputs are upcast; float64
 stays float64 so parity tests can run in x64).
 """
+import operator
 from typing import Optional, Tuple
 
-import chex
 import jax
 import jax.numpy as jnp
 
@@ -43,6 +43,67 @@ def check_temperature(temperature) -> None:
 
 
 # --------------------------------------------------------------------------
+# Argument checks that name the argument (shapes are static, so these run at
+# trace time, before compilation).
+
+
+def _shape(x) -> tuple:
+  return tuple(jnp.shape(x))
+
+
+def check_same_shape(**arrays) -> None:
+  """Raises ValueError naming every argument if their shapes differ."""
+  shapes = {name: _shape(x) for name, x in arrays.items() if x is not None}
+  if len(set(shapes.values())) > 1:
+    listed = ", ".join(f"{n} {s}" for n, s in shapes.items())
+    raise ValueError(f"Shapes must match: {listed}.")
+
+
+def check_rank(name: str, x, rank: int) -> None:
+  if jnp.ndim(x) != rank:
+    raise ValueError(f"{name} must have rank {rank}, got shape {_shape(x)}.")
+
+
+def check_shape(name: str, x, shape: tuple, what: str = "") -> None:
+  """`shape` may hold None for any size; `what` says where it comes from."""
+  got = _shape(x)
+  if len(got) != len(shape) or any(w is not None and g != w for g, w in zip(got, shape)):
+    want = "(" + ", ".join("_" if w is None else str(w) for w in shape) + ")"
+    raise ValueError(f"{name} has shape {got}; expected {want}{what}.")
+
+
+def infinite_groups(rewards: jax.Array, group_size: int, name: str = "rewards") -> jax.Array:
+  """`[N]` bool: rows whose group holds a +-inf reward (`rewards` `[N]` or `[N, F]`).
+
+  NaN means "could not be scored" (TRL: left out, advantage 0); an infinite
+  reward is a bug in a reward function, and turning it into a finite advantage
+  would hide it. Outside jit this raises, naming the entry; under jit the
+  caller makes those groups' advantages NaN, so the loss is NaN and the
+  training loop's non-finite guard stops the run (nothing is silently zeroed).
+  """
+  inf = jnp.isinf(as_float(rewards))
+  if not isinstance(inf, jax.core.Tracer) and bool(jnp.any(inf)):
+    where = tuple(int(i) for i in jnp.argwhere(inf)[0])
+    value = float(jnp.asarray(rewards)[where])
+    raise ValueError(
+        f"{name}[{', '.join(map(str, where))}] = {value}: rewards must be finite (NaN"
+        " marks a row that could not be scored and gets advantage 0). Check the"
+        " reward function.")
+  rows = inf if inf.ndim == 1 else jnp.any(inf, axis=tuple(range(1, inf.ndim)))
+  return _broadcast_back(jnp.any(group_view(rows, group_size, name), axis=1), group_size)
+
+
+def zero_masked(x: jax.Array, mask: jax.Array) -> jax.Array:
+  """`x` with masked-out entries set to 0 by `where`, not `x * mask`.
+
+  0 * NaN is NaN: a NaN (or inf) at a padded position would otherwise poison
+  the loss and, through the backward pass, every gradient. `where` passes a
+  zero cotangent to masked entries, so their values never matter.
+  """
+  return jnp.where(jnp.broadcast_to(jnp.asarray(mask) != 0, jnp.shape(x)), x, 0)
+
+
+# --------------------------------------------------------------------------
 # §1.3 masked reductions
 
 
@@ -58,7 +119,8 @@ def masked_sum(x: jax.Array, mask: jax.Array, axis=None) -> jax.Array:
     The masked sum, in at least float32.
   """
   dtype = compute_dtype(x)
-  return jnp.sum(as_float(x, dtype) * as_float(mask, dtype), axis=axis)
+  m = as_float(mask, dtype)
+  return jnp.sum(zero_masked(as_float(x, dtype) * m, m), axis=axis)
 
 
 def masked_mean(x: jax.Array, mask: jax.Array, axis=None) -> jax.Array:
@@ -89,7 +151,9 @@ def token_logprobs(logits: jax.Array, tokens: jax.Array, *,
     `[..., T]` log-probs in at least float32.
   """
   check_temperature(temperature)
-  chex.assert_equal_shape_prefix([logits, tokens], tokens.ndim)
+  if _shape(logits)[:-1] != _shape(tokens):
+    raise ValueError(f"logits {_shape(logits)} must be tokens' shape {_shape(tokens)}"
+                     " plus a vocabulary axis.")
   z = as_float(logits) / temperature
   target = jnp.take_along_axis(z, tokens[..., None].astype(jnp.int32), axis=-1)
   return target[..., 0] - jax.nn.logsumexp(z, axis=-1)
@@ -139,7 +203,7 @@ def kl_estimator(logp: jax.Array, ref_logp: jax.Array, kind: str = "k3",
   Returns:
     `[N, T]` per-token estimates.
   """
-  chex.assert_equal_shape([logp, ref_logp])
+  check_same_shape(logp=logp, ref_logp=ref_logp)
   dtype = compute_dtype(logp, ref_logp)
   d = as_float(logp, dtype) - as_float(ref_logp, dtype)
   if clamp is not None:
@@ -163,12 +227,19 @@ def kl_estimator(logp: jax.Array, ref_logp: jax.Array, kind: str = "k3",
 # §1.5 contiguous group statistics
 
 
-def group_view(x: jax.Array, group_size: int) -> jax.Array:
-  """`[N] -> [N / G, G]` (float), asserting `N % G == 0`."""
-  chex.assert_rank(x, 1)
+def group_view(x: jax.Array, group_size: int, name: str = "x") -> jax.Array:
+  """`[N] -> [N / G, G]` (float), asserting `N % G == 0`; errors name `name`."""
+  check_rank(name, x, 1)
+  try:
+    ok = not isinstance(group_size, bool) and operator.index(group_size) >= 1
+  except TypeError:
+    ok = False
+  if not ok:
+    raise ValueError(f"group_size must be an integer >= 1, got {group_size!r}.")
   if x.shape[0] % group_size:
     raise ValueError(
-        f"N={x.shape[0]} is not a multiple of group_size={group_size}")
+        f"{name} has N={x.shape[0]} rows, not a multiple of group_size={group_size}"
+        " (groups are contiguous blocks of group_size rows).")
   return as_float(x).reshape(-1, group_size)
 
 
@@ -248,7 +319,8 @@ def segment_mean_std(x: jax.Array, segment_ids: jax.Array, num_segments: int,
   Returns:
     `(mean [S], std [S], count [S])`.
   """
-  chex.assert_rank([x, segment_ids], 1)
+  check_rank("x", x, 1)
+  check_same_shape(x=x, segment_ids=segment_ids)
   x = as_float(x)
   w = jnp.ones_like(x) if weights is None else as_float(weights, x.dtype)
   seg = lambda v: jax.ops.segment_sum(v, segment_ids, num_segments)

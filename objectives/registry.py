@@ -7,10 +7,11 @@ its functions under a name with a decorator, and a config's
 Registries:
   POLICY_LOSSES: name -> `PolicyLossDef` (per-token loss fn + aggregation name).
   AGGREGATIONS: name -> fn(per_token, mask, *, max_len) -> (numerator, normaliser).
-  ADVANTAGE_ESTIMATORS: name -> advantage function.
+  ADVANTAGE_ESTIMATORS: name -> fn(rewards [N], group_size, **params) -> [N].
   DPO_LOSSES: name -> fn(delta, chosen_logratios, rejected_logratios, beta,
     label_smoothing) -> per-pair loss.
 """
+import inspect
 from typing import Any, Callable, Dict, Iterator, Mapping, NamedTuple
 
 
@@ -141,3 +142,16 @@ def get_advantage_fn(name: str) -> Callable:
 
 def get_dpo_loss(name: str) -> Callable:
   return DPO_LOSSES[name]
+
+
+def accepted_options(fn: Callable, options: Mapping[str, Any]) -> Dict[str, Any]:
+  """The entries of `options` that `fn` takes as keyword arguments.
+
+  A config holds the options of several registered functions at once (e.g.
+  `scale_rewards` is an option of "grpo" and "f_grpo", not of "rloo"); each
+  function is called with its own: `fn(x, **accepted_options(fn, options))`.
+  """
+  params = inspect.signature(fn).parameters
+  return {k: v for k, v in options.items()
+          if k in params and params[k].kind in (inspect.Parameter.KEYWORD_ONLY,
+                                                 inspect.Parameter.POSITIONAL_OR_KEYWORD)}

@@ -11,17 +11,23 @@ forgotten; `logits` are the model's scores for the item after the prefix.
 """
 from __future__ import annotations
 
-import chex
 import jax
 import jax.numpy as jnp
+
+from alignax.objectives import primitives as P
 
 _EPS = 1e-12
 
 
 def _masked_mean(x: jax.Array, mask: jax.Array) -> jax.Array:
   """Mean of `x` over `mask`; 0 (not NaN) when the mask is empty."""
-  mask = mask.astype(jnp.float32)
-  return jnp.sum(x * mask) / jnp.maximum(jnp.sum(mask), 1.0)
+  return P.masked_sum(x, mask) / jnp.maximum(jnp.sum(mask.astype(jnp.float32)), 1.0)
+
+
+def _rows(logits: jax.Array, mask: jax.Array) -> jax.Array:
+  """Zeroes masked-out rows by `where`: a NaN in a padding row must not reach
+  the gradient through the softmax (0 * NaN)."""
+  return jnp.where(jnp.asarray(mask)[:, None] != 0, logits, 0)
 
 
 def _target_logprob(logits: jax.Array, targets: jax.Array) -> jax.Array:
@@ -47,12 +53,13 @@ def cau_unlearn_loss(logits: jax.Array, target_items: jax.Array,
   Returns:
     Scalar masked mean of the log-probabilities (0 for an empty mask).
   """
-  chex.assert_rank(logits, 2)
-  chex.assert_shape(target_items, (logits.shape[0],))
+  P.check_rank("logits", logits, 2)
+  P.check_shape("target_items", target_items, (logits.shape[0],),
+                f" (one per row of logits {logits.shape})")
   if mask is None:
     mask = jnp.ones(target_items.shape, bool)
-  chex.assert_shape(mask, target_items.shape)
-  return _masked_mean(_target_logprob(logits, target_items), mask)
+  P.check_same_shape(target_items=target_items, mask=mask)
+  return _masked_mean(_target_logprob(_rows(logits, mask), target_items), mask)
 
 
 def cau_normal_loss(logits: jax.Array, next_items: jax.Array,
@@ -69,9 +76,10 @@ def cau_normal_loss(logits: jax.Array, next_items: jax.Array,
   Returns:
     Scalar masked mean negative log-likelihood (0 when nothing is valid).
   """
-  chex.assert_rank(logits, 2)
-  chex.assert_shape([next_items, valid], (logits.shape[0],))
-  return _masked_mean(-_target_logprob(logits, next_items), valid)
+  P.check_rank("logits", logits, 2)
+  for name, x in (("next_items", next_items), ("valid", valid)):
+    P.check_shape(name, x, (logits.shape[0],), f" (one per row of logits {logits.shape})")
+  return _masked_mean(-_target_logprob(_rows(logits, valid), next_items), valid)
 
 
 def kl_to_original(logits: jax.Array, orig_logits: jax.Array,
@@ -86,13 +94,13 @@ def kl_to_original(logits: jax.Array, orig_logits: jax.Array,
   Returns:
     Scalar mean KL; exactly 0 when the two agree.
   """
-  chex.assert_rank(logits, 2)
-  chex.assert_equal_shape([logits, orig_logits])
+  P.check_rank("logits", logits, 2)
+  P.check_same_shape(logits=logits, orig_logits=orig_logits)
   if mask is None:
     mask = jnp.ones(logits.shape[:1], bool)
-  logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+  logp = jax.nn.log_softmax(_rows(logits, mask).astype(jnp.float32), axis=-1)
   logp0 = jax.nn.log_softmax(
-      jax.lax.stop_gradient(orig_logits).astype(jnp.float32), axis=-1)
+      _rows(jax.lax.stop_gradient(orig_logits), mask).astype(jnp.float32), axis=-1)
   p0 = jnp.exp(logp0)
   # where(): items with p0 == 0 (e.g. -inf padding logits) contribute 0, not NaN.
   per_item = jnp.where(p0 > 0, p0 * (logp0 - logp), 0.0)
@@ -119,7 +127,7 @@ def gradient_difficulty(per_sample_grads: jax.Array, *,
   Returns:
     [U] difficulty scores.
   """
-  chex.assert_rank(per_sample_grads, 2)
+  P.check_rank("per_sample_grads", per_sample_grads, 2)
   d = jnp.linalg.norm(per_sample_grads.astype(jnp.float32), axis=-1)
   return minmax_normalize(d) if normalize else d
 
@@ -136,8 +144,8 @@ def embedding_difficulty(session_repr: jax.Array, item_emb: jax.Array, *,
   Returns:
     [U] difficulty scores (higher = the model associates them more = harder).
   """
-  chex.assert_rank(session_repr, 2)
-  chex.assert_equal_shape([session_repr, item_emb])
+  P.check_rank("session_repr", session_repr, 2)
+  P.check_same_shape(session_repr=session_repr, item_emb=item_emb)
   h = session_repr.astype(jnp.float32)
   e = item_emb.astype(jnp.float32)
   cos = jnp.sum(h * e, -1) / jnp.maximum(
@@ -155,8 +163,9 @@ def target_rank(scores: jax.Array, targets: jax.Array) -> jax.Array:
   Returns:
     [B] int32 ranks.
   """
-  chex.assert_rank(scores, 2)
-  chex.assert_shape(targets, (scores.shape[0],))
+  P.check_rank("scores", scores, 2)
+  P.check_shape("targets", targets, (scores.shape[0],),
+                f" (one per row of scores {scores.shape})")
   target_score = jnp.take_along_axis(scores, targets[:, None], axis=-1)
   return 1 + jnp.sum(scores > target_score, axis=-1).astype(jnp.int32)
 

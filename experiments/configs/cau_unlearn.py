@@ -53,7 +53,7 @@ def _base() -> ml_collections.ConfigDict:
       tau=1.0,
       fixed_weights=(1.0 / 3, 1.0 / 3, 1.0 / 3),
       # KL over all items but the forgotten one [DEVIATION from §9.1, see
-      # framework/cau.py]; the "full_kl" ablation runs the literal form.
+      # recsys/cau.py]; the "full_kl" ablation runs the literal form.
       kl_exclude_target=True,
   ))
   c.ablations = ("no_curriculum", "soft", "embedding_difficulty", "no_mgda",
@@ -108,7 +108,7 @@ SCHEMA = {
     "data.synthetic.seed": _NONNEG,
     "data.data_dir": string(), "data.manual_dir": string(),
     "data.num_forget": _POS, "data.test_fraction": _FRACTION,
-    "model.name": one_of("alignax.framework.recommenders:RECOMMENDERS"),
+    "model.name": one_of("alignax.recsys.recommenders:RECOMMENDERS"),
     "train.epochs": _POS, "train.batch_size": _POS, "train.lr": _LR,
     "train.eval_every": _POS, "train.checkpoint_every": _POS,
     "load_original_from": directory_or_empty(),

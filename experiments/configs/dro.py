@@ -130,7 +130,7 @@ _MODEL = {f"{m}.{k}": _POS for m in ("model",) for k in (
 _MODEL["model.tie_word_embeddings"] = boolean()
 SCHEMA = {
     "seed": _NONNEG,
-    "dataset": one_of(("builtin",)),
+    "dataset": string(),  # the binary says which data sets it runs on
     "world.num_people": _POS, "world.num_cities": _POS, "world.num_countries": _POS,
     "world.num_companies": _POS, "world.distractors_per_person": _NONNEG,
     "world.max_fillers": _NONNEG, "world.heldout_fraction": _FRACTION,
@@ -150,7 +150,7 @@ SCHEMA = {
     "em.renormalize_after_filter": boolean(), "em.epochs": _POS,
     "em.batch_size": _POS, "em.micro_batches": _POS, "em.learning_rate": _LR,
     "em.min_weight": number(0, 1),
-    "methods": many_of(("dro", "bm25_top5", "rejection_sft")),
+    "methods": many_of("alignax.experiments.dro:METHODS"),
     "eval.size": _POS,
     **lora_schema(),
 }

@@ -65,7 +65,7 @@ def get_config(preset: str = "default") -> ml_collections.ConfigDict:
       num_iterations=6, questions_per_iteration=256, num_samples=8, temperature=0.25,
       epochs=1, batch_size=32, micro_batches=1, learning_rate=1e-3, min_weight=0.01))
   # The method ("exsearch") and the baselines trained in the same run, each
-  # from the same warm-up model; keys of exsearch.WEIGHTINGS.
+  # from the same warm-up model; keys of objectives.EM_WEIGHTINGS.
   c.methods = ("exsearch", "uniform", "rejection_sft")
   c.eval = ml_collections.ConfigDict(dict(size=400))
   # LoRA adapters for the EM iterations (the warm-up trains the whole model);
@@ -115,7 +115,7 @@ SCHEMA = {
     "em.num_samples": _POS, "em.temperature": number(0, lo_open=True),
     "em.epochs": _POS, "em.batch_size": _POS, "em.micro_batches": _POS,
     "em.learning_rate": _LR, "em.min_weight": number(0, 1),
-    "methods": many_of(("exsearch", "uniform", "rejection_sft")),
+    "methods": many_of("alignax.objectives.em:EM_WEIGHTINGS"),
     "eval.size": _POS,
     **lora_schema(),
 }

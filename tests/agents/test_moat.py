@@ -11,7 +11,7 @@ import optax
 import pytest
 
 from alignax import objectives
-from alignax.agents import moat as agents
+from alignax.agents import moat as moat_agents
 from alignax.agents import moat_critic as mc
 from alignax.agents import moat_world as mw
 from alignax.agents import qa_data
@@ -77,7 +77,7 @@ def io_and_models(world, tmp_path_factory):
                     num_heads=2, num_kv_heads=1, max_position_embeddings=128,
                     pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id,
                     eos_token_id=tok.eos_token_id, tie_word_embeddings=True)
-  io = agents.AgentIO(tok, plan_prompt_len=32, plan_len=40, ground_prompt_len=80,
+  io = moat_agents.AgentIO(tok, plan_prompt_len=32, plan_len=40, ground_prompt_len=80,
                       action_len=40)
   path = str(tmp_path_factory.mktemp("critic_model"))
   grounder = Decoder(cfg, seed=2)
@@ -101,7 +101,7 @@ def test_grounder_scores_match_numpy(world, io_and_models):
   batch = io.grounder_batch(tasks, plans, gold)
   from flax import nnx
   graphdef, params = nnx.split(grounder)
-  got = np.asarray(agents.grounder_scores(graphdef, params, batch))
+  got = np.asarray(moat_agents.grounder_scores(graphdef, params, batch))
   # NumPy: full-vocabulary log-softmax of each row alone (no padding).
   for i, t in enumerate(tasks):
     prompt = io.grounder_prompt(t, plans[i])
@@ -295,7 +295,7 @@ def test_llm_critic_with_stub_and_with_a_random_model(world, io_and_models):
   assert len(out) == 2 and all(o is None or isinstance(o, mc.Correction) for o in out)
   with pytest.raises(ValueError, match="model_dir"):
     mc.make_critic("llm")
-  with pytest.raises(ValueError, match="Unknown critic"):
+  with pytest.raises(ValueError, match="unknown critic 'nope'; registered: .*builtin"):
     mc.make_critic("nope")
 
 
@@ -308,7 +308,7 @@ def test_stage1_is_one_generate_and_one_scoring_pass(world, io_and_models, monke
                                          "moat.py") + ":tiny")
   io, planner, grounder, _ = io_and_models
   calls = {"generate": 0, "score": 0}
-  real_gen, real_score = agents.sampling.generate, agents.grounder_scores
+  real_gen, real_score = moat_agents.sampling.generate, moat_agents.grounder_scores
 
   def gen(*a, **k):
     calls["generate"] += 1
@@ -318,7 +318,7 @@ def test_stage1_is_one_generate_and_one_scoring_pass(world, io_and_models, monke
     calls["score"] += 1
     return real_score(*a, **k)
 
-  monkeypatch.setattr(agents.sampling, "generate", gen)
+  monkeypatch.setattr(moat_agents.sampling, "generate", gen)
   monkeypatch.setattr(agents, "grounder_scores", score)
   opt = train.make_optimizer(1e-3)
   p_graphdef, p_state = train.init_train_state(planner, opt)

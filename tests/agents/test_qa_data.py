@@ -2,7 +2,6 @@
 import json
 import os
 
-import ml_collections
 import pytest
 
 from alignax.agents import qa_data, qa_world, retrieval
@@ -91,8 +90,7 @@ def test_hotpotqa_loader(tmp_path):
   assert exs[0].question == "Which city is Alpha from?" and exs[0].answers == ("Bern",)
   assert exs[0].passages == (qa_world.Passage("Alpha", "Alpha", "Alpha is a band. It is from Bern."),
                              qa_world.Passage("Beta", "Beta", "Beta is a river."))
-  config = ml_collections.ConfigDict(dict(dataset="hotpotqa", data_dir=str(tmp_path)))
-  ds = qa_data.load_dataset(config)
+  ds = qa_data.load_dataset("hotpotqa", data_dir=str(tmp_path))
   assert len(ds.train) == 2 and len(ds.eval) == 1
   assert sorted(p.title for p in ds.corpus) == ["Alpha", "Beta"]
 
@@ -121,8 +119,7 @@ def test_kilt_loader_and_errors(tmp_path):
       f.writelines(json.dumps(r) + "\n" for r in KILT)
   retrieval.write_corpus_jsonl([qa_world.Passage("1", "Paris", "Paris is the capital.")],
                                str(tmp_path / "corpus.jsonl"))
-  ds = qa_data.load_dataset(ml_collections.ConfigDict(dict(dataset="kilt",
-                                                           data_dir=str(tmp_path))))
+  ds = qa_data.load_dataset("kilt", data_dir=str(tmp_path))
   assert [(e.id, e.question, e.answers) for e in ds.train] == [
       ("k1", "who wrote hamlet", ("Shakespeare", "William Shakespeare")),
       ("k2", "capital of france", ("Paris",))]
@@ -131,8 +128,8 @@ def test_kilt_loader_and_errors(tmp_path):
     f.write(json.dumps({"id": "k3", "output": [{"answer": "x"}]}) + "\n")
   with pytest.raises(qa_data.DataFormatError, match=r"dev\.jsonl, line 3: missing field 'input'"):
     qa_data.load_kilt(str(tmp_path / "dev.jsonl"))
-  with pytest.raises(ValueError, match="Unknown dataset"):
-    qa_data.load_dataset(ml_collections.ConfigDict(dict(dataset="nq", data_dir="")))
+  with pytest.raises(ValueError, match="unknown dataset 'nq'; registered: .*kilt"):
+    qa_data.load_dataset("nq")
 
 
 def test_word_tokenizer_keeps_markers(tmp_path):

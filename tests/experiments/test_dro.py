@@ -4,12 +4,15 @@ re-derivation of docs/algorithms.md §7.1, prompts, the world's candidates and
 config errors."""
 import json
 import os
+import re
 
 import jax
 import numpy as np
 import pytest
 from flax import nnx
 
+from alignax import objectives
+from alignax.agents import dro as dro_agents
 from alignax.agents import dro_world, retrieval
 from alignax.experiments import dro
 from alignax.experiments.common import load_config_file
@@ -56,13 +59,15 @@ def test_rerun_resumes_without_work(tiny_run):
 
 
 def test_killed_run_resumes_identically(tiny_run, tmp_path):
-  # Killed inside the second method (bm25_top5), after its first iteration.
+  # Killed inside the second method (bm25_top5), while writing the checkpoint
+  # of its first iteration.
   assert_killed_run_resumes_identically(dro.run, lambda: load_config_file(TINY),
-                                        str(tmp_path / "killed"), tiny_run[0], stop_after=3)
+                                        str(tmp_path / "killed"), tiny_run[0], stop_after=3,
+                                        kill="mid_write")
 
 
 def _tiny_task(workdir):
-  """(world, candidates, warm-up models, Task) of the tiny run in `workdir`."""
+  """(world, candidates, warm-up models, DroPrompts) of the tiny run in `workdir`."""
   config = load_config_file(TINY)
   w = config.world
   world = dro_world.make_dro_world(seed=config.seed, num_people=w.num_people,
@@ -70,7 +75,7 @@ def _tiny_task(workdir):
                                    num_companies=w.num_companies)
   retriever = retrieval.BM25Retriever.build_or_load(world.dataset.corpus,
                                                     os.path.join(workdir, "bm25"))
-  cand = dro.build_task(config, workdir, world, retriever)
+  cand = dro.build_candidates(config, world, retriever)
   return (world, cand) + dro.build_policies(config, workdir, world, cand)
 
 
@@ -84,7 +89,7 @@ def test_two_models(tmp_path):
   workdir = str(tmp_path / "two")
   summary = dro.run(config, workdir, progress=False)
   assert len(summary["eval/em_per_iteration"]) == 1
-  for role in dro.ROLES:
+  for role in dro_agents.ROLES:
     assert os.path.exists(os.path.join(workdir, f"init_{role}", "model.safetensors"))
   assert not os.path.exists(os.path.join(workdir, "init_model"))
   assert dro.run(config, workdir, progress=False) == summary  # resumes from the checkpoint
@@ -97,7 +102,7 @@ def test_prompts_and_rows(tiny_run):
   out = task.ranking_ids([4, 0, 7, 2, 1])
   text = task.tokenizer.decode(out, skip_special_tokens=True)
   assert text == "[5] > [1] > [8] > [3] > [2]"
-  perms, valid = dro.parse_selections([text], task.num, task.top_k)
+  perms, valid = dro_agents.parse_selections([text], task.num, task.top_k)
   assert perms[0][:5] == [4, 0, 7, 2, 1] and valid[0]
   # Selector prompt: every candidate behind its id token, in BM25 order.
   prompt = task.tokenizer.decode(task.selector_prompt(ex))
@@ -115,8 +120,8 @@ def test_prompts_and_rows(tiny_run):
   examples = world.dataset.train[:6]
 
   def most_repeats():
-    outs, _, _ = dro._select(graphdef, params, task, examples, jax.random.key(1), repeats=4,
-                             temperature=3.0)
+    outs, _, _ = dro_agents.select(graphdef, params, task, examples, jax.random.key(1),
+                                   repeats=4, temperature=3.0)
     return max(o.count(t) for o in outs for t in id_tokens)
 
   id_tokens = task.no_repeat
@@ -146,10 +151,10 @@ def test_counterfactual_warmup_rows(tiny_run):
 
 
 def test_swap_and_answer_pool():
-  assert dro._swap([1, 2, 3, 2, 3, 4], [2, 3], [9]) == [1, 9, 9, 4]
-  assert dro._swap([1, 2, 3], [5], [6, 7]) == [1, 2, 3]
+  assert dro_agents.swap_tokens([1, 2, 3, 2, 3, 4], [2, 3], [9]) == [1, 9, 9, 4]
+  assert dro_agents.swap_tokens([1, 2, 3], [5], [6, 7]) == [1, 2, 3]
   with pytest.raises(ValueError, match="non-empty"):
-    dro._swap([1, 2], [], [3])
+    dro_agents.swap_tokens([1, 2], [], [3])
   world = dro_world.make_dro_world(num_people=30, num_cities=8, num_countries=3,
                                    num_companies=5)
   d = world.dataset
@@ -209,14 +214,14 @@ def test_weights_hand_worked(renormalize):
            "[1] > [2] > [3]", "no ids here", "[4] > [5] > [6] > [1]", "[1] > [2] > [3]"]
   ll = np.asarray([-0.5, -0.5, -2.0, -1.0, -0.2, -3.0, -0.1, -0.2], np.float32)
   qids = np.repeat([0, 1], 4)
-  perms, valid = dro.parse_selections(texts, num_candidates=6, top_k=3)
+  perms, valid = dro_agents.parse_selections(texts, num_candidates=6, top_k=3)
   assert perms[0] == [1, 0, 4, 2, 3, 5]
   assert perms[2] == [2, 0, 1, 3, 4, 5]  # [9] out of range, repeat dropped, completed
   assert perms[5] == list(range(6))
   assert valid.tolist() == [True, True, False, True, True, False, False, True]
-  keep = dro.first_occurrences(texts, qids)
+  keep = objectives.first_occurrences(texts, qids)
   assert keep.tolist() == [True, False, True, True, True, True, True, False]
-  w = dro.dro_weights(ll, qids, 2, keep, valid, renormalize_after_filter=renormalize)
+  w = objectives.dro_weights(ll, qids, 2, keep, valid, renormalize_after_filter=renormalize)
   np.testing.assert_allclose(w, _spec_weights(texts, ll, qids, 6, 3, renormalize),
                              rtol=1e-6, atol=1e-7)
   # By hand: question 0 softmaxes over rows {0, 2, 3} (row 1 is a duplicate),
@@ -232,15 +237,15 @@ def test_weights_hand_worked(renormalize):
 
 
 def test_weights_question_with_nothing_valid():
-  w = dro.dro_weights(np.asarray([-1.0, -2.0]), np.asarray([0, 0]), 1,
-                      np.asarray([True, True]), np.asarray([False, False]),
-                      renormalize_after_filter=True)
+  w = objectives.dro_weights(np.asarray([-1.0, -2.0]), np.asarray([0, 0]), 1,
+                             np.asarray([True, True]), np.asarray([False, False]),
+                             renormalize_after_filter=True)
   np.testing.assert_array_equal(w, [0.0, 0.0])
 
 
 @pytest.mark.parametrize("change, message", [
     (dict(methods=("bm25_top5",)), "must include 'dro'"),
-    (dict(methods=("dro", "uniform")), "must include 'dro'"),
+    (dict(methods=("dro", "uniform")), re.escape("config.methods=('dro', 'uniform')")),
     (dict(dataset="hotpotqa"), "built-in selection world"),
     (dict(selector=dict(top_k=9)), "top_k=9"),
     (dict(em=dict(num_samples=0)), ">= 1"),

@@ -6,6 +6,7 @@ import optax
 import pytest
 from flax import nnx
 
+from alignax import objectives
 from alignax.framework import train
 from alignax.framework.config import ModelConfig
 from alignax.framework.model import Decoder
@@ -42,7 +43,8 @@ def test_micro_batches_give_the_full_batch_update(loss_type, beta):
     graphdef, state = train.init_train_state(Decoder(config, seed=0), optimizer)
     update = train.make_grpo_update(
         graphdef, optimizer, micro_batches=micro, temperature=0.9,
-        loss_kwargs=dict(loss_type=loss_type, beta=beta, max_completion_length=6))
+        loss=objectives.PolicyLossConfig(loss_type=loss_type, beta=beta,
+                                         max_completion_length=6))
     state, metrics = update(state, batch)
     results.append((jax.tree.leaves(state.params), float(metrics["loss"]),
                     float(metrics["grad_norm"])))
@@ -113,8 +115,8 @@ def test_grpo_update_with_shared_prompts_and_kept_logits_matches_plain():
   out = []
   for kw in (dict(), dict(prompt_groups=4, remat=False, micro_batches=2)):
     graphdef, state = train.init_train_state(Decoder(config, seed=0), optimizer)
-    update = train.make_grpo_update(graphdef, optimizer, temperature=0.9, loss_kwargs=dict(
-        loss_type="dapo", max_completion_length=5), **kw)
+    loss = objectives.PolicyLossConfig(max_completion_length=5)
+    update = train.make_grpo_update(graphdef, optimizer, temperature=0.9, loss=loss, **kw)
     state, metrics = update(state, batch)
     out.append((jax.tree.leaves(state.params), float(metrics["loss"])))
   assert abs(out[0][1] - out[1][1]) < 1e-6
@@ -180,3 +182,17 @@ def test_train_minibatches_counts_updates_and_returns_last_metrics():
   state, count, metrics = train.train_minibatches(update, 0, {"x": np.zeros(0)}, 4, 1,
                                                   steps=3)
   assert (state, count, metrics) == (0, 0, {})
+
+
+def test_policy_loss_config_checks_and_rejects_a_plain_dict():
+  cfg = objectives.PolicyLossConfig.from_mapping(
+      {"loss_type": "grpo", "beta": 0.04, "advantage": "rloo"}, max_completion_length=8)
+  assert cfg.loss_type == "grpo" and cfg.beta == 0.04 and hash(cfg)
+  with pytest.raises(ValueError, match="unknown policy loss 'nope'"):
+    objectives.PolicyLossConfig(loss_type="nope")
+  with pytest.raises(ValueError, match="importance_sampling_level"):
+    objectives.PolicyLossConfig(importance_sampling_level="seq")
+  with pytest.raises(ValueError, match="dr_grpo.*max_completion_length"):
+    objectives.PolicyLossConfig(loss_type="dr_grpo")
+  with pytest.raises(TypeError, match="PolicyLossConfig"):
+    train.make_grpo_update(None, optax.sgd(1.0), loss={"loss_type": "dapo"})

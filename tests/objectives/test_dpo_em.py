@@ -129,3 +129,17 @@ def test_perplexity_scores_and_dpo_pairs():
   np.testing.assert_array_equal(chosen, [1, 4])  # ties: first index
   np.testing.assert_array_equal(rejected, [3, 5])
   np.testing.assert_array_equal(valid, [True, False])
+
+
+def test_em_weightings_registry_matches_numpy():
+  from alignax.objectives import em
+  ll = np.asarray([-1.0, -2.0, -0.5, -3.0, -1.0, -1.0], np.float32)
+  ok = np.asarray([1, 0, 1, 0, 0, 1], np.float32)
+  z = (ll / 0.5).reshape(2, 3)
+  soft = (np.exp(z - z.max(1, keepdims=True))
+          / np.exp(z - z.max(1, keepdims=True)).sum(1, keepdims=True)).reshape(-1)
+  want = {"exsearch": soft, "uniform": np.full(6, 1 / 3), "rejection_sft": ok}
+  assert sorted(em.EM_WEIGHTINGS) == sorted(want)
+  for name, w in want.items():
+    np.testing.assert_allclose(em.EM_WEIGHTINGS[name](ll, ok, 3, temperature=0.5), w,
+                               rtol=1e-6, err_msg=name)

@@ -3,6 +3,7 @@
 Values and gradients with respect to the log-probs, float64 on both sides,
 relative error <= 1e-5 (observed ~1e-12).
 """
+import dataclasses
 import functools
 
 import jax
@@ -254,3 +255,16 @@ def test_rloo_sequence_loss_matches_clipped_surrogate():
   expected = np.mean(-np.minimum(ratio * adv, clipped * adv))
   np.testing.assert_allclose(O.rloo_sequence_loss(seq, old, adv), expected,
                              rtol=1e-6)
+
+
+def test_policy_loss_lists_its_keywords_as_policy_loss_terms_does():
+  import inspect
+  loss = inspect.signature(O.policy_loss).parameters
+  terms = inspect.signature(O.policy_loss_terms).parameters
+  assert not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in loss.values())
+  assert set(terms) <= set(loss) and set(loss) - set(terms) == {"num_items_in_batch"}
+  for name, p in terms.items():
+    assert loss[name].default == p.default, name
+  fields = {f.name for f in dataclasses.fields(O.PolicyLossConfig)}
+  assert fields == set(terms) - {"logprobs", "old_logprobs", "advantages", "mask",
+                                 "ref_logprobs", "sampling_logprobs"}

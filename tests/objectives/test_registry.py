@@ -36,3 +36,27 @@ def test_unknown_lists_the_registered_names():
 def test_project_tables_are_registries():
   for table in (R.POLICY_LOSSES, R.AGGREGATIONS, R.ADVANTAGE_ESTIMATORS, R.DPO_LOSSES):
     assert isinstance(table, R.Registry) and len(table) > 0
+
+
+def test_every_name_table_of_the_package_is_a_registry():
+  from alignax.agents import moat_critic, qa_data, tasks
+  from alignax.framework import attention
+  from alignax.objectives import curriculum, em
+  for table in (curriculum.CURRICULA, em.EM_WEIGHTINGS, tasks.TASKS, moat_critic.CRITICS,
+                qa_data.DATASETS, attention.ATTENTION_IMPLS):
+    assert isinstance(table, R.Registry) and len(table) > 0, table
+
+
+def test_every_advantage_estimator_takes_rewards_and_group_size():
+  import jax.numpy as jnp
+  r = jnp.asarray([1.0, 0.0, 0.5, 0.5, 0.0, 0.0])
+  for name, fn in R.ADVANTAGE_ESTIMATORS.items():
+    assert fn(r, 3).shape == (6,), name
+
+
+def test_accepted_options_passes_only_what_a_function_takes():
+  def f(x, group_size, *, scale="group", eps=1.0):
+    return x, scale, eps
+
+  assert R.accepted_options(f, {"scale": "none", "gamma": 2.0}) == {"scale": "none"}
+  assert R.accepted_options(lambda x, g: x, {"scale": "none"}) == {}

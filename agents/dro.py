@@ -1,0 +1,228 @@
+"""DRO's selector and generator (docs/algorithms.md §7): prompt format, training
+rows, batched sampling of selections and answers, held-out evaluation.
+
+One tokenizer serves both roles (plus one token per candidate id `[i]`); the
+roles are played by one decoder or two (`graphdef` is shared, `states` maps a
+state name to its `TrainState`, `roles` maps "selector"/"generator" to a name).
+"""
+from __future__ import annotations
+
+import jax
+import numpy as np
+from flax import nnx
+
+from alignax.agents import metrics as metrics_lib
+from alignax.agents import qa_world
+from alignax.agents import rollout as rollout_lib
+from alignax.framework import sampling
+
+ROLES = ("selector", "generator")
+
+
+def parse_selections(texts, num_candidates: int, top_k: int):
+  """Selector outputs -> (permutations [N] of candidate positions, valid [N]).
+
+  `parse_ranking` drops out-of-range ids and repeats and appends the unseen
+  candidates in BM25 order (§7.1); an output is valid when it names exactly
+  `top_k` distinct in-range ids.
+  """
+  perms = [metrics_lib.parse_ranking(t, num_candidates) for t in texts]
+  valid = np.asarray([len(metrics_lib.parse_ranking(t, num_candidates, complete=False))
+                      == top_k for t in texts])
+  return perms, valid
+
+
+# ------------------------------------------------------------- prompts, rows
+class DroPrompts:
+  """DRO's token formats: the selector and generator prompts and training rows.
+
+  Holds the tokenizer, the world and each question's candidate passages.
+    selector : <s> rank question : <q> [1] <passage> ... [n] <passage> <END_SEARCH>
+                                                        -> [a] > [b] > ... </s>
+    generator: <s> answer question : <q> <DOC> <passage> ... <END_SEARCH> <FINAL>
+                                                        -> <answer> </s>
+  """
+
+  def __init__(self, tokenizer, world, candidates: dict, *, num_candidates: int, top_k: int,
+               max_answer_tokens: int, no_repeat_ids: bool):
+    self.tokenizer = tokenizer
+    self.world = world
+    self.corpus = world.dataset.corpus
+    self.candidates = candidates  # question id -> passage indices [n]
+    self.num = num_candidates
+    self.top_k = top_k
+    self.max_answer = max_answer_tokens
+    self.pad, self.bos, self.eos = (tokenizer.pad_token_id, tokenizer.bos_token_id,
+                                    tokenizer.eos_token_id)
+    enc = lambda s: tokenizer.encode(s, add_special_tokens=False)
+    self.encode = enc
+    self._passage = {}
+    self._doc = enc(qa_world.DOC)
+    self._end = enc(qa_world.END_SEARCH)
+    self._final = enc(qa_world.FINAL)
+    self._ids = [enc(f"[{i + 1}]") for i in range(self.num)]
+    # Constrained selector decoding: each candidate id's tokens at most once per
+    # output (None: free sampling).
+    self.no_repeat = [t for ids in self._ids for t in ids] if no_repeat_ids else None
+    self._sep = enc(">")
+    # Generator budget: the answer + EOS. Selector: top_k ids, separators, EOS.
+    self.sel_new = 2 * self.top_k + 1
+    self.gen_new = self.max_answer + 1
+
+  def decode(self, ids) -> str:
+    return self.tokenizer.decode(ids, skip_special_tokens=True)
+
+  def passage(self, i: int) -> list[int]:
+    if i not in self._passage:
+      self._passage[i] = self.encode(self.corpus[i].text)
+    return self._passage[i]
+
+  def selector_prompt(self, ex) -> list[int]:
+    ids = [self.bos] + self.encode(f"rank question : {ex.question}")
+    for pos, i in enumerate(self.candidates[ex.id]):
+      ids += self._ids[pos] + self.passage(int(i))
+    return ids + self._end
+
+  def ranking_ids(self, positions) -> list[int]:
+    """Output tokens `[a] > [b] > ... </s>` of candidate positions (0-based)."""
+    out = []
+    for j, p in enumerate(positions):
+      out += (self._sep if j else []) + self._ids[p]
+    return out + [self.eos]
+
+  def generator_prompt(self, ex, passages) -> list[int]:
+    ids = [self.bos] + self.encode(f"answer question : {ex.question}")
+    for i in passages:
+      ids += self._doc + self.passage(int(i))
+    return ids + self._end + self._final
+
+  def gold_ids(self, ex) -> list[int]:
+    return self.encode(ex.answers[0])[:self.max_answer] + [self.eos]
+
+  def docs(self, ex, permutation) -> list[int]:
+    """Passage indices of the first top_k candidates of a permutation."""
+    return [int(self.candidates[ex.id][p]) for p in permutation[:self.top_k]]
+
+  def gold_positions(self, ex) -> list[int]:
+    cand = list(self.candidates[ex.id])
+    return [cand.index(g) for g in self.world.gold[ex.id] if g in cand]
+
+  def oracle_ranking(self, ex) -> list[int]:
+    """Gold candidate positions first (hop order), then BM25 order."""
+    gold = self.gold_positions(ex)
+    return (gold + [p for p in range(self.num) if p not in gold])[:self.top_k]
+
+  # Rows: (tokens, loss mask, answer mask); the answer mask is the gold span.
+  def generator_row(self, ex, passages, swap=None, train_prompt: bool = False):
+    """swap: (old, new) token lists replaced everywhere in the row.
+    train_prompt: the loss mask covers the prompt too (the answer mask never)."""
+    prompt, gold = self.generator_prompt(ex, passages), self.gold_ids(ex)
+    if swap is not None:
+      prompt, gold = swap_tokens(prompt, *swap), swap_tokens(gold, *swap)
+    answer = [False] * len(prompt) + [True] * len(gold)
+    return prompt + gold, ([True] * len(answer) if train_prompt else answer), answer
+
+  def counterfactual_swap(self, ex, rng):
+    """(gold answer, a random other entity of its type) as token lists: with
+    it, the answer can only be read from the passages, never recalled from
+    other rows about the same person (the DRO binary's warm-up)."""
+    pool = [a for a in self.world.answer_pool[ex.id] if a != ex.answers[0]]
+    if not pool:
+      raise ValueError(f"warmup.counterfactual needs a second entity of the type of"
+                       f" {ex.answers[0]!r} ({ex.id}); enlarge config.world or turn it off.")
+    return self.encode(ex.answers[0]), self.encode(pool[rng.randint(len(pool))])
+
+  def selector_row(self, ex, output):
+    prompt = self.selector_prompt(ex)
+    mask = [False] * len(prompt) + [True] * len(output)
+    return prompt + list(output), mask, mask
+
+  def batch(self, rows, length, weights=None):
+    tokens, attn, (loss, answer) = rollout_lib.pad_trajectories(
+        [np.asarray(r[0]) for r in rows], [[np.asarray(r[1]) for r in rows],
+                                           [np.asarray(r[2]) for r in rows]],
+        length, self.pad)
+    out = dict(sequences=tokens, attention_mask=attn, loss_mask=loss[:, 1:],
+               answer_mask=answer[:, 1:])
+    out["weights"] = (np.ones(len(rows), np.float32) if weights is None
+                      else np.asarray(weights, np.float32))
+    return out
+
+  def lengths(self, examples):
+    """Padded row lengths (selector, generator), multiples of 8."""
+    sel = max(len(self.selector_prompt(e)) for e in examples) + self.sel_new
+    longest = sorted((len(self.passage(int(i))) for e in examples
+                      for i in self.candidates[e.id]), reverse=True)[:self.top_k]
+    gen = (max(len(self.generator_prompt(e, [])) for e in examples) + sum(longest)
+           + self.gen_new)
+    return -(-sel // 8) * 8, -(-gen // 8) * 8
+
+
+def swap_tokens(tokens, old, new):
+  """`tokens` with every occurrence of the sub-sequence `old` replaced by `new`."""
+  if not old:
+    raise ValueError("swap_tokens needs a non-empty sub-sequence to replace.")
+  out, i = [], 0
+  while i < len(tokens):
+    if tokens[i:i + len(old)] == old:
+      out += new
+      i += len(old)
+    else:
+      out.append(tokens[i])
+      i += 1
+  return out
+
+
+# ------------------------------------------------------------ sampling
+def generate_completions(graphdef, params, fmt, prompts, max_new, key, *, temperature=0.0,
+                         top_p=None, repeats=1, no_repeat=None):
+  """Completions (token lists, stop token included) of every prompt x repeats."""
+  model = nnx.merge(graphdef, params)
+  gen = sampling.generate(model, prompts, max_new_tokens=max_new, temperature=temperature,
+                          top_p=top_p if temperature > 0 else None,
+                          eos_token_id=fmt.eos, seed=key, num_generations=repeats,
+                          pad_token_id=fmt.pad, no_repeat_token_ids=no_repeat)
+  tokens, mask = np.asarray(gen.tokens), np.asarray(gen.mask)
+  return [t[m].tolist() for t, m in zip(tokens, mask)]
+
+
+def select(graphdef, params, fmt, examples, key, *, repeats=1, temperature=0.0,
+           top_p=None):
+  """Selector outputs (token lists), permutations and validity, row p*m + j."""
+  outs = generate_completions(graphdef, params, fmt,
+                              [fmt.selector_prompt(e) for e in examples], fmt.sel_new, key,
+                              temperature=temperature, top_p=top_p, repeats=repeats,
+                              no_repeat=fmt.no_repeat)
+  perms, valid = parse_selections([fmt.decode(o) for o in outs], fmt.num, fmt.top_k)
+  return outs, perms, valid
+
+
+def answers(graphdef, params, fmt, examples, passages) -> list[str]:
+  """Greedy generator answers for (example, passages) pairs."""
+  outs = generate_completions(graphdef, params, fmt,
+                              [fmt.generator_prompt(e, p) for e, p in zip(examples, passages)],
+                              fmt.gen_new, jax.random.key(0))
+  return [fmt.decode(o) for o in outs]
+
+
+def evaluate(graphdef, states, roles, fmt, examples, mode: str) -> dict[str, float]:
+  """Held-out EM / F1 / accuracy (points) and gold recall of the generator's
+  passages; mode "selector" (greedy selection) or "bm25" (BM25's top_k)."""
+  if mode == "selector":
+    _, perms, valid = select(graphdef, states[roles["selector"]].params, fmt, examples,
+                             jax.random.key(0))
+  else:
+    perms, valid = [list(range(fmt.num))] * len(examples), np.ones(len(examples), bool)
+  passages = [fmt.docs(e, p) for e, p in zip(examples, perms)]
+  preds = answers(graphdef, states[roles["generator"]].params, fmt, examples, passages)
+  scores = metrics_lib.score_answers(preds, [e.answers for e in examples])
+  out = {f"eval/{k}": 100.0 * v for k, v in scores.items()}
+  gold = [set(fmt.world.gold[e.id]) for e in examples]
+  # gold_recall: every gold passage selected; gold_passage_recall: the share of
+  # gold passages selected (a 2-hop question with one of its two counts 1/2).
+  out["eval/gold_recall"] = 100.0 * float(np.mean(
+      [g <= set(p) for g, p in zip(gold, passages)]))
+  out["eval/gold_passage_recall"] = 100.0 * float(np.mean(
+      [len(g & set(p)) / len(g) for g, p in zip(gold, passages)]))
+  out["eval/valid_rankings"] = 100.0 * float(np.mean(valid))
+  return out
