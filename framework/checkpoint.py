@@ -105,8 +105,10 @@ class Checkpointer:
     self.directory = os.path.abspath(directory)
     self._mgr = ocp.CheckpointManager(
         self.directory,
-        options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep,
-                                             create=True),
+        # cleanup_tmp_directories: the temporary folder of a write killed
+        # half-way holds no checkpoint; it is removed when the run restarts.
+        options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True,
+                                             cleanup_tmp_directories=True),
         item_names=("state", "extras"))
     self._pending: list[int] = []  # async saves whose manifest is not written yet
 
