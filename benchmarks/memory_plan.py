@@ -99,6 +99,20 @@ def batch_struct(rows, prompt, completion):
               advantages=sds((n,), np.float32))
 
 
+def lora_build_state(rank: int):
+  """A `build_state` whose TrainState trains rank-`rank` LoRA adapters only
+  (alignax.framework.lora): base and adapters in params, Adam state of the
+  adapters alone."""
+  from alignax.framework import lora  # pylint: disable=g-import-not-at-top
+
+  def build(config: ModelConfig, optimizer):
+    def init():
+      model = lora.apply(Decoder(config), lora.LoraConfig(rank=rank, alpha=2.0 * rank))
+      return train.init_train_state(model, optimizer)
+    return jax.eval_shape(init)
+  return build
+
+
 def count_params(state) -> int:
   return int(sum(np.prod(x.shape) for x in jax.tree.leaves(state.params)))
 
@@ -124,6 +138,8 @@ def plan(name, model_kwargs, mesh_name, *, remat, fused_remat, rows, prompt,
   seconds = time.perf_counter() - t0
   mem = compiled.memory_analysis()
   n = count_params(state)
+  trained = int(sum(np.prod(x.shape) for x in jax.tree.leaves(
+      train.trainable_params(state.params))))  # < n with LoRA adapters
   devices = mesh.size
   arg = mem.argument_size_in_bytes / GIB
   tmp = mem.temp_size_in_bytes / GIB
@@ -134,7 +150,8 @@ def plan(name, model_kwargs, mesh_name, *, remat, fused_remat, rows, prompt,
       fused_logprobs="recompute" if fused_remat else "keep logits",
       params_billion=n / 1e9, rows=rows, prompt=prompt, completion=completion,
       micro_batches=micro_batches,
-      arithmetic_gib=dict(master_f32=4 * n / devices / GIB, adam=8 * n / devices / GIB,
+      trained_billion=trained / 1e9,
+      arithmetic_gib=dict(master_f32=4 * n / devices / GIB, adam=8 * trained / devices / GIB,
                           bf16_weights=2 * n / devices / GIB),
       compiled_gib=dict(arguments=arg, temporaries=tmp, outputs=out, aliased=alias,
                         total=arg + tmp + out - alias),
@@ -172,6 +189,8 @@ def main(argv=None):
   parser.add_argument("--micro_batches", type=int, default=8)
   parser.add_argument("--layers", type=int, default=0,
                       help="override num_layers (0: the model's own)")
+  parser.add_argument("--lora_rank", type=int, default=0,
+                      help="> 0: train LoRA adapters of this rank only (frozen base)")
   parser.add_argument("--quick", action="store_true",
                       help="Llama-3.2-1B shapes with 2 layers, 16 x (64 + 256) tokens,"
                            " fsdp8: a smoke run in seconds")
@@ -205,7 +224,10 @@ def main(argv=None):
         for fused in args.fused.split(","):
           row = plan(name, kwargs, mesh_name, remat=remat, fused_remat=fused == "recompute",
                      rows=args.rows, prompt=args.prompt, completion=args.completion,
-                     groups=args.groups, micro_batches=args.micro_batches)
+                     groups=args.groups, micro_batches=args.micro_batches,
+                     **({"build_state": lora_build_state(args.lora_rank)}
+                        if args.lora_rank else {}))
+          row["lora_rank"] = args.lora_rank
           if args.layers:
             row["num_layers"] = args.layers
           rows.append(row)

@@ -176,6 +176,28 @@ def directory_or_empty() -> Rule:
               "'' or an existing directory")
 
 
+def lora_config() -> ml_collections.ConfigDict:
+  """The `lora` block every LLM binary's config holds (see `apply_lora`).
+
+  rank 0 = full fine-tuning. With rank > 0 only the adapters train (base
+  frozen), the sampler runs base + adapters unmerged, a KL / DPO reference is
+  the base with the adapters disabled. init_from: a PEFT adapter directory to
+  continue training from.
+  """
+  return ml_collections.ConfigDict(dict(
+      rank=0, alpha=16.0, dropout=0.0, init_from="",
+      target_modules=("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
+                      "down_proj")))
+
+
+def lora_schema(prefix: str = "lora") -> dict[str, "Rule"]:
+  """SCHEMA rules of a `lora_config()` block at `prefix`."""
+  return {f"{prefix}.rank": integer(0), f"{prefix}.alpha": number(0, lo_open=True),
+          f"{prefix}.dropout": number(0, 1, hi_open=True),
+          f"{prefix}.init_from": directory_or_empty(),
+          f"{prefix}.target_modules": many_of("alignax.framework.lora:TARGETS")}
+
+
 def _lookup(config, key: str):
   value = config
   for part in key.split("."):
@@ -217,6 +239,32 @@ def validate_config(config, config_file: str) -> None:
   if errors:
     raise ConfigError("Invalid config (" + os.path.basename(config_file.partition(":")[0])
                       + "):\n  " + "\n  ".join(errors))
+
+
+def apply_lora(model, lora_config, *, seed: int = 0):
+  """Attaches LoRA adapters per a config's `lora` block and returns the model.
+
+  `lora_config`: rank (0 = none: full fine-tuning), alpha, dropout,
+  target_modules, init_from (a PEFT adapter directory to continue from; its
+  adapter_config.json sets rank and alpha, and a rank > 0 here must agree).
+  See `alignax.framework.lora`.
+  """
+  from alignax.framework import lora  # pylint: disable=g-import-not-at-top
+
+  c = lora_config
+  if c.init_from:
+    lora.load_peft(model, c.init_from, seed=seed)
+    loaded = lora.config_of(model)
+    if c.rank and c.rank != loaded.rank:
+      raise ValueError(f"config.lora.rank={c.rank} but the adapter in"
+                       f" config.lora.init_from={c.init_from!r} has rank {loaded.rank};"
+                       " set config.lora.rank=0 (take the adapter's) or the same rank.")
+    return model
+  if not c.rank:
+    return model
+  return lora.apply(model, lora.LoraConfig(
+      rank=int(c.rank), alpha=float(c.alpha), dropout=float(c.dropout),
+      target_modules=tuple(c.target_modules)), seed=seed)
 
 
 def setup_mesh(config):
@@ -401,16 +449,18 @@ def run_phases(workdir: str, fresh, phases: Mapping[str, Callable], iterations: 
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   import tqdm  # pylint: disable=g-import-not-at-top
-  from alignax.framework import checkpoint, experiment  # pylint: disable=g-import-not-at-top
+  from alignax.framework import checkpoint, experiment, train  # pylint: disable=g-import-not-at-top
 
   methods = list(phases)
   ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"), max_to_keep=2)
-  restored = ckpt.restore_latest(fresh)
+  # Under LoRA checkpoints hold the adapters and their optimiser state only.
+  restored = ckpt.restore_latest(train.checkpoint_state(fresh))
   if restored is None:
     done, state, extras = 0, fresh, start()
     extras.setdefault("curves", {m: [] for m in methods})
   else:
-    done, state, extras = restored
+    done, saved, extras = restored
+    state = train.from_checkpoint_state(fresh, saved)
   truncate_metrics(workdir, done)
   writer = experiment.MetricWriter(workdir)
   if restored is None:
@@ -421,7 +471,9 @@ def run_phases(workdir: str, fresh, phases: Mapping[str, Callable], iterations: 
   for index in bar:
     method, it = methods[index // iterations], index % iterations
     if it == 0:
-      state = jax.tree.map(jnp.copy, fresh)  # every method starts from the warm-up
+      # Every method starts from the warm-up (under LoRA: fresh adapters, same base).
+      state = train.from_checkpoint_state(
+          fresh, jax.tree.map(jnp.copy, train.checkpoint_state(fresh)))
     t0 = time.perf_counter()
     state, stats, scores = phases[method](state, it, index, extras)
     _check_finite(state, f"{method} iteration {it + 1} (step {index + 1})", ckpt, workdir)
@@ -430,7 +482,7 @@ def run_phases(workdir: str, fresh, phases: Mapping[str, Callable], iterations: 
     writer.write(index + 1, {"iteration": it + 1,
                              **{f"{method}/{k}": v for k, v in {**stats, **scores}.items()}})
     bar.set_postfix(method=method, **{k: f"{scores[v]:.1f}" for k, v in postfix.items()})
-    ckpt.save(index + 1, state, extras)
+    ckpt.save(index + 1, train.checkpoint_state(state), extras)
   writer.close()
   ckpt.close()
   plot(extras)

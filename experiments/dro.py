@@ -55,7 +55,7 @@ from alignax.agents import dro as dro_agents
 from alignax.agents import dro_world, qa_data, retrieval
 from alignax.agents import metrics as metrics_lib
 from alignax.experiments import common
-from alignax.framework import experiment, train
+from alignax.framework import experiment, lora, train
 from alignax.framework.config import ModelConfig
 from alignax.framework.model import Decoder
 from alignax.objectives.registry import Registry
@@ -333,8 +333,10 @@ def run(config, workdir: str, *, stop_after: int | None = None, progress: bool =
   graphdef = None
   fresh = {}
   for name, model in models.items():
+    model = common.apply_lora(model, config.lora, seed=config.seed)  # rank 0: unchanged
     graphdef, fresh[name] = train.init_train_state(model, optimizer)
-  update = train.make_weighted_update(graphdef, optimizer, em.micro_batches)
+  update = train.make_weighted_update(lora.training(graphdef, fresh[name].params), optimizer,
+                                      em.micro_batches)
   methods = list(config.methods)
   pool = world.dataset.train[config.warmup.num_questions:]
   evaluate = lambda states, mode: dro_agents.evaluate(graphdef, states, roles, fmt, held_out,
