@@ -242,8 +242,8 @@ def test_weights_question_with_nothing_valid():
 
 @pytest.mark.parametrize("change, message", [
     (dict(methods=("bm25_top5",)), "must include 'dro'"),
-    (dict(methods=("dro", "uniform")), "must include 'dro'"),
-    (dict(dataset="hotpotqa"), "built-in selection world"),
+    (dict(methods=("dro", "uniform")), r"config.methods.*names from 'bm25_top5', 'dro'"),
+    (dict(dataset="hotpotqa"), "config.dataset='hotpotqa': must be one of 'builtin'"),
     (dict(selector=dict(top_k=9)), "top_k=9"),
     (dict(em=dict(num_samples=0)), ">= 1"),
     (dict(candidates=dict(keep_top=13)), "keep_top=13"),
