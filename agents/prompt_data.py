@@ -66,7 +66,7 @@ class Example:
 
 @contextlib.contextmanager
 def _quiet_datasets():
-  from datasets.utils import tqdm as ds_tqdm  # pylint: disable=g-import-not-at-top
+  import datasets as ds_tqdm  # pylint: disable=g-import-not-at-top
   was_disabled = ds_tqdm.are_progress_bars_disabled()
   ds_tqdm.disable_progress_bars()
   try:

@@ -293,6 +293,7 @@ def plot_methods(results: dict[str, dict], path: str) -> None:
 def run(cfg, workdir: str) -> dict:
   """Runs every phase and returns the summary (also written to workdir)."""
   common.validate_config(cfg, DEFAULT_CONFIG)  # before any work
+  common.setup_mesh(cfg)  # multi-host init; the recommender runs unsharded
   os.makedirs(workdir, exist_ok=True)
   experiment.check_or_store_config(workdir, cfg)
   data = load_data(cfg)

@@ -219,6 +219,34 @@ def validate_config(config, config_file: str) -> None:
                       + "):\n  " + "\n  ".join(errors))
 
 
+def setup_mesh(config):
+  """The one call each binary makes before any JAX work: joins the other
+  processes when the environment asks for it (`sharding.
+  maybe_initialize_distributed`: `JAX_COORDINATOR_ADDRESS` + `JAX_NUM_PROCESSES`
+  + `JAX_PROCESS_ID`, or `ALIGNAX_DISTRIBUTED=1`), then returns the device mesh
+  of `config.mesh` (data/fsdp/tensor sizes), or None when the config has no
+  mesh or every axis is 1."""
+  from alignax.framework import sharding  # pylint: disable=g-import-not-at-top
+  sharding.maybe_initialize_distributed()
+  sizes = config.get("mesh")
+  sizes = sizes.to_dict() if hasattr(sizes, "to_dict") else dict(sizes or {})
+  if all(v == 1 for v in sizes.values()):
+    return None
+  return sharding.make_mesh(**sizes)
+
+
+def model_options(config) -> dict:
+  """`hf.from_pretrained` keywords for precision and remat from a binary's
+  config: `model.param_dtype` (weights, optimiser moments), `model.dtype`
+  (matmuls) and `train.remat` (decoder-layer rematerialisation), each
+  optional (float32 / float32 / none when a config has no such key)."""
+  model = config.get("model", {}) or {}
+  train = config.get("train", {}) or {}
+  return dict(dtype=model.get("param_dtype", "float32"),
+              compute_dtype=model.get("dtype", "float32"),
+              remat=train.get("remat", "none"))
+
+
 def read_metrics(workdir: str) -> list[dict]:
   return experiment.read_metrics(workdir)
 

@@ -273,6 +273,9 @@ def _check_config(config):
   if "dro" not in config.methods:
     raise ValueError(f"config.methods={tuple(config.methods)!r} must include 'dro' (the"
                      f" baselines {sorted(set(METHODS) - {'dro'})} run beside it).")
+  if config.dataset != "builtin":
+    raise ValueError(f"config.dataset={config.dataset!r}: the DRO binary runs on the"
+                     " built-in selection world only ('builtin').")
   if not 1 <= config.selector.top_k <= config.candidates.num:
     raise ValueError(f"config.selector.top_k={config.selector.top_k} must be in"
                      f" [1, config.candidates.num={config.candidates.num}].")
@@ -306,6 +309,7 @@ def run(config, workdir: str, *, stop_after: int | None = None, progress: bool =
   Returns the summary dict.
   """
   common.validate_config(config, DEFAULT_CONFIG)  # before any work
+  common.setup_mesh(config)  # multi-host init; these binaries run unsharded
   _check_config(config)
   os.makedirs(workdir, exist_ok=True)
   experiment.check_or_store_config(workdir, config)

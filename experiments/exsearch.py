@@ -221,6 +221,7 @@ def run(config, workdir: str, *, stop_after: int | None = None, progress: bool =
   Returns the summary dict.
   """
   common.validate_config(config, DEFAULT_CONFIG)  # before any work
+  common.setup_mesh(config)  # multi-host init; these binaries run unsharded
   _check_config(config)
   os.makedirs(workdir, exist_ok=True)
   experiment.check_or_store_config(workdir, config)

@@ -137,7 +137,7 @@ def build_policy(config, workdir, task):
     hf.save_pretrained(model, tmp)
     shutil.rmtree(path, ignore_errors=True)
     os.replace(tmp, path)
-  model = hf.from_pretrained(path)
+  model = hf.from_pretrained(path, **common.model_options(config))
   tokenizer = hf.load_tokenizer(path, model.config)
   return model, tokenizer, path
 
@@ -266,7 +266,12 @@ def _advantage_rewards(total: np.ndarray, group_size: int) -> tuple[np.ndarray, 
 
 
 def rollout(graphdef, params, policy: Policy, data, config, step, ref_params):
-  """Samples a group batch for `step` and returns (batch, metrics, host seconds)."""
+  """Samples a group batch for `step` and returns (batch, metrics, host seconds).
+
+  Host seconds: the data and reward work (drawing rows, decoding completions,
+  calling the reward functions, None handling), timed for the overhead figure
+  (benchmarks/grpo_host_overhead.py).
+  """
   r = config.rollout
   t0 = time.perf_counter()
   rows = data.indices(config.seed, step, r.prompts_per_step)
@@ -277,6 +282,7 @@ def rollout(graphdef, params, policy: Policy, data, config, step, ref_params):
       seed=jax.random.fold_in(jax.random.key(config.seed), step))
   t0 = time.perf_counter()
   rewards, unscorable = _advantage_rewards(result.total, r.num_generations)
+  host = host + score_seconds + time.perf_counter() - t0
   estimator = objectives.ADVANTAGE_ESTIMATORS[config.loss.advantage]
   advantages = estimator(jnp.asarray(rewards), r.num_generations, **objectives.accepted_options(
       estimator, {"scale": config.loss.scale_rewards}))
@@ -298,13 +304,13 @@ def rollout(graphdef, params, policy: Policy, data, config, step, ref_params):
       "train/reward_std_in_group": float(grouped.std(axis=1).mean()),
       "train/solved_groups": float((grouped.max(axis=1) > 0).mean()),
       "train/completion_length": float(np.asarray(gen.mask).sum(1).mean())})
-  return batch, metrics, host + score_seconds + time.perf_counter() - t0
+  return batch, metrics, host
 
 
 def prepare(config, workdir: str):
   """Everything that can fail on bad input, checked before any compilation:
   config, reward functions, tokenizer and data. Returns (task, rewards,
-  tokenizer, (train, eval) data)."""
+  (train data, eval data or None))."""
   common.validate_config(config, DEFAULT_CONFIG)
   task = tasks.make_task(config.task.name, seed=config.seed,
                          **config.task.get(config.task.name, {}))
@@ -324,11 +330,9 @@ def run(config, workdir: str, *, stop_after: int | None = None, progress: bool =
   as a kill would (tests use it); a re-run resumes from the last periodic one.
   """
   task, rewards, (train_data, eval_data) = prepare(config, workdir)
-  sharding.maybe_initialize_distributed()
+  mesh = common.setup_mesh(config)
   os.makedirs(workdir, exist_ok=True)
   experiment.check_or_store_config(workdir, config)
-  mesh_sizes = config.mesh.to_dict()
-  mesh = None if all(v == 1 for v in mesh_sizes.values()) else sharding.make_mesh(**mesh_sizes)
 
   model, tokenizer, model_dir = build_policy(config, workdir, task)
   if mesh is not None:

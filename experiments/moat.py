@@ -224,10 +224,9 @@ def run(config, workdir: str, *, stop_after: int | None = None, progress: bool =
   """
   common.validate_config(config, DEFAULT_CONFIG)  # before any work
   _check_config(config)
+  mesh = common.setup_mesh(config)
   os.makedirs(workdir, exist_ok=True)
   experiment.check_or_store_config(workdir, config)
-  mesh_sizes = config.mesh.to_dict()
-  mesh = None if all(v == 1 for v in mesh_sizes.values()) else sharding.make_mesh(**mesh_sizes)
   world = make_world(config)
   train_tasks, held_in, held_out = split_tasks(world, config)
   held_in, held_out = held_in[:config.eval.held_in_size], held_out[:config.eval.held_out_size]

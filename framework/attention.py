@@ -122,3 +122,37 @@ def grouped_softmax_attention(q, k, v, mask, scale):
 def dense_attention(q, k, v, *, mask, scale):
   """Softmax attention in XLA; one mask [B, Tq, Tk] for every head."""
   return grouped_softmax_attention(q, k, v, mask[:, None, None], scale)
+
+
+def _cudnn_supported(q) -> bool:
+  """cuDNN flash attention: a GPU, 16-bit inputs, head dim a multiple of 8
+  up to 128 (what `jax.nn.dot_product_attention(implementation="cudnn")`
+  accepts). Decided at trace time: cuDNN cannot be lowered without a GPU."""
+  d = q.shape[-1]
+  return (jax.default_backend() == "gpu"
+          and q.dtype in (jnp.bfloat16, jnp.float16) and d % 8 == 0 and d <= 128)
+
+
+@register_attention("dot_product")
+def dot_product_attention(q, k, v, *, mask, scale):
+  """`jax.nn.dot_product_attention`: cuDNN flash attention on a GPU (16-bit
+  inputs), its XLA implementation elsewhere; same values as "dense".
+
+  A row that sees no key (left padding) is given every key inside the call
+  and zeroed after it, so cuDNN never sees an empty row (NaN) and the row
+  still gets zeros and a zero gradient, as "dense" does.
+  """
+  visible = jnp.any(mask, axis=-1)                     # [B, Tq]
+  safe = mask | ~visible[..., None]
+  out = jax.nn.dot_product_attention(
+      q, jnp.swapaxes(k, 1, 2), jnp.swapaxes(v, 1, 2), mask=safe[:, None],
+      scale=scale, implementation="cudnn" if _cudnn_supported(q) else "xla")
+  return jnp.where(visible[:, :, None, None], out, 0).astype(q.dtype)
+
+
+@register_attention("auto")
+def auto_attention(q, k, v, *, mask, scale):
+  """"dot_product" (cuDNN) where cuDNN supports the call, "dense" otherwise
+  (CPU, TPU, float32): identical values on CPU to "dense"."""
+  impl = dot_product_attention if _cudnn_supported(q) else dense_attention
+  return impl(q, k, v, mask=mask, scale=scale)

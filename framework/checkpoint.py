@@ -133,10 +133,11 @@ class Checkpointer:
     manifest is written by the next call of any method (or `close`).
     """
     self._finish_pending()
-    self._mgr.save(step, args=ocp.args.Composite(
+    saved = self._mgr.save(step, args=ocp.args.Composite(
         state=ocp.args.StandardSave(state),
         extras=ocp.args.JsonSave(extras or {})))
-    self._pending.append(step)
+    if saved:  # Orbax may decline (e.g. the step exists): vouch only for new writes
+      self._pending.append(step)
     if wait:
       self._finish_pending()
 

@@ -28,6 +28,8 @@ _DTYPES = {
 }
 
 
+DTYPE_NAMES = tuple(_DTYPES)
+
 # config.json keys that `to_hf_dict` writes in its own spelling (or that
 # transformers writes itself), so a source config's copy is not carried over.
 _REWRITTEN_HF_KEYS = frozenset({
@@ -84,10 +86,13 @@ class ModelConfig:
   param_dtype: str = "float32"
   dtype: str = "float32"
   # Attention implementation, a name in `framework.attention.ATTENTION_IMPLS`:
-  # "dense" (default) or "block_sparse" (DeltaLLM-style hybrid, see
+  # "auto" (default: "dot_product", i.e. cuDNN flash attention, on a GPU with
+  # bf16/fp16 compute, "dense" otherwise), "dense" (softmax attention in XLA),
+  # "dot_product" (`jax.nn.dot_product_attention`), or "block_sparse"
+  # (DeltaLLM-style hybrid, see
   # `framework/sparse_attention.py`). The `sparse_*` fields are read only by
   # "block_sparse"; they are alignax-only and never written to config.json.
-  attention_impl: str = "dense"
+  attention_impl: str = "auto"
   sparse_window: int = 1024      # exact causal window, in keys incl. self
   sparse_sinks: int = 4          # first real tokens of each row, always seen
   sparse_top_k: int = 8          # earlier whole key blocks picked per q block

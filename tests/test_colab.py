@@ -1,5 +1,6 @@
 """colabs/quickstart.ipynb runs top to bottom (tiny preset)."""
 import os
+import re
 
 import nbformat
 from nbclient import NotebookClient
@@ -16,3 +17,7 @@ def test_quickstart_notebook_executes(tmp_path):
   assert "gold" in outputs  # the sampling cell printed its completions
   assert any(o.get("output_type") == "display_data" for c in nb.cells
              if c.cell_type == "code" for o in c.get("outputs", []))  # the plot
+  # Something learns: non-zero reward that rises over the run.
+  first, last = map(float, re.search(
+      r"train reward: first 4 steps ([\d.]+) -> last 4 steps ([\d.]+)", outputs).groups())
+  assert last > first > 0, outputs[-300:]

@@ -126,7 +126,7 @@ _MODEL = {f"{m}.{k}": _POS for m in ("model",) for k in (
 _MODEL["model.tie_word_embeddings"] = boolean()
 SCHEMA = {
     "seed": _NONNEG,
-    "dataset": one_of(("builtin",)),
+    "dataset": string(),  # the binary says which data sets it runs on
     "world.num_people": _POS, "world.num_cities": _POS, "world.num_countries": _POS,
     "world.num_companies": _POS, "world.distractors_per_person": _NONNEG,
     "world.max_fillers": _NONNEG, "world.heldout_fraction": _FRACTION,

@@ -56,10 +56,14 @@ def get_config(preset: str = "default") -> ml_collections.ConfigDict:
       reverse=dict(min_len=3, max_len=7, eval_fraction=0.1),
       addition=dict(num_digits=2, reverse_answer=True, eval_fraction=0.1)))
 
-  # The built-in model (ignored when model_path is set).
+  # The built-in model (ignored when model_path is set), except param_dtype
+  # (weights and Adam moments) and dtype (matmuls), which apply to any model:
+  # float32/float32, bfloat16 compute with float32 master weights
+  # (float32/bfloat16), or bfloat16 throughout.
   c.model = ml_collections.ConfigDict(dict(
       hidden_size=128, intermediate_size=256, num_layers=2, num_heads=4, num_kv_heads=2,
-      max_position_embeddings=64, tie_word_embeddings=True))
+      max_position_embeddings=64, tie_word_embeddings=True,
+      param_dtype="float32", dtype="float32"))
   # Supervised warm-start of the built-in model on demonstrations, a
   # `flawed_fraction` of which come from a flawed demonstrator (the task's
   # typical error): the policy starts with a non-zero reward, and RL with the
@@ -83,7 +87,10 @@ def get_config(preset: str = "default") -> ml_collections.ConfigDict:
 
   c.train = ml_collections.ConfigDict(dict(
       steps=200, num_iterations=1, micro_batches=1, learning_rate=5e-4, warmup_steps=5,
-      max_grad_norm=1.0, eval_every=25, checkpoint_every=25, keep_checkpoints=3))
+      max_grad_norm=1.0, eval_every=25, checkpoint_every=25, keep_checkpoints=3,
+      # Decoder-layer rematerialisation in the update: none | full |
+      # dots_saveable | dots_with_no_batch_dims_saveable (same values, less memory).
+      remat="none"))
 
   c.mesh = ml_collections.ConfigDict(dict(data=1, fsdp=1, tensor=1))
 
@@ -152,6 +159,9 @@ SCHEMA = {
     "train.max_grad_norm": number(0, lo_open=True),
     "train.eval_every": _POS, "train.checkpoint_every": _POS,
     "train.keep_checkpoints": _POS,
+    "train.remat": one_of("alignax.framework.config:REMAT_POLICIES"),
+    "model.param_dtype": one_of("alignax.framework.config:DTYPE_NAMES"),
+    "model.dtype": one_of("alignax.framework.config:DTYPE_NAMES"),
     "mesh.data": _POS, "mesh.fsdp": _POS, "mesh.tensor": _POS,
 }
 

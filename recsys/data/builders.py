@@ -12,7 +12,10 @@ which needs neither TensorFlow nor tf.data (checked in this environment: tfds
 Each example is one user's chronologically sorted session after iterative
 k-core filtering (users and items with >= `min_count` interactions, the usual
 5-core setting), with items re-indexed to 1..num_items (0 = padding):
-  {"user": int64, "items": int32 [n], "timestamps": int64 [n]}.
+  {"user": int64, "items": int32 [n], "timestamps": float64 [n]}.
+Fractional timestamps are kept as they are (never cut to ints, which would
+reorder events within a second). A malformed line raises `DataFormatError`
+naming the file and line.
 `num_items` is stored in `info.metadata`.
 
 TensorFlow-free caveats: tfds' own archive extractor imports TensorFlow, so the
@@ -51,6 +54,30 @@ _AMAZON_FILES = {  # category -> (ratings-only CSV, 5-core JSON)
 }
 
 
+class DataFormatError(ValueError):
+  """A data file is malformed; the message names the file and line."""
+
+
+def _timestamp(text, path: str, line: int):
+  """An int, or a float when fractional (never truncated: order matters)."""
+  try:
+    value = float(text)
+  except (TypeError, ValueError):
+    raise DataFormatError(f"{path}, line {line}: timestamp {text!r} is not a"
+                          " number.") from None
+  if not np.isfinite(value):
+    raise DataFormatError(f"{path}, line {line}: timestamp {text!r} is not finite.")
+  return int(value) if value.is_integer() else value
+
+
+def _fields(line: str, sep: str, count: int, names: str, path: str, line_no: int):
+  parts = line.strip().split(sep)
+  if len(parts) != count:
+    raise DataFormatError(f"{path}, line {line_no}: expected {count} {sep!r}-separated"
+                          f" fields ({names}), got {len(parts)}: {line.strip()[:80]!r}.")
+  return parts
+
+
 def k_core_sessions(rows: Iterable[tuple], min_count: int = 5):
   """(user, item, timestamp) rows -> (num_items, [(user_idx, items, times)]).
 
@@ -75,7 +102,7 @@ def k_core_sessions(rows: Iterable[tuple], min_count: int = 5):
   for idx, u in enumerate(sorted(by_user)):
     events = sorted(by_user[u], key=lambda e: e[0])
     out.append((idx, np.asarray([e[1] for e in events], np.int32),
-                np.asarray([e[0] for e in events], np.int64)))
+                np.asarray([e[0] for e in events], np.float64)))
   return len(item_ids), out
 
 
@@ -83,7 +110,8 @@ def _features() -> tfds.features.FeaturesDict:
   return tfds.features.FeaturesDict({
       "user": np.int64,
       "items": tfds.features.Tensor(shape=(None,), dtype=np.int32),
-      "timestamps": tfds.features.Tensor(shape=(None,), dtype=np.int64),
+      # float64: Amazon files may carry fractional times (exact below 2**53).
+      "timestamps": tfds.features.Tensor(shape=(None,), dtype=np.float64),
   })
 
 
@@ -128,6 +156,10 @@ class _SessionBuilder(tfds.core.GeneratorBasedBuilder):
   def _split_generators(self, dl_manager):
     num_items, sessions = k_core_sessions(self._rows(dl_manager),
                                           self.MIN_COUNT)
+    if not sessions:
+      raise DataFormatError(
+          f"{self.name}: no user is left after {self.MIN_COUNT}-core filtering (each"
+          f" user and item needs >= {self.MIN_COUNT} interactions); is the file complete?")
     self.info.metadata["num_items"] = num_items
     return {"train": self._generate_examples(sessions)}
 
@@ -140,10 +172,12 @@ class MovieLens1M(_SessionBuilder):
   """MovieLens-1M ratings as chronological user sessions."""
 
   name = "alignax_movielens_1m"
-  VERSION = tfds.core.Version("1.0.0")
+  VERSION = tfds.core.Version("1.1.0")
+  RELEASE_NOTES = {"1.1.0": "float64 timestamps (fractional times kept)."}
 
   def _rows(self, dl_manager):
     path = _manual_file(dl_manager, "ratings.dat", "ml-1m/ratings.dat")
+    archive = None
     if path is not None:
       with open(path, "rb") as f:
         data = f.read()
@@ -154,10 +188,15 @@ class MovieLens1M(_SessionBuilder):
       with zipfile.ZipFile(archive) as z:
         data = z.read("ml-1m/ratings.dat")
     # ratings.dat is latin-1 like the rest of ML-1M; fields are '::'-separated.
-    for line in data.decode("latin-1").splitlines():
+    source = path or f"{archive}:ml-1m/ratings.dat"
+    for line_no, line in enumerate(data.decode("latin-1").splitlines(), 1):
       if line.strip():
-        user, movie, _, ts = line.strip().split("::")
-        yield int(user), int(movie), int(ts)
+        user, movie, _, ts = _fields(line, "::", 4, "UserID::MovieID::Rating::Timestamp",
+                                     source, line_no)
+        if not (user.isdigit() and movie.isdigit()):
+          raise DataFormatError(f"{source}, line {line_no}: UserID and MovieID must be"
+                                f" integers, got {user!r}, {movie!r}.")
+        yield int(user), int(movie), _timestamp(ts, source, line_no)
 
 
 class AmazonReviewsConfig(tfds.core.BuilderConfig):
@@ -170,19 +209,25 @@ class AmazonReviewsConfig(tfds.core.BuilderConfig):
 
 def _read_ratings_csv(path):
   with open(path, encoding="utf-8") as f:
-    for line in f:
+    for line_no, line in enumerate(f, 1):
       if line.strip():
-        user, item, _, ts = line.strip().split(",")
-        yield user, item, int(ts)
+        user, item, _, ts = _fields(line, ",", 4, "user,item,rating,time", path, line_no)
+        yield user, item, _timestamp(ts, path, line_no)
 
 
 def _read_5core_json(path):
   opener = gzip.open if path.endswith(".gz") else open
   with opener(path, "rt", encoding="utf-8") as f:
-    for line in f:
+    for line_no, line in enumerate(f, 1):
       if line.strip():
-        r = json.loads(line)
-        yield r["reviewerID"], r["asin"], int(r["unixReviewTime"])
+        try:
+          r = json.loads(line)
+        except ValueError as e:
+          raise DataFormatError(f"{path}, line {line_no}: not valid JSON ({e}).") from None
+        for field in ("reviewerID", "asin", "unixReviewTime"):
+          if not isinstance(r, dict) or r.get(field) is None:
+            raise DataFormatError(f"{path}, line {line_no}: missing field {field!r}.")
+        yield r["reviewerID"], r["asin"], _timestamp(r["unixReviewTime"], path, line_no)
 
 
 _AMAZON_READERS = {"ratings": (0, _read_ratings_csv),
@@ -193,9 +238,10 @@ class AmazonReviews(_SessionBuilder):
   """Amazon 2014 reviews (Beauty, Video Games) as chronological sessions."""
 
   name = "alignax_amazon_reviews"
-  VERSION = tfds.core.Version("1.0.0")
+  VERSION = tfds.core.Version("1.1.0")
+  RELEASE_NOTES = {"1.1.0": "float64 timestamps (fractional times kept)."}
   BUILDER_CONFIGS = [
-      AmazonReviewsConfig(category=c, fmt=f, version="1.0.0")
+      AmazonReviewsConfig(category=c, fmt=f, version="1.1.0")
       for c in _AMAZON_FILES for f in _AMAZON_READERS
   ]
 
@@ -211,8 +257,15 @@ class AmazonReviews(_SessionBuilder):
 BUILDERS = {"movielens_1m": MovieLens1M, "amazon_reviews": AmazonReviews}
 
 
+def dataset_names() -> list[str]:
+  """Every name `make_builder` accepts."""
+  return ["movielens_1m"] + [f"amazon_reviews/{c.name}" for c in AmazonReviews.BUILDER_CONFIGS]
+
+
 def make_builder(name: str, *, data_dir: str | None = None):
   """'movielens_1m' or 'amazon_reviews/<category>_<fmt>' -> builder."""
+  if name not in dataset_names():
+    raise ValueError(f"Unknown session data set {name!r}; choose one of {dataset_names()}.")
   base, _, config = name.partition("/")
   kwargs = {"config": config} if config else {}
   return BUILDERS[base](data_dir=data_dir, file_format="array_record", **kwargs)

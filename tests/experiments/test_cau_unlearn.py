@@ -12,6 +12,7 @@ import importlib.util
 from alignax.experiments import cau_unlearn
 from alignax.framework import checkpoint
 from alignax.framework import experiment
+from tests.experiments.resume import Killed, kill_during_save
 
 METHODS = ("original", "retrained", "cau", "gradient_ascent", "weighted_sum")
 # Config files are loaded by path, as config_flags does (configs/ is no package).
@@ -28,6 +29,10 @@ KEYS = ("forget/hr@10", "forget/ndcg@10", "retain/hr@10", "retain/ndcg@10",
 def test_tiny_preset_end_to_end(tmp_path):
   cfg = cau_config.get_config("tiny")
   workdir = str(tmp_path / "run")
+  # Killed while writing the retrained model's first checkpoint, then resumed
+  # (tests/experiments/test_kill_resume.py compares with an unkilled run).
+  with pytest.raises(Killed), kill_during_save(3, "mid_write"):
+    cau_unlearn.run(cfg, workdir)
   summary = cau_unlearn.run(cfg, workdir)
   with open(os.path.join(workdir, "summary.json")) as f:
     on_disk = json.load(f)
@@ -41,6 +46,8 @@ def test_tiny_preset_end_to_end(tmp_path):
   with open(os.path.join(workdir, "metrics.jsonl")) as f:
     lines = [json.loads(l) for l in f]
   assert all("step" in l for l in lines)
+  ids = [(l["step"], tuple(sorted(l))) for l in lines]
+  assert len(ids) == len(set(ids))  # one row per step and series after the kill
   assert any("cau/seconds" in l for l in lines)
   if on_disk["details"]["cau"]["steps"]:
     assert any("cau/alpha/kl" in l for l in lines)

@@ -127,5 +127,7 @@ def test_trimmed_chunked_answer_logliks_equal_full_length(tiny_run):
 
 def test_killed_run_resumes_identically(tiny_run, tmp_path):
   # Killed inside the second method (uniform), after its first iteration.
+  # Killed after Orbax finished the third checkpoint, before its manifest.
   assert_killed_run_resumes_identically(exsearch.run, lambda: load_config_file(TINY),
-                                        str(tmp_path / "killed"), tiny_run[0], stop_after=3)
+                                        str(tmp_path / "killed"), tiny_run[0], stop_after=3,
+                                        kill="before_manifest")

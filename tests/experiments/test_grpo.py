@@ -1,6 +1,7 @@
 """The GRPO binary on the `tiny` preset: outputs, exact resume, mesh, errors."""
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -9,8 +10,9 @@ import numpy as np
 import pytest
 
 from alignax.experiments import grpo
-from alignax.experiments.common import load_config_file
+from alignax.experiments.common import ConfigError, load_config_file
 from alignax.framework import experiment
+from tests.experiments.resume import Killed, kill_during_save
 
 TINY = os.path.join(os.path.dirname(grpo.__file__), "configs", "grpo.py") + ":tiny"
 
@@ -67,13 +69,16 @@ def test_outputs(full_run):
 def test_kill_and_resume_is_bitwise_identical(full_run, tmp_path):
   _, _, expected = full_run
   workdir = str(tmp_path)
-  # "Killed" after step 6: the last checkpoint is step 4 (checkpoint_every=4).
-  grpo.run(tiny(), workdir, stop_after=6, progress=False)
+  # Killed while writing the checkpoint of step 8 (checkpoint_every=4; the 2nd
+  # save): the rows of steps 5-8 are logged, the step folder is still Orbax's
+  # temporary one, the last whole checkpoint is step 4.
+  with pytest.raises(Killed), kill_during_save(2, "mid_write"):
+    grpo.run(tiny(), workdir, progress=False)
   summary, state = grpo.run(tiny(), workdir, progress=False)
   for a, b in zip(_leaves(state), expected):
     np.testing.assert_array_equal(a, b)
   steps = [json.loads(l)["step"] for l in open(os.path.join(workdir, "metrics.jsonl"))]
-  assert steps == list(range(13))  # steps 5, 6 were not logged twice
+  assert steps == list(range(13))  # steps 5-8 were not logged twice
   assert summary["train/steps"] == 12
   samples = [json.loads(l)["step"] for l in open(os.path.join(workdir, "samples.jsonl"))]
   assert samples == [0] * 4 + [4] * 4 + [8] * 4 + [12] * 4
@@ -88,15 +93,34 @@ def test_eight_device_mesh_gives_the_same_losses(full_run, tmp_path):
   np.testing.assert_allclose(losses(str(tmp_path)), losses(workdir), atol=1e-5)
 
 
+def _losses(workdir):
+  rows = [json.loads(l) for l in open(os.path.join(workdir, "metrics.jsonl"))]
+  return [r.get("train/loss") for r in rows][1:]
+
+
+def test_remat_gives_the_same_losses(full_run, tmp_path):
+  workdir, _, _ = full_run
+  grpo.run(tiny(**{"train.remat": "dots_saveable"}), str(tmp_path), progress=False)
+  np.testing.assert_allclose(_losses(str(tmp_path)), _losses(workdir), atol=1e-6)
+
+
+def test_bf16_compute_with_f32_master_weights_runs(tmp_path):
+  _, state = grpo.run(tiny(**{"model.dtype": "bfloat16", "train.remat": "full"}),
+                      str(tmp_path), stop_after=2, progress=False)
+  assert {x.dtype for x in jax.tree.leaves(state.params)} == {np.dtype("float32")}
+  assert all(np.isfinite(l) for l in _losses(str(tmp_path)))
+
+
 def test_other_config_on_same_workdir_is_refused(full_run):
   workdir, _, _ = full_run
   with pytest.raises(experiment.ConfigMismatchError, match="train.learning_rate"):
     grpo.run(tiny(**{"train.learning_rate": 0.5}), workdir, progress=False)
 
 
-def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
-  # A NaN learning rate is refused by the config check now, so the NaN is
-  # injected into the update's loss from the 6th step on.
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(full_run, tmp_path, monkeypatch):
+  """A NaN injected into step 6's loss: the run stops naming the step, keeps
+  the step-4 checkpoint and metrics, and a re-run finishes as if nothing
+  happened."""
   make = grpo.train.make_grpo_update
 
   def poisoned(*args, **kwargs):
@@ -104,20 +128,28 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
 
     def wrapped(state, batch):
       state, metrics = update(state, batch)
-      if int(state.step) >= 6:
+      if int(state.step) == 6:
         metrics = dict(metrics, loss=np.float32("nan"))
       return state, metrics
     return wrapped
 
+  workdir = str(tmp_path)
   monkeypatch.setattr(grpo.train, "make_grpo_update", poisoned)
   with pytest.raises(FloatingPointError, match=r"Non-finite loss .* at step 6\. The last"
                      r" good checkpoint \(step 4\)"):
-    grpo.run(tiny(), str(tmp_path), progress=False)
-  assert sorted(os.listdir(tmp_path / "checkpoints"))[-1] == "4"
+    grpo.run(tiny(), workdir, progress=False)
+  assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["4"]
+  steps = [json.loads(l)["step"] for l in open(os.path.join(workdir, "metrics.jsonl"))]
+  assert steps == [0, 1, 2, 3, 4, 5]
+  monkeypatch.setattr(grpo.train, "make_grpo_update", make)
+  _, state = grpo.run(tiny(), workdir, progress=False)
+  for a, b in zip(_leaves(state), full_run[2]):
+    np.testing.assert_array_equal(a, b)
 
 
 def test_missing_model_path(tmp_path):
-  with pytest.raises(FileNotFoundError, match="model_path"):
+  # Checked with the rest of the config, before any work.
+  with pytest.raises(ConfigError, match="config.model_path=.*existing directory"):
     grpo.run(tiny(model_path=str(tmp_path / "nope")), str(tmp_path / "w"), progress=False)
 
 

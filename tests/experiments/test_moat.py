@@ -76,5 +76,5 @@ def test_agents_load_from_hf_dirs_and_config_checks(tmp_path):
     moat.run(bad, str(tmp_path / "bad"), progress=False)
   bad = load_config_file(TINY)
   bad.planner_dir = "x"
-  with pytest.raises(ValueError, match="grounder_dir"):
+  with pytest.raises(ValueError, match="planner_dir"):
     moat.run(bad, str(tmp_path / "bad2"), progress=False)

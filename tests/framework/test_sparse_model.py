@@ -118,8 +118,8 @@ def _reference_attention(q, k, v, *, mask, scale, config, query_slot0,
   return jnp.asarray(np.einsum("bhqk,bkhd->bqhd", p, vv), jnp.float32)
 
 
-def test_config_fields_default_dense_and_stay_out_of_config_json():
-  assert BASE.attention_impl == "dense"
+def test_config_fields_default_auto_and_stay_out_of_config_json():
+  assert BASE.attention_impl == "auto"   # dense on CPU, cuDNN on a GPU
   cfg = BASE.replace(**HYBRID)
   hf_dict = cfg.to_hf_dict()
   assert not any(key.startswith("sparse") for key in hf_dict)

@@ -1,0 +1,209 @@
+r"""Memory on paper: compile one GRPO update for real model shapes, no weights.
+
+  JAX_PLATFORMS=cpu python benchmarks/memory_plan.py            # 3 models (slow)
+  JAX_PLATFORMS=cpu python benchmarks/memory_plan.py --quick    # seconds
+
+For each model shape (Llama-3.2-1B, Qwen2.5-1.5B, Qwen2.5-7B as
+`jax.ShapeDtypeStruct`s: nothing is allocated), each mesh of 8 CPU devices,
+each decoder remat policy and fused log-probs with or without recomputation,
+the whole update (model + fused log-probs + DAPO loss + AdamW, bf16 compute
+with f32 master weights) is lowered and compiled for the CPU backend and
+`compiled.memory_analysis()` is read per device: arguments (params + Adam
+state + batch), temporaries (activations, gradients) and the total. Next to
+it, the arithmetic for the same sharding: f32 master weights (4 B/param),
+Adam moments (8 B/param), bf16 weights (2 B/param, what a pure-bf16 run
+stores). XLA:CPU's buffer assignment is not a GPU's or a TPU's, so read the
+figures as a plan (which model fits which accelerator at which mesh), not as
+a measurement.
+
+Batch: 64 rows = 8 prompts x 8 generations, prompt 256 + completion 1024
+tokens, 8 micro-batches (a micro-batch is one prompt group).
+
+Hook for other trainable sets (LoRA): `plan(...)` takes
+`build_state(config, optimizer) -> (graphdef, TrainState)`; the default trains
+every parameter. A LoRA row passes a builder whose TrainState holds only the
+adapters (and frozen base weights closed over), nothing else changes.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+if "--xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
+  os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
+                             " --xla_force_host_platform_device_count=8").strip()
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+from flax import nnx  # noqa: E402
+from jax.sharding import NamedSharding, PartitionSpec as P  # noqa: E402
+
+from alignax.framework import sharding, train  # noqa: E402
+from alignax.framework.config import ModelConfig  # noqa: E402
+from alignax.framework.model import Decoder  # noqa: E402
+
+GIB = 1 << 30
+LLAMA3_ROPE = (("factor", 32.0), ("high_freq_factor", 4.0), ("low_freq_factor", 1.0),
+               ("original_max_position_embeddings", 8192), ("rope_type", "llama3"))
+# Shapes of the public config.json files.
+MODELS = {
+    "llama-3.2-1b": dict(vocab_size=128256, hidden_size=2048, intermediate_size=8192,
+                         num_layers=16, num_heads=32, num_kv_heads=8, head_dim=64,
+                         rope_theta=500000.0, rope_scaling=LLAMA3_ROPE,
+                         tie_word_embeddings=True, max_position_embeddings=131072),
+    "qwen2.5-1.5b": dict(vocab_size=151936, hidden_size=1536, intermediate_size=8960,
+                         num_layers=28, num_heads=12, num_kv_heads=2, qkv_bias=True,
+                         model_type="qwen2", rope_theta=1000000.0,
+                         tie_word_embeddings=True, max_position_embeddings=32768),
+    "qwen2.5-7b": dict(vocab_size=152064, hidden_size=3584, intermediate_size=18944,
+                       num_layers=28, num_heads=28, num_kv_heads=4, qkv_bias=True,
+                       model_type="qwen2", rope_theta=1000000.0,
+                       tie_word_embeddings=False, max_position_embeddings=32768),
+}
+MESHES = {"fsdp8": dict(data=1, fsdp=8, tensor=1),
+          "fsdp4_tensor2": dict(data=1, fsdp=4, tensor=2)}
+# Accelerator memories the table is read against (GiB per device).
+ACCELERATORS = {"TPU v5e": 16, "A100/H100 80GB": 80, "H200": 141}
+
+
+def default_build_state(config: ModelConfig, optimizer):
+  """Abstract (graphdef, TrainState) training every parameter."""
+  return jax.eval_shape(lambda: train.init_train_state(Decoder(config), optimizer))
+
+
+def tree_shardings(tree, mesh):
+  """NamedShardings for an abstract TrainState: every nnx Variable (params and
+  the optimiser moments, which keep the params' `logical_axes`) per the
+  logical-axis rules, everything else replicated."""
+  def one(x):
+    if isinstance(x, nnx.Variable):
+      axes = x.get_metadata().get("logical_axes")
+      spec = sharding.logical_spec(axes, x.shape, mesh) if axes else P()
+      return x.replace(NamedSharding(mesh, spec))
+    return NamedSharding(mesh, P())
+  return jax.tree.map(one, tree, is_leaf=lambda x: isinstance(x, nnx.Variable))
+
+
+def batch_struct(rows, prompt, completion):
+  sds = jax.ShapeDtypeStruct
+  n, length = rows, prompt + completion
+  return dict(sequences=sds((n, length), np.int32), attention_mask=sds((n, length), bool),
+              completion_tokens=sds((n, completion), np.int32),
+              completion_mask=sds((n, completion), bool),
+              old_logprobs=sds((n, completion), np.float32),
+              advantages=sds((n,), np.float32))
+
+
+def count_params(state) -> int:
+  return int(sum(np.prod(x.shape) for x in jax.tree.leaves(state.params)))
+
+
+def plan(name, model_kwargs, mesh_name, *, remat, fused_remat, rows, prompt,
+         completion, groups, micro_batches, build_state=default_build_state):
+  """Compiles one update and returns a result row (sizes in GiB per device)."""
+  config = ModelConfig(**model_kwargs, param_dtype="float32", dtype="bfloat16",
+                       remat=remat)
+  mesh = sharding.make_mesh(**MESHES[mesh_name])
+  optimizer = train.make_optimizer(1e-6, warmup_steps=10, total_steps=1000)
+  graphdef, state = build_state(config, optimizer)
+  update = train.make_grpo_update(
+      graphdef, optimizer, loss_kwargs=dict(loss_type="dapo"),
+      micro_batches=micro_batches, prompt_groups=groups, remat=fused_remat)
+  state_sh = tree_shardings(state, mesh)
+  batch = batch_struct(rows, prompt, completion)
+  batch_sh = {k: sharding.batch_sharding(mesh, v.ndim) for k, v in batch.items()}
+  step = jax.jit(lambda s, b: update(s, b), in_shardings=(state_sh, batch_sh),
+                 out_shardings=(state_sh, None), donate_argnums=0)
+  t0 = time.perf_counter()
+  compiled = step.lower(state, batch).compile()
+  seconds = time.perf_counter() - t0
+  mem = compiled.memory_analysis()
+  n = count_params(state)
+  devices = mesh.size
+  arg = mem.argument_size_in_bytes / GIB
+  tmp = mem.temp_size_in_bytes / GIB
+  out = mem.output_size_in_bytes / GIB
+  alias = mem.alias_size_in_bytes / GIB
+  return dict(
+      model=name, mesh=mesh_name, remat=remat,
+      fused_logprobs="recompute" if fused_remat else "keep logits",
+      params_billion=n / 1e9, rows=rows, prompt=prompt, completion=completion,
+      micro_batches=micro_batches,
+      arithmetic_gib=dict(master_f32=4 * n / devices / GIB, adam=8 * n / devices / GIB,
+                          bf16_weights=2 * n / devices / GIB),
+      compiled_gib=dict(arguments=arg, temporaries=tmp, outputs=out, aliased=alias,
+                        total=arg + tmp + out - alias),
+      compile_seconds=seconds)
+
+
+def _fits(total):
+  return ", ".join(k for k, v in ACCELERATORS.items() if total <= 0.9 * v) or "none"
+
+
+def print_table(rows):
+  head = ("| model | mesh | remat | log-probs | params | f32 master + Adam /dev "
+          "| args /dev | temps /dev | total /dev | fits (90%) |")
+  print(head)
+  print("|" + " --- |" * (head.count("|") - 1))
+  for r in rows:
+    a, c = r["arithmetic_gib"], r["compiled_gib"]
+    print(f"| {r['model']} | {r['mesh']} | {r['remat']} | {r['fused_logprobs']} "
+          f"| {r['params_billion']:.2f} B | {a['master_f32'] + a['adam']:.2f} GiB "
+          f"| {c['arguments']:.2f} GiB | {c['temporaries']:.2f} GiB "
+          f"| {c['total']:.2f} GiB | {_fits(c['total'])} |")
+
+
+def main(argv=None):
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("--models", default=",".join(MODELS))
+  parser.add_argument("--meshes", default=",".join(MESHES))
+  parser.add_argument("--remat", default="none,full")
+  parser.add_argument("--fused", default="recompute,keep",
+                      help="fused log-probs: recompute (remat) and/or keep logits")
+  parser.add_argument("--rows", type=int, default=64)
+  parser.add_argument("--prompt", type=int, default=256)
+  parser.add_argument("--completion", type=int, default=1024)
+  parser.add_argument("--groups", type=int, default=8)
+  parser.add_argument("--micro_batches", type=int, default=8)
+  parser.add_argument("--layers", type=int, default=0,
+                      help="override num_layers (0: the model's own)")
+  parser.add_argument("--quick", action="store_true",
+                      help="Llama-3.2-1B shapes with 2 layers, 16 x (64 + 256) tokens,"
+                           " fsdp8: a smoke run in seconds")
+  parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results",
+                                                    "memory_plan.json"))
+  args = parser.parse_args(argv)
+  if args.quick:
+    args.models, args.meshes, args.layers = "llama-3.2-1b", "fsdp8", 2
+    args.rows, args.prompt, args.completion, args.micro_batches = 16, 64, 256, 2
+  rows = []
+  for name in args.models.split(","):
+    kwargs = dict(MODELS[name])
+    if args.layers:
+      kwargs["num_layers"] = args.layers
+    for mesh_name in args.meshes.split(","):
+      for remat in args.remat.split(","):
+        for fused in args.fused.split(","):
+          row = plan(name, kwargs, mesh_name, remat=remat, fused_remat=fused == "recompute",
+                     rows=args.rows, prompt=args.prompt, completion=args.completion,
+                     groups=args.groups, micro_batches=args.micro_batches)
+          if args.layers:
+            row["num_layers"] = args.layers
+          rows.append(row)
+          print(f"# {name} {mesh_name} remat={remat} log-probs={fused}: "
+                f"{row['compiled_gib']['total']:.2f} GiB/device "
+                f"(compiled in {row['compile_seconds']:.0f} s)", file=sys.stderr, flush=True)
+  print_table(rows)
+  os.makedirs(os.path.dirname(args.out), exist_ok=True)
+  with open(args.out, "w") as f:
+    json.dump(dict(backend=jax.default_backend(), devices=jax.device_count(),
+                   jax=jax.__version__, command=" ".join(sys.argv), rows=rows), f, indent=1)
+  return rows
+
+
+if __name__ == "__main__":
+  main()
