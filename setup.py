@@ -73,6 +73,7 @@ setuptools.setup(
             "scipy>=1.11",
             "torch==2.13.0",
             "trl==1.16.0",
+            "peft==0.21.2",  # the LoRA parity tests' reference
             "nbclient>=0.10",
             "nbformat>=5.10",
             "ipykernel>=6.29",

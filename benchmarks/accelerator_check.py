@@ -40,6 +40,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from alignax import kernels
+from alignax import objectives
 from alignax.framework import sampling, train
 from alignax.framework.config import ModelConfig
 from alignax.framework.model import Decoder
@@ -208,7 +209,7 @@ def bench_grpo_step(a):
   n, p, c = (8, 16, 16) if a.smoke else (64, 256, 512)
   optimizer = train.make_optimizer(1e-6)
   graphdef, state = train.init_train_state(Decoder(config, seed=0), optimizer)
-  update = train.make_grpo_update(graphdef, optimizer, loss_kwargs=dict(loss_type="dapo"),
+  update = train.make_grpo_update(graphdef, optimizer, loss=objectives.PolicyLossConfig(loss_type="dapo"),
                                   micro_batches=1 if a.smoke else 8, prompt_groups=8)
   rng = np.random.default_rng(0)
   prompt = rng.integers(0, config.vocab_size, (n // 8, p)).repeat(8, axis=0)

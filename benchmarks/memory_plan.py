@@ -42,6 +42,7 @@ import numpy as np  # noqa: E402
 from flax import nnx  # noqa: E402
 from jax.sharding import NamedSharding, PartitionSpec as P  # noqa: E402
 
+from alignax import objectives  # noqa: E402
 from alignax.framework import sharding, train  # noqa: E402
 from alignax.framework.config import ModelConfig  # noqa: E402
 from alignax.framework.model import Decoder  # noqa: E402
@@ -98,6 +99,20 @@ def batch_struct(rows, prompt, completion):
               advantages=sds((n,), np.float32))
 
 
+def lora_build_state(rank: int):
+  """A `build_state` whose TrainState trains rank-`rank` LoRA adapters only
+  (alignax.framework.lora): base and adapters in params, Adam state of the
+  adapters alone."""
+  from alignax.framework import lora  # pylint: disable=g-import-not-at-top
+
+  def build(config: ModelConfig, optimizer):
+    def init():
+      model = lora.apply(Decoder(config), lora.LoraConfig(rank=rank, alpha=2.0 * rank))
+      return train.init_train_state(model, optimizer)
+    return jax.eval_shape(init)
+  return build
+
+
 def count_params(state) -> int:
   return int(sum(np.prod(x.shape) for x in jax.tree.leaves(state.params)))
 
@@ -111,7 +126,7 @@ def plan(name, model_kwargs, mesh_name, *, remat, fused_remat, rows, prompt,
   optimizer = train.make_optimizer(1e-6, warmup_steps=10, total_steps=1000)
   graphdef, state = build_state(config, optimizer)
   update = train.make_grpo_update(
-      graphdef, optimizer, loss_kwargs=dict(loss_type="dapo"),
+      graphdef, optimizer, loss=objectives.PolicyLossConfig(loss_type="dapo"),
       micro_batches=micro_batches, prompt_groups=groups, remat=fused_remat)
   state_sh = tree_shardings(state, mesh)
   batch = batch_struct(rows, prompt, completion)
@@ -123,6 +138,8 @@ def plan(name, model_kwargs, mesh_name, *, remat, fused_remat, rows, prompt,
   seconds = time.perf_counter() - t0
   mem = compiled.memory_analysis()
   n = count_params(state)
+  trained = int(sum(np.prod(x.shape) for x in jax.tree.leaves(
+      train.trainable_params(state.params))))  # < n with LoRA adapters
   devices = mesh.size
   arg = mem.argument_size_in_bytes / GIB
   tmp = mem.temp_size_in_bytes / GIB
@@ -133,7 +150,8 @@ def plan(name, model_kwargs, mesh_name, *, remat, fused_remat, rows, prompt,
       fused_logprobs="recompute" if fused_remat else "keep logits",
       params_billion=n / 1e9, rows=rows, prompt=prompt, completion=completion,
       micro_batches=micro_batches,
-      arithmetic_gib=dict(master_f32=4 * n / devices / GIB, adam=8 * n / devices / GIB,
+      trained_billion=trained / 1e9,
+      arithmetic_gib=dict(master_f32=4 * n / devices / GIB, adam=8 * trained / devices / GIB,
                           bf16_weights=2 * n / devices / GIB),
       compiled_gib=dict(arguments=arg, temporaries=tmp, outputs=out, aliased=alias,
                         total=arg + tmp + out - alias),
@@ -171,12 +189,28 @@ def main(argv=None):
   parser.add_argument("--micro_batches", type=int, default=8)
   parser.add_argument("--layers", type=int, default=0,
                       help="override num_layers (0: the model's own)")
+  parser.add_argument("--lora_rank", type=int, default=0,
+                      help="> 0: train LoRA adapters of this rank only (frozen base)")
   parser.add_argument("--quick", action="store_true",
                       help="Llama-3.2-1B shapes with 2 layers, 16 x (64 + 256) tokens,"
                            " fsdp8: a smoke run in seconds")
   parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results",
                                                     "memory_plan.json"))
+  parser.add_argument("--merge", nargs="+", default=None,
+                      help="JSON files of earlier runs: write their rows together to --out"
+                           " and print one table (no compiling)")
   args = parser.parse_args(argv)
+  if args.merge:
+    runs = []
+    for path in args.merge:
+      with open(path) as f:
+        runs.append(json.load(f))
+    rows = [r for run in runs for r in run["rows"]]
+    print_table(rows)
+    with open(args.out, "w") as f:
+      json.dump(dict(runs=[{k: v for k, v in run.items() if k != "rows"} for run in runs],
+                     rows=rows), f, indent=1)
+    return rows
   if args.quick:
     args.models, args.meshes, args.layers = "llama-3.2-1b", "fsdp8", 2
     args.rows, args.prompt, args.completion, args.micro_batches = 16, 64, 256, 2
@@ -190,7 +224,10 @@ def main(argv=None):
         for fused in args.fused.split(","):
           row = plan(name, kwargs, mesh_name, remat=remat, fused_remat=fused == "recompute",
                      rows=args.rows, prompt=args.prompt, completion=args.completion,
-                     groups=args.groups, micro_batches=args.micro_batches)
+                     groups=args.groups, micro_batches=args.micro_batches,
+                     **({"build_state": lora_build_state(args.lora_rank)}
+                        if args.lora_rank else {}))
+          row["lora_rank"] = args.lora_rank
           if args.layers:
             row["num_layers"] = args.layers
           rows.append(row)

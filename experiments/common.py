@@ -176,6 +176,28 @@ def directory_or_empty() -> Rule:
               "'' or an existing directory")
 
 
+def lora_config() -> ml_collections.ConfigDict:
+  """The `lora` block every LLM binary's config holds (see `apply_lora`).
+
+  rank 0 = full fine-tuning. With rank > 0 only the adapters train (base
+  frozen), the sampler runs base + adapters unmerged, a KL / DPO reference is
+  the base with the adapters disabled. init_from: a PEFT adapter directory to
+  continue training from.
+  """
+  return ml_collections.ConfigDict(dict(
+      rank=0, alpha=16.0, dropout=0.0, init_from="",
+      target_modules=("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
+                      "down_proj")))
+
+
+def lora_schema(prefix: str = "lora") -> dict[str, "Rule"]:
+  """SCHEMA rules of a `lora_config()` block at `prefix`."""
+  return {f"{prefix}.rank": integer(0), f"{prefix}.alpha": number(0, lo_open=True),
+          f"{prefix}.dropout": number(0, 1, hi_open=True),
+          f"{prefix}.init_from": directory_or_empty(),
+          f"{prefix}.target_modules": many_of("alignax.framework.lora:TARGETS")}
+
+
 def _lookup(config, key: str):
   value = config
   for part in key.split("."):
@@ -217,6 +239,32 @@ def validate_config(config, config_file: str) -> None:
   if errors:
     raise ConfigError("Invalid config (" + os.path.basename(config_file.partition(":")[0])
                       + "):\n  " + "\n  ".join(errors))
+
+
+def apply_lora(model, lora_config, *, seed: int = 0):
+  """Attaches LoRA adapters per a config's `lora` block and returns the model.
+
+  `lora_config`: rank (0 = none: full fine-tuning), alpha, dropout,
+  target_modules, init_from (a PEFT adapter directory to continue from; its
+  adapter_config.json sets rank and alpha, and a rank > 0 here must agree).
+  See `alignax.framework.lora`.
+  """
+  from alignax.framework import lora  # pylint: disable=g-import-not-at-top
+
+  c = lora_config
+  if c.init_from:
+    lora.load_peft(model, c.init_from, seed=seed)
+    loaded = lora.config_of(model)
+    if c.rank and c.rank != loaded.rank:
+      raise ValueError(f"config.lora.rank={c.rank} but the adapter in"
+                       f" config.lora.init_from={c.init_from!r} has rank {loaded.rank};"
+                       " set config.lora.rank=0 (take the adapter's) or the same rank.")
+    return model
+  if not c.rank:
+    return model
+  return lora.apply(model, lora.LoraConfig(
+      rank=int(c.rank), alpha=float(c.alpha), dropout=float(c.dropout),
+      target_modules=tuple(c.target_modules)), seed=seed)
 
 
 def setup_mesh(config):
@@ -370,12 +418,15 @@ def export_models(workdir: str, models: Mapping[str, Any], tokenizer,
                   sources: Mapping[str, str] | None = None) -> dict[str, str]:
   """Writes each trained model {name: Decoder} to `<workdir>/final_<name>/`
   (weights, config, tokenizer with its chat template, generation config with
-  every stop id) with `framework.hf.export_pretrained`. `sources` {name: the
+  every stop id) with `framework.hf.export_pretrained`; LoRA adapters are merged. `sources` {name: the
   checkpoint it started from, or ''} supplies the generation config.
   Returns {name: folder}."""
-  from alignax.framework import hf  # pylint: disable=g-import-not-at-top
+  from flax import nnx  # pylint: disable=g-import-not-at-top
+  from alignax.framework import hf, lora  # pylint: disable=g-import-not-at-top
   out = {}
   for name, model in models.items():
+    if lora.has_adapters(nnx.state(model)):  # LoRA: the adapters folded into the weights
+      model = lora.merge(model)
     source = (sources or {}).get(name) or None
     stop_ids = hf.stop_token_ids(source, tokenizer, model.config)
     out[name] = hf.export_pretrained(model, os.path.join(workdir, f"final_{name}"),
@@ -388,6 +439,23 @@ def iteration_slice(pool: Sequence, iteration: int, count: int) -> Sequence:
   a window moving by `count` per iteration, wrapping round at the pool's end."""
   start = (iteration * count) % max(len(pool) - count + 1, 1)
   return pool[start:start + count]
+
+
+def _check_finite(state, where: str, ckpt, workdir: str) -> None:
+  """Stops the run if a phase left a NaN/inf in the state (a diverged update),
+  before it is checkpointed, so the last good checkpoint stays the newest."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+
+  floats = [x for x in jax.tree.leaves(state) if jnp.issubdtype(jnp.result_type(x), jnp.inexact)]
+  # One host sync for the whole state.
+  if floats and not bool(jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in floats]))):
+    last = ckpt.latest_step()
+    raise FloatingPointError(
+        f"Non-finite values (NaN or inf) in the state after {where}. The last good"
+        f" checkpoint ({'none' if last is None else f'step {last}'}) is kept in"
+        f" {workdir}/checkpoints; lower the learning rates or check the weights, then"
+        " re-run to resume.")
 
 
 def run_phases(workdir: str, fresh, phases: Mapping[str, Callable], iterations: int, *,
@@ -420,16 +488,18 @@ def run_phases(workdir: str, fresh, phases: Mapping[str, Callable], iterations: 
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   import tqdm  # pylint: disable=g-import-not-at-top
-  from alignax.framework import checkpoint, experiment  # pylint: disable=g-import-not-at-top
+  from alignax.framework import checkpoint, experiment, train  # pylint: disable=g-import-not-at-top
 
   methods = list(phases)
   ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"), max_to_keep=2)
-  restored = ckpt.restore_latest(fresh)
+  # Under LoRA checkpoints hold the adapters and their optimiser state only.
+  restored = ckpt.restore_latest(train.checkpoint_state(fresh))
   if restored is None:
     done, state, extras = 0, fresh, start()
     extras.setdefault("curves", {m: [] for m in methods})
   else:
-    done, state, extras = restored
+    done, saved, extras = restored
+    state = train.from_checkpoint_state(fresh, saved)
   truncate_metrics(workdir, done)
   writer = experiment.MetricWriter(workdir)
   if restored is None:
@@ -440,9 +510,12 @@ def run_phases(workdir: str, fresh, phases: Mapping[str, Callable], iterations: 
   for index in bar:
     method, it = methods[index // iterations], index % iterations
     if it == 0:
-      state = jax.tree.map(jnp.copy, fresh)  # every method starts from the warm-up
+      # Every method starts from the warm-up (under LoRA: fresh adapters, same base).
+      state = train.from_checkpoint_state(
+          fresh, jax.tree.map(jnp.copy, train.checkpoint_state(fresh)))
     t0 = time.perf_counter()
     state, stats, scores = phases[method](state, it, index, extras)
+    _check_finite(state, f"{method} iteration {it + 1} (step {index + 1})", ckpt, workdir)
     extras["curves"][method].append(scores)
     extras["seconds"] += time.perf_counter() - t0
     writer.write(index + 1, {"iteration": it + 1,
@@ -450,7 +523,7 @@ def run_phases(workdir: str, fresh, phases: Mapping[str, Callable], iterations: 
     bar.set_postfix(method=method, **{k: f"{scores[v]:.1f}" for k, v in postfix.items()})
     if on_method_end is not None and it == iterations - 1:
       on_method_end(method, state)
-    ckpt.save(index + 1, state, extras)
+    ckpt.save(index + 1, train.checkpoint_state(state), extras)
   writer.close()
   ckpt.close()
   plot(extras)

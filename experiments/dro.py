@@ -63,7 +63,7 @@ from alignax.agents import dro as dro_agents
 from alignax.agents import dro_world, qa_data, qa_world, retrieval
 from alignax.agents import metrics as metrics_lib
 from alignax.experiments import common
-from alignax.framework import experiment, train
+from alignax.framework import experiment, lora, train
 from alignax.framework.config import ModelConfig
 from alignax.framework.model import Decoder
 from alignax.objectives.registry import Registry
@@ -311,10 +311,10 @@ def _check_lengths(fmt, world, limit):
 
 
 def _check_config(config):
-  unknown = [m for m in config.methods if m not in METHODS]
-  if unknown or "dro" not in config.methods:
-    raise ValueError(f"config.methods={tuple(config.methods)!r} must include 'dro' and"
-                     f" only name {list(METHODS)}.")
+  """What the config's SCHEMA (names, types, ranges) cannot say."""
+  if "dro" not in config.methods:
+    raise ValueError(f"config.methods={tuple(config.methods)!r} must include 'dro' (the"
+                     f" baselines {sorted(set(METHODS) - {'dro'})} run beside it).")
   if not 1 <= config.selector.top_k <= config.candidates.num:
     raise ValueError(f"config.selector.top_k={config.selector.top_k} must be in"
                      f" [1, config.candidates.num={config.candidates.num}].")
@@ -370,8 +370,10 @@ def run(config, workdir: str, *, stop_after: int | None = None, progress: bool =
   graphdef = None
   fresh = {}
   for name, model in models.items():
+    model = common.apply_lora(model, config.lora, seed=config.seed)  # rank 0: unchanged
     graphdef, fresh[name] = train.init_train_state(model, optimizer)
-  update = train.make_weighted_update(graphdef, optimizer, em.micro_batches)
+  update = train.make_weighted_update(lora.training(graphdef, fresh[name].params), optimizer,
+                                      em.micro_batches)
   methods = list(config.methods)
   pool = world.dataset.train[config.warmup.num_questions:]
   evaluate = lambda states, mode: dro_agents.evaluate(graphdef, states, roles, fmt, held_out,

@@ -47,7 +47,7 @@ from alignax.agents import metrics as metrics_lib
 from alignax.agents import qa_data, qa_world, retrieval
 from alignax.agents import rollout as rollout_lib
 from alignax.experiments import common
-from alignax.framework import experiment, train, vocab
+from alignax.framework import experiment, lora, train, vocab
 from alignax.framework.config import ModelConfig
 from alignax.framework.model import Decoder
 
@@ -246,11 +246,13 @@ def run(config, workdir: str, *, stop_after: int | None = None, progress: bool =
                                                     os.path.join(workdir, "bm25"))
   t0 = time.perf_counter()
   model, agent = build_policy(config, workdir, dataset, retriever)
+  model = common.apply_lora(model, config.lora, seed=config.seed)  # rank 0: unchanged
   held_out = dataset.eval[:config.eval.size]
   em = config.em
   optimizer = train.make_optimizer(em.learning_rate, total_steps=None)
   graphdef, fresh = train.init_train_state(model, optimizer)
-  update = train.make_weighted_update(graphdef, optimizer, em.micro_batches)
+  update = train.make_weighted_update(lora.training(graphdef, fresh.params), optimizer,
+                                      em.micro_batches)
   # E-step questions start after the warm-up's oracle questions, so that
   # iteration 1 is not scored on questions the warm-up saw solved.
   pool = dataset.train[config.warmup.num_oracle:]

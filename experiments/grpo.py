@@ -41,7 +41,7 @@ from alignax import objectives
 from alignax.agents import prompt_data, tasks
 from alignax.agents import rewards as rewards_lib
 from alignax.experiments import common
-from alignax.framework import checkpoint, experiment, hf, sampling, sharding, train
+from alignax.framework import checkpoint, experiment, hf, lora, sampling, sharding, train
 from alignax.framework.config import ModelConfig
 from alignax.framework.model import Decoder
 
@@ -265,8 +265,10 @@ def _advantage_rewards(total: np.ndarray, group_size: int) -> tuple[np.ndarray, 
   return np.where(np.isnan(grouped), means, grouped).reshape(-1), unscorable
 
 
-def rollout(graphdef, params, policy: Policy, data, config, step, ref_params):
+def rollout(graphdef, params, policy: Policy, data, config, step, reference):
   """Samples a group batch for `step` and returns (batch, metrics, host seconds).
+
+  reference: (graphdef, params) of the KL reference policy, or None.
 
   Host seconds: the data and reward work (drawing rows, decoding completions,
   calling the reward functions, None handling), timed for the overhead figure
@@ -291,9 +293,9 @@ def rollout(graphdef, params, policy: Policy, data, config, step, ref_params):
   batch = dict(sequences=gen.sequences, attention_mask=gen.attention_mask,
                completion_tokens=gen.tokens, completion_mask=gen.mask,
                old_logprobs=gen.logprobs, advantages=advantages)
-  if ref_params is not None:
+  if reference is not None:
     batch["ref_logprobs"] = train.reference_logprobs(
-        graphdef, ref_params, gen.sequences, gen.attention_mask, gen.tokens,
+        *reference, gen.sequences, gen.attention_mask, gen.tokens,
         temperature=r.temperature)
   if policy.mesh is not None:
     batch = {k: jax.device_put(v, sharding.batch_sharding(policy.mesh, v.ndim))
@@ -335,6 +337,7 @@ def run(config, workdir: str, *, stop_after: int | None = None, progress: bool =
   experiment.check_or_store_config(workdir, config)
 
   model, tokenizer, model_dir = build_policy(config, workdir, task)
+  model = common.apply_lora(model, config.lora, seed=config.seed)
   if mesh is not None:
     sharding.shard_model(model, mesh)
   stop_ids = hf.stop_token_ids(model_dir, tokenizer, model.config)
@@ -345,10 +348,19 @@ def run(config, workdir: str, *, stop_after: int | None = None, progress: bool =
                                    max_grad_norm=t.max_grad_norm)
   graphdef, state = train.init_train_state(model, optimizer)
   lc = config.loss
-  ref_params = jax.tree.map(jnp.copy, state.params) if lc.beta > 0 else None
+  use_lora = lora.has_adapters(state.params)
+  # The KL reference: the initial weights; under LoRA the base with the
+  # adapters disabled (the same arrays, no copy).
+  ref_params = (jax.tree.map(jnp.copy, state.params) if lc.beta > 0 and not use_lora
+                else None)
+
+  def reference(params):
+    if lc.beta <= 0:
+      return None
+    return lora.disable(graphdef, params) if use_lora else (graphdef, ref_params)
   loss = objectives.PolicyLossConfig.from_mapping(
       lc, max_completion_length=config.rollout.max_new_tokens)
-  update = train.make_grpo_update(graphdef, optimizer, loss=loss,
+  update = train.make_grpo_update(lora.training(graphdef, state.params), optimizer, loss=loss,
                                   temperature=config.rollout.temperature,
                                   micro_batches=t.micro_batches,
                                   prompt_groups=config.rollout.num_generations)
@@ -362,7 +374,8 @@ def run(config, workdir: str, *, stop_after: int | None = None, progress: bool =
 
   ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"),
                                  max_to_keep=t.keep_checkpoints)
-  restored = ckpt.restore_latest(state)
+  # Under LoRA a checkpoint holds the adapters and their optimiser state only.
+  restored = ckpt.restore_latest(train.checkpoint_state(state))
   start = 0 if restored is None else restored[0]
   common.truncate_metrics(workdir, start)  # before the writer opens the file
   common.truncate_samples(workdir, start if restored is not None else -1)
@@ -372,7 +385,8 @@ def run(config, workdir: str, *, stop_after: int | None = None, progress: bool =
     extras = {"eval_before": before, "seconds": 0.0, "last_eval": before}
     writer.write(0, before)
   else:
-    _, state, extras = restored
+    _, saved, extras = restored
+    state = train.from_checkpoint_state(state, saved)
     logging.info("Resumed from step %d in %s", start, workdir)
   del model  # its buffers are donated to the first update
 
@@ -383,7 +397,7 @@ def run(config, workdir: str, *, stop_after: int | None = None, progress: bool =
   for step in bar:
     t0 = time.perf_counter()
     batch, metrics, host_seconds = rollout(graphdef, state.params, policy, train_data, config,
-                                           step, ref_params)
+                                           step, reference(state.params))
     for _ in range(t.num_iterations):
       state, update_metrics = update(state, batch)
     update_metrics = {f"train/{k}": float(v) for k, v in update_metrics.items()}
@@ -404,7 +418,7 @@ def run(config, workdir: str, *, stop_after: int | None = None, progress: bool =
     bar.set_postfix(reward=f"{metrics['train/reward']:.2f}",
                     acc=f"{extras['last_eval'].get('eval/accuracy', float('nan')):.2f}")
     if (step + 1) % t.checkpoint_every == 0 or step + 1 == t.steps:
-      ckpt.save(step + 1, state, extras)
+      ckpt.save(step + 1, train.checkpoint_state(state), extras)
       last_saved = step + 1
   writer.close()
   ckpt.close()
@@ -419,8 +433,14 @@ def run(config, workdir: str, *, stop_after: int | None = None, progress: bool =
   summary.update({"train/steps": last_saved, "train/seconds": extras["seconds"],
                   "train/finished": done})
   if done:
+    final = nnx.merge(graphdef, state.params)
+    if use_lora:  # the adapters in the PEFT format; final_model/ has them merged
+      lora.save_peft(final, os.path.join(workdir, "final_adapter"),
+                     base_model_name_or_path=os.path.abspath(model_dir))
+      summary["final_adapter"] = os.path.join(workdir, "final_adapter")
+      final = lora.merge(final)
     summary["final_model"] = hf.export_pretrained(
-        nnx.merge(graphdef, state.params), os.path.join(workdir, "final_model"),
+        final, os.path.join(workdir, "final_model"),
         tokenizer=tokenizer, source=model_dir, stop_ids=stop_ids)
     experiment.write_summary(workdir, summary)
   return summary, state

@@ -50,7 +50,7 @@ from alignax.agents import moat as moat_agents
 from alignax.agents import moat_critic, qa_data, retrieval
 from alignax.agents import moat_world as mw
 from alignax.experiments import common
-from alignax.framework import experiment, sharding, train
+from alignax.framework import experiment, lora, sharding, train
 from alignax.framework.config import ModelConfig
 from alignax.framework.model import Decoder
 
@@ -257,6 +257,8 @@ def run(config, workdir: str, *, stop_after: int | None = None, progress: bool =
                                      max_new_tokens=config.critic.max_new_tokens)
   t0 = time.perf_counter()
   planner, grounder, io = build_agents(config, workdir, world, gold_tasks)
+  planner, grounder = (common.apply_lora(m, config.lora, seed=config.seed)  # rank 0: unchanged
+                       for m in (planner, grounder))
   if mesh is not None:  # both agents on the same mesh
     sharding.shard_model(planner, mesh)
     sharding.shard_model(grounder, mesh)
@@ -275,12 +277,15 @@ def run(config, workdir: str, *, stop_after: int | None = None, progress: bool =
   p_graphdef, p_fresh = train.init_train_state(planner, dpo_opt)
   g_graphdef, g_fresh = train.init_train_state(grounder, sft_opt)
   fresh = {"planner": p_fresh, "grounder": g_fresh}
-  dpo_update = train.make_dpo_update(p_graphdef, dpo_opt, beta=config.stage1.beta,
+  # Under LoRA the updates run the adapters' dropout.
+  p_train, g_train = (lora.training(p_graphdef, p_fresh.params),
+                      lora.training(g_graphdef, g_fresh.params))
+  dpo_update = train.make_dpo_update(p_train, dpo_opt, beta=config.stage1.beta,
                                       rpo_alpha=config.stage1.rpo_alpha)
-  g_update = train.make_sft_update(g_graphdef, sft_opt)
-  sep_p_update = train.make_sft_update(p_graphdef, sep_p_opt)
+  g_update = train.make_sft_update(g_train, sft_opt)
+  sep_p_update = train.make_sft_update(p_train, sep_p_opt)
   # (stage 2's optimiser unless separate.learning_rate is set: reuse its update)
-  sep_g_update = train.make_sft_update(g_graphdef, sep_g_opt) if sep_lr else g_update
+  sep_g_update = train.make_sft_update(g_train, sep_g_opt) if sep_lr else g_update
 
   # stage2.replay_gold: the warm-up gold rows, trained on beside every iteration's pairs.
   gold_replay = [(t, io.encode(mw.gold_subgoals(t)), mw.actions_text(mw.gold_actions(t)))

@@ -23,6 +23,7 @@ import tempfile
 from typing import Any
 
 import jax
+from jax.sharding import NamedSharding, PartitionSpec as P, SingleDeviceSharding
 import orbax.checkpoint as ocp
 from absl import logging
 
@@ -92,6 +93,28 @@ def verify_digests(step_dir: str) -> str | None:
   return None
 
 
+def _global_template(template: Any) -> Any:
+  """With several processes, leaves of `template` that live on one device
+  (e.g. the optimiser's step counter, created unsharded next to sharded
+  parameters) are restored replicated over the mesh of the sharded leaves:
+  restored onto one device they would be committed there, and a jitted
+  update taking them with the global parameters fails ("incompatible
+  devices"). One process: the template is used as is."""
+  if jax.process_count() == 1:
+    return template
+  leaves = jax.tree.leaves(template)
+  mesh = next((x.sharding.mesh for x in leaves
+               if isinstance(getattr(x, "sharding", None), NamedSharding)), None)
+  if mesh is None:
+    return template
+
+  def one(x):
+    if isinstance(getattr(x, "sharding", None), SingleDeviceSharding):
+      return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=NamedSharding(mesh, P()))
+    return x
+  return jax.tree.map(one, template)
+
+
 class Checkpointer:
   """Keeps the last `max_to_keep` checkpoints under `directory`.
 
@@ -105,8 +128,10 @@ class Checkpointer:
     self.directory = os.path.abspath(directory)
     self._mgr = ocp.CheckpointManager(
         self.directory,
-        options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep,
-                                             create=True),
+        # cleanup_tmp_directories: the temporary folder of a write killed
+        # half-way holds no checkpoint; it is removed when the run restarts.
+        options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True,
+                                             cleanup_tmp_directories=True),
         item_names=("state", "extras"))
     self._pending: list[int] = []  # async saves whose manifest is not written yet
 
@@ -147,7 +172,7 @@ class Checkpointer:
 
   def _restore(self, step: int, template: Any):
     out = self._mgr.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(template),
+        state=ocp.args.StandardRestore(_global_template(template)),
         extras=ocp.args.JsonRestore()))
     return step, out["state"], dict(out["extras"])
 

@@ -190,6 +190,8 @@ def fold_dropout_keys(params: nnx.State, *data) -> nnx.State:
 
 def training(graphdef, params):
   """`graphdef` with adapter dropout switched on (for the update's forward)."""
+  if not has_adapters(params):
+    return graphdef
   model = nnx.merge(graphdef, params)
   for _, module in adapted(model):
     module.lora.training = True

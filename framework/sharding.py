@@ -32,15 +32,28 @@ RULES: Mapping[str, Any] = {
 def maybe_initialize_distributed() -> None:
   """Calls `jax.distributed.initialize()` when the environment asks for it.
 
-  Set `JAX_COORDINATOR_ADDRESS` (with `JAX_NUM_PROCESSES`, `JAX_PROCESS_ID`), or
-  `ALIGNAX_DISTRIBUTED=1` on clusters where JAX detects them itself (TPU pods,
-  SLURM). Single-host runs do nothing.
+  Set `JAX_COORDINATOR_ADDRESS` (host:port of process 0) with
+  `JAX_NUM_PROCESSES` and `JAX_PROCESS_ID` on every process, or
+  `ALIGNAX_DISTRIBUTED=1` on clusters where JAX detects them itself (TPU
+  pods, SLURM). `ALIGNAX_HEARTBEAT_SECONDS` (default 100) bounds how long
+  the others wait for a process that died. Single-process runs do nothing.
   """
   if jax.distributed.is_initialized():
     return
-  if os.environ.get("JAX_COORDINATOR_ADDRESS") or os.environ.get(
-      "ALIGNAX_DISTRIBUTED") == "1":
-    jax.distributed.initialize()
+  heartbeat = int(os.environ.get("ALIGNAX_HEARTBEAT_SECONDS", "100"))
+  address = os.environ.get("JAX_COORDINATOR_ADDRESS")
+  if address:
+    missing = [k for k in ("JAX_NUM_PROCESSES", "JAX_PROCESS_ID") if k not in os.environ]
+    if missing:
+      raise ValueError(f"JAX_COORDINATOR_ADDRESS={address} is set but {missing} are not;"
+                       " set all three on every process.")
+    # jax.distributed.initialize reads no JAX_NUM_PROCESSES / JAX_PROCESS_ID
+    # variables itself: pass them.
+    jax.distributed.initialize(address, int(os.environ["JAX_NUM_PROCESSES"]),
+                               int(os.environ["JAX_PROCESS_ID"]),
+                               heartbeat_timeout_seconds=heartbeat)
+  elif os.environ.get("ALIGNAX_DISTRIBUTED") == "1":
+    jax.distributed.initialize(heartbeat_timeout_seconds=heartbeat)
 
 
 def make_mesh(data: int = 1, fsdp: int = -1, tensor: int = 1,

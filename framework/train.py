@@ -62,6 +62,28 @@ def trainable_params(params: nnx.State) -> nnx.State:
   return lora.partition(params)[0] if lora.has_adapters(params) else params
 
 
+def _is_state(x) -> bool:
+  return isinstance(x, TrainState)
+
+
+def checkpoint_state(state):
+  """What a checkpoint must hold of a `TrainState` (or a pytree of them, e.g.
+  {name: TrainState}): under LoRA the frozen base is left out (it is read
+  again from the model directory; see `from_checkpoint_state`)."""
+  def one(s):
+    return dataclasses.replace(s, params=trainable_params(s.params)) if _is_state(s) else s
+  return jax.tree.map(one, state, is_leaf=_is_state)
+
+
+def from_checkpoint_state(state, saved):
+  """`saved` (a restored `checkpoint_state(state)`) with the frozen parts of `state`."""
+  def one(s, v):
+    if not (_is_state(s) and lora.has_adapters(s.params)):
+      return v
+    return dataclasses.replace(v, params=lora.combine(v.params, lora.partition(s.params)[1]))
+  return jax.tree.map(one, state, saved, is_leaf=_is_state)
+
+
 def init_train_state(model: Decoder, optimizer: optax.GradientTransformation):
   """Returns (graphdef, TrainState) for `model` (optimiser state of `trainable_params`)."""
   graphdef, params = nnx.split(model)
@@ -177,6 +199,30 @@ def accumulate_and_apply(state: TrainState, batch, terms_fn: Callable, optimizer
   return TrainState(params, opt_state, state.step + 1), metrics
 
 
+def jit_donating_state(update_fn: Callable) -> Callable:
+  """`jax.jit(update_fn, donate_argnums=0)` for `update_fn(state, batch)`, except
+  that a LoRA model's frozen base is passed in undonated (and returned as is):
+  other holders of the same arrays (a fresh state kept to restart from, the
+  sampler's model) stay valid, and no second copy of the base is needed."""
+  full = jax.jit(update_fn, donate_argnums=0)
+
+  @functools.partial(jax.jit, donate_argnums=0)
+  def adapters_only(saved, frozen, batch):
+    state = dataclasses.replace(saved, params=lora.combine(saved.params, frozen))
+    new_state, metrics = update_fn(state, batch)
+    return checkpoint_state(new_state), metrics
+
+  @functools.wraps(update_fn)
+  def update(state, batch):
+    if not lora.has_adapters(state.params):
+      return full(state, batch)
+    saved, metrics = adapters_only(checkpoint_state(state),
+                                   lora.partition(state.params)[1], batch)
+    return from_checkpoint_state(state, saved), metrics
+
+  return update
+
+
 def make_grpo_update(graphdef, optimizer: optax.GradientTransformation, *,
                      loss: objectives.PolicyLossConfig, temperature: float = 1.0,
                      micro_batches: int = 1, token_chunk: int = 1024,
@@ -207,7 +253,7 @@ def make_grpo_update(graphdef, optimizer: optax.GradientTransformation, *,
         jax.lax.stop_gradient(ent), mb["completion_mask"]))
     return num, (den, metrics)
 
-  @functools.partial(jax.jit, donate_argnums=0)
+  @jit_donating_state
   def update(state, batch):
     return accumulate_and_apply(state, batch, terms, optimizer, micro_batches)
 
@@ -228,7 +274,7 @@ def make_sft_update(graphdef, optimizer: optax.GradientTransformation, *,
     mask = mb["completion_mask"].astype(jnp.float32)
     return -jnp.sum(logp * mask), (jnp.sum(mask), {})
 
-  @functools.partial(jax.jit, donate_argnums=0)
+  @jit_donating_state
   def update(state, batch):
     return accumulate_and_apply(state, batch, terms, optimizer, micro_batches)
 
@@ -357,7 +403,7 @@ def make_dpo_update(graphdef, optimizer, *, beta: float, loss_type: str = "sigmo
       loss = loss + rpo_alpha * nll
     return loss * b, (jnp.float32(b), {**metrics, "nll": nll})
 
-  @functools.partial(jax.jit, donate_argnums=0)
+  @jit_donating_state
   def update(state, batch):
     return accumulate_and_apply(state, batch, terms, optimizer, micro_batches)
 

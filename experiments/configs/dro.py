@@ -6,8 +6,9 @@ Presets: `default` (a few minutes on a 2-core CPU) and `tiny` (tests).
 """
 import ml_collections
 
-from alignax.experiments.common import (boolean, directory_or_empty, integer, many_of,
-                                        number, one_of, string)
+from alignax.experiments.common import (boolean, directory_or_empty, integer,
+                                        lora_config, lora_schema, many_of, number, one_of,
+                                        string)
 
 
 def get_config(preset: str = "default") -> ml_collections.ConfigDict:
@@ -111,6 +112,9 @@ def get_config(preset: str = "default") -> ml_collections.ConfigDict:
   c.methods = ("dro", "bm25_top5", "rejection_sft")
   # 400: all ~326 held-out questions (one question = 0.3 points).
   c.eval = ml_collections.ConfigDict(dict(size=400))
+  # LoRA adapters on each model for the EM iterations (the warm-up trains the
+  # whole models); rank 0 = off. See alignax.framework.lora.
+  c.lora = lora_config()
 
   if preset == "tiny":
     c.world.update(num_people=30, num_cities=8, num_countries=3, num_companies=5)
@@ -162,6 +166,7 @@ SCHEMA = {
     "em.min_weight": number(0, 1),
     "methods": many_of("alignax.experiments.dro:METHODS"),
     "eval.size": _POS,
+    **lora_schema(),
 }
 
 

@@ -6,8 +6,9 @@ Presets: `default` (a few minutes on a 2-core CPU) and `tiny` (tests).
 """
 import ml_collections
 
-from alignax.experiments.common import (boolean, directory_or_empty, integer, many_of,
-                                        number, one_of, string)
+from alignax.experiments.common import (boolean, directory_or_empty, integer,
+                                        lora_config, lora_schema, many_of, number, one_of,
+                                        string)
 
 
 def get_config(preset: str = "default") -> ml_collections.ConfigDict:
@@ -70,6 +71,9 @@ def get_config(preset: str = "default") -> ml_collections.ConfigDict:
   # from the same warm-up model; keys of objectives.EM_WEIGHTINGS.
   c.methods = ("exsearch", "uniform", "rejection_sft")
   c.eval = ml_collections.ConfigDict(dict(size=400))
+  # LoRA adapters for the EM iterations (the warm-up trains the whole model);
+  # rank 0 = off. See alignax.framework.lora.
+  c.lora = lora_config()
 
   if preset == "tiny":
     c.world.update(num_people=40, num_cities=8, num_countries=3, num_companies=5)
@@ -117,4 +121,5 @@ SCHEMA = {
     "em.learning_rate": _LR, "em.min_weight": number(0, 1),
     "methods": many_of("alignax.objectives.em:EM_WEIGHTINGS"),
     "eval.size": _POS,
+    **lora_schema(),
 }

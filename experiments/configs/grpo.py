@@ -10,8 +10,9 @@ Presets: `default` (the main job: a few minutes on a laptop CPU) and `tiny`
 import ml_collections
 from ml_collections import config_dict
 
-from alignax.experiments.common import (boolean, directory_or_empty, integer, number,
-                                        one_of, optional, string)
+from alignax.experiments.common import (boolean, directory_or_empty, integer,
+                                        lora_config, lora_schema, number, one_of,
+                                        optional, string)
 
 
 def get_config(preset: str = "default") -> ml_collections.ConfigDict:
@@ -94,6 +95,10 @@ def get_config(preset: str = "default") -> ml_collections.ConfigDict:
 
   c.mesh = ml_collections.ConfigDict(dict(data=1, fsdp=1, tensor=1))
 
+  # LoRA adapters (alignax.framework.lora), rank 0 = off; with rank > 0 the run
+  # ends with final_adapter/ (PEFT format) and final_model/ (merged).
+  c.lora = lora_config()
+
   if preset == "tiny":
     # Seconds on a laptop CPU, and still learning: reward and held-out accuracy
     # rise over the 12 steps (e.g. 0.16 -> 0.75 and 0.28 -> 0.88).
@@ -163,6 +168,7 @@ SCHEMA = {
     "model.param_dtype": one_of("alignax.framework.config:DTYPE_NAMES"),
     "model.dtype": one_of("alignax.framework.config:DTYPE_NAMES"),
     "mesh.data": _POS, "mesh.fsdp": _POS, "mesh.tensor": _POS,
+    **lora_schema(),
 }
 
 

@@ -8,8 +8,9 @@ import ml_collections
 
 from alignax.agents import moat_world as mw
 
-from alignax.experiments.common import (boolean, directory_or_empty, integer, many_of,
-                                        number, one_of, string)
+from alignax.experiments.common import (boolean, directory_or_empty, integer,
+                                        lora_config, lora_schema, many_of, number, one_of,
+                                        string)
 
 
 def get_config(preset: str = "default") -> ml_collections.ConfigDict:
@@ -73,6 +74,9 @@ def get_config(preset: str = "default") -> ml_collections.ConfigDict:
   # stage's learning rate (learning_rate > 0: that one for both).
   c.separate = ml_collections.ConfigDict(dict(enabled=True, learning_rate=0.0))
   c.eval = ml_collections.ConfigDict(dict(held_in_size=500, held_out_size=500))
+  # LoRA adapters on both agents for the iterations (the warm-up trains the
+  # whole models); rank 0 = off. See alignax.framework.lora.
+  c.lora = lora_config()
 
   if preset == "tiny":
     c.world.update(num_people=24, num_cities=6, num_countries=3, num_companies=4,
@@ -130,6 +134,7 @@ SCHEMA = {
     "num_iterations": _POS, "optimizer_warmup_steps": _NONNEG,
     "separate.enabled": boolean(), "separate.learning_rate": number(0),
     "eval.held_in_size": _POS, "eval.held_out_size": _POS,
+    **lora_schema(),
 }
 
 

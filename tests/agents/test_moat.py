@@ -319,14 +319,14 @@ def test_stage1_is_one_generate_and_one_scoring_pass(world, io_and_models, monke
     return real_score(*a, **k)
 
   monkeypatch.setattr(moat_agents.sampling, "generate", gen)
-  monkeypatch.setattr(agents, "grounder_scores", score)
+  monkeypatch.setattr(moat_agents, "grounder_scores", score)
   opt = train.make_optimizer(1e-3)
   p_graphdef, p_state = train.init_train_state(planner, opt)
   g_graphdef, g_params = nnx.split(grounder)
   tasks = world.splits()[0][:6]
   update = train.make_dpo_update(p_graphdef, opt, beta=0.2)
-  _, plans, stats = moat.stage1(p_graphdef, jax.tree.map(jnp.copy, p_state), g_graphdef, g_params, io, tasks,
-                                config, update, 0, None)
+  _, plans, stats = moat.stage1(p_graphdef, jax.tree.map(jnp.copy, p_state), g_graphdef,
+                                g_params, io, tasks, config, update, 0, None)
   assert calls == {"generate": 1, "score": 1}
   assert len(plans) == len(tasks) * config.stage1.num_samples
   assert stats["stage1/pairs"] <= len(tasks)

@@ -38,17 +38,19 @@ def summary_without_time(workdir):
 
 
 def final_states(workdir):
-  """{checkpoint folder: leaves of the newest checkpoint's state} under workdir."""
-  out = {}
-  for folder in sorted(glob.glob(os.path.join(workdir, "checkpoints", "**", checkpoint.DIGESTS),
-                                 recursive=True)):
-    step_dir = os.path.dirname(folder)
-    out.setdefault(os.path.dirname(step_dir), []).append(step_dir)
+  """{newest step folder: leaves of its state} of each checkpoint folder under
+  workdir (Orbax's temporary folders of killed writes aside)."""
+  import jax  # pylint: disable=g-import-not-at-top
+  steps = {}
+  for state_dir in glob.glob(os.path.join(workdir, "checkpoints", "**", "state"),
+                             recursive=True):
+    step_dir = os.path.dirname(state_dir)
+    if os.path.basename(step_dir).isdigit():
+      steps.setdefault(os.path.dirname(step_dir), []).append(step_dir)
   leaves = {}
-  for parent, steps in out.items():
-    newest = max(steps, key=lambda s: int(os.path.basename(s)))
+  for parent, dirs in steps.items():
+    newest = max(dirs, key=lambda s: int(os.path.basename(s)))
     tree = ocp.PyTreeCheckpointer().restore(os.path.join(newest, "state"))
-    import jax  # pylint: disable=g-import-not-at-top
     leaves[os.path.relpath(newest, workdir)] = [np.asarray(x) for x in jax.tree.leaves(tree)]
   return leaves
 
