@@ -136,3 +136,11 @@ def test_bad_model_path_combinations_are_config_errors(files):
   c.grounder_model_path = ""
   with pytest.raises(common.ConfigError, match="or neither"):
     common.validate_config(c, os.path.join(_CONFIGS, "moat.py"))
+
+
+def test_exsearch_lora_export_has_the_adapters_merged(tmp_path):
+  c = load_config_file(os.path.join(_CONFIGS, "exsearch.py") + ":tiny")
+  c.lora.rank, c.methods, c.em.num_iterations = 2, ("exsearch",), 1
+  exsearch.run(c, str(tmp_path), progress=False)
+  assert not any(f.startswith("adapter") for f in os.listdir(tmp_path / "final_model"))
+  assert_transformers_loads(str(tmp_path / "final_model"), ("<SEARCH>",))
