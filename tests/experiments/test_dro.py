@@ -248,7 +248,7 @@ def test_weights_question_with_nothing_valid():
 @pytest.mark.parametrize("change, message", [
     (dict(methods=("bm25_top5",)), "must include 'dro'"),
     (dict(methods=("dro", "uniform")), re.escape("config.methods=('dro', 'uniform')")),
-    (dict(dataset="hotpotqa"), "built-in selection world"),
+    (dict(dataset="nq"), "config.dataset='nq': must be one of 'builtin', 'hotpotqa'"),
     (dict(selector=dict(top_k=9)), "top_k=9"),
     (dict(em=dict(num_samples=0)), ">= 1"),
     (dict(candidates=dict(keep_top=13)), "keep_top=13"),
