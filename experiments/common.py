@@ -198,6 +198,22 @@ def lora_schema(prefix: str = "lora") -> dict[str, "Rule"]:
           f"{prefix}.target_modules": many_of("alignax.framework.lora:TARGETS")}
 
 
+# Rules that several configs' SCHEMAs share.
+POSITIVE, NON_NEGATIVE = integer(1), integer(0)
+FRACTION = number(0, 1, lo_open=True, hi_open=True)
+LEARNING_RATE = number(0, lo_open=True)
+TOP_P = number(0, 1, lo_open=True)
+
+
+def builtin_model_rules(prefix: str = "model") -> dict:
+  """Rules of the built-in decoder's size keys under `prefix`."""
+  rules = {f"{prefix}.{k}": POSITIVE for k in (
+      "hidden_size", "intermediate_size", "num_layers", "num_heads", "num_kv_heads",
+      "max_position_embeddings")}
+  rules[f"{prefix}.tie_word_embeddings"] = boolean()
+  return rules
+
+
 def _lookup(config, key: str):
   value = config
   for part in key.split("."):

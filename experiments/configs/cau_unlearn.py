@@ -8,8 +8,9 @@ Any field can be overridden: `--config.unlearn.lr=0.5`.
 """
 import ml_collections
 
-from alignax.experiments.common import (Rule, boolean, directory_or_empty, integer,
-                                        many_of, number, one_of, string)
+from alignax.experiments import common
+from alignax.experiments.common import (Rule, boolean, directory_or_empty, number,
+                                        one_of, string)
 
 
 def _base() -> ml_collections.ConfigDict:
@@ -90,14 +91,9 @@ def get_config(preset: str = "default") -> ml_collections.ConfigDict:
 
 
 # What each key may hold, checked before any work (`common.validate_config`).
-_POS, _NONNEG = integer(1), integer(0)
-_FRACTION = number(0, 1, lo_open=True, hi_open=True)
-_LR = number(0, lo_open=True)
-_TOP_P = number(0, 1, lo_open=True)
-_MODEL = {f"{m}.{k}": _POS for m in ("model",) for k in (
-    "hidden_size", "intermediate_size", "num_layers", "num_heads", "num_kv_heads",
-    "max_position_embeddings")}
-_MODEL["model.tie_word_embeddings"] = boolean()
+_POS, _NONNEG = common.POSITIVE, common.NON_NEGATIVE
+_FRACTION, _LR, _TOP_P = common.FRACTION, common.LEARNING_RATE, common.TOP_P
+_MODEL = common.builtin_model_rules()
 SCHEMA = {
     "seed": _NONNEG,
     "data.name": one_of(("synthetic", "movielens_1m", "amazon_beauty", "amazon_games")),

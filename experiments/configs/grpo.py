@@ -10,6 +10,7 @@ Presets: `default` (the main job: a few minutes on a laptop CPU) and `tiny`
 import ml_collections
 from ml_collections import config_dict
 
+from alignax.experiments import common
 from alignax.experiments.common import (boolean, directory_or_empty, integer,
                                         lora_config, lora_schema, number, one_of,
                                         optional, string)
@@ -117,7 +118,7 @@ def get_config(preset: str = "default") -> ml_collections.ConfigDict:
 
 
 # What each key may hold, checked before any work (`common.validate_config`).
-_POS, _NONNEG = integer(1), integer(0)
+_POS, _NONNEG = common.POSITIVE, common.NON_NEGATIVE
 SCHEMA = {
     "seed": _NONNEG,
     "model_path": directory_or_empty(),
@@ -140,9 +141,7 @@ SCHEMA = {
     "task.reverse.eval_fraction": number(0, 1, lo_open=True, hi_open=True),
     "task.addition.num_digits": _POS, "task.addition.reverse_answer": boolean(),
     "task.addition.eval_fraction": number(0, 1, lo_open=True, hi_open=True),
-    "model.hidden_size": _POS, "model.intermediate_size": _POS,
-    "model.num_layers": _POS, "model.num_heads": _POS, "model.num_kv_heads": _POS,
-    "model.max_position_embeddings": _POS, "model.tie_word_embeddings": boolean(),
+    **common.builtin_model_rules(),
     "warmup.steps": _NONNEG, "warmup.batch_size": _POS,
     "warmup.learning_rate": number(0, lo_open=True),
     "warmup.flawed_fraction": number(0, 1),

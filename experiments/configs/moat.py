@@ -8,9 +8,9 @@ import ml_collections
 
 from alignax.agents import moat_world as mw
 
+from alignax.experiments import common
 from alignax.experiments.common import (boolean, directory_or_empty, integer,
-                                        lora_config, lora_schema, many_of, number, one_of,
-                                        string)
+                                        lora_config, lora_schema, number, one_of, string)
 
 
 def get_config(preset: str = "default") -> ml_collections.ConfigDict:
@@ -95,14 +95,9 @@ def get_config(preset: str = "default") -> ml_collections.ConfigDict:
 
 
 # What each key may hold, checked before any work (`common.validate_config`).
-_POS, _NONNEG = integer(1), integer(0)
-_FRACTION = number(0, 1, lo_open=True, hi_open=True)
-_LR = number(0, lo_open=True)
-_TOP_P = number(0, 1, lo_open=True)
-_MODEL = {f"{m}.{k}": _POS for m in ("model",) for k in (
-    "hidden_size", "intermediate_size", "num_layers", "num_heads", "num_kv_heads",
-    "max_position_embeddings")}
-_MODEL["model.tie_word_embeddings"] = boolean()
+_POS, _NONNEG = common.POSITIVE, common.NON_NEGATIVE
+_FRACTION, _LR, _TOP_P = common.FRACTION, common.LEARNING_RATE, common.TOP_P
+_MODEL = common.builtin_model_rules()
 _AGENT = {f"{a}.{k}": v for a in ("planner", "grounder")
           for k, v in ((k.split(".", 1)[1], v) for k, v in _MODEL.items())}
 SCHEMA = {
