@@ -311,13 +311,11 @@ def _check_lengths(fmt, world, limit):
 
 
 def _check_config(config):
-  """What the config's SCHEMA (names, types, ranges) cannot say."""
+  """What the config's SCHEMA and CHECKS (run first, by `common.validate_config`)
+  cannot say: they already bound every count, rate and `selector.top_k`."""
   if "dro" not in config.methods:
     raise ValueError(f"config.methods={tuple(config.methods)!r} must include 'dro' (the"
                      f" baselines {sorted(set(METHODS) - {'dro'})} run beside it).")
-  if not 1 <= config.selector.top_k <= config.candidates.num:
-    raise ValueError(f"config.selector.top_k={config.selector.top_k} must be in"
-                     f" [1, config.candidates.num={config.candidates.num}].")
   cand = config.candidates
   if not 0 <= cand.keep_top <= cand.num:
     raise ValueError(f"config.candidates.keep_top={cand.keep_top} must be in"
@@ -328,19 +326,10 @@ def _check_config(config):
         f"{config.selector.top_k}: inserted gold passages could land in the first top_k"
         " candidates, which bm25_top5 takes as BM25's top_k. Raise keep_top or drop"
         " bm25_top5 from config.methods.")
-  em = config.em
-  if em.num_samples < 1 or em.num_iterations < 1 or em.questions_per_iteration < 1:
-    raise ValueError("config.em.num_samples, num_iterations and questions_per_iteration"
-                     " must be >= 1.")
-  if not em.temperature > 0 or not config.selector.temperature > 0:
-    raise ValueError("config.em.temperature and config.selector.temperature must be > 0.")
   pretrained = any(model_sources(config).values())
-  if (config.warmup.num_questions < 1 or config.eval.size < 1
-      or (not pretrained and min(config.warmup.generator_steps,
-                                 config.warmup.selector_steps) < 1)):
-    raise ValueError("config.warmup.num_questions and config.eval.size must be >= 1, and"
-                     " warmup.generator_steps and selector_steps too unless the model"
-                     " starts from a checkpoint (config.model_path ...).")
+  if not pretrained and min(config.warmup.generator_steps, config.warmup.selector_steps) < 1:
+    raise ValueError("config.warmup.generator_steps and selector_steps must be >= 1 unless"
+                     " the model starts from a checkpoint (config.model_path ...).")
 
 
 # ---------------------------------------------------------------------- run
