@@ -36,7 +36,9 @@ def parse_selections(texts, num_candidates: int, top_k: int):
 class DroPrompts:
   """DRO's token formats: the selector and generator prompts and training rows.
 
-  Holds the tokenizer, the world and each question's candidate passages.
+  Holds the tokenizer, the world, each question's candidate passages (the
+  selector's order) and BM25's own ranking (`bm25`, what `bm25_top5` reads:
+  inserted gold passages change the candidates, never it).
     selector : <s> rank question : <q> [1] <passage> ... [n] <passage> <END_SEARCH>
                                                         -> [a] > [b] > ... </s>
     generator: <s> answer question : <q> <DOC> <passage> ... <END_SEARCH> <FINAL>
@@ -44,11 +46,12 @@ class DroPrompts:
   """
 
   def __init__(self, tokenizer, world, candidates: dict, *, num_candidates: int, top_k: int,
-               max_answer_tokens: int, no_repeat_ids: bool):
+               max_answer_tokens: int, no_repeat_ids: bool, bm25: dict | None = None):
     self.tokenizer = tokenizer
     self.world = world
     self.corpus = world.dataset.corpus
     self.candidates = candidates  # question id -> passage indices [n]
+    self.bm25 = candidates if bm25 is None else bm25  # question id -> BM25's ranking [>= top_k]
     self.num = num_candidates
     self.top_k = top_k
     self.max_answer = max_answer_tokens
@@ -102,6 +105,10 @@ class DroPrompts:
   def docs(self, ex, permutation) -> list[int]:
     """Passage indices of the first top_k candidates of a permutation."""
     return [int(self.candidates[ex.id][p]) for p in permutation[:self.top_k]]
+
+  def bm25_docs(self, ex) -> list[int]:
+    """Passage indices of BM25's own top_k for the question (no inserted gold)."""
+    return [int(i) for i in self.bm25[ex.id][:self.top_k]]
 
   def gold_positions(self, ex) -> list[int]:
     cand = list(self.candidates[ex.id])
@@ -211,9 +218,9 @@ def evaluate(graphdef, states, roles, fmt, examples, mode: str) -> dict[str, flo
   if mode == "selector":
     _, perms, valid = select(graphdef, states[roles["selector"]].params, fmt, examples,
                              jax.random.key(0))
+    passages = [fmt.docs(e, p) for e, p in zip(examples, perms)]
   else:
-    perms, valid = [list(range(fmt.num))] * len(examples), np.ones(len(examples), bool)
-  passages = [fmt.docs(e, p) for e, p in zip(examples, perms)]
+    passages, valid = [fmt.bm25_docs(e) for e in examples], np.ones(len(examples), bool)
   preds = answers(graphdef, states[roles["generator"]].params, fmt, examples, passages)
   scores = metrics_lib.score_answers(preds, [e.answers for e in examples])
   out = {f"eval/{k}": 100.0 * v for k, v in scores.items()}

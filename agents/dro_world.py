@@ -18,10 +18,10 @@ rendered so that a lexical retriever cannot find the evidence on its own:
   shares no word with the question; BM25 never ranks it.
 
 Candidates (`candidates`): BM25's top `num_candidates` for the question. With
-`insert_gold` (DRO's `k_positive`, §7.1), a gold passage that BM25 missed is
-put at a random position after the first `keep_top` (so BM25's own top-`keep_top`
-is untouched), replacing the candidate there. The held-out split is a hashed
-fraction of the questions, as `qa_world`'s `split="question"`.
+`insert_gold` (DRO's `k_positive`, §7.1), a gold passage that BM25 missed
+replaces the candidate at a uniformly random position (after the first
+`keep_top`, default 0: anywhere), so where it sits says nothing about it.
+The held-out split is a hashed fraction of the questions, as `qa_world`'s `split="question"`.
 
 Everything depends only on `(seed, sizes)`.
 """
@@ -144,27 +144,44 @@ def make_dro_world(seed: int = 0, num_people: int = 200, num_cities: int = 24,
 
 
 def candidates(retriever, examples: Sequence[QAExample], gold: dict, num_candidates: int,
-               *, insert_gold: bool = True, keep_top: int = 5, seed: int = 0) -> np.ndarray:
+               *, insert_gold: bool = True, keep_top: int = 0, seed: int = 0) -> np.ndarray:
   """BM25 top-`num_candidates` passage indices [Q, n] for each question (one
   batched call); with `insert_gold`, missing gold passages are put at random
-  positions after the first `keep_top` (a per-question deterministic draw)."""
+  positions (`insert_gold_passages`)."""
   ids = retriever.search_ids([e.question for e in examples], num_candidates).copy()
   if ids.shape[1] < num_candidates:
     raise ValueError(f"The corpus has {ids.shape[1]} passages; num_candidates="
                      f"{num_candidates} needs more.")
   if insert_gold:
-    for row, ex in zip(ids, examples):
-      golds = gold.get(ex.id, ())
-      missing = [g for g in golds if g not in row]
-      if not missing:
-        continue
-      rng = np.random.RandomState(int(_hash_fraction(seed, ex.id) * 2**31))
-      free = [i for i in range(keep_top, num_candidates) if row[i] not in golds]
-      if len(free) < len(missing):
-        raise ValueError(f"num_candidates={num_candidates} leaves no room after"
-                         f" keep_top={keep_top} for {len(missing)} gold passages.")
-      for pos, g in zip(rng.choice(free, len(missing), replace=False), missing):
-        row[pos] = g
+    ids = insert_gold_passages(ids, examples, gold, keep_top=keep_top, seed=seed)
+  return ids
+
+
+def insert_gold_passages(ids: np.ndarray, examples: Sequence[QAExample], gold: dict, *,
+                         keep_top: int = 0, seed: int = 0) -> np.ndarray:
+  """DRO's k_positive (§7.1): each gold passage missing from a question's row
+  of `ids` [Q, n] replaces the candidate at a uniformly random position after
+  the first `keep_top` (0: anywhere), drawn among the positions not holding a
+  gold passage, per question from `(seed, question id)`. Returns a copy.
+
+  With keep_top=0 the position carries no information: a selector must read
+  the passage to find it (the built-in world's 2-hop bridge passage is never
+  in BM25's list).
+  """
+  ids = np.array(ids, copy=True)
+  num_candidates = ids.shape[1]
+  for row, ex in zip(ids, examples):
+    golds = gold.get(ex.id, ())
+    missing = [g for g in golds if g not in row]
+    if not missing:
+      continue
+    rng = np.random.RandomState(int(_hash_fraction(seed, ex.id) * 2**31))
+    free = [i for i in range(keep_top, num_candidates) if row[i] not in golds]
+    if len(free) < len(missing):
+      raise ValueError(f"num_candidates={num_candidates} leaves no room after"
+                       f" keep_top={keep_top} for {len(missing)} gold passages.")
+    for pos, g in zip(rng.choice(free, len(missing), replace=False), missing):
+      row[pos] = g
   return ids
 
 

@@ -141,7 +141,7 @@ def selection_e_step(graphdef, states, roles, fmt, examples, config, key, length
 def bm25_e_step(graphdef, states, roles, fmt, examples, config, key, lengths):
   """The generator on BM25's top_k, weight 1, no selector."""
   del graphdef, states, roles, config, key
-  rows = [fmt.generator_row(e, fmt.docs(e, range(fmt.num))) for e in examples]
+  rows = [fmt.generator_row(e, fmt.bm25_docs(e)) for e in examples]
   return {"generator": fmt.batch(rows, lengths[1])}, {}
 
 
@@ -162,13 +162,20 @@ METHODS.add("rejection_sft", Method(
 
 # ------------------------------------------------------------------ warm-up
 def build_candidates(config, world, retriever):
-  """question id -> passage indices [candidates.num] (BM25's, plus missing gold)."""
+  """(candidates, bm25): question id -> passage indices [candidates.num], BM25's
+  top `candidates.num` with the missing gold passages inserted at uniformly
+  random positions (`dro_world.insert_gold_passages`), and BM25's own ranking,
+  which `bm25_top5` reads."""
   d = world.dataset
   examples = d.train + d.eval
-  cand = dro_world.candidates(retriever, examples, world.gold, config.candidates.num,
-                              insert_gold=config.candidates.insert_gold,
-                              keep_top=config.candidates.keep_top, seed=config.seed)
-  return {e.id: c for e, c in zip(examples, cand)}
+  bm25 = dro_world.candidates(retriever, examples, world.gold, config.candidates.num,
+                              insert_gold=False)
+  cand = bm25
+  if config.candidates.insert_gold:
+    cand = dro_world.insert_gold_passages(bm25, examples, world.gold,
+                                          keep_top=config.candidates.keep_top, seed=config.seed)
+  return ({e.id: c for e, c in zip(examples, cand)},
+          {e.id: b for e, b in zip(examples, bm25)})
 
 
 def roles_of(config) -> dict[str, str]:
@@ -236,8 +243,10 @@ def warm_up(models: dict, fmt, examples, config, roles):
 
 
 def make_prompts(tokenizer, world, candidates, config) -> dro_agents.DroPrompts:
+  """candidates: `build_candidates`' pair (candidate order, BM25's ranking)."""
+  order, bm25 = candidates
   return dro_agents.DroPrompts(
-      tokenizer, world, candidates, num_candidates=config.candidates.num,
+      tokenizer, world, order, bm25=bm25, num_candidates=config.candidates.num,
       top_k=config.selector.top_k, max_answer_tokens=config.generator.max_answer_tokens,
       no_repeat_ids=config.selector.no_repeat_ids)
 
@@ -320,12 +329,6 @@ def _check_config(config):
   if not 0 <= cand.keep_top <= cand.num:
     raise ValueError(f"config.candidates.keep_top={cand.keep_top} must be in"
                      f" [0, config.candidates.num={cand.num}].")
-  if cand.insert_gold and cand.keep_top < config.selector.top_k and "bm25_top5" in config.methods:
-    raise ValueError(
-        f"config.candidates.keep_top={cand.keep_top} < config.selector.top_k="
-        f"{config.selector.top_k}: inserted gold passages could land in the first top_k"
-        " candidates, which bm25_top5 takes as BM25's top_k. Raise keep_top or drop"
-        " bm25_top5 from config.methods.")
   pretrained = any(model_sources(config).values())
   if not pretrained and min(config.warmup.generator_steps, config.warmup.selector_steps) < 1:
     raise ValueError("config.warmup.generator_steps and selector_steps must be >= 1 unless"

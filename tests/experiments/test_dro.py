@@ -71,10 +71,7 @@ def test_killed_run_resumes_identically(tiny_run, tmp_path):
 def _tiny_task(workdir):
   """(world, candidates, warm-up models, DroPrompts) of the tiny run in `workdir`."""
   config = load_config_file(TINY)
-  w = config.world
-  world = dro_world.make_dro_world(seed=config.seed, num_people=w.num_people,
-                                   num_cities=w.num_cities, num_countries=w.num_countries,
-                                   num_companies=w.num_companies)
+  world = dro.load_world(config)  # the run's world (every config.world size)
   retriever = retrieval.BM25Retriever.build_or_load(world.dataset.corpus,
                                                     os.path.join(workdir, "bm25"))
   cand = dro.build_candidates(config, world, retriever)
@@ -108,7 +105,7 @@ def test_prompts_and_rows(tiny_run):
   assert perms[0][:5] == [4, 0, 7, 2, 1] and valid[0]
   # Selector prompt: every candidate behind its id token, in BM25 order.
   prompt = task.tokenizer.decode(task.selector_prompt(ex))
-  for pos, i in enumerate(cand[ex.id]):
+  for pos, i in enumerate(cand[0][ex.id]):
     assert f"[{pos + 1}] {world.dataset.corpus[i].text}" in prompt
   # The oracle ranking puts both gold passages first; the generator row
   # trains only the gold answer + EOS.
@@ -185,6 +182,55 @@ def test_world_candidates():
       assert world.gold[e.id][1] not in r[:5]
 
 
+def test_inserted_gold_positions_are_uniform():
+  # The default world: every inserted gold passage (each 2-hop bridge) lands
+  # at a uniformly random position among those not holding a gold passage, so
+  # its position says nothing about it (chi-square against the exact
+  # expectation; the old keep_top=5 put all of them at positions 6-12).
+  from scipy import stats
+  config = load_config_file(TINY.replace(":tiny", ""))
+  world = dro.load_world(config)
+  examples = world.dataset.train + world.dataset.eval
+  retriever = retrieval.BM25Retriever.build(world.dataset.corpus)
+  raw = dro_world.candidates(retriever, examples, world.gold, 12, insert_gold=False)
+  cand = dro_world.insert_gold_passages(raw, examples, world.gold, seed=0)
+  observed, expected = np.zeros(12), np.zeros(12)
+  for e, row, r in zip(examples, cand, raw):
+    golds = world.gold[e.id]
+    missing = [g for g in golds if g not in r]
+    free = [i for i in range(12) if r[i] not in golds]
+    for g in missing:
+      observed[row.tolist().index(g)] += 1
+      expected[free] += 1 / len(free)
+    assert [i for i in range(12) if row[i] != r[i]] == sorted(
+        row.tolist().index(g) for g in missing)  # only the inserted positions change
+  assert observed.sum() > 500  # every 2-hop question's bridge
+  assert stats.chisquare(observed, expected).pvalue > 1e-3, (observed, expected)
+  assert observed[:5].sum() > 0.3 * observed.sum()  # BM25's top 5 included
+  # keep_top still keeps a prefix (for an experiment on the cue).
+  kept = dro_world.insert_gold_passages(raw, examples, world.gold, keep_top=5, seed=0)
+  np.testing.assert_array_equal(kept[:, :5], raw[:, :5])
+
+
+def test_bm25_top5_reads_bm25s_own_ranking(tiny_run):
+  # bm25_top5 is evaluated on BM25's top 5 of the question, not on the first 5
+  # candidates (which may hold inserted gold passages).
+  workdir, summary = tiny_run
+  config = load_config_file(TINY)
+  world, (order, bm25), _, task = _tiny_task(workdir)
+  examples = world.dataset.train + world.dataset.eval
+  retriever = retrieval.BM25Retriever.build(world.dataset.corpus)
+  top = retriever.search_ids([e.question for e in examples], config.candidates.num)
+  for e, t in zip(examples, top):
+    np.testing.assert_array_equal(bm25[e.id], t)
+    assert task.bm25_docs(e) == t[:5].tolist()
+  assert any(order[e.id][:5].tolist() != bm25[e.id][:5].tolist() for e in examples)
+  held = world.dataset.eval[:config.eval.size]
+  recall = np.mean([len(set(world.gold[e.id]) & set(task.bm25_docs(e))) / len(world.gold[e.id])
+                    for e in held])
+  assert summary["bm25_top5/eval/gold_passage_recall_before"] == pytest.approx(100 * recall)
+
+
 def _spec_weights(texts, ll, qids, num_candidates, top_k, renormalize):
   """§7.1 step by step: parse, de-duplicate, softmax over kept, drop, renormalise."""
   import re
@@ -252,7 +298,6 @@ def test_weights_question_with_nothing_valid():
     (dict(selector=dict(top_k=9)), "top_k=9"),
     (dict(em=dict(num_samples=0)), ">= 1"),
     (dict(candidates=dict(keep_top=13)), "keep_top=13"),
-    (dict(candidates=dict(keep_top=0)), "bm25_top5 takes"),
 ])
 def test_bad_config(tmp_path, change, message):
   config = load_config_file(TINY)
