@@ -389,8 +389,9 @@ def run(config, workdir: str, *, stop_after: int | None = None, progress: bool =
     states = dict(states)
     for role, batch in batches.items():
       name = roles[role]
+      epochs = em.selector_epochs if role == "selector" else em.epochs
       states[name], _, _ = train.train_minibatches(update, states[name], batch, em.batch_size,
-                                                   config.seed + index, epochs=em.epochs)
+                                                   config.seed + index, epochs=epochs)
     jax.block_until_ready(states)  # updates run asynchronously: time them here
     t3 = time.perf_counter()
     scores = evaluate(states, method.eval_mode)

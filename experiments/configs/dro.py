@@ -101,7 +101,7 @@ def get_config(preset: str = "default") -> ml_collections.ConfigDict:
   # tau=0.1 42.0 -> 46.9, 55.5, 48.2.
   c.em = ml_collections.ConfigDict(dict(
       num_iterations=3, questions_per_iteration=192, num_samples=16, temperature=0.25,
-      renormalize_after_filter=True, epochs=2, batch_size=32, micro_batches=1,
+      renormalize_after_filter=True, epochs=2, selector_epochs=2, batch_size=32, micro_batches=1,
       learning_rate=3e-4, min_weight=0.01))
   # "dro" and the baselines trained in the same run from the same warm-up:
   #   bm25_top5      the generator trained (gold answer, weight 1) and
@@ -154,7 +154,7 @@ SCHEMA = {
     "warmup.generator_prompt_loss": boolean(),
     "em.num_iterations": _POS, "em.questions_per_iteration": _POS,
     "em.num_samples": _POS, "em.temperature": number(0, lo_open=True),
-    "em.renormalize_after_filter": boolean(), "em.epochs": _POS,
+    "em.renormalize_after_filter": boolean(), "em.epochs": _POS, "em.selector_epochs": _POS,
     "em.batch_size": _POS, "em.micro_batches": _POS, "em.learning_rate": _LR,
     "em.min_weight": number(0, 1),
     "methods": many_of("alignax.experiments.dro:METHODS"),

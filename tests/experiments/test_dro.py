@@ -7,6 +7,7 @@ import os
 import re
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
@@ -231,18 +232,21 @@ def test_bm25_top5_reads_bm25s_own_ranking(tiny_run):
   assert summary["bm25_top5/eval/gold_passage_recall_before"] == pytest.approx(100 * recall)
 
 
-def _spec_weights(texts, ll, qids, num_candidates, top_k, renormalize):
-  """§7.1 step by step: parse, de-duplicate, softmax over kept, drop, renormalise."""
+def _spec_weights(texts, ll, qids, num_candidates, top_k, renormalize, temperature=1.0,
+                  outputs=None):
+  """§7.1 step by step: parse, de-duplicate (identical `outputs`, default the
+  texts), softmax of l / temperature over kept, drop, renormalise."""
   import re
+  outputs = texts if outputs is None else [tuple(o) for o in outputs]
   w = np.zeros(len(texts))
   for q in sorted(set(qids)):
     rows = [i for i in range(len(texts)) if qids[i] == q]
     kept, seen = [], set()
     for i in rows:
-      if texts[i] not in seen:
-        seen.add(texts[i])
+      if outputs[i] not in seen:
+        seen.add(outputs[i])
         kept.append(i)
-    x = np.asarray([ll[i] for i in kept])
+    x = np.asarray([ll[i] for i in kept], np.float64) / temperature
     p = np.exp(x - x.max())
     p /= p.sum()
     for i, pi in zip(kept, p):
@@ -282,6 +286,70 @@ def test_weights_hand_worked(renormalize):
   else:
     want = [np.exp(-0.5) / s0, 0, 0, np.exp(-1.0) / s0, np.exp(-0.2) / s1, 0, 0, 0]
   np.testing.assert_allclose(w, want, rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("renormalize", [False, True])
+def test_e_step_weights_follow_the_estimator(tiny_run, monkeypatch, renormalize):
+  # The E-step's weights end to end against §7.1 re-derived in NumPy: each of
+  # the m selector outputs of a question is scored by the token mean of
+  # log p(gold answer | question, the output's first top_k passages), from the
+  # generator's logits; w = softmax(l / tau) over the question's distinct
+  # outputs; malformed outputs are dropped after it (the rest renormalised).
+  # The outputs are fixed here (duplicates and a malformed one included): the
+  # tiny warm-up model writes no well-formed ranking yet.
+  world, _, models, task = _tiny_task(tiny_run[0])
+  config = load_config_file(TINY)
+  config.em.update(temperature=0.5, num_samples=5, min_weight=0.0,
+                   renormalize_after_filter=renormalize)
+  m = config.em.num_samples
+  examples = world.dataset.train[8:12]
+  rng = np.random.RandomState(0)
+  outs = []
+  for _ in examples:
+    rows = [task.ranking_ids(rng.permutation(task.num)[:task.top_k].tolist())
+            for _ in range(m - 2)]
+    outs += rows + [rows[0], task.ranking_ids(rng.permutation(task.num)[:3].tolist())]
+  texts = [task.decode(o) for o in outs]
+  perms, valid = dro_agents.parse_selections(texts, task.num, task.top_k)
+  assert valid.sum() == len(examples) * (m - 1)
+
+  def fixed_select(graphdef, params, fmt, exs, key, *, repeats, temperature, top_p):
+    assert (exs, repeats) == (examples, m)
+    return outs, perms, valid
+
+  monkeypatch.setattr(dro_agents, "select", fixed_select)
+  model = models["policy"]
+  graphdef, params = nnx.split(model)
+  states = {"policy": type("S", (), {"params": params})()}
+  lengths = task.lengths(world.dataset.train + world.dataset.eval)
+  batches, _ = dro.selection_e_step(graphdef, states, dro.roles_of(config), task, examples,
+                                    config, jax.random.key(3), lengths,
+                                    weighting=dro._dro_weighting)
+  rows_ex = [e for e in examples for _ in range(m)]
+  ll = []
+  for e, p in zip(rows_ex, perms):
+    prompt, gold = task.generator_prompt(e, task.docs(e, p)), task.gold_ids(e)
+    hidden, _ = model.forward(jnp.asarray([prompt + gold]))
+    z = np.asarray(model.logits(hidden)[0], np.float64)
+    logp = z - z.max(-1, keepdims=True)
+    logp -= np.log(np.exp(logp).sum(-1, keepdims=True))
+    ll.append(np.mean([logp[len(prompt) + t - 1, tok] for t, tok in enumerate(gold)]))
+  want = _spec_weights(texts, ll, np.repeat(np.arange(len(examples)), m), task.num,
+                       task.top_k, renormalize, temperature=0.5, outputs=outs)
+  assert (want > 0).sum() == len(examples) * (m - 2)  # duplicates and malformed: 0
+  got = batches["generator"]["weights"]
+  np.testing.assert_allclose(got, want[want > 0], rtol=2e-4, atol=1e-6)
+  np.testing.assert_array_equal(batches["selector"]["weights"], got)
+  # Each trained row: the output itself (selector) and the gold answer behind
+  # the output's passages (generator).
+  for row, i in enumerate(np.flatnonzero(want > 0)):
+    n = int(batches["selector"]["attention_mask"][row].sum())
+    assert batches["selector"]["sequences"][row][:n].tolist() == (
+        task.selector_prompt(rows_ex[i]) + outs[i])
+    n = int(batches["generator"]["attention_mask"][row].sum())
+    assert batches["generator"]["sequences"][row][:n].tolist() == (
+        task.generator_prompt(rows_ex[i], task.docs(rows_ex[i], perms[i]))
+        + task.gold_ids(rows_ex[i]))
 
 
 def test_weights_question_with_nothing_valid():
