@@ -126,13 +126,6 @@ def _moat_config(files):
   return c
 
 
-def test_moat_from_checkpoint_exports_both_agents(files, tmp_path):
-  from alignax.experiments import moat
-  moat.run(_moat_config(files), str(tmp_path), progress=False)
-  for role in ("planner", "grounder"):
-    assert_transformers_loads(str(tmp_path / f"final_{role}"))
-
-
 def test_moat_from_checkpoint_on_jsonl_tasks_resumes_and_exports(files, tmp_path):
   """The README's example MOAT files (tasks with Search and Lookup actions, a
   BM25 corpus, a lookup table); killed after MOAT's iteration, re-run through
