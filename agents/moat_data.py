@@ -183,7 +183,8 @@ def parse_task(row: dict, where: str, world: mw.MoatWorld, search_fn) -> mw.Moat
           f"{where}: actions[{i}].result={want!r}, but {a.render()} gives"
           f" {'none' if value is None else repr(value)} with these tools (lookup table,"
           " BM25 corpus); fix the result or the tool files.")
-  # chain: each hop's relation (a lookup's) or tool name, for logs and the LLM critic.
+  # chain: each hop's relation (lookups) or tool name, as a description only:
+  # text, gold actions and subgoals are the file's, not derived from it.
   return mw.MoatTask(id="", subject=subject,
                      chain=tuple(a.args[-1] if a.kind == "lookup" else a.kind
                                  for a in actions[:-1]),
