@@ -377,3 +377,21 @@ def test_bad_config(tmp_path, change, message):
   with pytest.raises(ValueError, match=message):
     dro.run(config, str(tmp_path))
   assert not os.listdir(tmp_path)  # rejected before any work
+
+
+def test_per_type_diagnostics_agree_with_the_run(tiny_run, tmp_path):
+  # benchmarks/dro_diagnostics.py re-measures the run's held-out EM from its
+  # saved warm-up and final models: the "all" row equals the summary's.
+  import importlib.util
+  spec = importlib.util.spec_from_file_location("dro_diagnostics", os.path.join(
+      os.path.dirname(__file__), "..", "..", "benchmarks", "dro_diagnostics.py"))
+  dro_diagnostics = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(dro_diagnostics)
+  workdir, summary = tiny_run
+  out = dro_diagnostics.main(["--workdir", workdir, "--out", str(tmp_path / "d.json")])
+  with open(tmp_path / "d.json") as f:
+    assert json.load(f)["dro"]["all"] == out["dro"]["all"]
+  for label, key in (("warm-up", "eval/em_before"), ("dro", "eval/em_after")):
+    assert out[label]["all"]["selector_em"] == pytest.approx(summary[key])
+    assert sum(out[label][t]["count"] for t in dro_world.QUESTION_TYPES
+               if t in out[label]) == out[label]["all"]["count"] == 8
