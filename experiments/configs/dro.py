@@ -67,6 +67,12 @@ def get_config(preset: str = "default") -> ml_collections.ConfigDict:
   # Separate selector and generator models (shared_model=False, 0.7 / 0.95,
   # their own warm-up at EM 35.6, recall 37.3): EM 35.3, 38.3, 42.3; recall
   # 36.4, 38.7, 39.0.
+  # Over seeds 0-2 (benchmarks/seeds.py dro, benchmarks/results/seeds_dro.json)
+  # this default does NOT make the selector learn content: held-out EM
+  # 38.0 -> 46.6, 43.2 -> 39.0, 45.5 -> 45.5; gold passage recall 42.0 -> 43.4,
+  # 49.6 -> 41.1, 55.4 -> 49.9. Where the warm-up selector already finds hop-1
+  # passages (seeds 1, 2), DRO's selector updates lower it (52 -> 38 and
+  # 56 -> 51 %); bridges move 0 to +7 points (benchmarks/dro_diagnostics.py).
   # no_repeat_ids: constrained decoding, each candidate id at most once per
   # output (DEVIATION: the paper samples freely and parse_ranking drops
   # repeats; unconstrained, the greedy selector repeated ids, `[1] > [1] >
