@@ -27,10 +27,13 @@ trained on, held-out chains (new compositions, longer chains) only evaluated.
      the warm-up gold rows (`stage2.replay_gold`).
    Held-in and held-out success (greedy planner -> greedy grounder -> world
    execution) after every iteration.
-3. The `separate` baseline: from the same warm-up agents, each agent SFT-trained
-   alone on the gold set with the same number of updates per iteration as
-   MOAT's stage 1 (planner) and stage 2 (grounder), at the same learning
-   rates, no interaction.
+3. Two baselines from the same warm-up agents, each agent SFT-trained alone
+   (no interaction) with the same number of updates per iteration as MOAT's
+   stage 1 (planner) and stage 2 (grounder), at the same learning rates:
+   `separate/` (`separate.enabled`) on the warm-up gold set, and
+   `separate_gold/` (`separate.gold_pool`), the stronger one, on the gold set
+   plus the pool tasks MOAT has drawn so far with their gold subgoals
+   (planner) and gold actions (grounder): the supervision MOAT never sees.
 
 Under --workdir: bm25/, planner_init/, grounder_init/, final_planner/ and
 final_grounder/ (MOAT's trained agents as Hugging Face folders), metrics.jsonl,
@@ -326,25 +329,41 @@ def run(config, workdir: str, *, stop_after: int | None = None, progress: bool =
     state = {"planner": p_state, "grounder": g_state}
     return state, {**s1, **s2}, evaluate(state)
 
-  def separate_phase(state, it, index, extras):
-    """MOAT's number of updates of that iteration, each agent alone on the gold set."""
-    seed = config.seed * 1000 + index
-    p_steps, g_steps = extras["budgets"][it]
-    p_state, _, _ = train.train_minibatches(sep_p_update, state["planner"], gold_p,
-                                            config.stage1.batch_size, seed, steps=p_steps)
-    g_state, _, _ = train.train_minibatches(sep_g_update, state["grounder"], gold_g,
-                                            config.stage2.batch_size, seed, steps=g_steps)
-    state = {"planner": p_state, "grounder": g_state}
-    return state, {"planner_updates": p_steps, "grounder_updates": g_steps}, evaluate(state)
+  def separate_phase(rows):
+    """A baseline phase: MOAT's number of updates of that iteration, each agent
+    SFT-trained alone on `rows(it)` -> (planner rows, grounder rows)."""
 
+    def phase(state, it, index, extras):
+      seed = config.seed * 1000 + index
+      p_steps, g_steps = extras["budgets"][it]
+      p_rows, g_rows = rows(it)
+      p_state, _, _ = train.train_minibatches(sep_p_update, state["planner"], p_rows,
+                                              config.stage1.batch_size, seed, steps=p_steps)
+      g_state, _, _ = train.train_minibatches(sep_g_update, state["grounder"], g_rows,
+                                              config.stage2.batch_size, seed, steps=g_steps)
+      state = {"planner": p_state, "grounder": g_state}
+      return (state, {"planner_updates": p_steps, "grounder_updates": g_steps,
+                      "rows": len(p_rows["sequences"])}, evaluate(state))
+
+    return phase
+
+  def gold_pool_rows(it):
+    """The gold set + the pool tasks MOAT drew in iterations 0..it, with their
+    gold subgoals (planner) and gold actions (grounder)."""
+    drawn = {t.id: t for i in range(it + 1) for t in common.iteration_slice(pool, i, q)}
+    return sft_batches(io, list(gold_tasks) + list(drawn.values()))
+
+  # The baselines run after MOAT, whose update counts they match.
   phases = {"moat": moat_phase}
-  if config.separate.enabled:  # the baseline runs after MOAT, whose update counts it matches
-    phases["separate"] = separate_phase
+  if config.separate.enabled:
+    phases["separate"] = separate_phase(lambda it: (gold_p, gold_g))
+  if config.separate.gold_pool:
+    phases["separate_gold"] = separate_phase(gold_pool_rows)
   methods = list(phases)
   start_scores = lambda extras, method: extras["before"]
 
   def summarize(extras):
-    """MOAT's keys bare, the separate baseline's prefixed by its name."""
+    """MOAT's keys bare, each baseline's prefixed by its name."""
     splits = {s: f"eval/{s}_success" for s in ("held_in", "held_out")}
     return {"train/seconds": extras["seconds"],
             "time/stage1_seconds": extras["stage_seconds"]["stage1"],

@@ -69,10 +69,13 @@ def get_config(preset: str = "default") -> ml_collections.ConfigDict:
   c.num_iterations = 4
   # Linear learning-rate warm-up (updates) of the stage and baseline optimisers.
   c.optimizer_warmup_steps = 10
-  # The separate baseline: each agent SFT alone on the gold set, the same
-  # number of updates per iteration as MOAT's stage 1 / stage 2 used, at its
-  # stage's learning rate (learning_rate > 0: that one for both).
-  c.separate = ml_collections.ConfigDict(dict(enabled=True, learning_rate=0.0))
+  # The baselines: each agent SFT alone, the same number of updates per
+  # iteration as MOAT's stage 1 / stage 2 used, at its stage's learning rate
+  # (learning_rate > 0: that one for both). enabled: `separate/`, on the
+  # warm-up gold set; gold_pool: `separate_gold/`, on the gold set plus the
+  # pool tasks MOAT drew so far, with their gold subgoals and gold actions.
+  c.separate = ml_collections.ConfigDict(dict(enabled=True, gold_pool=True,
+                                              learning_rate=0.0))
   c.eval = ml_collections.ConfigDict(dict(held_in_size=500, held_out_size=500))
   # LoRA adapters on both agents for the iterations (the warm-up trains the
   # whole models); rank 0 = off. See alignax.framework.lora.
@@ -127,7 +130,8 @@ SCHEMA = {
     "critic.model_dir": directory_or_empty(), "critic.max_new_tokens": _POS,
     "critic.rewrite_subgoals": boolean(),
     "num_iterations": _POS, "optimizer_warmup_steps": _NONNEG,
-    "separate.enabled": boolean(), "separate.learning_rate": number(0),
+    "separate.enabled": boolean(), "separate.gold_pool": boolean(),
+    "separate.learning_rate": number(0),
     "eval.held_in_size": _POS, "eval.held_out_size": _POS,
     **lora_schema(),
 }
