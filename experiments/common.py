@@ -176,6 +176,12 @@ def directory_or_empty() -> Rule:
               "'' or an existing directory")
 
 
+def file_or_empty() -> Rule:
+  """'' (meaning: not used) or an existing file."""
+  return Rule(lambda v: isinstance(v, str) and (v == "" or os.path.isfile(v)),
+              "'' or an existing file")
+
+
 def lora_config() -> ml_collections.ConfigDict:
   """The `lora` block every LLM binary's config holds (see `apply_lora`).
 
