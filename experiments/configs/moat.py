@@ -37,11 +37,12 @@ with the same update counts, so it changes with MOAT's budget):
   against 77.2). High gains on some seeds, collapses on others. With 256 tasks
   held-out fell 31.4 -> 26.2 at it 1. With 512 tasks, seeds 0/1/2 ended at
   held-out 34.4 / 50.2 / 35.2 against `separate/` 34.0 / 49.8 / 44.8 (seed 2:
-  39.2 -> 42.6 -> 39.0 -> 36.0 -> 35.2). Adding stage1.learning_rate=5e-5, seeds
-  0/1/2 ended at 39.0 / 49.4 / 32.4 (seed 2: 39.8 -> 32.0 at it 3; `separate/`
-  seed 1 was 50.4 at it 2 and seed 2 was 42.0 at it 1). The grounder that reads
-  the task maps held-out compositions onto held-in chains and so ignores
-  correct plans.
+  39.2 -> 42.6 -> 39.0 -> 36.0 -> 35.2; seed 0's `separate_gold/` 39.4). Adding
+  stage1.learning_rate=5e-5, seeds 0/1/2 ended at 39.0 / 49.4 / 32.4: seed 0
+  +8.0 over `separate/` (31.0) and +6.8 over `separate_gold/`, but seed 2 fell
+  39.8 -> 32.0 at it 3 (its `separate/` was 42.0 at it 1) and seed 1 stayed
+  below `separate/` (50.4 at it 2). The grounder that reads the task maps
+  held-out compositions onto held-in chains and so ignores correct plans.
 """
 import ml_collections
 
