@@ -47,8 +47,8 @@ def make_critic(name: str, **kwargs):
 @register_critic("builtin")
 class BuiltinCritic:
   """Executes every action; keeps hop i when it reaches `task.path[i]`, else
-  replaces it by `Lookup[#i, relation_i]` (`#0` = the task's entity) from the
-  world's facts.
+  replaces it by the task's gold action i (built-in tasks: `Lookup[#i,
+  relation_i]`, `#0` = the task's entity, from the world's facts).
 
   `rewrite_subgoals`: True (the default, as §8.2's critic returns
   corrected subgoals and actions) rewrites the planner's subgoals to describe
@@ -68,19 +68,20 @@ class BuiltinCritic:
     task = item.task
     parsed = mw.parse_actions(item.actions)
     values = mw.execute(self.world, parsed, self.search_fn, task.subject).values
+    gold = mw.gold_actions(task)  # hops, then the Answer
     fixed = []
-    for i, relation in enumerate(task.chain):
-      ok = (i < len(parsed) and parsed[i].kind in ("lookup", "search")
+    for i, hop in enumerate(gold[:-1]):
+      ok = (i < len(parsed) and not mw.TOOLS[parsed[i].kind].final
             and values[i] == task.path[i])
-      fixed.append(parsed[i] if ok else
-                   mw.Action("lookup", (f"#{i}", relation)))
-    fixed.append(mw.Action("answer", (f"#{len(task.chain)}",)))
+      fixed.append(parsed[i] if ok else hop)
+    fixed.append(gold[-1])
     if mw.execute(self.world, fixed, self.search_fn, task.subject).answer != task.answer:
-      fixed = mw.gold_actions(task)  # a kept Search must have been non-deterministic
+      fixed = gold  # a kept Search must have been non-deterministic
     changed = fixed != parsed
-    want = mw.parse_subgoals(mw.subgoals_text(fixed))
-    keep = not self.rewrite_subgoals or mw.parse_subgoals(item.subgoals) == want
-    subgoals = item.subgoals if keep else mw.subgoals_text(fixed)
+    fixed_subgoals = mw.task_subgoals_text(task, fixed)
+    keep = (not self.rewrite_subgoals or
+            mw.parse_subgoals(item.subgoals) == mw.parse_subgoals(fixed_subgoals))
+    subgoals = item.subgoals if keep else fixed_subgoals
     return Correction(subgoals, mw.actions_text(fixed), changed or subgoals != item.subgoals)
 
   def __call__(self, items: Sequence[CriticInput]) -> list[Correction | None]:

@@ -31,6 +31,8 @@ literal name is accepted too). Actions run against the world:
   Answer[x]     ends the episode with x (or the value of #k).
 Chains start from any entity type; `chain_split` keeps held-in chains (seen in
 training) apart from held-out ones (new compositions of length 3, and length 4).
+The actions are the `TOOLS` registry; `agents.moat_data` reads tasks, a corpus
+and a lookup table from files into a `MoatWorld` instead.
 """
 from __future__ import annotations
 
@@ -42,6 +44,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from alignax.agents import qa_world
+from alignax.objectives.registry import Registry
 
 # relation -> (subject type, object type, passage template).
 RELATIONS = {
@@ -76,7 +79,8 @@ def all_chains(max_len: int = 4, relations: Sequence[str] = BASE_RELATIONS
   return out
 
 
-def _frac(*key) -> float:
+def hash_fraction(*key) -> float:
+  """A stable number in [0, 1) of `key` (the same in every run and process)."""
   h = hashlib.sha256(":".join(map(str, key)).encode()).digest()
   return int.from_bytes(h[:4], "little") / 2**32
 
@@ -90,11 +94,12 @@ def chain_split(seed: int = 0, heldout_fraction: float = 0.25, num_long: int = 4
   held_in, held_out = [], []
   short = all_chains(3, relations)
   for c in short:
-    (held_out if len(c) == 3 and _frac(seed, c) < heldout_fraction else held_in).append(c)
-  longer = sorted(all_chains(4, relations)[len(short):], key=lambda c: _frac(seed, "long", c))
+    out = held_out if len(c) == 3 and hash_fraction(seed, c) < heldout_fraction else held_in
+    out.append(c)
+  longer = sorted(all_chains(4, relations)[len(short):],
+                  key=lambda c: hash_fraction(seed, "long", c))
   return held_in, held_out + longer[:num_long]
 
-ACTION_RE = re.compile(r"(search|lookup|answer)\s*\[([^\]]*)\]", re.IGNORECASE)
 _REF_RE = re.compile(r"#\s*(\d+)")
 
 
@@ -106,9 +111,16 @@ class MoatTask:
   answer: str
   path: tuple[str, ...]  # the entity after each hop (path[-1] == answer)
   nested: bool = False  # phrasing: "the r2 of the r1 of P" (True) or "P 's r1 's r2"
+  # Tasks read from a file (`agents.moat_data`) carry their own text, gold
+  # actions and gold subgoals; the built-in ones derive them from `chain`.
+  text: str = ""
+  actions: tuple = ()  # gold `Action`s, the last one an Answer
+  subgoals: tuple[str, ...] = ()  # one per gold action, numbering left out
 
   @property
   def question(self) -> str:
+    if self.text:
+      return self.text
     if self.nested:  # the relations in the reverse of their execution order
       return "what is " + " ".join(f"the {r} of" for r in reversed(self.chain)) + \
           f" {self.subject} ?"
@@ -135,6 +147,10 @@ class MoatWorld:
   seed: int
   relations: tuple[str, ...] = BASE_RELATIONS
   nested_fraction: float = 0.0  # share of tasks phrased "the r2 of the r1 of P"
+  # (train, held-in eval, held-out eval) tasks read from a file
+  # (`agents.moat_data`); None: generated from relation chains.
+  tasks: tuple | None = None
+  search_result: str = "last_word"  # what Search[q] returns (`SEARCH_RESULTS`)
 
   def lookup(self, entity: str, relation: str) -> str | None:
     return self.facts.get(relation, {}).get(entity)
@@ -148,7 +164,7 @@ class MoatWorld:
       path.append(e)
     tid = f"{'.'.join(chain)}:{person}"
     if nested is None:
-      nested = _frac(self.seed, "nested", tid) < self.nested_fraction
+      nested = hash_fraction(self.seed, "nested", tid) < self.nested_fraction
     return MoatTask(tid, person, tuple(chain), e, tuple(path), nested)
 
   def subjects(self, entity_type: str) -> list[str]:
@@ -159,11 +175,14 @@ class MoatWorld:
              num_long: int = 4):
     """(train held-in, eval held-in, eval held-out) task lists.
 
-    Held-in tasks (held-in chains) are split into train / eval by a hash of
-    (subject, chain); held-out tasks use the held-out chains only. Each list
-    interleaves the chains round-robin (subjects shuffled), so any prefix
-    covers every chain about equally.
+    A world read from files returns its files' split (the arguments are
+    unused). Otherwise held-in tasks (held-in chains) are split into train /
+    eval by a hash of (subject, chain); held-out tasks use the held-out chains
+    only. Each list interleaves the chains round-robin (subjects shuffled), so
+    any prefix covers every chain about equally.
     """
+    if self.tasks is not None:
+      return tuple(list(x) for x in self.tasks)
     chains_in, chains_out = chain_split(self.seed, heldout_fraction, num_long,
                                         self.relations)
     rng = np.random.RandomState(self.seed + 7)
@@ -175,7 +194,7 @@ class MoatWorld:
         parts = [[], []]
         for i in rng.permutation(len(subjects)):
           t = self.task(subjects[i], c)
-          parts[len(lists) == 2 and _frac(self.seed, t.id) < eval_fraction].append(t)
+          parts[len(lists) == 2 and hash_fraction(self.seed, t.id) < eval_fraction].append(t)
         groups.append(parts)
       for j, out in enumerate(lists):
         seqs = [g[j] if len(lists) == 2 else g[0] + g[1] for g in groups]
@@ -232,6 +251,8 @@ def task_text(task: MoatTask) -> str:
 
 
 def gold_actions(task: MoatTask) -> list[Action]:
+  if task.actions:
+    return list(task.actions)
   out = []
   for i, r in enumerate(task.chain):
     out.append(Action("lookup", (f"#{i}", r)))
@@ -252,8 +273,17 @@ def subgoals_text(actions: Sequence[Action]) -> str:
   return " ".join(subgoal_for(a, i + 1) for i, a in enumerate(actions))
 
 
+def task_subgoals_text(task: MoatTask, actions: Sequence[Action]) -> str:
+  """`subgoals_text(actions)`, but an action equal to the task's gold action
+  at its position gets the task's own gold subgoal (file tasks word their
+  subgoals freely; built-in tasks' gold subgoals are `subgoal_for`'s)."""
+  gold, own = gold_actions(task), task.subgoals
+  return " ".join(f"{i + 1} . {own[i]}" if own and i < len(gold) and a == gold[i]
+                  else subgoal_for(a, i + 1) for i, a in enumerate(actions))
+
+
 def gold_subgoals(task: MoatTask) -> str:
-  return subgoals_text(gold_actions(task))
+  return task_subgoals_text(task, gold_actions(task))
 
 
 def actions_text(actions: Sequence[Action]) -> str:
@@ -267,18 +297,61 @@ def normalize(text: str) -> str:
   return " ".join(text.split())
 
 
+# ------------------------------------------------------------------ tools
+@dataclasses.dataclass(frozen=True)
+class Tool:
+  """An action's meaning: `run(world, args, resolve, search_fn) -> value or
+  None`, `resolve` mapping `#k` to the value of action k. `arity`: its number
+  of comma-separated arguments (1: the whole bracket is the argument);
+  `final`: it ends the episode with its value as the answer."""
+  arity: int
+  run: Callable
+  final: bool = False
+
+
+def _lookup(world, args, resolve, search_fn):
+  del search_fn
+  e = resolve(args[0]) if args else None
+  return world.lookup(e, args[1]) if (e is not None and len(args) == 2) else None
+
+
+def _search(world, args, resolve, search_fn):
+  del world
+  query = _REF_RE.sub(lambda m: str(resolve(m.group(0)) or ""), args[0])
+  return search_fn(query) if search_fn is not None else None
+
+
+def _answer(world, args, resolve, search_fn):
+  del world, search_fn
+  return resolve(args[0])
+
+
+# The actions agents may write, by name (`Name [ arg , ... ]`, any case).
+TOOLS = Registry("tool")
+TOOLS.add("search", Tool(1, _search))
+TOOLS.add("lookup", Tool(2, _lookup))
+TOOLS.add("answer", Tool(1, _answer, final=True))
+
+
+def _action_re():
+  names = "|".join(map(re.escape, TOOLS))
+  return re.compile(rf"({names})\s*\[([^\]]*)\]", re.IGNORECASE)
+
+
 def parse_actions(text: str) -> list[Action]:
-  """Every `Search[..]`, `Lookup[.., ..]`, `Answer[..]` of `text`, in order,
-  up to and including the first Answer. Malformed Lookups are kept with the
-  arguments they have (they execute to "none")."""
+  """Every `Search[..]`, `Lookup[.., ..]`, `Answer[..]` (every `TOOLS` name)
+  of `text`, in order, up to and including the first final one (Answer).
+  Malformed Lookups are kept with the arguments they have (they execute to
+  "none")."""
   out = []
-  for m in ACTION_RE.finditer(normalize(text)):
+  for m in _action_re().finditer(normalize(text)):
     kind = m.group(1).lower()
+    tool = TOOLS[kind]
     args = tuple(a.strip() for a in m.group(2).split(","))
-    if kind != "lookup":
+    if tool.arity == 1:
       args = (m.group(2).strip(),)
     out.append(Action(kind, args))
-    if kind == "answer":
+    if tool.final:
       break
   return out
 
@@ -312,31 +385,38 @@ def execute(world: MoatWorld, actions: Sequence[Action],
     return x.strip()
 
   for a in actions:
-    if a.kind == "lookup":
-      e = resolve(a.args[0]) if a.args else None
-      v = world.lookup(e, a.args[1]) if (e is not None and len(a.args) == 2) else None
-    elif a.kind == "search":
-      q = _REF_RE.sub(lambda m: str(resolve(m.group(0)) or ""), a.args[0])
-      v = search_fn(q) if search_fn is not None else None
-    else:
-      v = resolve(a.args[0])
-      values.append(v)
-      return Execution(values, v)
+    tool = TOOLS[a.kind]
+    v = tool.run(world, a.args, resolve, search_fn)
     values.append(v)
+    if tool.final:
+      return Execution(values, v)
   return Execution(values, None)
 
 
-def make_search_fn(retriever) -> Callable[[str], str | None]:
-  """Search[q] -> the object (last word before the final '.') of the top passage."""
+def _last_word(passage) -> str | None:
+  words = [w for w in passage.text.split() if w != "."]
+  return words[-1] if words else None
+
+
+# What Search[q] returns of the top BM25 passage, by name: `last_word` (the
+# built-in world's passages end with their object) or `title` (an entity
+# page's name, as a Wikipedia-style corpus has). Values are `normalize`d.
+SEARCH_RESULTS = Registry("search result")
+SEARCH_RESULTS.add("last_word", _last_word)
+SEARCH_RESULTS.add("title", lambda passage: passage.title or None)
+
+
+def make_search_fn(retriever, result: str = "last_word") -> Callable[[str], str | None]:
+  """Search[q] -> `SEARCH_RESULTS[result]` of the top passage (default: its
+  object, the last word before the final '.')."""
+  pick = SEARCH_RESULTS[result]
 
   def search(query: str):
     if not query.strip():
       return None
     hits = retriever.search([query], k=1)[0]
-    if not hits:
-      return None
-    words = [w for w in hits[0].text.split() if w != "."]
-    return words[-1] if words else None
+    value = pick(hits[0]) if hits else None
+    return normalize(value) if value else None
 
   return search
 
@@ -353,6 +433,8 @@ def vocabulary(world: MoatWorld, tasks: Sequence[MoatTask]) -> list[str]:
             " ".join(world.relations),
             "Search [ ] Lookup [ , ] Answer [ ] # 1 2 3 4 5 6 7 8 9 . 's",
             "Corrected Subgoals : Corrected Actions :", " ".join(RELATIONS), "none"]
+  if world.tasks is not None:  # a file's tasks: every word of every split
+    tasks = [t for split in world.tasks for t in split]
   for t in tasks:
     texts += [task_text(t), gold_subgoals(t), actions_text(gold_actions(t))]
   return texts

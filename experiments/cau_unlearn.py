@@ -168,6 +168,8 @@ def train_model(name, cfg, data: Data, train_sessions, graphdef, init_params,
           jax.random.fold_in(key, epoch * steps_per_epoch + i))
     loss = float(loss)  # blocks, so the timer covers the work
     seconds += time.perf_counter() - t
+    common.check_finite({"params": params, "opt_state": opt_state},
+                        f"training {name}, epoch {epoch + 1}", ckpt, workdir)
     bar.set_postfix(loss=f"{loss:.3f}")
     metrics = {f"{name}/loss": loss, f"{name}/seconds": seconds}
     if (epoch + 1) % tc.eval_every == 0 or epoch + 1 == tc.epochs:
@@ -256,6 +258,7 @@ def unlearn(name, ucfg, data: Data, graphdef, orig_params, orig_logits, tx,
         writer.write(steps, {f"{name}/{k}": v for k, v in metrics.items()})
   jax.block_until_ready(params)
   seconds = time.perf_counter() - t
+  common.check_finite(params, f"unlearning with {name} ({steps} steps)")
   writer.write(steps, {f"{name}/seconds": seconds, f"{name}/steps": steps,
                        f"{name}/compile_seconds": compile_s})
   return params, {"seconds": seconds, "compile_seconds": compile_s,

@@ -176,6 +176,12 @@ def directory_or_empty() -> Rule:
               "'' or an existing directory")
 
 
+def file_or_empty() -> Rule:
+  """'' (meaning: not used) or an existing file."""
+  return Rule(lambda v: isinstance(v, str) and (v == "" or os.path.isfile(v)),
+              "'' or an existing file")
+
+
 def lora_config() -> ml_collections.ConfigDict:
   """The `lora` block every LLM binary's config holds (see `apply_lora`).
 
@@ -503,21 +509,24 @@ def iteration_slice(pool: Sequence, iteration: int, count: int) -> Sequence:
   return pool[start:start + count]
 
 
-def _check_finite(state, where: str, ckpt, workdir: str) -> None:
-  """Stops the run if a phase left a NaN/inf in the state (a diverged update),
-  before it is checkpointed, so the last good checkpoint stays the newest."""
+def check_finite(state, where: str, ckpt=None, workdir: str | None = None) -> None:
+  """Stops the run if `state` holds a NaN/inf (a diverged update), before it is
+  checkpointed, so the last good checkpoint of `ckpt` stays the newest."""
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
 
   floats = [x for x in jax.tree.leaves(state) if jnp.issubdtype(jnp.result_type(x), jnp.inexact)]
   # One host sync for the whole state.
   if floats and not bool(jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in floats]))):
-    last = ckpt.latest_step()
+    if ckpt is None:
+      kept = "Nothing was saved from it"
+    else:
+      last = ckpt.latest_step()
+      kept = (f"The last good checkpoint ({'none' if last is None else f'step {last}'})"
+              f" is kept in {workdir}/checkpoints")
     raise FloatingPointError(
-        f"Non-finite values (NaN or inf) in the state after {where}. The last good"
-        f" checkpoint ({'none' if last is None else f'step {last}'}) is kept in"
-        f" {workdir}/checkpoints; lower the learning rates or check the weights, then"
-        " re-run to resume.")
+        f"Non-finite values (NaN or inf) in the state after {where}. {kept}; lower the"
+        " learning rates or check the weights, then re-run to resume.")
 
 
 def run_phases(workdir: str, fresh, phases: Mapping[str, Callable], iterations: int, *,
@@ -577,7 +586,7 @@ def run_phases(workdir: str, fresh, phases: Mapping[str, Callable], iterations: 
           fresh, jax.tree.map(jnp.copy, train.checkpoint_state(fresh)))
     t0 = time.perf_counter()
     state, stats, scores = phases[method](state, it, index, extras)
-    _check_finite(state, f"{method} iteration {it + 1} (step {index + 1})", ckpt, workdir)
+    check_finite(state, f"{method} iteration {it + 1} (step {index + 1})", ckpt, workdir)
     extras["curves"][method].append(scores)
     extras["seconds"] += time.perf_counter() - t0
     writer.write(index + 1, {"iteration": it + 1,

@@ -7,6 +7,9 @@ r"""MOAT: joint alignment of a planning agent and a grounding agent (docs/algori
 Tasks come from the built-in QA world (`agents.moat_world`): relation chains
 applied to a person, with gold subgoals and gold actions; held-in chains are
 trained on, held-out chains (new compositions, longer chains) only evaluated.
+Or from files (`--config.data.tasks_path=... --config.data.corpus_path=...
+[--config.data.lookup_path=...]`, `agents.moat_data`): tasks with their gold
+subgoals, actions and the actions' results, a BM25 corpus and a lookup table.
 
 1. Warm-up: a word tokenizer and two decoders (planner, grounder) are built
    and SFT-trained on `warmup.num_gold` gold tasks, then saved (HF format) to
@@ -47,7 +50,7 @@ from flax import nnx
 
 from alignax import objectives
 from alignax.agents import moat as moat_agents
-from alignax.agents import moat_critic, qa_data, retrieval
+from alignax.agents import moat_critic, moat_data, qa_data, retrieval
 from alignax.agents import moat_world as mw
 from alignax.experiments import common
 from alignax.framework import experiment, lora, sharding, train
@@ -70,7 +73,17 @@ def _check_config(config):
     raise ValueError("Set both config.planner_dir and config.grounder_dir, or neither.")
 
 
-def make_world(config):
+def make_world(config, index_dir: str | None = None):
+  """The built-in world of `config.world`, or, with `config.data.tasks_path`,
+  the tasks and tools of `config.data`'s files (BM25 index saved under
+  `index_dir`)."""
+  if config.data.tasks_path:
+    world = moat_data.load_world(**config.data.to_dict(), seed=config.seed, index_dir=index_dir)
+    if len(world.tasks[0]) <= config.warmup.num_gold:
+      raise ValueError(f"{config.data.tasks_path}: {len(world.tasks[0])} training tasks, not"
+                       f" more than config.warmup.num_gold={config.warmup.num_gold} (the"
+                       " warm-up's gold tasks; the rest feed the iterations). Lower it.")
+    return world
   w = config.world
   return mw.make_moat_world(config.seed, relations=tuple(w.relations.split()),
                             nested_fraction=w.nested_fraction, num_people=w.num_people,
@@ -241,7 +254,7 @@ def run(config, workdir: str, *, stop_after: int | None = None, progress: bool =
   mesh = common.setup_mesh(config)
   os.makedirs(workdir, exist_ok=True)
   experiment.check_or_store_config(workdir, config)
-  world = make_world(config)
+  world = make_world(config, os.path.join(workdir, "bm25"))
   train_tasks, held_in, held_out = split_tasks(world, config)
   held_in, held_out = held_in[:config.eval.held_in_size], held_out[:config.eval.held_out_size]
   gold_tasks = train_tasks[:config.warmup.num_gold]
@@ -249,7 +262,7 @@ def run(config, workdir: str, *, stop_after: int | None = None, progress: bool =
   by_id = {t.id: t for t in pool}
   retriever = retrieval.BM25Retriever.build_or_load(world.corpus,
                                                     os.path.join(workdir, "bm25"))
-  search_fn = mw.make_search_fn(retriever)
+  search_fn = mw.make_search_fn(retriever, world.search_result)
   if critic is None:
     critic = moat_critic.make_critic(config.critic.name, world=world, search_fn=search_fn,
                                      model_dir=config.critic.model_dir,

@@ -9,8 +9,9 @@ import ml_collections
 from alignax.agents import moat_world as mw
 
 from alignax.experiments import common
-from alignax.experiments.common import (boolean, directory_or_empty, integer,
-                                        lora_config, lora_schema, number, one_of, string)
+from alignax.experiments.common import (boolean, directory_or_empty, file_or_empty,
+                                        integer, lora_config, lora_schema, number, one_of,
+                                        string)
 
 
 def get_config(preset: str = "default") -> ml_collections.ConfigDict:
@@ -24,6 +25,17 @@ def get_config(preset: str = "default") -> ml_collections.ConfigDict:
       num_people=200, num_cities=24, num_countries=6, num_companies=16,
       eval_fraction=0.2, relations=" ".join(mw.RELATIONS), nested_fraction=0.5,
       heldout_fraction=0.25, num_long=24))
+  # Tasks and tools from files instead of the built-in world (agents/moat_data.py,
+  # docs/api.md "MOAT tasks from files"): `tasks_path` a JSONL of tasks (text,
+  # gold subgoals, gold actions with their expected results, split),
+  # `corpus_path` the JSONL corpus Search ranks by BM25 (it returns the top
+  # passage's `search_result`: last_word or title), `lookup_path` the JSONL
+  # lookup table. Rows without a split: `eval_fraction` / `heldout_fraction`
+  # of them (by a hash of the id) are held-in / held-out evaluation tasks.
+  # Empty tasks_path: the built-in world (`world`), the default.
+  c.data = ml_collections.ConfigDict(dict(
+      tasks_path="", corpus_path="", lookup_path="", search_result="last_word",
+      eval_fraction=0.2, heldout_fraction=0.2))
   # Both agents: decoders built here, warm-started and saved in the HF format
   # under <workdir>/{planner,grounder}_init; `planner_dir` / `grounder_dir`
   # load existing HF directories instead (they must share one tokenizer).
@@ -110,6 +122,11 @@ SCHEMA = {
     "world.num_companies": _POS, "world.eval_fraction": _FRACTION,
     "world.nested_fraction": number(0, 1), "world.heldout_fraction": _FRACTION,
     "world.num_long": _NONNEG, "world.relations": string(),
+    "data.tasks_path": file_or_empty(), "data.corpus_path": file_or_empty(),
+    "data.lookup_path": file_or_empty(),
+    "data.search_result": one_of("alignax.agents.moat_world:SEARCH_RESULTS"),
+    "data.eval_fraction": number(0, 1, hi_open=True),
+    "data.heldout_fraction": number(0, 1, hi_open=True),
     **_AGENT, **common.precision_schema(),
     "planner_dir": directory_or_empty(), "grounder_dir": directory_or_empty(),
     "planner_model_path": directory_or_empty(), "grounder_model_path": directory_or_empty(),
@@ -152,4 +169,17 @@ def _check_model_paths(c):
             "grounder_model_path (checkpoints to warm up) exclude each other")
 
 
-CHECKS = (_check_relations, _check_model_paths)
+def _check_data(c):
+  d = c.data
+  if d.tasks_path and not d.corpus_path:
+    return ("config.data.tasks_path needs config.data.corpus_path (the corpus Search ranks;"
+            " config.data.lookup_path, the lookup table, is optional)")
+  if not d.tasks_path and (d.corpus_path or d.lookup_path):
+    return ("config.data.corpus_path/lookup_path are read only with config.data.tasks_path"
+            " (without it the built-in world has its own corpus and facts)")
+  if d.eval_fraction + d.heldout_fraction >= 1:
+    return (f"config.data.eval_fraction + heldout_fraction = {d.eval_fraction}"
+            f" + {d.heldout_fraction} leaves no training tasks; keep the sum below 1")
+
+
+CHECKS = (_check_relations, _check_model_paths, _check_data)

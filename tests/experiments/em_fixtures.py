@@ -1,7 +1,11 @@
-"""Small files in the real HotpotQA layout for the EM binaries' tests, drawn
-from the built-in QA world (so the questions are answerable from the
-passages): `train.json` / `dev.json`, JSON arrays of {_id, question, answer,
-supporting_facts: [[title, sentence index]], context: [[title, [sentences]]]}."""
+"""Small files in the real HotpotQA and KILT layouts for the EM binaries'
+tests, drawn from the built-in QA world (so the questions are answerable from
+the passages):
+  HotpotQA  `train.json` / `dev.json`, JSON arrays of {_id, question, answer,
+            supporting_facts: [[title, sentence index]], context: [[title, [sentences]]]};
+  KILT      `train.jsonl` / `dev.jsonl`, {id, input, output: [{answer, provenance:
+            [{wikipedia_id, title}]}]} a line, and the passage corpus `corpus.jsonl`
+            ({id, title, text} a line)."""
 import json
 import os
 
@@ -12,25 +16,54 @@ from alignax.agents import qa_world
 from alignax.framework import hf, vocab
 
 
-def write_hotpotqa(folder, num_people=12):
-  """Each question's context: the passages naming its subject or an entity of
-  its plan; those stating a plan fact are its supporting facts."""
+def _examples(num_people):
+  """(split name, [(example, context passages, gold passages)]) of a small
+  built-in world: each question's context holds the passages naming its
+  subject or an entity of its plan; those stating a plan fact are gold."""
   ds = qa_world.make_world(seed=0, num_people=num_people, num_cities=4, num_countries=2,
                            num_companies=3, heldout_fraction=0.3).dataset()
-  title = lambda p: f"{p.title} {p.id}"  # HotpotQA titles are unique
-  os.makedirs(folder, exist_ok=True)
-  for name, exs in (("train.json", ds.train), ("dev.json", ds.eval)):
+  out = []
+  for split, exs in (("train", ds.train), ("dev", ds.eval)):
     rows = []
     for e in exs:
       words = {w for q, a in e.plan for w in (q.split()[0], a)}
       ctx = [p for p in ds.corpus if words & set(p.text.split())][:5]
       gold = [p for p in ctx if any(q.split()[0] in p.text.split() and a in p.text.split()
                                     for q, a in e.plan)]
-      rows.append({"_id": e.id, "question": e.question, "answer": e.answers[0],
-                   "supporting_facts": [[title(p), 0] for p in gold],
-                   "context": [[title(p), [p.text]] for p in ctx]})
-    with open(os.path.join(folder, name), "w") as f:
-      json.dump(rows, f)
+      rows.append((e, ctx, gold))
+    out.append((split, rows))
+  return ds, out
+
+
+def _title(p):
+  return f"{p.title} {p.id}"  # unique titles, as HotpotQA's and KILT's are
+
+
+def write_hotpotqa(folder, num_people=12):
+  _, splits = _examples(num_people)
+  os.makedirs(folder, exist_ok=True)
+  for split, rows in splits:
+    records = [{"_id": e.id, "question": e.question, "answer": e.answers[0],
+                "supporting_facts": [[_title(p), 0] for p in gold],
+                "context": [[_title(p), [p.text]] for p in ctx]} for e, ctx, gold in rows]
+    with open(os.path.join(folder, f"{split}.json"), "w") as f:
+      json.dump(records, f)
+  return str(folder)
+
+
+def write_kilt(folder, num_people=12):
+  ds, splits = _examples(num_people)
+  os.makedirs(folder, exist_ok=True)
+  for split, rows in splits:
+    with open(os.path.join(folder, f"{split}.jsonl"), "w") as f:
+      for e, _, gold in rows:
+        f.write(json.dumps({"id": e.id, "input": e.question, "output": [
+            {"answer": e.answers[0],
+             "provenance": [{"wikipedia_id": p.id, "title": _title(p)} for p in gold]}]})
+                + "\n")
+  with open(os.path.join(folder, "corpus.jsonl"), "w") as f:
+    for p in ds.corpus:
+      f.write(json.dumps({"id": p.id, "title": _title(p), "text": p.text}) + "\n")
   return str(folder)
 
 

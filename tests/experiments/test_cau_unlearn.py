@@ -102,3 +102,26 @@ def test_checkpoint_round_trip_keeps_last_few(tmp_path):
   assert sorted(int(p) for p in os.listdir(tmp_path / "ckpt")
                 if p.isdigit()) == [2, 3]
   ckpt.close()
+
+
+def test_diverged_training_stops_with_a_clear_error(tmp_path):
+  cfg = cau_config.get_config("tiny")
+  cfg.train.lr = 1e30  # valid by the schema; the first epoch overflows
+  with pytest.raises(FloatingPointError) as e:
+    cau_unlearn.run(cfg, str(tmp_path / "run"))
+  msg = str(e.value)
+  assert "training original, epoch 1" in msg and "checkpoint (none)" in msg
+  assert "lower the learning rates" in msg
+  # Nothing non-finite was saved.
+  assert not os.path.isdir(os.path.join(tmp_path, "run", "checkpoints", "original",
+                                        "1"))
+
+
+def test_diverged_unlearning_stops_with_a_clear_error(tmp_path):
+  cfg = cau_config.get_config("tiny")
+  cfg.unlearn.lr = 1e30
+  cfg.train.update(epochs=1, eval_every=1, checkpoint_every=1)
+  cfg.ablations = ()
+  with pytest.raises(FloatingPointError) as e:
+    cau_unlearn.run(cfg, str(tmp_path / "run"))
+  assert "unlearning with" in str(e.value)

@@ -1,17 +1,21 @@
 """EXSEARCH, DRO and MOAT from a tiny random Qwen2.5-shaped checkpoint (ChatML,
-no BOS) on files in the real HotpotQA layout: they run, resume bit-exactly and
-export Hugging Face folders that `transformers` loads with equal logits."""
+no BOS) on files in the real HotpotQA / KILT / MOAT-JSONL layouts: they run,
+resume bit-exactly and export Hugging Face folders that `transformers` loads
+with equal logits."""
 import os
 
 import pytest
 
 from alignax.experiments import exsearch
 from alignax.experiments.common import load_config_file
-from tests.experiments.em_fixtures import assert_transformers_loads, write_hotpotqa
+from tests.experiments.em_fixtures import (assert_transformers_loads, write_hotpotqa,
+                                           write_kilt)
 from tests.experiments.resume import assert_killed_run_resumes_identically
 from tests.experiments.user_fixtures import make_qwen25_dir
 
 _CONFIGS = os.path.join(os.path.dirname(exsearch.__file__), "configs")
+_EXAMPLES = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(
+    os.path.abspath(__file__)))), "examples")
 
 
 @pytest.fixture(scope="module")
@@ -48,9 +52,19 @@ def test_exsearch_from_checkpoint_resumes_and_exports(files, tmp_path):
       assert a.read() == b.read(), name
 
 
-def _dro_config(files, shared=True):
+def _assert_same_exports(workdir, other, role):
+  """The exports of a resumed run are the uninterrupted run's, bit for bit."""
+  for name in ("model.safetensors", "tokenizer.json"):
+    with open(os.path.join(workdir, f"final_{role}", name), "rb") as a, open(
+        os.path.join(other, f"final_{role}", name), "rb") as b:
+      assert a.read() == b.read(), (role, name)
+
+
+def _dro_config(files, shared=True, kilt=None):
   model, _ = files
   c = load_config_file(os.path.join(_CONFIGS, "dro.py") + ":tiny")
+  if kilt:
+    c.dataset, c.data_dir = "kilt", kilt
   c.candidates.update(num=4, keep_top=2)  # byte-level rows fit 256 positions
   c.selector.top_k = 2
   c.methods = ("dro",)
@@ -62,16 +76,24 @@ def _dro_config(files, shared=True):
   return c
 
 
-def test_dro_from_checkpoint_resumes_and_exports(files, tmp_path):
+def test_dro_from_checkpoint_on_kilt_resumes_and_exports(files, tmp_path):
+  """KILT files end to end (HotpotQA: the two-model test below)."""
   from alignax.agents import qa_world
   from alignax.experiments import dro
+  kilt = write_kilt(tmp_path / "kilt")
+  world = dro.load_world(_dro_config(files, kilt=kilt))
+  with_gold = [e for e in world.dataset.train if world.gold[e.id]]
+  assert len(with_gold) > len(world.dataset.train) // 2  # from the provenance titles
+  for e in with_gold:
+    assert {world.dataset.corpus[i].title for i in world.gold[e.id]} == set(e.supporting)
   ref = str(tmp_path / "ref")
-  dro.run(_dro_config(files), ref, progress=False)
-  assert_killed_run_resumes_identically(dro.run, lambda: _dro_config(files),
+  dro.run(_dro_config(files, kilt=kilt), ref, progress=False)
+  assert_killed_run_resumes_identically(dro.run, lambda: _dro_config(files, kilt=kilt),
                                         str(tmp_path / "resumed"), ref, stop_after=1)
   assert sorted(f for f in os.listdir(ref) if f.startswith("final_")) == ["final_model"]
   assert_transformers_loads(os.path.join(ref, "final_model"),
                             (*qa_world.MARKERS, "[1]", "[4]"))
+  _assert_same_exports(ref, str(tmp_path / "resumed"), "model")
 
 
 def test_dro_two_checkpoints_on_hotpotqa_export_two_models(files, tmp_path):
@@ -104,25 +126,25 @@ def _moat_config(files):
   return c
 
 
-def test_moat_from_checkpoint_exports_both_agents(files, tmp_path):
-  from alignax.experiments import moat
-  moat.run(_moat_config(files), str(tmp_path), progress=False)
-  for role in ("planner", "grounder"):
-    assert_transformers_loads(str(tmp_path / f"final_{role}"))
-
-
-@pytest.mark.slow
-def test_moat_from_checkpoint_resumes(files, tmp_path):
+def test_moat_from_checkpoint_on_jsonl_tasks_resumes_and_exports(files, tmp_path):
+  """The README's example MOAT files (tasks with Search and Lookup actions, a
+  BM25 corpus, a lookup table); killed after MOAT's iteration, re-run through
+  the separate baseline."""
   from alignax.experiments import moat
 
   def config():
     c = _moat_config(files)
-    c.num_iterations = 2
+    c.data.update({k: os.path.join(_EXAMPLES, f"moat_{k.split('_')[0]}.jsonl")
+                   for k in ("tasks_path", "corpus_path", "lookup_path")})
+    c.separate.enabled = True  # phases: moat, then separate
     return c
   ref = str(tmp_path / "ref")
   moat.run(config(), ref, progress=False)
   assert_killed_run_resumes_identically(moat.run, config, str(tmp_path / "resumed"), ref,
                                         stop_after=1)
+  for role in ("planner", "grounder"):
+    assert_transformers_loads(os.path.join(ref, f"final_{role}"))
+    _assert_same_exports(ref, str(tmp_path / "resumed"), role)
 
 
 def test_bad_model_path_combinations_are_config_errors(files):
