@@ -210,9 +210,14 @@ def jit_donating_state(update_fn: Callable) -> Callable:
   otherwise choose some outputs' placement itself, e.g. shard a replicated
   norm scale, and the next call would compile again for those).
   """
+  plain = jax.jit(update_fn, donate_argnums=0)
   compiled = {}
 
   def full(state, batch):
+    leaves = jax.tree.leaves(state)
+    if not all(isinstance(x, jax.Array) and not isinstance(x, jax.core.Tracer)
+               for x in leaves):
+      return plain(state, batch)  # traced (e.g. jax.export): no placement to keep
     shardings = jax.tree.map(lambda x: x.sharding, state)
     key = (jax.tree.structure(shardings), tuple(jax.tree.leaves(shardings)))
     if key not in compiled:
