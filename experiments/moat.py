@@ -155,7 +155,7 @@ def build_agents(config, workdir, world, gold_tasks):
     dirs, build = {"planner": config.planner_dir, "grounder": config.grounder_dir}, None
   else:
     dirs = {n: os.path.join(workdir, f"{n}_init") for n in ROLES}
-  models, tokenizer = common.build_or_load_hf(dirs, build)
+  models, tokenizer = common.build_or_load_hf(dirs, build, common.model_options(config))
   return models["planner"], models["grounder"], make_io(tokenizer, config)
 
 
@@ -175,9 +175,9 @@ def stage1(p_graphdef, p_state, g_graphdef, g_params, io, tasks, config, update,
   scores = moat_agents.grounder_scores(g_graphdef, g_params,  # one pass over T*K rows
                                   io.grounder_batch(rows, plans, gold))
   t_sample = time.perf_counter() - t0
-  chosen, rejected, valid = (np.asarray(x) for x in
-                             objectives.build_dpo_pairs(scores, k, min_gap=s.min_gap))
-  toks, mask = np.asarray(gen.tokens), np.asarray(gen.mask)
+  chosen, rejected, valid = experiment.to_host(
+      tuple(objectives.build_dpo_pairs(scores, k, min_gap=s.min_gap)))
+  toks, mask = experiment.to_host((gen.tokens, gen.mask))  # gathered across processes
   completions = [r[m].tolist() for r, m in zip(toks, mask)]
   pb = io.batch([io.planner_prompt(t) for t in rows], completions, io.plan_prompt_len,
                 io.plan_len)
@@ -185,7 +185,7 @@ def stage1(p_graphdef, p_state, g_graphdef, g_params, io, tasks, config, update,
   batch = train.dpo_batch(pb, chosen[valid], rejected[valid], ref)
   p_state, steps, m = train.train_minibatches(update, p_state, batch, s.batch_size, seed,
                                               epochs=s.epochs)
-  scores = np.asarray(scores).reshape(-1, k)
+  scores = experiment.to_host(scores).reshape(-1, k)
   plan_ok = np.array([mw.normalize(io.decode(p)) == mw.normalize(mw.gold_subgoals(t))
                       for p, t in zip(plans, rows)])
   gold_share = lambda idx: 100.0 * float(np.mean(plan_ok[idx[valid]])) if valid.any() else 0.0

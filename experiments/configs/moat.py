@@ -85,6 +85,10 @@ def get_config(preset: str = "default") -> ml_collections.ConfigDict:
   c.grounder = ml_collections.ConfigDict(dict(agent))
   c.planner_dir = ""
   c.grounder_dir = ""
+  # Precision of both agents (common.PRECISION) and rematerialisation in
+  # their updates (common.REMAT).
+  c.model = ml_collections.ConfigDict(dict(common.PRECISION))
+  c.train = ml_collections.ConfigDict(dict(common.REMAT))
   # Hugging Face checkpoints to start from instead of the built-in decoders
   # (warm-started by `warmup` as the built-in ones; the steps may be 0). They
   # may be the same folder and must share one tokenizer; subgoals and actions
@@ -166,7 +170,7 @@ SCHEMA = {
     "data.search_result": one_of("alignax.agents.moat_world:SEARCH_RESULTS"),
     "data.eval_fraction": number(0, 1, hi_open=True),
     "data.heldout_fraction": number(0, 1, hi_open=True),
-    **_AGENT,
+    **_AGENT, **common.precision_schema(),
     "planner_dir": directory_or_empty(), "grounder_dir": directory_or_empty(),
     "planner_model_path": directory_or_empty(), "grounder_model_path": directory_or_empty(),
     "mesh.data": _POS, "mesh.fsdp": _POS, "mesh.tensor": _POS,
