@@ -55,7 +55,9 @@ class BuiltinCritic:
   the corrected actions whenever they differ, so the grounder learns to follow
   its subgoals and its scores tell right plans from wrong ones (stage 1).
   False keeps the planner's own subgoals, so the grounder learns to reach the
-  answer whatever the plan says (it then reads the task and ignores the plan).
+  answer from the task also under a wrong plan (its held-in success then
+  exceeds the planner's exact-plan rate; experiments/configs/moat.py gives
+  what that does to held-out success).
   """
 
   def __init__(self, world: mw.MoatWorld, search_fn=None, rewrite_subgoals: bool = True,

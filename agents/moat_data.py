@@ -1,4 +1,4 @@
-"""MOAT tasks and tools read from files (docs/api.md, "MOAT tasks from files").
+"""MOAT tasks and tools read from files (docs/data_formats.md, "MOAT tasks from files").
 
 Three files, one JSON object a line:
 

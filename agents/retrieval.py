@@ -18,6 +18,7 @@ from typing import Sequence
 import numpy as np
 
 from alignax.agents.qa_world import DOC, END_SEARCH, Passage
+from alignax.framework import experiment
 
 _FINGERPRINT = "corpus.sha256"
 
@@ -73,6 +74,18 @@ def _tokenize(texts: Sequence[str]):
   return bm25s.tokenize(list(texts), stopwords="en", show_progress=False)
 
 
+@experiment.writer_only  # several processes: each builds the index, process 0 saves it
+def _save_index(retriever: "BM25Retriever", fingerprint: str, index_dir: str) -> None:
+  tmp = index_dir.rstrip("/") + ".tmp"
+  shutil.rmtree(tmp, ignore_errors=True)
+  retriever.index.save(tmp, show_progress=False)
+  write_corpus_jsonl(retriever.passages, os.path.join(tmp, "corpus.jsonl"))
+  with open(os.path.join(tmp, _FINGERPRINT), "w") as f:
+    f.write(fingerprint)
+  shutil.rmtree(index_dir, ignore_errors=True)
+  os.replace(tmp, index_dir)
+
+
 class BM25Retriever:
   """A bm25s index and the passages it ranks."""
 
@@ -100,14 +113,7 @@ class BM25Retriever:
       index = bm25s.BM25.load(index_dir, show_progress=False)
       return cls(index, read_corpus_jsonl(os.path.join(index_dir, "corpus.jsonl")))
     retriever = cls.build(passages)
-    tmp = index_dir.rstrip("/") + ".tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    retriever.index.save(tmp, show_progress=False)
-    write_corpus_jsonl(passages, os.path.join(tmp, "corpus.jsonl"))
-    with open(os.path.join(tmp, _FINGERPRINT), "w") as f:
-      f.write(fp)
-    shutil.rmtree(index_dir, ignore_errors=True)
-    os.replace(tmp, index_dir)
+    _save_index(retriever, fp, index_dir)
     return retriever
 
   def search_ids(self, queries: Sequence[str], k: int) -> np.ndarray:

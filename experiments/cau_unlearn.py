@@ -269,6 +269,7 @@ def unlearn(name, ucfg, data: Data, graphdef, orig_params, orig_logits, tx,
 # Plot and main
 
 
+@experiment.writer_only
 def plot_methods(results: dict[str, dict], path: str) -> None:
   """Bar charts of forget HR@10, retain NDCG@10 and seconds per method."""
   # A bare Figure draws without pyplot: no display, no backend switch.

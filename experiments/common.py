@@ -220,6 +220,24 @@ def builtin_model_rules(prefix: str = "model") -> dict:
   return rules
 
 
+# Precision and rematerialisation, the same keys in every LLM binary's
+# config (read by `model_options`): `model.param_dtype` (weights and Adam
+# moments) and `model.dtype` (matmuls): float32/float32, bfloat16 compute with
+# float32 master weights (float32/bfloat16), or bfloat16 throughout; and
+# `train.remat`, the decoder layers' rematerialisation in the updates: none |
+# full | dots_saveable | dots_with_no_batch_dims_saveable (the same values,
+# less activation memory).
+PRECISION = dict(param_dtype="float32", dtype="float32")
+REMAT = dict(remat="none")
+
+
+def precision_schema() -> dict:
+  """SCHEMA rules of the `PRECISION` keys (under `model`) and `REMAT` (under `train`)."""
+  dtype = one_of("alignax.framework.config:DTYPE_NAMES")
+  return {"model.param_dtype": dtype, "model.dtype": dtype,
+          "train.remat": one_of("alignax.framework.config:REMAT_POLICIES")}
+
+
 def _lookup(config, key: str):
   value = config
   for part in key.split("."):
@@ -308,8 +326,9 @@ def setup_mesh(config):
 def model_options(config) -> dict:
   """`hf.from_pretrained` keywords for precision and remat from a binary's
   config: `model.param_dtype` (weights, optimiser moments), `model.dtype`
-  (matmuls) and `train.remat` (decoder-layer rematerialisation), each
-  optional (float32 / float32 / none when a config has no such key)."""
+  (matmuls) and `train.remat` (decoder-layer rematerialisation; see
+  `PRECISION`, `REMAT`), each optional (float32 / float32 / none when a
+  config has no such key)."""
   model = config.get("model", {}) or {}
   train = config.get("train", {}) or {}
   return dict(dtype=model.get("param_dtype", "float32"),
@@ -331,6 +350,7 @@ def truncate_metrics(workdir: str, last_step: int) -> None:
 SAMPLES_FILE = "samples.jsonl"
 
 
+@experiment.writer_only
 def write_samples(workdir: str, step: int, samples: Sequence[dict], writer=None) -> None:
   """Appends `{"step": step, **sample}` lines to `samples.jsonl` and, given a
   `MetricWriter`, shows them as TensorBoard text (tag `samples`)."""
@@ -345,6 +365,7 @@ def write_samples(workdir: str, step: int, samples: Sequence[dict], writer=None)
         "\n".join(f"**{k}**: `{v}`" for k, v in r.items() if k != "step") for r in rows))
 
 
+@experiment.writer_only
 def truncate_samples(workdir: str, keep_through: int) -> None:
   """Drops `samples.jsonl` lines of steps after `keep_through` (a resumed run
   writes them again)."""
@@ -359,6 +380,7 @@ def truncate_samples(workdir: str, keep_through: int) -> None:
   os.replace(tmp, path)
 
 
+@experiment.writer_only
 def plot_curves(workdir: str, filename: str, panels: dict[str, Sequence[str]],
                 title: str = "") -> str:
   """One panel per entry {panel title: [metric keys]} of metrics.jsonl vs step."""
@@ -387,24 +409,30 @@ def plot_curves(workdir: str, filename: str, panels: dict[str, Sequence[str]],
   return path
 
 
-def build_or_load_hf(dirs: Mapping[str, str], build: Callable | None = None):
+def build_or_load_hf(dirs: Mapping[str, str], build: Callable | None = None,
+                     options: Mapping[str, Any] | None = None):
   """Loads the Hugging Face folders `dirs` {name: folder}; builds them first if needed.
 
   When a folder lacks `model.safetensors`, `build() -> ({name: model}, tokenizer)`
   runs (e.g. a tokenizer and a warm-started decoder); each model is saved with
   the tokenizer to `<folder>.tmp` and then moved into place, so a killed build
   never leaves a half-written folder. Every model is loaded back from disk, so
-  a resumed run starts from exactly the saved weights.
+  a resumed run starts from exactly the saved weights. With several
+  processes only the writer (process 0) builds; the others wait for it at a
+  barrier, then all load the same folders.
+
+  `options`: `hf.from_pretrained` keywords for the loaded models (precision
+  and remat: `model_options(config)`).
 
   Returns ({name: Decoder}, the first folder's tokenizer); the folders must
   share one tokenizer (the same vocabulary size).
   """
   from alignax.framework import hf  # pylint: disable=g-import-not-at-top
   missing = [p for p in dirs.values() if not os.path.exists(os.path.join(p, "model.safetensors"))]
-  if missing:
-    if build is None:
-      raise FileNotFoundError(f"No model.safetensors in {missing}; give folders written by"
-                              " save_pretrained (config.json, *.safetensors, tokenizer files).")
+  if missing and build is None:
+    raise FileNotFoundError(f"No model.safetensors in {missing}; give folders written by"
+                            " save_pretrained (config.json, *.safetensors, tokenizer files).")
+  if missing and experiment.is_writer():
     models, tokenizer = build()
     for name, path in dirs.items():
       shutil.rmtree(path + ".tmp", ignore_errors=True)
@@ -413,7 +441,9 @@ def build_or_load_hf(dirs: Mapping[str, str], build: Callable | None = None):
     for path in dirs.values():
       shutil.rmtree(path, ignore_errors=True)
       os.replace(path + ".tmp", path)
-  models = {name: hf.from_pretrained(path) for name, path in dirs.items()}
+  # Always (not only when something was missing): every process must reach it.
+  experiment.barrier("alignax: warm-up folders built")
+  models = {name: hf.from_pretrained(path, **(options or {})) for name, path in dirs.items()}
   tokenizers = [hf.load_tokenizer(path, models[name].config) for name, path in dirs.items()]
   if any(len(t) != len(tokenizers[0]) for t in tokenizers):
     raise ValueError(f"The folders {sorted(dirs.values())} must share one tokenizer.")
@@ -437,22 +467,38 @@ def load_pretrained(path: str, markers: Sequence[str]):
 
 
 def export_models(workdir: str, models: Mapping[str, Any], tokenizer,
-                  sources: Mapping[str, str] | None = None) -> dict[str, str]:
+                  sources: Mapping[str, str] | None = None, *,
+                  adapters: bool = False) -> dict[str, str]:
   """Writes each trained model {name: Decoder} to `<workdir>/final_<name>/`
   (weights, config, tokenizer with its chat template, generation config with
-  every stop id) with `framework.hf.export_pretrained`; LoRA adapters are merged. `sources` {name: the
-  checkpoint it started from, or ''} supplies the generation config.
-  Returns {name: folder}."""
+  every stop id) with `framework.hf.export_pretrained`; LoRA adapters are
+  merged, and with `adapters=True` also saved alone in the PEFT format to
+  `final_adapter/` (name "model") or `final_<name>_adapter/`, their base the
+  `sources` folder. `sources` {name: the checkpoint it started from, or ''}
+  supplies the generation config.
+
+  Every process must call it (parameters sharded over several processes are
+  gathered); only the writer process writes. Returns {folder name: path}.
+  """
   from flax import nnx  # pylint: disable=g-import-not-at-top
   from alignax.framework import hf, lora  # pylint: disable=g-import-not-at-top
   out = {}
   for name, model in models.items():
-    if lora.has_adapters(nnx.state(model)):  # LoRA: the adapters folded into the weights
-      model = lora.merge(model)
+    graphdef, state = nnx.split(model)
+    model = nnx.merge(graphdef, experiment.to_host(state))
     source = (sources or {}).get(name) or None
+    folder = f"final_{name}"
+    if lora.has_adapters(nnx.state(model)):  # LoRA: the adapters folded into the weights
+      if adapters:
+        adapter = "final_adapter" if name == "model" else f"final_{name}_adapter"
+        out[adapter] = os.path.join(workdir, adapter)
+        experiment.writer_only(lora.save_peft)(
+            model, out[adapter], base_model_name_or_path=os.path.abspath(source or ""))
+      model = lora.merge(model)
     stop_ids = hf.stop_token_ids(source, tokenizer, model.config)
-    out[name] = hf.export_pretrained(model, os.path.join(workdir, f"final_{name}"),
-                                     tokenizer=tokenizer, source=source, stop_ids=stop_ids)
+    out[folder] = os.path.join(workdir, folder)
+    experiment.writer_only(hf.export_pretrained)(
+        model, out[folder], tokenizer=tokenizer, source=source, stop_ids=stop_ids)
   return out
 
 
@@ -574,6 +620,7 @@ def per_method_summary(extras: dict, methods: Sequence[str], main: str,
   return out
 
 
+@experiment.writer_only
 def plot_per_iteration(workdir: str, filename: str, curves: Mapping[str, Sequence[dict]],
                        start_of: Callable[[str], dict], panels: Mapping[str, str],
                        title: str, xlabel: str = "iteration (0 = warm-up)") -> None:

@@ -284,7 +284,7 @@ def build_policies(config, workdir, world, candidates):
     dirs = {"policy": os.path.join(workdir, "init_model")}
   else:
     dirs = {r: os.path.join(workdir, f"init_{r}") for r in ROLES}
-  models, tokenizer = common.build_or_load_hf(dirs, build)
+  models, tokenizer = common.build_or_load_hf(dirs, build, common.model_options(config))
   return models, make_prompts(tokenizer, world, candidates, config)
 
 

@@ -188,7 +188,7 @@ def build_policy(config, workdir, dataset, retriever):
     return {"policy": model}, tokenizer
 
   models, tokenizer = common.build_or_load_hf(
-      {"policy": os.path.join(workdir, "init_model")}, build)
+      {"policy": os.path.join(workdir, "init_model")}, build, common.model_options(config))
   return models["policy"], Agent(tokenizer, retriever, config)
 
 

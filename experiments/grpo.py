@@ -26,7 +26,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import shutil
 import time
 from typing import Any
 
@@ -120,26 +119,26 @@ def build_policy(config, workdir, task):
   """Loads `model_path`, or builds + warm-starts the built-in model once.
 
   The built-in model is saved to `<workdir>/init_model` with its tokenizer (the
-  same format `--config.model_path` takes) and re-loaded from there, so a
-  resumed run starts from exactly the same weights. Returns (model, tokenizer,
-  model directory).
+  same format `--config.model_path` takes, by `common.build_or_load_hf`) and
+  re-loaded from there, so a resumed run starts from exactly the same
+  weights. Returns (model, tokenizer, model directory).
   """
   path = _model_dir(config, workdir)
-  if not config.model_path and not os.path.exists(os.path.join(path, "model.safetensors")):
-    tmp = path + ".tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tokenizer = tasks.train_tokenizer(task, tmp)
+  options = common.model_options(config)
+  if config.model_path:
+    model = hf.from_pretrained(path, **options)
+    return model, hf.load_tokenizer(path, model.config), path
+
+  def build():
+    tokenizer = tasks.train_tokenizer(task)
     model_config = ModelConfig(
         vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id,
         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
         **config.model.to_dict())
     model = warm_start(Decoder(model_config, seed=config.seed), tokenizer, task, config)
-    hf.save_pretrained(model, tmp)
-    shutil.rmtree(path, ignore_errors=True)
-    os.replace(tmp, path)
-  model = hf.from_pretrained(path, **common.model_options(config))
-  tokenizer = hf.load_tokenizer(path, model.config)
-  return model, tokenizer, path
+    return {"policy": model}, tokenizer
+  models, tokenizer = common.build_or_load_hf({"policy": path}, build, options)
+  return models["policy"], tokenizer, path
 
 
 def builtin_rows(task, config):
@@ -190,7 +189,8 @@ def _sample(model, policy: Policy, data, rows, config, *, temperature, num_gener
       top_p=(r.top_p if r.top_p < 1.0 else None) if temperature else None,
       eos_token_id=policy.stop_ids, pad_token_id=policy.pad_id,
       num_generations=num_generations, seed=seed, mesh=policy.mesh)
-  tokens, mask = np.asarray(gen.tokens), np.asarray(gen.mask)  # waits for the device
+  # Whole batch on every process (gathered across processes when sharded).
+  tokens, mask = experiment.to_host((gen.tokens, gen.mask))  # waits for the device
   t0 = time.perf_counter()
   ids = [row[m].tolist() for row, m in zip(tokens, mask)]
   texts = policy.tokenizer.batch_decode(ids, skip_special_tokens=True)
@@ -305,7 +305,7 @@ def rollout(graphdef, params, policy: Policy, data, config, step, reference):
   metrics.update({
       "train/reward_std_in_group": float(grouped.std(axis=1).mean()),
       "train/solved_groups": float((grouped.max(axis=1) > 0).mean()),
-      "train/completion_length": float(np.asarray(gen.mask).sum(1).mean())})
+      "train/completion_length": float(experiment.to_host(gen.mask).sum(1).mean())})
   return batch, metrics, host
 
 
@@ -433,15 +433,9 @@ def run(config, workdir: str, *, stop_after: int | None = None, progress: bool =
   summary.update({"train/steps": last_saved, "train/seconds": extras["seconds"],
                   "train/finished": done})
   if done:
-    final = nnx.merge(graphdef, state.params)
-    if use_lora:  # the adapters in the PEFT format; final_model/ has them merged
-      lora.save_peft(final, os.path.join(workdir, "final_adapter"),
-                     base_model_name_or_path=os.path.abspath(model_dir))
-      summary["final_adapter"] = os.path.join(workdir, "final_adapter")
-      final = lora.merge(final)
-    summary["final_model"] = hf.export_pretrained(
-        final, os.path.join(workdir, "final_model"),
-        tokenizer=tokenizer, source=model_dir, stop_ids=stop_ids)
+    # final_model/ (under LoRA merged, and the adapters alone in final_adapter/).
+    summary.update(common.export_models(workdir, {"model": nnx.merge(graphdef, state.params)},
+                                        tokenizer, {"model": model_dir}, adapters=True))
     experiment.write_summary(workdir, summary)
   return summary, state
 

@@ -30,10 +30,13 @@ subgoals, actions and the actions' results, a BM25 corpus and a lookup table.
      the warm-up gold rows (`stage2.replay_gold`).
    Held-in and held-out success (greedy planner -> greedy grounder -> world
    execution) after every iteration.
-3. The `separate` baseline: from the same warm-up agents, each agent SFT-trained
-   alone on the gold set with the same number of updates per iteration as
-   MOAT's stage 1 (planner) and stage 2 (grounder), at the same learning
-   rates, no interaction.
+3. Two baselines from the same warm-up agents, each agent SFT-trained alone
+   (no interaction) with the same number of updates per iteration as MOAT's
+   stage 1 (planner) and stage 2 (grounder), at the same learning rates:
+   `separate/` (`separate.enabled`) on the warm-up gold set, and
+   `separate_gold/` (`separate.gold_pool`), the stronger one, on the gold set
+   plus the pool tasks MOAT has drawn so far with their gold subgoals
+   (planner) and gold actions (grounder): the supervision MOAT never sees.
 
 Under --workdir: bm25/, planner_init/, grounder_init/, final_planner/ and
 final_grounder/ (MOAT's trained agents as Hugging Face folders), metrics.jsonl,
@@ -152,7 +155,7 @@ def build_agents(config, workdir, world, gold_tasks):
     dirs, build = {"planner": config.planner_dir, "grounder": config.grounder_dir}, None
   else:
     dirs = {n: os.path.join(workdir, f"{n}_init") for n in ROLES}
-  models, tokenizer = common.build_or_load_hf(dirs, build)
+  models, tokenizer = common.build_or_load_hf(dirs, build, common.model_options(config))
   return models["planner"], models["grounder"], make_io(tokenizer, config)
 
 
@@ -172,9 +175,9 @@ def stage1(p_graphdef, p_state, g_graphdef, g_params, io, tasks, config, update,
   scores = moat_agents.grounder_scores(g_graphdef, g_params,  # one pass over T*K rows
                                   io.grounder_batch(rows, plans, gold))
   t_sample = time.perf_counter() - t0
-  chosen, rejected, valid = (np.asarray(x) for x in
-                             objectives.build_dpo_pairs(scores, k, min_gap=s.min_gap))
-  toks, mask = np.asarray(gen.tokens), np.asarray(gen.mask)
+  chosen, rejected, valid = experiment.to_host(
+      tuple(objectives.build_dpo_pairs(scores, k, min_gap=s.min_gap)))
+  toks, mask = experiment.to_host((gen.tokens, gen.mask))  # gathered across processes
   completions = [r[m].tolist() for r, m in zip(toks, mask)]
   pb = io.batch([io.planner_prompt(t) for t in rows], completions, io.plan_prompt_len,
                 io.plan_len)
@@ -182,7 +185,7 @@ def stage1(p_graphdef, p_state, g_graphdef, g_params, io, tasks, config, update,
   batch = train.dpo_batch(pb, chosen[valid], rejected[valid], ref)
   p_state, steps, m = train.train_minibatches(update, p_state, batch, s.batch_size, seed,
                                               epochs=s.epochs)
-  scores = np.asarray(scores).reshape(-1, k)
+  scores = experiment.to_host(scores).reshape(-1, k)
   plan_ok = np.array([mw.normalize(io.decode(p)) == mw.normalize(mw.gold_subgoals(t))
                       for p, t in zip(plans, rows)])
   gold_share = lambda idx: 100.0 * float(np.mean(plan_ok[idx[valid]])) if valid.any() else 0.0
@@ -339,25 +342,41 @@ def run(config, workdir: str, *, stop_after: int | None = None, progress: bool =
     state = {"planner": p_state, "grounder": g_state}
     return state, {**s1, **s2}, evaluate(state)
 
-  def separate_phase(state, it, index, extras):
-    """MOAT's number of updates of that iteration, each agent alone on the gold set."""
-    seed = config.seed * 1000 + index
-    p_steps, g_steps = extras["budgets"][it]
-    p_state, _, _ = train.train_minibatches(sep_p_update, state["planner"], gold_p,
-                                            config.stage1.batch_size, seed, steps=p_steps)
-    g_state, _, _ = train.train_minibatches(sep_g_update, state["grounder"], gold_g,
-                                            config.stage2.batch_size, seed, steps=g_steps)
-    state = {"planner": p_state, "grounder": g_state}
-    return state, {"planner_updates": p_steps, "grounder_updates": g_steps}, evaluate(state)
+  def separate_phase(rows):
+    """A baseline phase: MOAT's number of updates of that iteration, each agent
+    SFT-trained alone on `rows(it)` -> (planner rows, grounder rows)."""
 
+    def phase(state, it, index, extras):
+      seed = config.seed * 1000 + index
+      p_steps, g_steps = extras["budgets"][it]
+      p_rows, g_rows = rows(it)
+      p_state, _, _ = train.train_minibatches(sep_p_update, state["planner"], p_rows,
+                                              config.stage1.batch_size, seed, steps=p_steps)
+      g_state, _, _ = train.train_minibatches(sep_g_update, state["grounder"], g_rows,
+                                              config.stage2.batch_size, seed, steps=g_steps)
+      state = {"planner": p_state, "grounder": g_state}
+      return (state, {"planner_updates": p_steps, "grounder_updates": g_steps,
+                      "rows": len(p_rows["sequences"])}, evaluate(state))
+
+    return phase
+
+  def gold_pool_rows(it):
+    """The gold set + the pool tasks MOAT drew in iterations 0..it, with their
+    gold subgoals (planner) and gold actions (grounder)."""
+    drawn = {t.id: t for i in range(it + 1) for t in common.iteration_slice(pool, i, q)}
+    return sft_batches(io, list(gold_tasks) + list(drawn.values()))
+
+  # The baselines run after MOAT, whose update counts they match.
   phases = {"moat": moat_phase}
-  if config.separate.enabled:  # the baseline runs after MOAT, whose update counts it matches
-    phases["separate"] = separate_phase
+  if config.separate.enabled:
+    phases["separate"] = separate_phase(lambda it: (gold_p, gold_g))
+  if config.separate.gold_pool:
+    phases["separate_gold"] = separate_phase(gold_pool_rows)
   methods = list(phases)
   start_scores = lambda extras, method: extras["before"]
 
   def summarize(extras):
-    """MOAT's keys bare, the separate baseline's prefixed by its name."""
+    """MOAT's keys bare, each baseline's prefixed by its name."""
     splits = {s: f"eval/{s}_success" for s in ("held_in", "held_out")}
     return {"train/seconds": extras["seconds"],
             "time/stage1_seconds": extras["stage_seconds"]["stage1"],

@@ -1,20 +1,71 @@
-"""Shared experiment utilities: metric logging, summaries, config guard.
+"""Shared experiment utilities: metric logging, summaries, config guard, and
+the one place that says which process writes files.
 
 Used by every absl binary under `experiments/` (docs/api.md: each writes
 `metrics.jsonl`, TensorBoard events and `summary.json` under `--workdir`).
+
+Several processes (multi-host, `jax.distributed`) run the same program; the
+workdir is shared. Only the writer, process 0, writes files: the functions
+here that write (`MetricWriter`, `write_summary`, `atomic_write_json`, ...)
+do nothing on the other processes, and binaries mark their own writing
+functions `@writer_only`. Orbax checkpoints are the exception: every process
+saves and restores its shards. `barrier` and `to_host` are the collectives
+the binaries need around that (every process must call them).
 """
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
 import tempfile
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
+import jax
 import numpy as np
 from absl import logging
+from jax.experimental import multihost_utils
 
 CONFIG_FILE = "config.json"
+
+
+def is_writer() -> bool:
+  """True on the process that writes files: process 0 (the only one when
+  there is a single process)."""
+  return jax.process_index() == 0
+
+
+def writer_only(fn: Callable) -> Callable:
+  """Decorates a function that writes files so that it runs on the writer
+  process only; elsewhere the call does nothing and returns None. (Its
+  arguments must already be on the host: it must not run collectives.)"""
+
+  @functools.wraps(fn)
+  def wrapper(*args, **kwargs):
+    return fn(*args, **kwargs) if is_writer() else None
+  return wrapper
+
+
+def barrier(name: str) -> None:
+  """Waits until every process reaches `barrier(name)` (no-op with one
+  process), e.g. for files the writer builds and the others then read."""
+  if jax.process_count() > 1:
+    multihost_utils.sync_global_devices(name)
+
+
+def to_host(tree: Any) -> Any:
+  """NumPy copies of a pytree's arrays, each whole (all rows) on every
+  process: arrays sharded over several processes (a sampler's outputs on a
+  multi-host mesh, trained parameters) are gathered with
+  `multihost_utils.process_allgather`, the rest copied. A collective when
+  there are several processes: every process must call it, in the same order.
+  """
+
+  def one(x):
+    if isinstance(x, jax.Array) and not x.is_fully_addressable:
+      return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+    return np.asarray(x)
+  return jax.tree.map(one, tree)
 
 
 def _to_builtin(x):
@@ -96,6 +147,7 @@ def read_metrics(workdir: str) -> list[dict]:
   return rows
 
 
+@writer_only
 def truncate_metrics(workdir: str, last_step: int) -> None:
   """Keeps the rows of steps <= `last_step` (the restored checkpoint's step),
   one per step and metric set, before a resumed run logs the later steps again.
@@ -126,6 +178,11 @@ class MetricWriter:
   """
 
   def __init__(self, workdir: str):
+    # Only the writer process logs; on the others every method does nothing.
+    self._active = is_writer()
+    self._rows, self._jsonl, self._tb = [], None, None
+    if not self._active:
+      return
     # Imported lazily: only binaries that log need tensorboardX.
     import tensorboardX  # pylint: disable=g-import-not-at-top
 
@@ -166,6 +223,8 @@ class MetricWriter:
     return list(self._rows)
 
   def write(self, step: int, metrics: Mapping[str, Any]) -> None:
+    if not self._active:
+      return
     metrics = {k: _to_builtin(v) for k, v in metrics.items()}
     row = {"step": int(step), **metrics}
     self._check_file()
@@ -184,9 +243,13 @@ class MetricWriter:
 
   def write_text(self, step: int, tag: str, text: str) -> None:
     """TensorBoard text (markdown) under `tag`."""
+    if not self._active:
+      return
     self._tb.add_text(tag, text, int(step))
 
   def close(self) -> None:
+    if not self._active:
+      return
     self._jsonl.close()
     self._tb.close()
 
@@ -197,6 +260,7 @@ class MetricWriter:
     self.close()
 
 
+@writer_only
 def atomic_write_json(path: str, obj: Any) -> None:
   """Writes JSON to a temp file in the same folder, then `os.replace`s it, so
   readers never see a half-written file."""
@@ -214,7 +278,8 @@ def atomic_write_json(path: str, obj: Any) -> None:
 
 
 def write_summary(workdir: str, summary: Mapping[str, Any]) -> str:
-  """Atomically writes `workdir/summary.json`; returns its path."""
+  """Atomically writes `workdir/summary.json` (on the writer process);
+  returns its path."""
   path = os.path.join(workdir, "summary.json")
   atomic_write_json(path, summary)
   return path

@@ -13,7 +13,7 @@ from typing import Any, Mapping
 import jax
 import numpy as np
 from flax import nnx
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P, SingleDeviceSharding
 
 MESH_AXES = ("data", "fsdp", "tensor")
 
@@ -36,11 +36,15 @@ def maybe_initialize_distributed() -> None:
   `JAX_NUM_PROCESSES` and `JAX_PROCESS_ID` on every process, or
   `ALIGNAX_DISTRIBUTED=1` on clusters where JAX detects them itself (TPU
   pods, SLURM). `ALIGNAX_HEARTBEAT_SECONDS` (default 100) bounds how long
-  the others wait for a process that died. Single-process runs do nothing.
+  the others wait for a process that died, `ALIGNAX_INIT_TIMEOUT_SECONDS`
+  (default 300) how long they wait at start for one that never came.
+  Single-process runs do nothing.
   """
   if jax.distributed.is_initialized():
     return
-  heartbeat = int(os.environ.get("ALIGNAX_HEARTBEAT_SECONDS", "100"))
+  timeouts = dict(
+      heartbeat_timeout_seconds=int(os.environ.get("ALIGNAX_HEARTBEAT_SECONDS", "100")),
+      initialization_timeout=int(os.environ.get("ALIGNAX_INIT_TIMEOUT_SECONDS", "300")))
   address = os.environ.get("JAX_COORDINATOR_ADDRESS")
   if address:
     missing = [k for k in ("JAX_NUM_PROCESSES", "JAX_PROCESS_ID") if k not in os.environ]
@@ -50,10 +54,9 @@ def maybe_initialize_distributed() -> None:
     # jax.distributed.initialize reads no JAX_NUM_PROCESSES / JAX_PROCESS_ID
     # variables itself: pass them.
     jax.distributed.initialize(address, int(os.environ["JAX_NUM_PROCESSES"]),
-                               int(os.environ["JAX_PROCESS_ID"]),
-                               heartbeat_timeout_seconds=heartbeat)
+                               int(os.environ["JAX_PROCESS_ID"]), **timeouts)
   elif os.environ.get("ALIGNAX_DISTRIBUTED") == "1":
-    jax.distributed.initialize(heartbeat_timeout_seconds=heartbeat)
+    jax.distributed.initialize(**timeouts)
 
 
 def make_mesh(data: int = 1, fsdp: int = -1, tensor: int = 1,
@@ -87,14 +90,40 @@ def logical_spec(axes, shape, mesh: Mesh, rules: Mapping[str, Any] = RULES) -> P
   for name, dim in zip(axes, shape):
     target = rules.get(name) if name is not None else None
     names = (target,) if isinstance(target, str) else tuple(target or ())
-    names = tuple(n for n in names if n not in used)
+    # Mesh axes of size 1 are left out: the same placement, written the way
+    # jit writes its outputs' shardings, so the state a jitted update returns
+    # has the shardings it was given and its second call does not recompile.
+    names = tuple(n for n in names if n not in used and mesh.shape[n] > 1)
     size = math.prod(mesh.shape[n] for n in names)
     if not names or dim % size:
       spec.append(None)
       continue
     used.update(names)
     spec.append(names[0] if len(names) == 1 else names)
+  while spec and spec[-1] is None:
+    spec.pop()
   return P(*spec)
+
+
+def replicate_unplaced(tree: Any) -> Any:
+  """Leaves of `tree` on a single device (e.g. step counters created next to
+  sharded parameters) replicated over the mesh of its sharded leaves; `tree`
+  as is when no leaf is sharded. (jit returns such counters replicated: given
+  them so from the start, a jitted update compiles once, and with several
+  processes they live on the global mesh like the parameters.)"""
+  leaves = [x for x in jax.tree.leaves(tree)
+            if isinstance(x, jax.Array) and not isinstance(x, jax.core.Tracer)]
+  mesh = next((x.sharding.mesh for x in leaves if isinstance(x.sharding, NamedSharding)),
+              None)
+  if mesh is None:
+    return tree
+
+  def one(x):
+    if (isinstance(x, jax.Array) and not isinstance(x, jax.core.Tracer)
+        and isinstance(x.sharding, SingleDeviceSharding)):
+      return jax.device_put(x, NamedSharding(mesh, P()))
+    return x
+  return jax.tree.map(one, tree)
 
 
 def state_shardings(state: nnx.State, mesh: Mesh,

@@ -28,7 +28,7 @@ import optax
 from flax import nnx
 
 from alignax import objectives
-from alignax.framework import lora
+from alignax.framework import lora, sharding
 from alignax.framework.logprobs import fused_logprobs_and_entropy
 from alignax.framework.model import Decoder, KVCache
 
@@ -87,7 +87,8 @@ def from_checkpoint_state(state, saved):
 def init_train_state(model: Decoder, optimizer: optax.GradientTransformation):
   """Returns (graphdef, TrainState) for `model` (optimiser state of `trainable_params`)."""
   graphdef, params = nnx.split(model)
-  return graphdef, TrainState(params, optimizer.init(trainable_params(params)), jnp.int32(0))
+  state = TrainState(params, optimizer.init(trainable_params(params)), jnp.int32(0))
+  return graphdef, sharding.replicate_unplaced(state)
 
 
 def completion_logprobs(graphdef, params, sequences, attention_mask, completion_tokens, *,
@@ -203,8 +204,25 @@ def jit_donating_state(update_fn: Callable) -> Callable:
   """`jax.jit(update_fn, donate_argnums=0)` for `update_fn(state, batch)`, except
   that a LoRA model's frozen base is passed in undonated (and returned as is):
   other holders of the same arrays (a fresh state kept to restart from, the
-  sampler's model) stay valid, and no second copy of the base is needed."""
-  full = jax.jit(update_fn, donate_argnums=0)
+  sampler's model) stay valid, and no second copy of the base is needed.
+
+  The returned state keeps the shardings of the state given (jit would
+  otherwise choose some outputs' placement itself, e.g. shard a replicated
+  norm scale, and the next call would compile again for those).
+  """
+  plain = jax.jit(update_fn, donate_argnums=0)
+  compiled = {}
+
+  def full(state, batch):
+    leaves = jax.tree.leaves(state)
+    if not all(isinstance(x, jax.Array) and not isinstance(x, jax.core.Tracer)
+               for x in leaves):
+      return plain(state, batch)  # traced (e.g. jax.export): no placement to keep
+    shardings = jax.tree.map(lambda x: x.sharding, state)
+    key = (jax.tree.structure(shardings), tuple(jax.tree.leaves(shardings)))
+    if key not in compiled:
+      compiled[key] = jax.jit(update_fn, donate_argnums=0, out_shardings=(shardings, None))
+    return compiled[key](state, batch)
 
   @functools.partial(jax.jit, donate_argnums=0)
   def adapters_only(saved, frozen, batch):

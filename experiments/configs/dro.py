@@ -37,9 +37,12 @@ def get_config(preset: str = "default") -> ml_collections.ConfigDict:
   # only from 2-hop bridges; with the cue removed, the old settings gave +7.7
   # EM instead of +17.5).
   c.candidates = ml_collections.ConfigDict(dict(num=12, insert_gold=True, keep_top=0))
+  # param_dtype / dtype (common.PRECISION) apply to any starting model.
   c.model = ml_collections.ConfigDict(dict(
       hidden_size=128, intermediate_size=256, num_layers=2, num_heads=4, num_kv_heads=2,
-      max_position_embeddings=256, tie_word_embeddings=True))
+      max_position_embeddings=256, tie_word_embeddings=True, **common.PRECISION))
+  # Rematerialisation in the updates (common.REMAT).
+  c.train = ml_collections.ConfigDict(dict(common.REMAT))
   # One model with two prompts (the paper's option), or separate selector and
   # generator models (shared_model=False).
   c.shared_model = True
@@ -167,7 +170,7 @@ SCHEMA = {
     "world.max_fillers": _NONNEG, "world.heldout_fraction": _FRACTION,
     "candidates.num": _POS, "candidates.insert_gold": boolean(),
     "candidates.keep_top": _NONNEG,
-    **_MODEL,
+    **_MODEL, **common.precision_schema(),
     "shared_model": boolean(),
     "model_path": directory_or_empty(), "selector_model_path": directory_or_empty(),
     "generator_model_path": directory_or_empty(),

@@ -30,9 +30,12 @@ def get_config(preset: str = "default") -> ml_collections.ConfigDict:
   # A Hugging Face checkpoint folder to start from ('' = the built-in model
   # below); its tokenizer gets the markers as special tokens.
   c.model_path = ""
+  # param_dtype / dtype (common.PRECISION) apply to any starting model.
   c.model = ml_collections.ConfigDict(dict(
       hidden_size=128, intermediate_size=256, num_layers=2, num_heads=4, num_kv_heads=2,
-      max_position_embeddings=256, tie_word_embeddings=True))
+      max_position_embeddings=256, tie_word_embeddings=True, **common.PRECISION))
+  # Rematerialisation in the updates (common.REMAT).
+  c.train = ml_collections.ConfigDict(dict(common.REMAT))
   c.retrieval = ml_collections.ConfigDict(dict(top_k=3))
   c.rollout = ml_collections.ConfigDict(dict(
       max_turns=3, max_turn_tokens=12, max_tool_tokens=40, max_total_tokens=160,
@@ -102,7 +105,7 @@ SCHEMA = {
     "world.num_people": _POS, "world.num_cities": _POS, "world.num_countries": _POS,
     "world.num_companies": _POS, "world.heldout_fraction": _FRACTION,
     "world.split": one_of(("question", "person")), "world.name_words": _POS,
-    **_MODEL,
+    **_MODEL, **common.precision_schema(),
     "retrieval.top_k": _POS,
     "rollout.max_turns": _POS, "rollout.max_turn_tokens": _POS,
     "rollout.max_tool_tokens": _POS, "rollout.max_total_tokens": _POS,

@@ -64,8 +64,7 @@ def get_config(preset: str = "default") -> ml_collections.ConfigDict:
   # (float32/bfloat16), or bfloat16 throughout.
   c.model = ml_collections.ConfigDict(dict(
       hidden_size=128, intermediate_size=256, num_layers=2, num_heads=4, num_kv_heads=2,
-      max_position_embeddings=64, tie_word_embeddings=True,
-      param_dtype="float32", dtype="float32"))
+      max_position_embeddings=64, tie_word_embeddings=True, **common.PRECISION))
   # Supervised warm-start of the built-in model on demonstrations, a
   # `flawed_fraction` of which come from a flawed demonstrator (the task's
   # typical error): the policy starts with a non-zero reward, and RL with the
@@ -90,9 +89,9 @@ def get_config(preset: str = "default") -> ml_collections.ConfigDict:
   c.train = ml_collections.ConfigDict(dict(
       steps=200, num_iterations=1, micro_batches=1, learning_rate=5e-4, warmup_steps=5,
       max_grad_norm=1.0, eval_every=25, checkpoint_every=25, keep_checkpoints=3,
-      # Decoder-layer rematerialisation in the update: none | full |
-      # dots_saveable | dots_with_no_batch_dims_saveable (same values, less memory).
-      remat="none"))
+      # Decoder-layer rematerialisation in the update (common.REMAT: none |
+      # full | dots_saveable | dots_with_no_batch_dims_saveable).
+      **common.REMAT))
 
   c.mesh = ml_collections.ConfigDict(dict(data=1, fsdp=1, tensor=1))
 
@@ -163,9 +162,7 @@ SCHEMA = {
     "train.max_grad_norm": number(0, lo_open=True),
     "train.eval_every": _POS, "train.checkpoint_every": _POS,
     "train.keep_checkpoints": _POS,
-    "train.remat": one_of("alignax.framework.config:REMAT_POLICIES"),
-    "model.param_dtype": one_of("alignax.framework.config:DTYPE_NAMES"),
-    "model.dtype": one_of("alignax.framework.config:DTYPE_NAMES"),
+    **common.precision_schema(),
     "mesh.data": _POS, "mesh.fsdp": _POS, "mesh.tensor": _POS,
     **lora_schema(),
 }

@@ -3,6 +3,46 @@ r"""MOAT (joint alignment of a planner and a grounder) on the built-in QA world.
   python -m alignax.experiments.moat --config=experiments/configs/moat.py:tiny
 
 Presets: `default` (at most 15 minutes on a 2-core CPU) and `tiny` (tests).
+
+Deviations of the default from docs/algorithms.md §8, each with its measured
+reason (success in points on 500 held-in / 500 held-out tasks; "it" =
+iteration; figures from seed 0 unless a seed is named):
+- stage1.tasks_per_iteration=256 (§8.1: every training task, each iteration;
+  the 6,166 pool tasks would take ~24x the stage time). DPO then gets 45-62
+  pairs (3-4 updates) per iteration. More pairs did not help, see below.
+- stage1.num_samples (K)=8 (§8.1: 15): K=15 gave smaller gains (held-in 85.6,
+  held-out 32.4 after 4 its, against 87.0 / 33.6 with K=8, on the world of
+  the session that measured it) and twice the stage-1 time.
+- stage1.min_gap=0.02 (§8.1: 0.1): the grounder's token-mean CE scores of the
+  K plans of a task differ by 0.045-0.056 on average; at 0.1 most tasks give
+  no pair.
+- stage1.learning_rate=2e-4 (§8.1: 4e-7 for Lumos' 7B agents): the tiny
+  agents get 3-4 DPO updates per iteration; 4e-7 leaves them unchanged.
+- stage1.rpo_alpha=1.0 (TRL's option; §8.1 has plain DPO): without the chosen
+  plans' NLL term DPO collapsed the tiny planner.
+- stage2.accumulate / replay_gold (§8.2: SFT on this iteration's corrected
+  pairs only): replaying earlier pairs and the warm-up gold keeps the grounder
+  from forgetting between iterations.
+- num_iterations=4 (§8.3's run script: 2); optimisers: linear warm-up over
+  optimizer_warmup_steps, then ~constant (§8.1: cosine over one epoch).
+
+Measured and not taken (seed 0 unless named; `separate/` is the baseline
+with the same update counts, so it changes with MOAT's budget):
+- More planner updates degrade the planner: tasks_per_iteration=512 with
+  stage1.epochs=2 took held-in exact plans 81 -> 62 and held-out success to
+  29.2 at it 4 (from 33.6 at it 3); epochs=3 dropped held-in 86.4 -> 83.2 at it 1.
+- critic.rewrite_subgoals=False (the critic keeps the planner's own subgoals
+  beside the corrected actions; the grounder then learns to ground the task
+  itself: held-in success rises above the planner's exact-plan rate, e.g. 94.0
+  against 77.2). High gains on some seeds, collapses on others. With 256 tasks
+  held-out fell 31.4 -> 26.2 at it 1. With 512 tasks, seeds 0/1/2 ended at
+  held-out 34.4 / 50.2 / 35.2 against `separate/` 34.0 / 49.8 / 44.8 (seed 2:
+  39.2 -> 42.6 -> 39.0 -> 36.0 -> 35.2; seed 0's `separate_gold/` 39.4). Adding
+  stage1.learning_rate=5e-5, seeds 0/1/2 ended at 39.0 / 49.4 / 32.4: seed 0
+  +8.0 over `separate/` (31.0) and +6.8 over `separate_gold/`, but seed 2 fell
+  39.8 -> 32.0 at it 3 (its `separate/` was 42.0 at it 1) and seed 1 stayed
+  below `separate/` (50.4 at it 2). The grounder that reads the task maps
+  held-out compositions onto held-in chains and so ignores correct plans.
 """
 import ml_collections
 
@@ -45,6 +85,10 @@ def get_config(preset: str = "default") -> ml_collections.ConfigDict:
   c.grounder = ml_collections.ConfigDict(dict(agent))
   c.planner_dir = ""
   c.grounder_dir = ""
+  # Precision of both agents (common.PRECISION) and rematerialisation in
+  # their updates (common.REMAT).
+  c.model = ml_collections.ConfigDict(dict(common.PRECISION))
+  c.train = ml_collections.ConfigDict(dict(common.REMAT))
   # Hugging Face checkpoints to start from instead of the built-in decoders
   # (warm-started by `warmup` as the built-in ones; the steps may be 0). They
   # may be the same folder and must share one tokenizer; subgoals and actions
@@ -75,16 +119,19 @@ def get_config(preset: str = "default") -> ml_collections.ConfigDict:
   # "builtin" (world execution) or "llm" (model_dir: an HF causal LM).
   # rewrite_subgoals (builtin): rewrite the planner's subgoals to match the
   # corrected actions (docs/algorithms.md §8.2's critic returns both); False keeps the
-  # planner's own subgoals.
+  # planner's own subgoals (measured above).
   c.critic = ml_collections.ConfigDict(dict(name="builtin", model_dir="",
                                             max_new_tokens=96, rewrite_subgoals=True))
   c.num_iterations = 4
   # Linear learning-rate warm-up (updates) of the stage and baseline optimisers.
   c.optimizer_warmup_steps = 10
-  # The separate baseline: each agent SFT alone on the gold set, the same
-  # number of updates per iteration as MOAT's stage 1 / stage 2 used, at its
-  # stage's learning rate (learning_rate > 0: that one for both).
-  c.separate = ml_collections.ConfigDict(dict(enabled=True, learning_rate=0.0))
+  # The baselines: each agent SFT alone, the same number of updates per
+  # iteration as MOAT's stage 1 / stage 2 used, at its stage's learning rate
+  # (learning_rate > 0: that one for both). enabled: `separate/`, on the
+  # warm-up gold set; gold_pool: `separate_gold/`, on the gold set plus the
+  # pool tasks MOAT drew so far, with their gold subgoals and gold actions.
+  c.separate = ml_collections.ConfigDict(dict(enabled=True, gold_pool=True,
+                                              learning_rate=0.0))
   c.eval = ml_collections.ConfigDict(dict(held_in_size=500, held_out_size=500))
   # LoRA adapters on both agents for the iterations (the warm-up trains the
   # whole models); rank 0 = off. See alignax.framework.lora.
@@ -123,7 +170,7 @@ SCHEMA = {
     "data.search_result": one_of("alignax.agents.moat_world:SEARCH_RESULTS"),
     "data.eval_fraction": number(0, 1, hi_open=True),
     "data.heldout_fraction": number(0, 1, hi_open=True),
-    **_AGENT,
+    **_AGENT, **common.precision_schema(),
     "planner_dir": directory_or_empty(), "grounder_dir": directory_or_empty(),
     "planner_model_path": directory_or_empty(), "grounder_model_path": directory_or_empty(),
     "mesh.data": _POS, "mesh.fsdp": _POS, "mesh.tensor": _POS,
@@ -144,7 +191,8 @@ SCHEMA = {
     "critic.model_dir": directory_or_empty(), "critic.max_new_tokens": _POS,
     "critic.rewrite_subgoals": boolean(),
     "num_iterations": _POS, "optimizer_warmup_steps": _NONNEG,
-    "separate.enabled": boolean(), "separate.learning_rate": number(0),
+    "separate.enabled": boolean(), "separate.gold_pool": boolean(),
+    "separate.learning_rate": number(0),
     "eval.held_in_size": _POS, "eval.held_out_size": _POS,
     **lora_schema(),
 }

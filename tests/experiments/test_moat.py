@@ -5,7 +5,7 @@ import os
 
 import pytest
 
-from alignax.experiments import moat
+from alignax.experiments import common, moat
 from alignax.experiments.common import load_config_file
 from alignax.framework.experiment import ConfigMismatchError
 from tests.experiments.em_fixtures import assert_transformers_loads
@@ -25,7 +25,7 @@ def test_run_resume_outputs_and_summary(tmp_path):
   summary = moat.run(load_config_file(TINY), workdir, progress=False)
   with open(os.path.join(workdir, "summary.json")) as f:
     written = json.load(f)
-  for prefix in ("", "separate/"):
+  for prefix in ("", "separate/", "separate_gold/"):
     for split in SPLITS:
       for key in ("before", "after"):
         assert isinstance(written[f"{prefix}eval/{split}_{key}"], float)
@@ -35,7 +35,7 @@ def test_run_resume_outputs_and_summary(tmp_path):
   assert written["train/seconds"] > 0
   assert len(written["time/stage1_seconds"]) == len(written["time/stage2_seconds"]) == 2
   rows = [json.loads(l) for l in open(os.path.join(workdir, "metrics.jsonl"))]
-  assert [r["step"] for r in rows] == list(range(5))  # warm-up + 2 methods x 2 iterations
+  assert [r["step"] for r in rows] == list(range(7))  # warm-up + 3 methods x 2 iterations
   for key in ("moat/stage1/seconds", "moat/stage2/seconds", "moat/stage1/pairs",
               "moat/stage2/sft_rows", "moat/eval/held_out_success"):
     assert key in rows[1], key
@@ -47,6 +47,18 @@ def test_run_resume_outputs_and_summary(tmp_path):
   assert rows[2]["moat/stage2/sft_rows"] == pairs[0] + pairs[1] + num_gold
   assert rows[3]["separate/planner_updates"] == rows[1]["moat/stage1/updates"]
   assert rows[3]["separate/grounder_updates"] == rows[1]["moat/stage2/updates"]
+  assert rows[3]["separate/rows"] == rows[4]["separate/rows"] == num_gold
+  # separate_gold/: MOAT's update counts, on the gold set plus the pool tasks
+  # MOAT drew so far (their gold subgoals and actions).
+  config = load_config_file(TINY)
+  train_tasks = moat.split_tasks(moat.make_world(config), config)[0]
+  pool, q = train_tasks[num_gold:], config.stage1.tasks_per_iteration
+  for it, row in enumerate(rows[5:7]):
+    assert row["separate_gold/planner_updates"] == rows[1 + it]["moat/stage1/updates"]
+    assert row["separate_gold/grounder_updates"] == rows[1 + it]["moat/stage2/updates"]
+    drawn = {t.id for i in range(it + 1) for t in common.iteration_slice(pool, i, q)}
+    assert row["separate_gold/rows"] == num_gold + len(drawn)
+  assert rows[6]["separate_gold/rows"] > rows[5]["separate_gold/rows"]
   assert os.path.getsize(os.path.join(workdir, "success.png")) > 1000
   assert any(f.startswith("events.out.tfevents") for f in os.listdir(workdir))
   for f in ("planner_init/tokenizer.json", "grounder_init/model.safetensors",
@@ -67,9 +79,9 @@ def test_agents_load_from_hf_dirs_and_config_checks(tmp_path):
   config.planner_dir = os.path.join(workdir, "planner_init")
   config.grounder_dir = os.path.join(workdir, "grounder_init")
   config.num_iterations = 1
-  config.separate.enabled = False
+  config.separate.enabled = config.separate.gold_pool = False
   summary = moat.run(config, str(tmp_path / "loaded"), progress=False)
-  assert "separate/eval/held_in_after" not in summary
+  assert not any(k.startswith("separate") for k in summary)
   assert len(summary["eval/held_out_per_iteration"]) == 1
   with pytest.raises(ConfigMismatchError):
     moat.run(load_config_file(TINY), str(tmp_path / "loaded"), progress=False)
