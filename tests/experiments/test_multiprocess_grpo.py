@@ -9,12 +9,12 @@ The worker is `multiprocess_grpo.py` (same directory).
 """
 import json
 import os
-import socket
-import subprocess
 import sys
 
 import numpy as np
 import pytest
+
+from tests import two_processes
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
@@ -23,34 +23,9 @@ sys.path.insert(0, HERE)
 import multiprocess_grpo  # noqa: E402  pylint: disable=g-import-not-at-top
 
 
-def _free_port():
-  with socket.socket() as s:
-    s.bind(("127.0.0.1", 0))
-    return s.getsockname()[1]
-
-
-def _run_two(workdir, *args, heartbeat=10, timeout=400):
-  """Runs the worker as 2 processes x 4 devices; returns [(rc, log)]."""
-  port = _free_port()
-  procs = []
-  for i in range(2):
-    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=ROOT,
-               XLA_FLAGS="--xla_force_host_platform_device_count=4",
-               JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}", JAX_NUM_PROCESSES="2",
-               JAX_PROCESS_ID=str(i), ALIGNAX_HEARTBEAT_SECONDS=str(heartbeat))
-    procs.append(subprocess.Popen([sys.executable, WORKER, str(workdir), *args], env=env,
-                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                  text=True))
-  results = []
-  for p in procs:
-    try:
-      log, _ = p.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-      for q in procs:
-        q.kill()
-      raise AssertionError("a worker did not exit within the timeout") from None
-    results.append((p.returncode, log))
-  return results
+def _run_two(workdir, *args, **kwargs):
+  kwargs.setdefault("timeout", 400)
+  return two_processes.run_two(WORKER, workdir, *args, **kwargs)
 
 
 def _losses(workdir):
