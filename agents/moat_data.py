@@ -54,24 +54,6 @@ ACTION_FIELDS = ("tool", "args", "result")
 _REF = re.compile(r"#\s*(\d+)")
 
 
-def _rows(path: str):
-  """(line number, JSON object) of each non-blank line of a JSONL file."""
-  if not os.path.isfile(path):
-    raise FileNotFoundError(f"{path} not found (a JSONL file, one JSON object a line).")
-  with open(path) as f:
-    for line, text in enumerate(f, 1):
-      if not text.strip():
-        continue
-      try:
-        row = json.loads(text)
-      except json.JSONDecodeError as e:
-        raise DataFormatError(f"{path}, line {line}: not valid JSON ({e.msg}).") from e
-      if not isinstance(row, dict):
-        raise DataFormatError(f"{path}, line {line}: expected a JSON object, got"
-                              f" {type(row).__name__}.")
-      yield line, row
-
-
 def _string(row: dict, field: str, where: str, *, required=True, name=None) -> str:
   name = name or field
   if field not in row or row[field] is None:
@@ -101,7 +83,7 @@ def read_lookup_table(path: str) -> dict[str, dict[str, str]]:
   given two different objects."""
   facts: dict[str, dict[str, str]] = {}
   first: dict[tuple[str, str], int] = {}
-  for line, row in _rows(path):
+  for line, row in retrieval.jsonl_rows(path):
     where = f"{path}, line {line}"
     subject, relation, obj = (mw.normalize(_string(row, f, where))
                               for f in ("subject", "relation", "object"))
@@ -198,7 +180,7 @@ def read_tasks(path: str, world: mw.MoatWorld, search_fn, *, seed: int = 0,
   """(train, held-in eval, held-out eval) `MoatTask`s of a tasks JSONL file."""
   splits = {s: [] for s in SPLITS}
   lines = {}
-  for line, row in _rows(path):
+  for line, row in retrieval.jsonl_rows(path):
     where = f"{path}, line {line}"
     tid = row.get("id", f"line{line}")
     if not isinstance(tid, (str, int)) or isinstance(tid, bool) or str(tid) == "":

@@ -19,7 +19,7 @@ from typing import Any, Mapping, Sequence
 
 from alignax.agents import qa_world
 from alignax.agents.qa_world import Passage, QADataset, QAExample
-from alignax.agents.retrieval import DataFormatError, read_corpus_jsonl
+from alignax.agents.retrieval import DataFormatError, jsonl_rows, read_corpus_jsonl
 from alignax.objectives.registry import Registry
 
 PAD, BOS, EOS, UNK = "<pad>", "<s>", "</s>", "<unk>"
@@ -107,28 +107,21 @@ def load_hotpotqa(path: str) -> list[QAExample]:
 def load_kilt(path: str) -> list[QAExample]:
   """KILT JSONL examples (answers from `output[].answer`)."""
   out = []
-  with open(path) as f:
-    for line, text in enumerate(f, 1):
-      if not text.strip():
-        continue
-      try:
-        row = json.loads(text)
-      except json.JSONDecodeError as e:
-        raise DataFormatError(f"{path}, line {line}: not valid JSON ({e.msg}).") from e
-      qid = str(_require(row, "id", path, line, (str, int)))
-      question = _require(row, "input", path, line, str)
-      outputs = _require(row, "output", path, line, list)
-      answers = tuple(o["answer"] for o in outputs if isinstance(o, dict)
-                      and isinstance(o.get("answer"), str))
-      if not answers:
-        raise DataFormatError(f"{path}, line {line}: missing field 'output[].answer'"
-                              " (a string).")
-      supporting = tuple(dict.fromkeys(
-          p["title"] for o in outputs if isinstance(o, dict)
-          for p in (o.get("provenance") or ()) if isinstance(p, dict)
-          and isinstance(p.get("title"), str)))
-      out.append(QAExample(qid, question, answers, plan=((question, answers[0]),),
-                           supporting=supporting))
+  for line, row in jsonl_rows(path):
+    qid = str(_require(row, "id", path, line, (str, int)))
+    question = _require(row, "input", path, line, str)
+    outputs = _require(row, "output", path, line, list)
+    answers = tuple(o["answer"] for o in outputs if isinstance(o, dict)
+                    and isinstance(o.get("answer"), str))
+    if not answers:
+      raise DataFormatError(f"{path}, line {line}: missing field 'output[].answer'"
+                            " (a string).")
+    supporting = tuple(dict.fromkeys(
+        p["title"] for o in outputs if isinstance(o, dict)
+        for p in (o.get("provenance") or ()) if isinstance(p, dict)
+        and isinstance(p.get("title"), str)))
+    out.append(QAExample(qid, question, answers, plan=((question, answers[0]),),
+                         supporting=supporting))
   return _nonempty(out, path)
 
 

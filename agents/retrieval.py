@@ -34,27 +34,36 @@ def write_corpus_jsonl(passages: Sequence[Passage], path: str) -> None:
       f.write(json.dumps({"id": p.id, "title": p.title, "text": p.text}) + "\n")
 
 
+def jsonl_rows(path: str):
+  """(line number, JSON object) of each non-blank line of a JSONL file."""
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"{path} not found (a JSONL file, one JSON object a line).")
+  with open(path) as f:
+    for line, text in enumerate(f, 1):
+      if not text.strip():
+        continue
+      try:
+        row = json.loads(text)
+      except json.JSONDecodeError as e:
+        raise DataFormatError(f"{path}, line {line}: not valid JSON ({e.msg}).") from e
+      if not isinstance(row, dict):
+        raise DataFormatError(f"{path}, line {line}: expected a JSON object, got"
+                              f" {type(row).__name__}.")
+      yield line, row
+
+
 def read_corpus_jsonl(path: str) -> list[Passage]:
   """Reads a corpus; raises `DataFormatError(file, line, field)` when malformed."""
   out = []
-  with open(path) as f:
-    for line_no, line in enumerate(f, 1):
-      if not line.strip():
-        continue
-      try:
-        row = json.loads(line)
-      except json.JSONDecodeError as e:
-        raise DataFormatError(f"{path}, line {line_no}: not valid JSON ({e.msg}).") from e
-      if not isinstance(row, dict):
-        raise DataFormatError(f"{path}, line {line_no}: expected a JSON object.")
-      for field, kinds in (("id", (str, int)), ("text", str), ("title", (str, type(None)))):
-        if field not in row and field != "title":
-          raise DataFormatError(f"{path}, line {line_no}: missing field {field!r}.")
-        if not isinstance(row.get(field), kinds):
-          raise DataFormatError(
-              f"{path}, line {line_no}: field {field!r} must be a string, got"
-              f" {'null' if row.get(field) is None else type(row[field]).__name__}.")
-      out.append(Passage(str(row["id"]), row.get("title") or "", row["text"]))
+  for line_no, row in jsonl_rows(path):
+    for field, kinds in (("id", (str, int)), ("text", str), ("title", (str, type(None)))):
+      if field not in row and field != "title":
+        raise DataFormatError(f"{path}, line {line_no}: missing field {field!r}.")
+      if not isinstance(row.get(field), kinds):
+        raise DataFormatError(
+            f"{path}, line {line_no}: field {field!r} must be a string, got"
+            f" {'null' if row.get(field) is None else type(row[field]).__name__}.")
+    out.append(Passage(str(row["id"]), row.get("title") or "", row["text"]))
   if not out:
     raise DataFormatError(f"{path}: holds no passages.")
   return out
