@@ -45,12 +45,7 @@ def even_tokens(prompts, completions, completion_ids, **columns):
 
 def config():
   c = common.load_config_file(TINY)
-  for key, value in OVERRIDES.items():
-    *parents, leaf = key.split(".")
-    node = c
-    for p in parents:
-      node = node[p]
-    node[leaf] = value
+  c.update_from_flattened_dict(OVERRIDES)
   return c
 
 

@@ -19,12 +19,7 @@ TINY = os.path.join(os.path.dirname(grpo.__file__), "configs", "grpo.py") + ":ti
 
 def tiny(**overrides):
   config = load_config_file(TINY)
-  for key, value in overrides.items():
-    node = config
-    *parents, leaf = key.split(".")
-    for p in parents:
-      node = node[p]
-    node[leaf] = value
+  config.update_from_flattened_dict(overrides)
   return config
 
 

@@ -17,7 +17,6 @@ import pytest
 from tests import two_processes
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(os.path.dirname(HERE))
 WORKER = os.path.join(HERE, "multiprocess_grpo.py")
 sys.path.insert(0, HERE)
 import multiprocess_grpo  # noqa: E402  pylint: disable=g-import-not-at-top

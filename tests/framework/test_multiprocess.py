@@ -16,7 +16,6 @@ import numpy as np
 from tests import two_processes
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(os.path.dirname(HERE))
 WORKER = os.path.join(HERE, "multiprocess_update.py")
 sys.path.insert(0, HERE)
 import multiprocess_update  # noqa: E402  pylint: disable=g-import-not-at-top
