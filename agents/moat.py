@@ -123,7 +123,9 @@ def ground(graphdef, params, io: AgentIO, tasks, subgoal_ids, *, temperature: fl
 def evaluate(planner, grounder, io: AgentIO, world: mw.MoatWorld, tasks,
              search_fn=None, mesh=None) -> dict[str, float]:
   """End to end (greedy planner -> greedy grounder -> world execution):
-  success rate in points (0-100), and the share of exactly-gold plans.
+  success rate in points (0-100), and the share of exactly-gold plans, over
+  all `tasks` and per group: `success_hops<n>` (tasks of n gold hops) and
+  `success_nested` / `success_possessive` (the task's phrasing).
   planner, grounder: `(graphdef, params)` of each agent."""
   gen = sample_plans(*planner, io, tasks, num_samples=1, temperature=0.0, top_p=None,
                      seed=0, mesh=mesh)
@@ -133,6 +135,12 @@ def evaluate(planner, grounder, io: AgentIO, world: mw.MoatWorld, tasks,
   ok = [mw.success(world, t, a, search_fn) for t, a in zip(tasks, actions)]
   plan_ok = [mw.normalize(io.decode(s)) == mw.normalize(mw.gold_subgoals(t))
              for t, s in zip(tasks, subgoals)]
-  return {"success": 100.0 * float(np.mean(ok)),
-          "plan_exact": 100.0 * float(np.mean(plan_ok))}
+  out = {"success": 100.0 * float(np.mean(ok)),
+         "plan_exact": 100.0 * float(np.mean(plan_ok))}
+  groups = {}
+  for t, k in zip(tasks, ok):
+    for g in (f"hops{len(mw.gold_actions(t)) - 1}", "nested" if t.nested else "possessive"):
+      groups.setdefault(g, []).append(k)
+  out.update({f"success_{g}": 100.0 * float(np.mean(v)) for g, v in sorted(groups.items())})
+  return out
 

@@ -30,7 +30,9 @@ literal name is accepted too). Actions run against the world:
                 ends with its object, so a good query finds the fact);
   Answer[x]     ends the episode with x (or the value of #k).
 Chains start from any entity type; `chain_split` keeps held-in chains (seen in
-training) apart from held-out ones (new compositions of length 3, and length 4).
+training) apart from held-out ones (new compositions of length 3, and length 4)
+and, optionally, pool-only ones (other new length-3 compositions, whose tasks
+only the iterations' pool holds: `MoatWorld.pool_only_tasks`).
 The actions are the `TOOLS` registry; `agents.moat_data` reads tasks, a corpus
 and a lookup table from files into a `MoatWorld` instead.
 """
@@ -86,19 +88,26 @@ def hash_fraction(*key) -> float:
 
 
 def chain_split(seed: int = 0, heldout_fraction: float = 0.25, num_long: int = 4,
-                relations: Sequence[str] = BASE_RELATIONS):
-  """(held-in chains, held-out chains). Held-in: every chain of length 1-2 and
-  the length-3 chains outside a hashed `heldout_fraction`; held-out: those
-  length-3 chains (new compositions of seen relations) and `num_long`
-  length-4 chains (longer than any training chain)."""
-  held_in, held_out = [], []
+                relations: Sequence[str] = BASE_RELATIONS,
+                pool_only_fraction: float = 0.0):
+  """(held-in chains, held-out chains, pool-only chains). Held-in: every chain
+  of length 1-2 and the length-3 chains outside a hashed `heldout_fraction`;
+  of those new length-3 compositions, a hashed `pool_only_fraction` are
+  pool-only (training tasks outside any warm-up gold set, never evaluated)
+  and the rest held-out, with `num_long` length-4 chains (longer than any
+  training chain)."""
+  held_in, held_out, pool_only = [], [], []
   short = all_chains(3, relations)
   for c in short:
-    out = held_out if len(c) == 3 and hash_fraction(seed, c) < heldout_fraction else held_in
-    out.append(c)
+    if len(c) < 3 or hash_fraction(seed, c) >= heldout_fraction:
+      held_in.append(c)
+    elif hash_fraction(seed, "unlabeled", c) < pool_only_fraction:
+      pool_only.append(c)
+    else:
+      held_out.append(c)
   longer = sorted(all_chains(4, relations)[len(short):],
                   key=lambda c: hash_fraction(seed, "long", c))
-  return held_in, held_out + longer[:num_long]
+  return held_in, held_out + longer[:num_long], pool_only
 
 _REF_RE = re.compile(r"#\s*(\d+)")
 
@@ -172,35 +181,57 @@ class MoatWorld:
     return sorted(self.facts[rel])
 
   def splits(self, eval_fraction: float = 0.2, heldout_fraction: float = 0.25,
-             num_long: int = 4):
+             num_long: int = 4, pool_only_fraction: float = 0.0):
     """(train held-in, eval held-in, eval held-out) task lists.
 
     A world read from files returns its files' split (the arguments are
     unused). Otherwise held-in tasks (held-in chains) are split into train /
     eval by a hash of (subject, chain); held-out tasks use the held-out chains
-    only. Each list interleaves the chains round-robin (subjects shuffled), so
-    any prefix covers every chain about equally.
+    only (`chain_split`; its pool-only chains are `pool_only_tasks`'). Each
+    list interleaves the chains round-robin (subjects shuffled), so any
+    prefix covers every chain about equally.
     """
     if self.tasks is not None:
       return tuple(list(x) for x in self.tasks)
-    chains_in, chains_out = chain_split(self.seed, heldout_fraction, num_long,
-                                        self.relations)
+    chains_in, chains_out, _ = chain_split(self.seed, heldout_fraction, num_long,
+                                           self.relations, pool_only_fraction)
     rng = np.random.RandomState(self.seed + 7)
     train, held_in, held_out = [], [], []
     for chains, lists in ((chains_in, (train, held_in)), (chains_out, (held_out,))):
-      groups = []
-      for c in chains:
-        subjects = self.subjects(RELATIONS[c[0]][0])
-        parts = [[], []]
-        for i in rng.permutation(len(subjects)):
-          t = self.task(subjects[i], c)
-          parts[len(lists) == 2 and hash_fraction(self.seed, t.id) < eval_fraction].append(t)
-        groups.append(parts)
-      for j, out in enumerate(lists):
-        seqs = [g[j] if len(lists) == 2 else g[0] + g[1] for g in groups]
-        for i in range(max(len(x) for x in seqs)):
-          out += [x[i] for x in seqs if i < len(x)]
+      self._round_robin(chains, lists, rng, eval_fraction)
     return train, held_in, held_out
+
+  def pool_only_tasks(self, heldout_fraction: float = 0.25,
+                      pool_only_fraction: float = 0.0) -> list[MoatTask]:
+    """The tasks of `chain_split`'s pool-only chains (new length-3
+    compositions, none held-out), round-robin over the chains; [] for a world
+    read from files. No warm-up gold set holds them: only the iterations'
+    pool does (MOAT's stage 1 scores plans by their gold actions, as for
+    every pool task; `separate_gold/` trains on their gold subgoals too)."""
+    if self.tasks is not None:
+      return []
+    chains = chain_split(self.seed, heldout_fraction, 0, self.relations,
+                         pool_only_fraction)[2]
+    out = []
+    self._round_robin(chains, (out,), np.random.RandomState(self.seed + 11), 0.0)
+    return out
+
+  def _round_robin(self, chains, lists, rng, eval_fraction):
+    """Appends every subject's task of each chain to `lists` (two lists:
+    train / eval by a hash against `eval_fraction`; one: all), chains
+    interleaved round-robin."""
+    groups = []
+    for c in chains:
+      subjects = self.subjects(RELATIONS[c[0]][0])
+      parts = [[], []]
+      for i in rng.permutation(len(subjects)):
+        t = self.task(subjects[i], c)
+        parts[len(lists) == 2 and hash_fraction(self.seed, t.id) < eval_fraction].append(t)
+      groups.append(parts)
+    for j, out in enumerate(lists):
+      seqs = [g[j] if len(lists) == 2 else g[0] + g[1] for g in groups]
+      for i in range(max((len(x) for x in seqs), default=0)):
+        out += [x[i] for x in seqs if i < len(x)]
 
 
 def make_moat_world(seed: int = 0, relations: Sequence[str] = BASE_RELATIONS,

@@ -6,7 +6,10 @@ r"""MOAT: joint alignment of a planning agent and a grounding agent (docs/algori
 
 Tasks come from the built-in QA world (`agents.moat_world`): relation chains
 applied to a person, with gold subgoals and gold actions; held-in chains are
-trained on, held-out chains (new compositions, longer chains) only evaluated.
+trained on, held-out chains (new compositions, longer chains) only evaluated;
+pool-only chains (other new compositions, `world.pool_only_fraction`) join
+the iterations' pool only: neither the warm-up's gold set nor `separate/` has
+them.
 Or from files (`--config.data.tasks_path=... --config.data.corpus_path=...
 [--config.data.lookup_path=...]`, `agents.moat_data`): tasks with their gold
 subgoals, actions and the actions' results, a BM25 corpus and a lookup table.
@@ -20,7 +23,8 @@ subgoals, actions and the actions' results, a BM25 corpus and a lookup table.
 2. For `num_iterations`:
    Stage 1: K plans per task from ONE batched `generate` call; ONE batched
      grounder pass scores each by the token-mean CE of the gold actions given
-     (task, plan); `build_dpo_pairs` (argmin vs argmax, gap >= min_gap); DPO
+     (task, plan); `build_dpo_pairs` (argmin vs argmax, gap >= min_gap; with
+     `max_chosen_score`, only pairs whose chosen plan scores at most that); DPO
      (sigmoid, plus `rpo_alpha` x the chosen plans' NLL) of the planner
      against a frozen copy of itself (the planner at the iteration's start).
    Stage 2: the grounder acts on the sampled plans (one generate call); the
@@ -97,7 +101,21 @@ def make_world(config, index_dir: str | None = None):
 def split_tasks(world, config):
   """(train, held-in, held-out) tasks of `world` under `config.world`."""
   w = config.world
-  return world.splits(w.eval_fraction, w.heldout_fraction, w.num_long)
+  return world.splits(w.eval_fraction, w.heldout_fraction, w.num_long,
+                      w.pool_only_fraction)
+
+
+def pool_tasks(world, config, train_tasks):
+  """The iterations' pool: the training tasks after the warm-up's gold set,
+  with `world.pool_only_tasks` (`config.world.pool_only_fraction`) mixed in
+  evenly, so that every iteration's slice holds both in proportion."""
+  labeled = list(train_tasks[config.warmup.num_gold:])
+  pool_only = world.pool_only_tasks(config.world.heldout_fraction,
+                                    config.world.pool_only_fraction)
+  key = lambda i, n: (i + 0.5) / n
+  rows = [(key(i, len(labeled)), 0, t) for i, t in enumerate(labeled)]
+  rows += [(key(i, len(pool_only)), 1, t) for i, t in enumerate(pool_only)]
+  return [t for _, _, t in sorted(rows, key=lambda r: r[:2])]
 
 
 def make_io(tokenizer, config):
@@ -177,6 +195,8 @@ def stage1(p_graphdef, p_state, g_graphdef, g_params, io, tasks, config, update,
   t_sample = time.perf_counter() - t0
   chosen, rejected, valid = experiment.to_host(
       tuple(objectives.build_dpo_pairs(scores, k, min_gap=s.min_gap)))
+  if s.max_chosen_score > 0:  # only plans the grounder turns into the gold actions
+    valid = valid & (experiment.to_host(scores)[chosen] <= s.max_chosen_score)
   toks, mask = experiment.to_host((gen.tokens, gen.mask))  # gathered across processes
   completions = [r[m].tolist() for r, m in zip(toks, mask)]
   pb = io.batch([io.planner_prompt(t) for t in rows], completions, io.plan_prompt_len,
@@ -261,7 +281,7 @@ def run(config, workdir: str, *, stop_after: int | None = None, progress: bool =
   train_tasks, held_in, held_out = split_tasks(world, config)
   held_in, held_out = held_in[:config.eval.held_in_size], held_out[:config.eval.held_out_size]
   gold_tasks = train_tasks[:config.warmup.num_gold]
-  pool = train_tasks[config.warmup.num_gold:]
+  pool = pool_tasks(world, config, train_tasks)
   by_id = {t.id: t for t in pool}
   retriever = retrieval.BM25Retriever.build_or_load(world.corpus,
                                                     os.path.join(workdir, "bm25"))

@@ -57,14 +57,17 @@ from alignax.experiments.common import (boolean, directory_or_empty, file_or_emp
 def get_config(preset: str = "default") -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.seed = 0
-  # Tasks: relation chains over `relations` (space-separated); held-out chains
-  # are a hashed `heldout_fraction` of the length-3 chains (new compositions)
-  # and `num_long` length-4 chains; `nested_fraction` of the tasks are phrased
-  # "the r2 of the r1 of P" (the plan must reverse the relations).
+  # Tasks: relation chains over `relations` (space-separated); new
+  # compositions are a hashed `heldout_fraction` of the length-3 chains, of
+  # which a hashed `pool_only_fraction` are pool-only (their tasks join the
+  # iterations' pool, never the warm-up's gold set nor any evaluation) and the
+  # rest held-out, with `num_long` length-4 chains; `nested_fraction` of the
+  # tasks are phrased "the r2 of the r1 of P" (the plan must reverse the
+  # relations).
   c.world = ml_collections.ConfigDict(dict(
       num_people=200, num_cities=24, num_countries=6, num_companies=16,
       eval_fraction=0.2, relations=" ".join(mw.RELATIONS), nested_fraction=0.5,
-      heldout_fraction=0.25, num_long=24))
+      heldout_fraction=0.25, num_long=24, pool_only_fraction=0.0))
   # Tasks and tools from files instead of the built-in world (agents/moat_data.py,
   # docs/api.md "MOAT tasks from files"): `tasks_path` a JSONL of tasks (text,
   # gold subgoals, gold actions with their expected results, split),
@@ -105,10 +108,13 @@ def get_config(preset: str = "default") -> ml_collections.ConfigDict:
                                             learning_rate=3e-3))
   # Stage 1 (§8.1): K plans per task (temperature 1, top-p 0.95), grounder
   # scores, pairs with gap >= min_gap, DPO (sigmoid, beta) vs a frozen copy;
-  # rpo_alpha: + that times the chosen plans' token-mean NLL (TRL's rpo_alpha).
+  # rpo_alpha: + that times the chosen plans' token-mean NLL (TRL's rpo_alpha);
+  # max_chosen_score > 0: a pair only when its chosen plan scores at most that
+  # (the grounder reproduces the gold actions from it; 0: off).
   c.stage1 = ml_collections.ConfigDict(dict(
       tasks_per_iteration=256, num_samples=8, temperature=1.0, top_p=0.95, min_gap=0.02,
-      beta=0.2, learning_rate=2e-4, batch_size=16, epochs=1, rpo_alpha=1.0))
+      beta=0.2, learning_rate=2e-4, batch_size=16, epochs=1, rpo_alpha=1.0,
+      max_chosen_score=0.0))
   # Stage 2 (§8.2): the grounder acts (temperature 0.1, top-p 0.95) on up to
   # `plans_per_task` distinct sampled plans per task; the critic's corrected
   # pairs are the grounder's SFT set; `accumulate`: the corrected pairs of
@@ -139,7 +145,7 @@ def get_config(preset: str = "default") -> ml_collections.ConfigDict:
 
   if preset == "tiny":
     c.world.update(num_people=24, num_cities=6, num_countries=3, num_companies=4,
-                   num_long=4)
+                   num_long=4, pool_only_fraction=0.5)
     for a in (c.planner, c.grounder):
       a.update(hidden_size=32, intermediate_size=64, num_layers=1, num_heads=2,
                num_kv_heads=1, max_position_embeddings=128)
@@ -164,7 +170,8 @@ SCHEMA = {
     "world.num_people": _POS, "world.num_cities": _POS, "world.num_countries": _POS,
     "world.num_companies": _POS, "world.eval_fraction": _FRACTION,
     "world.nested_fraction": number(0, 1), "world.heldout_fraction": _FRACTION,
-    "world.num_long": _NONNEG, "world.relations": string(),
+    "world.num_long": _NONNEG, "world.pool_only_fraction": number(0, 1),
+    "world.relations": string(),
     "data.tasks_path": file_or_empty(), "data.corpus_path": file_or_empty(),
     "data.lookup_path": file_or_empty(),
     "data.search_result": one_of("alignax.agents.moat_world:SEARCH_RESULTS"),
@@ -183,7 +190,7 @@ SCHEMA = {
     "stage1.temperature": number(0, lo_open=True), "stage1.top_p": _TOP_P,
     "stage1.min_gap": number(0), "stage1.beta": number(0, lo_open=True),
     "stage1.learning_rate": _LR, "stage1.batch_size": _POS, "stage1.epochs": _POS,
-    "stage1.rpo_alpha": number(0),
+    "stage1.rpo_alpha": number(0), "stage1.max_chosen_score": number(0),
     "stage2.plans_per_task": _POS, "stage2.temperature": number(0),
     "stage2.top_p": _TOP_P, "stage2.learning_rate": _LR, "stage2.batch_size": _POS,
     "stage2.epochs": _POS, "stage2.accumulate": boolean(), "stage2.replay_gold": boolean(),

@@ -171,8 +171,8 @@ def test_parse_and_execute_actions(world):
   assert mw.parse_actions("Answer [ x ] Lookup [ a , b ]") == [mw.Action("answer", ("x",))]
   assert mw.parse_subgoals(mw.gold_subgoals(task))[-1].startswith("answer #")
   rels = world.relations
-  chains_in, chains_out = mw.chain_split(0, relations=rels)
-  assert not set(chains_in) & set(chains_out)
+  chains_in, chains_out, none = mw.chain_split(0, relations=rels)
+  assert not set(chains_in) & set(chains_out) and none == []
   assert max(len(c) for c in chains_in) == 3 and max(len(c) for c in chains_out) == 4
   for c in mw.all_chains(4, rels):  # type-valid: each hop starts where the last ended
     assert all(mw.RELATIONS[a][1] == mw.RELATIONS[b][0] for a, b in zip(c, c[1:]))
@@ -183,6 +183,18 @@ def test_parse_and_execute_actions(world):
   assert {t.chain for t in held_in} <= set(chains_in)
   assert {t.chain for t in held_out} == set(chains_out)
   assert not {t.id for t in train_tasks} & {t.id for t in held_in}
+  assert world.pool_only_tasks() == []
+  # pool_only_fraction: a hashed share of the held-out length-3 chains become
+  # pool-only training chains; held-in chains (and so the train and held-in
+  # tasks) stay as they were, and no pool-only chain is evaluated.
+  split = mw.chain_split(0, relations=rels, pool_only_fraction=0.5)
+  assert split[0] == chains_in and split[2] and {len(c) for c in split[2]} == {3}
+  assert sorted(split[1] + split[2]) == sorted(chains_out)
+  tasks = world.splits(pool_only_fraction=0.5)
+  pool_only = world.pool_only_tasks(pool_only_fraction=0.5)
+  assert [t.id for t in tasks[0] + tasks[1]] == [t.id for t in train_tasks + held_in]
+  assert {t.chain for t in pool_only} == set(split[2])
+  assert {t.chain for t in tasks[2]} == set(split[1])
   # Both phrasings occur; the nested one lists the relations in reverse.
   nested = [t for t in train_tasks if t.nested]
   assert 0.3 < len(nested) / len(train_tasks) < 0.7

@@ -51,8 +51,16 @@ def test_run_resume_outputs_and_summary(tmp_path):
   # separate_gold/: MOAT's update counts, on the gold set plus the pool tasks
   # MOAT drew so far (their gold subgoals and actions).
   config = load_config_file(TINY)
-  train_tasks = moat.split_tasks(moat.make_world(config), config)[0]
-  pool, q = train_tasks[num_gold:], config.stage1.tasks_per_iteration
+  world = moat.make_world(config)
+  train_tasks = moat.split_tasks(world, config)[0]
+  pool, q = moat.pool_tasks(world, config, train_tasks), config.stage1.tasks_per_iteration
+  # The pool: the training tasks after the gold set, with the pool-only
+  # chains' tasks mixed in (the tiny preset sets world.pool_only_fraction=0.5).
+  pool_only = world.pool_only_tasks(config.world.heldout_fraction,
+                                    config.world.pool_only_fraction)
+  assert pool_only and sorted(t.id for t in pool) == sorted(
+      t.id for t in train_tasks[num_gold:] + pool_only)
+  assert any(t in pool_only for t in pool[:q])  # mixed in from the first slice on
   for it, row in enumerate(rows[5:7]):
     assert row["separate_gold/planner_updates"] == rows[1 + it]["moat/stage1/updates"]
     assert row["separate_gold/grounder_updates"] == rows[1 + it]["moat/stage2/updates"]
