@@ -132,7 +132,7 @@ def get_config(preset: str = "default") -> ml_collections.ConfigDict:
       num_iterations=3, questions_per_iteration=192, num_samples=16, temperature=0.25,
       renormalize_after_filter=True, epochs=2, selector_epochs=6, batch_size=32,
       micro_batches=1,
-      learning_rate=3e-4, min_weight=0.01))
+      learning_rate=3e-4, min_weight=0.01, selector_weights="posterior"))
   # "dro" and the baselines trained in the same run from the same warm-up:
   #   bm25_top5      the generator trained (gold answer, weight 1) and
   #                  evaluated on BM25's top_k; no selector
@@ -187,6 +187,7 @@ SCHEMA = {
     "em.renormalize_after_filter": boolean(), "em.epochs": _POS, "em.selector_epochs": _POS,
     "em.batch_size": _POS, "em.micro_batches": _POS, "em.learning_rate": _LR,
     "em.min_weight": number(0, 1),
+    "em.selector_weights": one_of("alignax.experiments.dro:SELECTOR_WEIGHTS"),
     "methods": many_of("alignax.experiments.dro:METHODS"),
     "eval.size": _POS,
     **lora_schema(),
