@@ -86,46 +86,28 @@ class Selections:
   log_likelihoods: np.ndarray  # [q*m] the gold answer's, given the passages
 
 
-# How DRO's M-step weights the selector's rows (`em.selector_weights`), from
-# the E-step's weights w [q*m] of the generator's rows.
-SELECTOR_WEIGHTS = Registry("DRO selector weighting")
-# §7.2: the same weights as the generator's rows.
-SELECTOR_WEIGHTS.add("posterior", lambda s, w: w)
-# max(w - mean_q(w), 0) over each question's kept, well-formed samples
-# (DEVIATION, docs/algorithms.md §7.2): only selections scored above their
-# question's average are imitated, so a question whose selections all score
-# alike adds nothing, where "posterior" trains its total weight of 1 on the
-# selector's own picks.
-SELECTOR_WEIGHTS.add("above_mean", lambda s, w: np.maximum(np.asarray(
-    objectives.centred_weights(w, s.question_ids, s.num_questions, s.keep & s.valid)), 0.0))
-
-
 def _dro_weighting(s: Selections, em, answer_fn):
-  """§7.1's weights for the generator's rows; the selector's by `em.selector_weights`."""
   del answer_fn
-  w = np.asarray(objectives.dro_weights(
+  return np.asarray(objectives.dro_weights(
       s.log_likelihoods, s.question_ids, s.num_questions, s.keep, s.valid,
       temperature=em.temperature, renormalize_after_filter=em.renormalize_after_filter),
-                 np.float32)
-  return w, np.asarray(SELECTOR_WEIGHTS[em.selector_weights](s, w), np.float32), {}
+                    np.float32), {}
 
 
 def _rejection_weighting(s: Selections, em, answer_fn):
-  """1 for the de-duplicated, well-formed selections whose greedy answer is
-  right, for both models."""
+  """1 for the de-duplicated, well-formed selections whose greedy answer is right."""
   del em
   preds = answer_fn(s.examples, s.passages)
   correct = np.asarray([metrics_lib.exact_match(p, e.answers)
                         for p, e in zip(preds, s.examples)], np.float32)
-  w = (correct * s.keep * s.valid).astype(np.float32)
-  return w, w, {"train/sample_em": 100.0 * float(correct.mean())}
+  return ((correct * s.keep * s.valid).astype(np.float32),
+          {"train/sample_em": 100.0 * float(correct.mean())})
 
 
 def selection_e_step(graphdef, states, roles, fmt, examples, config, key, lengths, *,
                      weighting):
   """Samples, scores and weights selections (`weighting(Selections, em,
-  answer_fn) -> (generator weights [q*m], selector weights [q*m], stats)`).
-  Returns ({role: M-step batch}, stats)."""
+  answer_fn) -> (weights [q*m], stats)`). Returns ({role: M-step batch}, stats)."""
   em, q, m = config.em, len(examples), config.em.num_samples
   rows_ex = [e for e in examples for _ in range(m)]
   qids = np.repeat(np.arange(q), m)
@@ -139,14 +121,13 @@ def selection_e_step(graphdef, states, roles, fmt, examples, config, key, length
                       objectives.first_occurrences(outs, qids), valid, ll)
   answer_fn = lambda exs, docs: dro_agents.answers(
       graphdef, states[roles["generator"]].params, fmt, exs, docs)
-  w, w_sel, extra = weighting(sample, em, answer_fn)
+  w, extra = weighting(sample, em, answer_fn)
   gold = [set(fmt.world.gold[e.id]) for e in rows_ex]
   recall = np.asarray([g <= set(p) for g, p in zip(gold, passages)], np.float32)
-  take = w > em.min_weight
-  take_sel = w_sel > em.min_weight
-  sel = fmt.batch([fmt.selector_row(e, o) for e, o in zip(rows_ex, outs)], lengths[0], w_sel)
+  sel = fmt.batch([fmt.selector_row(e, o) for e, o in zip(rows_ex, outs)], lengths[0], w)
   gen["weights"] = w
-  batches = {"selector": {k: v[take_sel] for k, v in sel.items()},
+  take = w > em.min_weight
+  batches = {"selector": {k: v[take] for k, v in sel.items()},
              "generator": {k: v[take] for k, v in gen.items()}}
   stats = {"train/valid_rankings": 100.0 * float(valid.mean()),
            "train/unique_per_question": float(sample.keep.sum() / q),
@@ -155,8 +136,7 @@ def selection_e_step(graphdef, states, roles, fmt, examples, config, key, length
            "train/weighted_gold_recall": 100.0 * float(np.sum(w * recall) / max(w.sum(), 1e-9)),
            "train/answer_loglik": float(np.nanmean(ll)),
            "train/weight_max": float(np.max(w.reshape(q, m), axis=1).mean()),
-           "train/rows_trained": float(take.sum()),
-           "train/selector_rows_trained": float(take_sel.sum()), **extra}
+           "train/rows_trained": float(take.sum()), **extra}
   return batches, stats
 
 

@@ -69,7 +69,6 @@ from alignax.objectives.dpo import perplexity_scores
 from alignax.objectives.dpo import sequence_logprobs
 from alignax.objectives.em import EM_WEIGHTINGS
 from alignax.objectives.em import answer_loglik
-from alignax.objectives.em import centred_weights
 from alignax.objectives.em import dro_weights
 from alignax.objectives.em import em_weights
 from alignax.objectives.em import first_occurrences

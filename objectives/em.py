@@ -80,11 +80,9 @@ def weighted_sequence_nll(logp: jax.Array, mask: jax.Array,
   Per row the token-mean NLL `nll_n = -sum_t logp m / max(sum_t m, 1)`; the
   objective of §6.3 is `sum_n w_n nll_n`. Returned as a normalised value and an
   additive normaliser, the gradient-accumulation contract of §1.3:
-  `value = sum_n w_n nll_n / sum_n |w_n|`, `normaliser = sum_n |w_n|`, so
+  `value = sum_n w_n nll_n / sum_n w_n`, `normaliser = sum_n w_n`, so
   `value * normaliser` is the §6.3 sum (with `em_weights` the normaliser is
-  the number of questions). Weights are constants (no gradient). They may be
-  negative (`centred_weights`, whose sum is 0 per question): hence `|w|`,
-  which equals `w` for the non-negative weights of §6.3 and §7.2.
+  the number of questions). Weights are constants (no gradient).
 
   Args:
     logp: `[N, T]`. mask: `[N, T]` trainable tokens. weights: `[N]`.
@@ -96,7 +94,7 @@ def weighted_sequence_nll(logp: jax.Array, mask: jax.Array,
   w = jax.lax.stop_gradient(P.as_float(weights, P.compute_dtype(logp)))
   P.check_shape("weights", w, (logp.shape[0],), f" (one per row of logp {logp.shape})")
   nll = -P.masked_mean(logp, mask, axis=-1)
-  total = jnp.sum(jnp.abs(w))
+  total = jnp.sum(w)
   return P.safe_divide(jnp.sum(w * nll), total), total
 
 
@@ -133,28 +131,6 @@ def dro_weights(log_likelihoods, question_ids, num_questions: int, keep, valid, 
     total = jax.ops.segment_sum(w, qids, num_questions)[qids]
     w = jnp.where(total > 0, w / jnp.where(total > 0, total, 1.0), 0.0)
   return w
-
-
-def centred_weights(weights, question_ids, num_questions: int, valid):
-  """`w_n - mean_q(w)` over the `K_q` valid rows of row n's question (`1/K_q`
-  for weights that sum to 1), 0 for invalid rows.
-
-  The DRO selector's score-function baseline (docs/algorithms.md §7.2, "Centred
-  selector weights"): with `K_q` samples `z_k ~ p_phi` of a question and
-  self-normalised weights `w_k` (summing to 1), `sum_k (w_k - 1/K_q) grad log
-  p_phi(z_k)` has the expectation of `sum_k w_k grad log p_phi(z_k)`, because
-  `E[grad log p_phi(z)] = 0` under `p_phi`, but not its self-imitation noise:
-  rankings scored below the question's average are pushed down. The result
-  sums to 0 over each question's valid rows.
-
-  Args: weights [N], question_ids [N] in [0, num_questions), valid [N] bool.
-  """
-  qids = jnp.asarray(question_ids, jnp.int32)
-  valid = jnp.asarray(valid, bool)
-  w = jnp.where(valid, jnp.asarray(weights, jnp.float32), 0.0)
-  count = jax.ops.segment_sum(valid.astype(jnp.float32), qids, num_questions)
-  mean = P.safe_divide(jax.ops.segment_sum(w, qids, num_questions), count)
-  return jnp.where(valid, w - mean[qids], 0.0)
 
 
 # EM weightings a config chooses by name (EXSEARCH §6.2 and its baselines),

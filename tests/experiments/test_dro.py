@@ -288,23 +288,19 @@ def test_weights_hand_worked(renormalize):
   np.testing.assert_allclose(w, want, rtol=1e-6, atol=1e-7)
 
 
-@pytest.mark.parametrize("selector_weights", ["posterior", "above_mean"])
 @pytest.mark.parametrize("renormalize", [False, True])
-def test_e_step_weights_follow_the_estimator(tiny_run, monkeypatch, renormalize,
-                                             selector_weights):
+def test_e_step_weights_follow_the_estimator(tiny_run, monkeypatch, renormalize):
   # The E-step's weights end to end against §7.1 re-derived in NumPy: each of
   # the m selector outputs of a question is scored by the token mean of
   # log p(gold answer | question, the output's first top_k passages), from the
   # generator's logits; w = softmax(l / tau) over the question's distinct
   # outputs; malformed outputs are dropped after it (the rest renormalised).
   # The outputs are fixed here (duplicates and a malformed one included): the
-  # tiny warm-up model writes no well-formed ranking yet. The selector's rows
-  # get the same weights ("posterior", §7.2) or max(w - the mean of w over the
-  # question's distinct well-formed outputs, 0) ("above_mean").
+  # tiny warm-up model writes no well-formed ranking yet.
   world, _, models, task = _tiny_task(tiny_run[0])
   config = load_config_file(TINY)
   config.em.update(temperature=0.5, num_samples=5, min_weight=0.0,
-                   renormalize_after_filter=renormalize, selector_weights=selector_weights)
+                   renormalize_after_filter=renormalize)
   m = config.em.num_samples
   examples = world.dataset.train[8:12]
   rng = np.random.RandomState(0)
@@ -343,22 +339,13 @@ def test_e_step_weights_follow_the_estimator(tiny_run, monkeypatch, renormalize,
   assert (want > 0).sum() == len(examples) * (m - 2)  # duplicates and malformed: 0
   got = batches["generator"]["weights"]
   np.testing.assert_allclose(got, want[want > 0], rtol=2e-4, atol=1e-6)
-  want_sel = want.copy()
-  if selector_weights == "above_mean":
-    for q in range(len(examples)):
-      rows = slice(q * m, (q + 1) * m)
-      counted = want[rows] > 0  # distinct and well-formed
-      want_sel[rows] = np.maximum(want[rows] - want[rows][counted].mean(), 0) * counted
-    assert 0 < (want_sel > 0).sum() < (want > 0).sum()
-  np.testing.assert_allclose(batches["selector"]["weights"], want_sel[want_sel > 0],
-                             rtol=2e-4, atol=1e-6)
+  np.testing.assert_array_equal(batches["selector"]["weights"], got)
   # Each trained row: the output itself (selector) and the gold answer behind
   # the output's passages (generator).
-  for row, i in enumerate(np.flatnonzero(want_sel > 0)):
+  for row, i in enumerate(np.flatnonzero(want > 0)):
     n = int(batches["selector"]["attention_mask"][row].sum())
     assert batches["selector"]["sequences"][row][:n].tolist() == (
         task.selector_prompt(rows_ex[i]) + outs[i])
-  for row, i in enumerate(np.flatnonzero(want > 0)):
     n = int(batches["generator"]["attention_mask"][row].sum())
     assert batches["generator"]["sequences"][row][:n].tolist() == (
         task.generator_prompt(rows_ex[i], task.docs(rows_ex[i], perms[i]))
