@@ -132,6 +132,8 @@ def selection_e_step(graphdef, states, roles, fmt, examples, config, key, length
   stats = {"train/valid_rankings": 100.0 * float(valid.mean()),
            "train/unique_per_question": float(sample.keep.sum() / q),
            "train/sample_gold_recall": 100.0 * float(recall.mean()),
+           # Above sample_gold_recall when the weights favour gold selections.
+           "train/weighted_gold_recall": 100.0 * float(np.sum(w * recall) / max(w.sum(), 1e-9)),
            "train/answer_loglik": float(np.nanmean(ll)),
            "train/weight_max": float(np.max(w.reshape(q, m), axis=1).mean()),
            "train/rows_trained": float(take.sum()), **extra}
