@@ -342,3 +342,29 @@ def test_stage1_is_one_generate_and_one_scoring_pass(world, io_and_models, monke
   assert calls == {"generate": 1, "score": 1}
   assert len(plans) == len(tasks) * config.stage1.num_samples
   assert stats["stage1/pairs"] <= len(tasks)
+
+
+def test_stage1_max_chosen_score_keeps_pairs_whose_chosen_plan_scores_low(
+    world, io_and_models, monkeypatch):
+  from alignax.experiments import moat
+  from alignax.experiments.common import load_config_file
+  from flax import nnx
+  config = load_config_file(os.path.join(os.path.dirname(moat.__file__), "configs",
+                                         "moat.py") + ":tiny")
+  io, planner, grounder, _ = io_and_models
+  k, tasks = config.stage1.num_samples, world.splits()[0][:6]
+  # Task i's plans score 0.1 i (the chosen one), then 0.1 i + 1, ...: every
+  # gap passes min_gap; the chosen score alone decides.
+  fake = jnp.asarray([0.1 * i + j for i in range(len(tasks)) for j in range(k)], jnp.float32)
+  monkeypatch.setattr(moat_agents, "grounder_scores", lambda *a, **kw: fake)
+  opt = train.make_optimizer(1e-3)
+  p_graphdef, p_state = train.init_train_state(planner, opt)
+  g_graphdef, g_params = nnx.split(grounder)
+  update = train.make_dpo_update(p_graphdef, opt, beta=0.2)
+  pairs = {}
+  for limit in (0.0, 0.25):  # 0: off
+    config.stage1.max_chosen_score = limit
+    _, _, stats = moat.stage1(p_graphdef, jax.tree.map(jnp.copy, p_state), g_graphdef,
+                              g_params, io, tasks, config, update, 0, None)
+    pairs[limit] = stats["stage1/pairs"]
+  assert pairs == {0.0: 6, 0.25: 3}
