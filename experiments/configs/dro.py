@@ -70,13 +70,30 @@ def get_config(preset: str = "default") -> ml_collections.ConfigDict:
   # Separate selector and generator models (shared_model=False, 0.7 / 0.95,
   # their own warm-up at EM 35.6, recall 37.3): EM 35.3, 38.3, 42.3; recall
   # 36.4, 38.7, 39.0.
-  # Over seeds 0-2 (benchmarks/seeds.py dro, benchmarks/results/seeds_dro.json)
-  # this default does NOT make the selector learn content: held-out EM
-  # 38.0 -> 46.6, 43.2 -> 39.0, 45.5 -> 45.5; gold passage recall 42.0 -> 43.4,
-  # 49.6 -> 41.1, 55.4 -> 49.9. Where the warm-up selector already finds hop-1
-  # passages (seeds 1, 2), DRO's selector updates lower it (52 -> 38 and
-  # 56 -> 51 %); bridges move 0 to +7 points (benchmarks/dro_diagnostics.py).
-  # The default run from scratch: 7 min 27 s wall, 2 nearly quiet cores, 5.9 GB peak.
+  # The figures above are from the 200-step selector warm-up (at chance). Over
+  # seeds 0-2 that default gave EM 42.2 +- 3.8 -> 43.7 +- 4.1 and recall
+  # 49.0 -> 44.8. With the selector warm-up of 600 steps (the default now,
+  # benchmarks/seeds.py dro, benchmarks/results/seeds_dro.json): EM
+  # 43.9 -> 65.6, 51.8 -> 62.2, 38.0 -> 58.7 (44.6 +- 6.9 -> 62.2 +- 3.5);
+  # bm25_top5 29.9 +- 3.9, rejection_sft 53.7 +- 9.3. The selector still does
+  # not improve: recall 77.1 -> 74.2, 73.7 -> 67.7, 72.3 -> 68.1. Per type
+  # (seed 0, benchmarks/dro_diagnostics.py) it selects hop-1 gold passages
+  # 85.6 -> 83.4 % and 2-hop bridges 47.8 -> 45.3 % (chance ~42): the
+  # generator answers born_country from the hop-1 passage and the
+  # city -> country facts it has learned (selector EM on born_country
+  # 19.5 -> 64.6 while the bridge is selected 43.9 % of the time), so a
+  # bridge passage barely moves the gold answer's likelihood and the E-step
+  # gives no signal to select it. Selector weightings measured from the
+  # seed-0 600-step warm-up (dro only; git history, commit bb3b7be):
+  #   the paper's weights (default)        EM 54.0, 60.4, 65.6; recall 71.5, 73.2, 74.2
+  #   max(w - mean of the question's w, 0)  EM 58.3, 63.5, 63.8; recall 75.3, 74.2, 73.0
+  #   w - 1/K (signed, score-function baseline): 0 % well-formed rankings
+  #     after one iteration (the negative rows' NLL is unbounded)
+  # From the 200-step warm-up, max(w - mean, 0) with selector_epochs=6 gave
+  # recall 42.0 -> 41.3, 44.8, 46.3 (EM 38.3, 45.1, 42.3). The E-step weights
+  # do favour gold selections (seed 0 warm-up: train/weighted_gold_recall
+  # 64.5 against train/sample_gold_recall 30.9), but ~600 pool questions of
+  # such targets do not teach a selector at chance to read.
   # no_repeat_ids: constrained decoding, each candidate id at most once per
   # output (DEVIATION: the paper samples freely and parse_ranking drops
   # repeats; unconstrained, the greedy selector repeated ids, `[1] > [1] >
