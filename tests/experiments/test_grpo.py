@@ -1,7 +1,6 @@
 """The GRPO binary on the `tiny` preset: outputs, exact resume, mesh, errors."""
 import json
 import os
-import re
 import subprocess
 import sys
 
