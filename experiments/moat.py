@@ -193,10 +193,10 @@ def stage1(p_graphdef, p_state, g_graphdef, g_params, io, tasks, config, update,
   scores = moat_agents.grounder_scores(g_graphdef, g_params,  # one pass over T*K rows
                                   io.grounder_batch(rows, plans, gold))
   t_sample = time.perf_counter() - t0
-  chosen, rejected, valid = experiment.to_host(
-      tuple(objectives.build_dpo_pairs(scores, k, min_gap=s.min_gap)))
+  chosen, rejected, valid, scores = experiment.to_host(
+      (*objectives.build_dpo_pairs(scores, k, min_gap=s.min_gap), scores))
   if s.max_chosen_score > 0:  # only plans the grounder turns into the gold actions
-    valid = valid & (experiment.to_host(scores)[chosen] <= s.max_chosen_score)
+    valid = valid & (scores[chosen] <= s.max_chosen_score)
   toks, mask = experiment.to_host((gen.tokens, gen.mask))  # gathered across processes
   completions = [r[m].tolist() for r, m in zip(toks, mask)]
   pb = io.batch([io.planner_prompt(t) for t in rows], completions, io.plan_prompt_len,
@@ -205,7 +205,7 @@ def stage1(p_graphdef, p_state, g_graphdef, g_params, io, tasks, config, update,
   batch = train.dpo_batch(pb, chosen[valid], rejected[valid], ref)
   p_state, steps, m = train.train_minibatches(update, p_state, batch, s.batch_size, seed,
                                               epochs=s.epochs)
-  scores = experiment.to_host(scores).reshape(-1, k)
+  scores = scores.reshape(-1, k)
   plan_ok = np.array([mw.normalize(io.decode(p)) == mw.normalize(mw.gold_subgoals(t))
                       for p, t in zip(plans, rows)])
   gold_share = lambda idx: 100.0 * float(np.mean(plan_ok[idx[valid]])) if valid.any() else 0.0
