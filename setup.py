@@ -1,31 +1,16 @@
 """alignax: JAX post-training research framework.
 
-Top-level folders map onto subpackages of `alignax` (docs/api.md): bare names
-such as `kernels` or `agents` would collide with unrelated PyPI packages.
+Everything importable lives under the one package `alignax/` (docs/api.md):
+bare top-level names such as `kernels` or `agents` would shadow unrelated PyPI
+distributions whenever the repository root is on `sys.path`. No `package_dir`
+mapping, so an editable install maps only `alignax` (setuptools' finder), not
+the repository root.
 """
 import os
 
 import setuptools
 
-_SUBPACKAGES = ("framework", "agents", "objectives", "kernels", "experiments",
-                "recsys")
-
-
-def _packages_and_dirs():
-  package_dir = {"alignax": "alignax"}
-  packages = ["alignax"]
-  for top in _SUBPACKAGES:
-    for root, dirs, files in os.walk(top):
-      dirs[:] = [d for d in dirs if not d.startswith((".", "__"))]
-      if "__init__.py" not in files:
-        continue
-      name = "alignax." + root.replace(os.sep, ".")
-      packages.append(name)
-      package_dir[name] = root
-  return packages, package_dir
-
-
-_PACKAGES, _PACKAGE_DIR = _packages_and_dirs()
+_PACKAGES = setuptools.find_packages(include=["alignax", "alignax.*"])
 
 _RECSYS = [
     "tensorflow-datasets>=4.9.8,<5",
@@ -44,7 +29,6 @@ setuptools.setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
     packages=_PACKAGES,
-    package_dir=_PACKAGE_DIR,
     package_data={"alignax.experiments": ["configs/*.py"]},
     install_requires=[
         "jax>=0.10.2,<0.13",
@@ -62,7 +46,7 @@ setuptools.setup(
         "tqdm>=4.66",
         "matplotlib>=3.8",
         "tensorboardX>=2.6,<3",
-        "datasets>=3.0,<6",  # users' prompt data (agents/prompt_data.py)
+        "datasets>=3.0,<6",  # users' prompt data (alignax/agents/prompt_data.py)
         "math-verify>=0.7,<1",  # the math_accuracy reward, as TRL uses it
     ],
     extras_require={

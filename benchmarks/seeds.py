@@ -102,7 +102,7 @@ def run_seed(binary: str, preset: str, seed: int, workdir: str) -> dict:
   """Runs (or resumes) one seed; returns its flat summary."""
   path = os.path.join(workdir, "summary.json")
   if not os.path.exists(path):
-    config = os.path.join(_ROOT, "experiments", "configs", f"{binary}.py")
+    config = os.path.join(_ROOT, "alignax", "experiments", "configs", f"{binary}.py")
     cmd = [sys.executable, "-m", f"alignax.experiments.{binary}",
            f"--config={config}" + ("" if preset == "default" else f":{preset}"),
            f"--config.seed={seed}", f"--workdir={workdir}"]

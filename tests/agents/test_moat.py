@@ -2,7 +2,6 @@
 planner update uses it vs TRL, the built-in critic, the LLM critic's parsing,
 task/action formats, and batched stage-1 sampling and scoring."""
 import os
-import sys
 
 import jax
 import jax.numpy as jnp
@@ -120,8 +119,7 @@ def test_grounder_scores_match_numpy(world, io_and_models):
 
 
 def test_dpo_update_loss_equals_trl_sigmoid(world, io_and_models):
-  sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "objectives"))
-  import trl_harness  # pylint: disable=g-import-not-at-top
+  from tests.objectives import trl_harness  # pylint: disable=g-import-not-at-top
   io, planner, _, _ = io_and_models
   from flax import nnx
   graphdef, params = nnx.split(planner)

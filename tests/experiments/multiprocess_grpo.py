@@ -26,7 +26,7 @@ import jax
 from alignax.experiments import common, grpo
 from alignax.framework import checkpoint, experiment
 
-TINY = os.path.join(ROOT, "experiments", "configs", "grpo.py") + ":tiny"
+TINY = os.path.join(ROOT, "alignax", "experiments", "configs", "grpo.py") + ":tiny"
 # Seconds per run: a random (not warm-started) model, 4 steps, a small eval;
 # a dense reward (below) so that every group has non-zero advantages.
 OVERRIDES = {

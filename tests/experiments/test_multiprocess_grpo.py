@@ -9,7 +9,6 @@ The worker is `multiprocess_grpo.py` (same directory).
 """
 import json
 import os
-import sys
 
 import numpy as np
 import pytest
@@ -18,8 +17,7 @@ from tests import two_processes
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 WORKER = os.path.join(HERE, "multiprocess_grpo.py")
-sys.path.insert(0, HERE)
-import multiprocess_grpo  # noqa: E402  pylint: disable=g-import-not-at-top
+from tests.experiments import multiprocess_grpo  # noqa: E402  pylint: disable=g-import-not-at-top
 
 
 def _run_two(workdir, *args, **kwargs):

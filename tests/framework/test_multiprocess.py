@@ -9,7 +9,6 @@ The worker is `multiprocess_update.py` (same directory).
 """
 import json
 import os
-import sys
 
 import numpy as np
 
@@ -17,8 +16,7 @@ from tests import two_processes
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 WORKER = os.path.join(HERE, "multiprocess_update.py")
-sys.path.insert(0, HERE)
-import multiprocess_update  # noqa: E402  pylint: disable=g-import-not-at-top
+from tests.framework import multiprocess_update  # noqa: E402  pylint: disable=g-import-not-at-top
 
 
 def _run_two(out, *args, **kwargs):

@@ -2,7 +2,7 @@
 
 The reference is independent of `alignax.kernels`: the hybrid element mask is
 built here in NumPy from the rule of docs/sparse_attention.md §1 and
-`framework/sparse_attention.py` (window + first real tokens as sinks + top-k
+`alignax/framework/sparse_attention.py` (window + first real tokens as sinks + top-k
 earlier whole blocks by mean(q block) . mean(k block)), then plain float64
 softmax attention runs under it.
 """

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 import alignax.objectives as O
-import trl_harness
+from tests.objectives import trl_harness
 
 NAN = np.nan
 

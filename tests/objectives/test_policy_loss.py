@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 import alignax.objectives as O
-import trl_harness
+from tests.objectives import trl_harness
 
 RTOL = 1e-5
 LOSS_TYPES = ["grpo", "bnpo", "dr_grpo", "dapo", "cispo", "sapo", "luspo",

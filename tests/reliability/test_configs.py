@@ -9,7 +9,7 @@ import pytest
 from alignax.experiments import common
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-CONFIGS = os.path.join(ROOT, "experiments", "configs")
+CONFIGS = os.path.join(ROOT, "alignax", "experiments", "configs")
 PRESETS = {"grpo": ("default", "tiny"), "exsearch": ("default", "tiny"),
            "dro": ("default", "tiny"), "moat": ("default", "tiny"),
            "cau_unlearn": ("default", "tiny", "ml1m")}

@@ -58,7 +58,7 @@ def make_optimizer(learning_rate: float, *, warmup_steps: int = 0,
 
 def trainable_params(params: nnx.State) -> nnx.State:
   """The parameters an update trains: the LoRA adapters if the model has
-  any (`framework/lora.py`; the base stays frozen), else all of them."""
+  any (`alignax/framework/lora.py`; the base stays frozen), else all of them."""
   return lora.partition(params)[0] if lora.has_adapters(params) else params
 
 

@@ -1,7 +1,7 @@
 r"""GRPO (and its family) on your checkpoint, data and reward functions: the main job.
 
   python -m alignax.experiments.grpo                       # built-in task, runs/grpo
-  python -m alignax.experiments.grpo --config=experiments/configs/grpo.py:tiny \
+  python -m alignax.experiments.grpo --config=alignax/experiments/configs/grpo.py:tiny \
       --workdir=runs/tiny --config.loss.loss_type=grpo --config.mesh.fsdp=8
   python -m alignax.experiments.grpo --config.model_path=DIR \
       --config.data.train=train.jsonl --config.reward.functions=math_accuracy,think_format \
@@ -333,7 +333,7 @@ def run(config, workdir: str, *, stop_after: int | None = None, progress: bool =
   """
   task, rewards, (train_data, eval_data) = prepare(config, workdir)
   mesh = common.setup_mesh(config)
-  os.makedirs(workdir, exist_ok=True)
+  common.make_workdir(workdir)
   experiment.check_or_store_config(workdir, config)
 
   model, tokenizer, model_dir = build_policy(config, workdir, task)

@@ -56,7 +56,7 @@ class BuiltinCritic:
   its subgoals and its scores tell right plans from wrong ones (stage 1).
   False keeps the planner's own subgoals, so the grounder learns to reach the
   answer from the task also under a wrong plan (its held-in success then
-  exceeds the planner's exact-plan rate; experiments/configs/moat.py gives
+  exceeds the planner's exact-plan rate; alignax/experiments/configs/moat.py gives
   what that does to held-out success).
   """
 

@@ -170,16 +170,90 @@ def optional(rule: Rule) -> Rule:
   return Rule(lambda v: v is None or rule(v) is None, lambda: f"None or {rule.expect}")
 
 
-def directory_or_empty() -> Rule:
-  """'' (meaning: build or train it here) or an existing directory."""
-  return Rule(lambda v: isinstance(v, str) and (v == "" or os.path.isdir(v)),
-              "'' or an existing directory")
+def _what_is(path: str) -> str:
+  """What is at `path`, for error messages: names the first missing part."""
+  if os.path.isdir(path):
+    return "it is a directory"
+  if os.path.isfile(path):
+    return "it is a file"
+  if os.path.lexists(path):
+    return "it is neither a file nor a directory"
+  parent = os.path.dirname(os.path.abspath(path))
+  while parent != os.path.dirname(parent) and not os.path.lexists(parent):
+    parent = os.path.dirname(parent)
+  return f"it does not exist (the nearest existing folder is {parent})"
+
+
+class PathRule(Rule):
+  """A `Rule` on a path whose message also says what is there now (and, for a
+  directory, that it lacks the file `holding`)."""
+
+  def __init__(self, test: Callable, expect: str, holding: str = ""):
+    super().__init__(test, expect)
+    self._holding = holding
+
+  def __call__(self, value) -> str | None:
+    expect = super().__call__(value)
+    if expect is None or not isinstance(value, str):
+      return expect
+    found = _what_is(value)
+    if self._holding and os.path.isdir(value):
+      found += f" without {self._holding}"
+    return f"{expect}; {found}"
+
+
+def directory_or_empty(holding: str = "", what: str = "") -> Rule:
+  """'' (meaning: build or train it here) or an existing directory, holding the
+  file `holding` if given (`what` names such a directory in the message)."""
+  def ok(v):
+    return isinstance(v, str) and (v == "" or (
+        os.path.isdir(v) and (not holding or os.path.isfile(os.path.join(v, holding)))))
+  expect = "'' or an existing directory"
+  if holding:
+    expect = f"'' or {what or 'a directory'} (a directory holding {holding})"
+  return PathRule(ok, expect, holding)
+
+
+def model_dir_or_empty() -> Rule:
+  """'' or a Hugging Face model folder (written by `save_pretrained`)."""
+  return directory_or_empty("config.json", "a save_pretrained model folder")
 
 
 def file_or_empty() -> Rule:
   """'' (meaning: not used) or an existing file."""
-  return Rule(lambda v: isinstance(v, str) and (v == "" or os.path.isfile(v)),
-              "'' or an existing file")
+  return PathRule(lambda v: isinstance(v, str) and (v == "" or os.path.isfile(v)),
+                  "'' or an existing file")
+
+
+def check_workdir(workdir) -> None:
+  """Raises ConfigError unless `workdir` is, or can be made, a writable folder.
+
+  Called before any work, so a bad `--workdir` fails in a second with its path
+  and what to do, not as an OSError from deep inside a run.
+  """
+  if not isinstance(workdir, (str, os.PathLike)) or not str(workdir):
+    raise ConfigError(f"--workdir={workdir!r}: give a folder path (new, or an earlier"
+                      " run's to resume it)")
+  path = os.path.abspath(os.fspath(workdir))
+  if os.path.lexists(path) and not os.path.isdir(path):
+    raise ConfigError(f"--workdir={workdir}: {_what_is(path)}, not a folder; give a"
+                      " folder path (new, or an earlier run's to resume it)")
+  existing = path
+  while not os.path.lexists(existing):
+    existing = os.path.dirname(existing)
+  if not os.path.isdir(existing):
+    raise ConfigError(f"--workdir={workdir}: {existing} is a file, so the folder cannot"
+                      " be made there; choose another path")
+  if not os.access(existing, os.W_OK | os.X_OK):
+    where = "" if existing == path else f" (its nearest existing folder {existing})"
+    raise ConfigError(f"--workdir={workdir}{where} is not writable by this user; choose"
+                      " a folder you can write, e.g. --workdir=runs/<name>")
+
+
+def make_workdir(workdir) -> None:
+  """`check_workdir`, then creates the folder."""
+  check_workdir(workdir)
+  os.makedirs(workdir, exist_ok=True)
 
 
 def lora_config() -> ml_collections.ConfigDict:
@@ -200,7 +274,8 @@ def lora_schema(prefix: str = "lora") -> dict[str, "Rule"]:
   """SCHEMA rules of a `lora_config()` block at `prefix`."""
   return {f"{prefix}.rank": integer(0), f"{prefix}.alpha": number(0, lo_open=True),
           f"{prefix}.dropout": number(0, 1, hi_open=True),
-          f"{prefix}.init_from": directory_or_empty(),
+          f"{prefix}.init_from": directory_or_empty("adapter_config.json",
+                                                    "a PEFT adapter folder"),
           f"{prefix}.target_modules": many_of("alignax.framework.lora:TARGETS")}
 
 
@@ -662,6 +737,7 @@ def run_binary(run_fn, default_config: str, default_workdir: str) -> None:
     if not flags.FLAGS["verbosity"].present:
       logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO.
     try:
+      check_workdir(flags.FLAGS.workdir)
       # The schema lives in the default config file (a --config file of the
       # user's own holds only values).
       validate_config(flags.FLAGS.config, default_config)

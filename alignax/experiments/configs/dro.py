@@ -1,20 +1,20 @@
 r"""DRO (a selector + a generator trained by re-weighted EM) on the built-in world.
 
-  python -m alignax.experiments.dro --config=experiments/configs/dro.py:tiny
+  python -m alignax.experiments.dro --config=alignax/experiments/configs/dro.py:tiny
 
 Presets: `default` (a few minutes on a 2-core CPU) and `tiny` (tests).
 """
 import ml_collections
 
 from alignax.experiments import common
-from alignax.experiments.common import (boolean, directory_or_empty, lora_config,
+from alignax.experiments.common import (boolean, lora_config,
                                         lora_schema, many_of, number, one_of, string)
 
 
 def get_config(preset: str = "default") -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.seed = 0
-  # "builtin": the selection world of agents/dro_world.py (paraphrased
+  # "builtin": the selection world of alignax/agents/dro_world.py (paraphrased
   # questions, same-name distractors, 2-hop bridge passages); "hotpotqa" |
   # "kilt": files under data_dir, as EXSEARCH (gold passages = supporting
   # facts / provenance, inserted as in the built-in world).
@@ -195,8 +195,9 @@ SCHEMA = {
     "candidates.keep_top": _NONNEG,
     **_MODEL, **common.precision_schema(),
     "shared_model": boolean(),
-    "model_path": directory_or_empty(), "selector_model_path": directory_or_empty(),
-    "generator_model_path": directory_or_empty(),
+    "model_path": common.model_dir_or_empty(),
+    "selector_model_path": common.model_dir_or_empty(),
+    "generator_model_path": common.model_dir_or_empty(),
     "selector.top_k": _POS, "selector.temperature": number(0, lo_open=True),
     "selector.top_p": _TOP_P, "selector.no_repeat_ids": boolean(),
     "generator.max_answer_tokens": _POS,

@@ -1,7 +1,7 @@
 r"""CAU: curriculum approximate unlearning for session recommenders (§9).
 
   python -m alignax.experiments.cau_unlearn \
-      --config=experiments/configs/cau_unlearn.py:default --workdir=runs/cau
+      --config=alignax/experiments/configs/cau_unlearn.py:default --workdir=runs/cau
 
 Phases (each resumable; running the same command again continues):
 1. train the original recommender on all sessions (or load it);
@@ -298,7 +298,7 @@ def run(cfg, workdir: str) -> dict:
   """Runs every phase and returns the summary (also written to workdir)."""
   common.validate_config(cfg, DEFAULT_CONFIG)  # before any work
   common.setup_mesh(cfg)  # multi-host init; the recommender runs unsharded
-  os.makedirs(workdir, exist_ok=True)
+  common.make_workdir(workdir)
   experiment.check_or_store_config(workdir, cfg)
   data = load_data(cfg)
   model = recommenders.make_recommender(

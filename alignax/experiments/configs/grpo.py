@@ -1,6 +1,6 @@
 r"""GRPO on your data and rewards, or on a built-in verifiable task (digit reversal).
 
-  python -m alignax.experiments.grpo --config=experiments/configs/grpo.py:tiny
+  python -m alignax.experiments.grpo --config=alignax/experiments/configs/grpo.py:tiny
   python -m alignax.experiments.grpo --config.model_path=DIR \
       --config.data.train=train.jsonl --config.reward.functions=math_accuracy,think_format
 
@@ -11,7 +11,7 @@ import ml_collections
 from ml_collections import config_dict
 
 from alignax.experiments import common
-from alignax.experiments.common import (boolean, directory_or_empty, integer,
+from alignax.experiments.common import (boolean, integer,
                                         lora_config, lora_schema, number, one_of,
                                         optional, string)
 
@@ -120,7 +120,7 @@ def get_config(preset: str = "default") -> ml_collections.ConfigDict:
 _POS, _NONNEG = common.POSITIVE, common.NON_NEGATIVE
 SCHEMA = {
     "seed": _NONNEG,
-    "model_path": directory_or_empty(),
+    "model_path": common.model_dir_or_empty(),
     "task.name": one_of("alignax.agents.tasks:TASKS"),
     "task.train_size": _POS,
     # Paths, formats and reward names are checked when the data and reward

@@ -136,6 +136,9 @@ def overlong_penalty(prompts, completions, completion_ids, *, max_completion_len
 
 
 def _load_file_function(path: str, fn_name: str, spec: str):
+  if os.path.isdir(path):
+    raise FileNotFoundError(f"Reward function {spec!r}: {path!r} is a directory; give"
+                            " a Python file, path/to/file.py:function.")
   if not os.path.isfile(path):
     raise FileNotFoundError(f"Reward function {spec!r}: no file {path!r}.")
   module_name = "_alignax_reward_" + re.sub(r"\W", "_", os.path.abspath(path))

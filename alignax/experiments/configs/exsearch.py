@@ -1,13 +1,13 @@
 r"""EXSEARCH (generalized EM for a search agent) on the built-in QA world.
 
-  python -m alignax.experiments.exsearch --config=experiments/configs/exsearch.py:tiny
+  python -m alignax.experiments.exsearch --config=alignax/experiments/configs/exsearch.py:tiny
 
 Presets: `default` (a few minutes on a 2-core CPU) and `tiny` (tests).
 """
 import ml_collections
 
 from alignax.experiments import common
-from alignax.experiments.common import (directory_or_empty, lora_config, lora_schema,
+from alignax.experiments.common import (lora_config, lora_schema,
                                         many_of, number, one_of, string)
 
 
@@ -99,7 +99,7 @@ SCHEMA = {
     "seed": _NONNEG,
     "dataset": one_of("alignax.agents.qa_data:DATASETS"),
     "data_dir": string(),
-    "model_path": directory_or_empty(),
+    "model_path": common.model_dir_or_empty(),
     "world.num_people": _POS, "world.num_cities": _POS, "world.num_countries": _POS,
     "world.num_companies": _POS, "world.heldout_fraction": _FRACTION,
     "world.split": one_of(("question", "person")), "world.name_words": _POS,

@@ -1,7 +1,7 @@
 """Shared experiment utilities: metric logging, summaries, config guard, and
 the one place that says which process writes files.
 
-Used by every absl binary under `experiments/` (docs/api.md: each writes
+Used by every absl binary under `alignax/experiments/` (docs/api.md: each writes
 `metrics.jsonl`, TensorBoard events and `summary.json` under `--workdir`).
 
 Several processes (multi-host, `jax.distributed`) run the same program; the

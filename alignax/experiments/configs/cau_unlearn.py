@@ -1,6 +1,6 @@
 """Config for `python -m alignax.experiments.cau_unlearn` (CAU, docs/algorithms.md §9).
 
-Presets: `--config=experiments/configs/cau_unlearn.py:<preset>` with
+Presets: `--config=alignax/experiments/configs/cau_unlearn.py:<preset>` with
   default   synthetic planted-structure sessions, SASRec (paper size), CPU < 10 min
   tiny      a seconds-scale end-to-end run for tests
   ml1m      MovieLens-1M through the tfds builder (needs the download or manual_dir)
@@ -54,7 +54,7 @@ def _base() -> ml_collections.ConfigDict:
       tau=1.0,
       fixed_weights=(1.0 / 3, 1.0 / 3, 1.0 / 3),
       # KL over all items but the forgotten one [DEVIATION from §9.1, see
-      # recsys/cau.py]; the "full_kl" ablation runs the literal form.
+      # alignax/recsys/cau.py]; the "full_kl" ablation runs the literal form.
       kl_exclude_target=True,
   ))
   c.ablations = ("no_curriculum", "soft", "embedding_difficulty", "no_mgda",

@@ -1,6 +1,6 @@
 r"""MOAT (joint alignment of a planner and a grounder) on the built-in QA world.
 
-  python -m alignax.experiments.moat --config=experiments/configs/moat.py:tiny
+  python -m alignax.experiments.moat --config=alignax/experiments/configs/moat.py:tiny
 
 Presets: `default` (at most 15 minutes on a 2-core CPU) and `tiny` (tests).
 
@@ -88,7 +88,7 @@ import ml_collections
 from alignax.agents import moat_world as mw
 
 from alignax.experiments import common
-from alignax.experiments.common import (boolean, directory_or_empty, file_or_empty,
+from alignax.experiments.common import (boolean, file_or_empty,
                                         integer, lora_config, lora_schema, number, one_of,
                                         string)
 
@@ -107,7 +107,7 @@ def get_config(preset: str = "default") -> ml_collections.ConfigDict:
       num_people=200, num_cities=24, num_countries=6, num_companies=16,
       eval_fraction=0.2, relations=" ".join(mw.RELATIONS), nested_fraction=0.5,
       heldout_fraction=0.25, num_long=24, pool_only_fraction=0.0))
-  # Tasks and tools from files instead of the built-in world (agents/moat_data.py,
+  # Tasks and tools from files instead of the built-in world (alignax/agents/moat_data.py,
   # docs/api.md "MOAT tasks from files"): `tasks_path` a JSONL of tasks (text,
   # gold subgoals, gold actions with their expected results, split),
   # `corpus_path` the JSONL corpus Search ranks by BM25 (it returns the top
@@ -217,8 +217,9 @@ SCHEMA = {
     "data.eval_fraction": number(0, 1, hi_open=True),
     "data.heldout_fraction": number(0, 1, hi_open=True),
     **_AGENT, **common.precision_schema(),
-    "planner_dir": directory_or_empty(), "grounder_dir": directory_or_empty(),
-    "planner_model_path": directory_or_empty(), "grounder_model_path": directory_or_empty(),
+    "planner_dir": common.model_dir_or_empty(), "grounder_dir": common.model_dir_or_empty(),
+    "planner_model_path": common.model_dir_or_empty(),
+    "grounder_model_path": common.model_dir_or_empty(),
     "mesh.data": _POS, "mesh.fsdp": _POS, "mesh.tensor": _POS,
     "lengths.plan_prompt_len": _POS, "lengths.plan_len": _POS,
     "lengths.ground_prompt_len": _POS, "lengths.action_len": _POS,
@@ -234,7 +235,7 @@ SCHEMA = {
     "stage2.top_p": _TOP_P, "stage2.learning_rate": _LR, "stage2.batch_size": _POS,
     "stage2.epochs": _POS, "stage2.accumulate": boolean(), "stage2.replay_gold": boolean(),
     "critic.name": one_of("alignax.agents.moat_critic:CRITICS"),
-    "critic.model_dir": directory_or_empty(), "critic.max_new_tokens": _POS,
+    "critic.model_dir": common.model_dir_or_empty(), "critic.max_new_tokens": _POS,
     "critic.rewrite_subgoals": boolean(),
     "num_iterations": _POS, "optimizer_warmup_steps": _NONNEG,
     "separate.enabled": boolean(), "separate.gold_pool": boolean(),

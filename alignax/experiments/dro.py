@@ -1,10 +1,10 @@
 r"""DRO: a generative selector and a generator trained by re-weighted EM (docs/algorithms.md §7).
 
   python -m alignax.experiments.dro                    # default preset, runs/dro
-  python -m alignax.experiments.dro --config=experiments/configs/dro.py:tiny \
+  python -m alignax.experiments.dro --config=alignax/experiments/configs/dro.py:tiny \
       --workdir=runs/dro_tiny
 
-World (`agents/dro_world.py`): paraphrased questions, many same-name
+World (`alignax/agents/dro_world.py`): paraphrased questions, many same-name
 distractor passages, 2-hop questions whose bridge passage BM25 never finds.
 Each question's candidates are BM25's top `candidates.num` (+ the missing gold
 passages, DRO's k_positive).
@@ -37,7 +37,7 @@ passages, DRO's k_positive).
 From checkpoints: `--config.model_path=DIR` (shared model) or, with
 `--config.shared_model=False`, `--config.selector_model_path` and
 `--config.generator_model_path` (same architecture and tokenizer); the markers
-and candidate ids are added as special tokens (framework/vocab.py); warm-up
+and candidate ids are added as special tokens (alignax/framework/vocab.py); warm-up
 steps may then be 0.
 
 Under --workdir: bm25/, init_model/, final_model/ (or final_selector/ and
@@ -292,7 +292,7 @@ def build_policies(config, workdir, world, candidates):
 
 def load_world(config) -> dro_world.DroWorld:
   """The built-in selection world, or HotpotQA / KILT files under
-  `config.data_dir` (the loaders and errors of EXSEARCH, `agents/qa_data.py`)."""
+  `config.data_dir` (the loaders and errors of EXSEARCH, `alignax/agents/qa_data.py`)."""
   if config.dataset != "builtin":
     return dro_world.from_qa_dataset(qa_data.load_dataset(config.dataset,
                                                           data_dir=config.data_dir))
@@ -347,7 +347,7 @@ def run(config, workdir: str, *, stop_after: int | None = None, progress: bool =
   common.validate_config(config, DEFAULT_CONFIG)  # before any work
   common.setup_mesh(config)  # multi-host init; these binaries run unsharded
   _check_config(config)
-  os.makedirs(workdir, exist_ok=True)
+  common.make_workdir(workdir)
   experiment.check_or_store_config(workdir, config)
   world = load_world(config)
   t0 = time.perf_counter()

@@ -1,7 +1,7 @@
 r"""EXSEARCH: a search agent trained by generalized EM (docs/algorithms.md §6).
 
   python -m alignax.experiments.exsearch                    # default preset, runs/exsearch
-  python -m alignax.experiments.exsearch --config=experiments/configs/exsearch.py:tiny \
+  python -m alignax.experiments.exsearch --config=alignax/experiments/configs/exsearch.py:tiny \
       --workdir=runs/exsearch_tiny
 
 1. Warm-up: a word-level tokenizer and a small decoder are built and trained
@@ -23,7 +23,7 @@ r"""EXSEARCH: a search agent trained by generalized EM (docs/algorithms.md §6).
 
 From a checkpoint: `--config.model_path=DIR` (a Llama / Qwen2 folder written by
 `save_pretrained`; the markers are added as special tokens, see
-framework/vocab.py) and `--config.warmup.steps=0` to skip the format warm-up.
+alignax/framework/vocab.py) and `--config.warmup.steps=0` to skip the format warm-up.
 
 Under --workdir: bm25/ (the index), init_model/, final_model/ (EXSEARCH's trained
 model, a Hugging Face folder), metrics.jsonl, TensorBoard
@@ -238,7 +238,7 @@ def run(config, workdir: str, *, stop_after: int | None = None, progress: bool =
   common.validate_config(config, DEFAULT_CONFIG)  # before any work
   common.setup_mesh(config)  # multi-host init; these binaries run unsharded
   _check_config(config)
-  os.makedirs(workdir, exist_ok=True)
+  common.make_workdir(workdir)
   experiment.check_or_store_config(workdir, config)
   dataset = qa_data.load_dataset(config.dataset, data_dir=config.data_dir, seed=config.seed,
                                  world=config.world)

@@ -90,7 +90,7 @@ class ModelConfig:
   # bf16/fp16 compute, "dense" otherwise), "dense" (softmax attention in XLA),
   # "dot_product" (`jax.nn.dot_product_attention`), or "block_sparse"
   # (DeltaLLM-style hybrid, see
-  # `framework/sparse_attention.py`). The `sparse_*` fields are read only by
+  # `alignax/framework/sparse_attention.py`). The `sparse_*` fields are read only by
   # "block_sparse"; they are alignax-only and never written to config.json.
   attention_impl: str = "auto"
   sparse_window: int = 1024      # exact causal window, in keys incl. self

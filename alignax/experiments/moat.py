@@ -1,7 +1,7 @@
 r"""MOAT: joint alignment of a planning agent and a grounding agent (docs/algorithms.md §8).
 
   python -m alignax.experiments.moat                       # default preset, runs/moat
-  python -m alignax.experiments.moat --config=experiments/configs/moat.py:tiny \
+  python -m alignax.experiments.moat --config=alignax/experiments/configs/moat.py:tiny \
       --workdir=runs/moat_tiny
 
 Tasks come from the built-in QA world (`agents.moat_world`): relation chains
@@ -275,7 +275,7 @@ def run(config, workdir: str, *, stop_after: int | None = None, progress: bool =
   common.validate_config(config, DEFAULT_CONFIG)  # before any work
   _check_config(config)
   mesh = common.setup_mesh(config)
-  os.makedirs(workdir, exist_ok=True)
+  common.make_workdir(workdir)
   experiment.check_or_store_config(workdir, config)
   world = make_world(config, os.path.join(workdir, "bm25"))
   train_tasks, held_in, held_out = split_tasks(world, config)

@@ -1,5 +1,0 @@
-"""Makes the TRL harness importable from the objectives tests."""
-import os
-import sys
-
-sys.path.insert(0, os.path.dirname(__file__))
