@@ -53,7 +53,10 @@ setuptools.setup(
         # Real session data sets (MovieLens-1M, Amazon) for alignax.recsys;
         # the synthetic default needs none of it.
         "recsys": _RECSYS,
+        # Pretrained models from llama.cpp GGUF files (alignax.framework.gguf).
+        "real": ["gguf>=0.10,<1"],
         "test": _RECSYS + [
+            "gguf>=0.10,<1",
             "pytest>=8",
             "pytest-xdist>=3.5",
             "scipy>=1.11",

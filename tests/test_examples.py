@@ -29,3 +29,55 @@ def test_example_reward_runs_on_example_rows():
   n1 = len(examples[1].ground_truth)
   assert result.per_function[0].tolist() == [1.0, 1.0]
   assert result.per_function[1, 1] == float(n1 == 2) and result.per_function[2].tolist() == [0, 0]
+
+
+def _load(name):
+  import importlib.util
+  spec = importlib.util.spec_from_file_location(name, os.path.join(EXAMPLES, name + ".py"))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def test_arithmetic_files_are_what_the_script_writes(tmp_path):
+  make = _load("make_arithmetic")
+  for task in make.TASKS:
+    paths = make.write(task, str(tmp_path))
+    for split, path in paths.items():
+      with open(path) as a, open(os.path.join(EXAMPLES, os.path.basename(path))) as b:
+        assert a.read() == b.read(), (task, split)
+    train = {json.loads(l)["prompt"] for l in open(paths["train"])}
+    held_out = [json.loads(l) for l in open(paths["eval"])]
+    assert len(held_out) >= 200 and not train & {r["prompt"] for r in held_out}
+
+
+def test_word_problem_answers_follow_from_their_numbers():
+  # An independent check of each template's arithmetic, from its text.
+  import re
+  make = _load("make_arithmetic")
+  rows = [json.loads(l) for l in open(os.path.join(EXAMPLES, "word_problems_eval.jsonl"))]
+  for row in rows:
+    n = list(map(int, re.findall(r"\d+", row["prompt"])))
+    p = row["prompt"]
+    if "packs of" in p:
+      want = n[0] + n[1] * n[2] - n[3]
+    elif "shares all" in p:
+      want = (n[0] + n[1]) / n[2]
+    elif "times as many" in p:
+      want = n[0] * n[1] - n[2]
+    elif "change" in p:
+      want = n[2] - n[0] * n[1]
+    else:
+      want = n[0] * n[1] - n[2] + n[3]
+    assert float(row["answer"]) == want and want >= 0, row
+  assert len({r["prompt"].split()[2] for r in rows}) > 5  # varied templates
+  del make
+
+
+def test_arithmetic_rewards_in_trl_convention():
+  r = _load("arithmetic_rewards")
+  completions = ["17 + 25 = 42", "The answer is 41.", "forty-two", "1,042",
+                 [{"role": "assistant", "content": "So 42"}]]
+  answers = ["42", "42", "42", "1042", "42"]
+  assert r.last_number_correct([None] * 5, completions, answer=answers) == [1, 0, 0, 1, 1]
+  assert r.has_number([None] * 5, completions) == [1, 1, 0, 1, 1]

@@ -215,8 +215,13 @@ def directory_or_empty(holding: str = "", what: str = "") -> Rule:
 
 
 def model_dir_or_empty() -> Rule:
-  """'' or a Hugging Face model folder (written by `save_pretrained`)."""
-  return directory_or_empty("config.json", "a save_pretrained model folder")
+  """'' or a Hugging Face model folder (written by `save_pretrained`), or a
+  llama.cpp `.gguf` file (`alignax.framework.hf` converts it once)."""
+  folder = directory_or_empty("config.json", "a save_pretrained model folder")
+  return PathRule(
+      lambda v: folder(v) is None or (isinstance(v, str) and v.lower().endswith(".gguf")
+                                      and os.path.isfile(v)),
+      folder.expect + " or a .gguf file", "config.json")
 
 
 def file_or_empty() -> Rule:

@@ -96,14 +96,16 @@ def warm_start(model, tokenizer, task, config):
 
 
 def _model_dir(config, workdir):
-  """`model_path`, checked, or `<workdir>/init_model` for the built-in model."""
+  """`model_path`, checked, or `<workdir>/init_model` for the built-in model.
+  A `.gguf` file is converted once by `alignax.framework.hf`."""
   path = config.model_path
   if not path:
     return os.path.join(workdir, "init_model")
-  if not os.path.isdir(path):
+  if not os.path.isdir(path) and not (path.lower().endswith(".gguf") and os.path.isfile(path)):
     raise FileNotFoundError(
         f"--config.model_path={path!r} is not a directory; give a folder written by"
-        " save_pretrained (config.json, *.safetensors and the tokenizer files).")
+        " save_pretrained (config.json, *.safetensors and the tokenizer files) or a"
+        " .gguf file.")
   return path
 
 
@@ -398,6 +400,8 @@ def run(config, workdir: str, *, stop_after: int | None = None, progress: bool =
     t0 = time.perf_counter()
     batch, metrics, host_seconds = rollout(graphdef, state.params, policy, train_data, config,
                                            step, reference(state.params))
+    # The rewards were read on the host, so sampling is done here.
+    rollout_seconds = time.perf_counter() - t0
     for _ in range(t.num_iterations):
       state, update_metrics = update(state, batch)
     update_metrics = {f"train/{k}": float(v) for k, v in update_metrics.items()}
@@ -410,7 +414,9 @@ def run(config, workdir: str, *, stop_after: int | None = None, progress: bool =
     extras["seconds"] += step_seconds
     metrics.update(update_metrics)
     # Host-side data + reward work vs the whole step (rollout + update).
-    metrics.update({"perf/step_seconds": step_seconds, "perf/host_seconds": host_seconds})
+    metrics.update({"perf/step_seconds": step_seconds, "perf/host_seconds": host_seconds,
+                    "perf/rollout_seconds": rollout_seconds,
+                    "perf/update_seconds": step_seconds - rollout_seconds})
     if (step + 1) % t.eval_every == 0 or step + 1 == t.steps:
       extras["last_eval"] = run_eval(state.params, step + 1)
       metrics.update(extras["last_eval"])

@@ -2,6 +2,10 @@
 
 No torch at run time: config.json goes through transformers' config classes,
 weights through safetensors' NumPy API (single file or sharded with an index).
+
+A path ending in `.gguf` (a llama.cpp file) is read too: `from_pretrained`,
+`load_tokenizer`, `load_config` and `stop_token_ids` convert it once into a
+cached `save_pretrained` folder (`_local_dir`) and read that.
 """
 from __future__ import annotations
 
@@ -116,10 +120,22 @@ class _TensorReader:
     return array
 
 
+def _local_dir(path):
+  """`path`, or for a `.gguf` file the folder it is converted into: once, under
+  `$ALIGNAX_GGUF_CACHE` (default `<tempdir>/alignax-gguf`), keyed by the file's
+  path, size and mtime (`alignax.framework.gguf.converted`)."""
+  if (isinstance(path, (str, os.PathLike)) and os.fspath(path).lower().endswith(".gguf")
+      and not os.path.isdir(path)):
+    from alignax.framework import gguf  # pylint: disable=g-import-not-at-top
+    return gguf.converted(path)
+  return path
+
+
 def load_config(path: str, **overrides) -> ModelConfig:
   """Reads `path/config.json` into a `ModelConfig` through transformers'
-  AutoConfig (one clear error naming the file if it is unusable)."""
-  return ModelConfig.from_pretrained(path, **overrides)
+  AutoConfig (one clear error naming the file if it is unusable). `path` may
+  be a `.gguf` file."""
+  return ModelConfig.from_pretrained(_local_dir(path), **overrides)
 
 
 def from_pretrained(path: str, *, dtype=jnp.float32, compute_dtype=None,
@@ -127,11 +143,13 @@ def from_pretrained(path: str, *, dtype=jnp.float32, compute_dtype=None,
   """Loads a Llama or Qwen2 causal LM written by `save_pretrained`.
 
   Args:
-    path: local directory with config.json and *.safetensors.
+    path: local directory with config.json and *.safetensors, or a llama /
+      qwen2 `.gguf` file (dequantised to float32 once, then cached).
     dtype: parameter dtype.
     compute_dtype: matmul dtype (defaults to `dtype`).
     **config_overrides: other `ModelConfig` fields (e.g. attention_impl).
   """
+  path = _local_dir(path)
   dtype = as_dtype(dtype)
   config = load_config(
       path, param_dtype=dtype.name, dtype=as_dtype(compute_dtype or dtype).name,
@@ -188,9 +206,11 @@ def save_pretrained(model: Decoder, path: str) -> None:
 
 
 def load_tokenizer(path: str, config: ModelConfig | None = None):
-  """`transformers.AutoTokenizer` for `path`, checked against the model's vocab."""
+  """`transformers.AutoTokenizer` for `path` (a folder or a `.gguf` file),
+  checked against the model's vocab."""
   import transformers
 
+  path = _local_dir(path)
   present = [f for f in _TOKENIZER_FILES if os.path.isfile(os.path.join(path, f))]
   if not any(f in present for f in ("tokenizer.json", "tokenizer.model", "vocab.json")):
     raise FileNotFoundError(
@@ -220,8 +240,9 @@ def stop_token_ids(path: str | None, tokenizer=None, config: ModelConfig | None 
 
   The tokenizer's EOS, the model config's `eos_token_id` and every
   `eos_token_id` of `path/generation_config.json` (Llama 3 lists several, e.g.
-  `<|end_of_text|>`, `<|eom_id|>`, `<|eot_id|>`).
+  `<|end_of_text|>`, `<|eom_id|>`, `<|eot_id|>`). `path` may be a `.gguf` file.
   """
+  path = _local_dir(path)
   ids = []
   if tokenizer is not None and tokenizer.eos_token_id is not None:
     ids.append(tokenizer.eos_token_id)

@@ -143,7 +143,7 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(full_run, tmp_path, monke
 
 def test_missing_model_path(tmp_path):
   # Checked with the rest of the config, before any work.
-  with pytest.raises(ConfigError, match="config.model_path=.*existing directory"):
+  with pytest.raises(ConfigError, match="config.model_path=.*save_pretrained model folder.*does not exist"):
     grpo.run(tiny(model_path=str(tmp_path / "nope")), str(tmp_path / "w"), progress=False)
 
 

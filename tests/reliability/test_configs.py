@@ -64,7 +64,7 @@ BAD = [
     ("grpo", "loss.beta", -0.1, [">= 0"]),
     ("grpo", "loss.delta", 0.5, ["None or"]),
     ("grpo", "mesh.fsdp", 0, [">= 1"]),
-    ("grpo", "model_path", "/nonexistent/model", ["existing directory"]),
+    ("grpo", "model_path", "/nonexistent/model", ["save_pretrained model folder", "does not exist"]),
     ("grpo", "task.name", "sorting", ["'reverse'", "'addition'"]),
     ("grpo", "warmup.flawed_fraction", 1.5, ["<= 1"]),
     ("exsearch", "methods", ("exsearch", "bogus"), ["'uniform'"]),

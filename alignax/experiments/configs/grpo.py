@@ -4,8 +4,15 @@ r"""GRPO on your data and rewards, or on a built-in verifiable task (digit rever
   python -m alignax.experiments.grpo --config.model_path=DIR \
       --config.data.train=train.jsonl --config.reward.functions=math_accuracy,think_format
 
-Presets: `default` (the main job: a few minutes on a laptop CPU) and `tiny`
-(seconds; tests and the notebook).
+Presets: `default` (the main job: a few minutes on a laptop CPU), `tiny`
+(seconds; tests and the notebook), and the real pretrained model
+SmolLM2-135M-Instruct (first `python -m alignax.tools.fetch_smollm2
+runs/smollm2`, which writes the model folder these presets read):
+`smollm2` (two-digit addition, examples/addition_*.jsonl) and `smollm2_words`
+(multi-step word problems, examples/word_problems_*.jsonl); both full
+fine-tuning (135M parameters fit a CPU's memory; `--config.lora.rank=16` for
+LoRA) with the reward `examples/arithmetic_rewards.py:last_number_correct`
+and, at weight 0 (logged, not trained on), `has_number`: the well-formed share.
 """
 import ml_collections
 from ml_collections import config_dict
@@ -111,8 +118,22 @@ def get_config(preset: str = "default") -> ml_collections.ConfigDict:
     c.warmup.update(steps=400, batch_size=32)
     c.rollout.update(prompts_per_step=8, num_generations=8)
     c.train.update(steps=12, eval_every=4, checkpoint_every=4, warmup_steps=1)
+  elif preset in ("smollm2", "smollm2_words"):
+    task = "addition" if preset == "smollm2" else "word_problems"
+    c.model_path = "runs/smollm2"
+    rewards = "examples/arithmetic_rewards.py"
+    c.data.update(train=f"examples/{task}_train.jsonl", eval=f"examples/{task}_eval.jsonl")
+    c.reward.update(functions=f"{rewards}:last_number_correct,{rewards}:has_number",
+                    weights="1.0,0.0")
+    c.eval.update(size=256, batch_size=128, num_samples=4, log_samples=4)
+    c.rollout.update(prompts_per_step=4, num_generations=8, max_prompt_length=128,
+                     max_new_tokens=16 if task == "addition" else 128)
+    c.train.update(steps=40 if task == "addition" else 150, learning_rate=1e-5,
+                   warmup_steps=2, eval_every=10 if task == "addition" else 25,
+                   checkpoint_every=10 if task == "addition" else 25)
   elif preset != "default":
-    raise ValueError(f"Unknown preset {preset!r}; use 'default' or 'tiny'.")
+    raise ValueError(f"Unknown preset {preset!r}; use 'default', 'tiny', 'smollm2' or"
+                     " 'smollm2_words'.")
   return c
 
 

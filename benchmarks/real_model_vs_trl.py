@@ -1,0 +1,317 @@
+r"""GRPO on SmolLM2-135M-Instruct: alignax against TRL's GRPOTrainer, same work.
+
+  python -m alignax.tools.fetch_smollm2 runs/smollm2     # once
+  python benchmarks/real_model_vs_trl.py                  # 40 steps each, ~30 min on 2 cores
+
+Both sides train the same HF folder on the same data (examples/addition_*.jsonl,
+chat-templated with the model's default system prompt), with the same reward
+function (examples/arithmetic_rewards.py:last_number_correct, one plain
+function in TRL's signature, used unchanged by both), group size, prompts per
+step, max new tokens, sampling temperature, learning rate and schedule (AdamW,
+2 warm-up steps, cosine to 0.1x), clipping, loss type (dapo, beta 0).
+
+Steps are interleaved: the sides run in alternating segments of `--segment`
+steps, each a fresh process resuming from the previous segment's checkpoint
+(alignax: its own resume; TRL: `resume_from_checkpoint`), so both see the
+same machine load. Every segment boundary is an evaluation: greedy accuracy on
+the held-out prompts and mean@4 (the sampled accuracy at temperature 1, the
+check that both sample from the same distribution). A segment's first step
+holds compilation (alignax) or warm-up, so it is reported apart.
+
+Writes benchmarks/results/real_model_vs_trl.json (per-step seconds with the
+split into generation / update, evaluations, peak memory per side) and
+real_model_vs_trl.png (held-out accuracy and mean reward against step and
+against training seconds), and prints a table.
+"""
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+EXAMPLES = os.path.join(ROOT, "examples")
+RESULTS = os.path.join(ROOT, "benchmarks", "results")
+CONFIG = os.path.join(ROOT, "alignax", "experiments", "configs", "grpo.py") + ":smollm2"
+GROUP, PROMPTS, NEW_TOKENS, LR, EVAL_K = 8, 4, 16, 1e-5, 4
+
+
+def _peak_rss_gib() -> float:
+  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+
+
+def _rows(path):
+  with open(path) as f:
+    return [json.loads(l) for l in f]
+
+
+def _rewards():
+  sys.path.insert(0, EXAMPLES)
+  import arithmetic_rewards  # pylint: disable=g-import-not-at-top
+  return arithmetic_rewards
+
+
+# --- alignax side -------------------------------------------------------------
+
+
+def run_alignax(args, until: int) -> dict:
+  from alignax.experiments import common, grpo  # pylint: disable=g-import-not-at-top
+  config = common.load_config_file(CONFIG)
+  config.update_from_flattened_dict({
+      "model_path": args.model, "seed": args.seed, "train.steps": args.steps,
+      "train.eval_every": args.segment, "train.checkpoint_every": args.segment,
+      "eval.size": args.eval_size, "eval.num_samples": EVAL_K})
+  workdir = os.path.join(args.workdir, "alignax")
+  start = until - args.segment  # resumes from the checkpoint the last segment wrote
+  grpo.run(config, workdir, stop_after=args.segment, progress=False)
+  rows = common.read_metrics(workdir)
+  steps = [{"step": r["step"], "seconds": r["perf/step_seconds"],
+            "generation": r["perf/rollout_seconds"], "update": r["perf/update_seconds"],
+            "reward": r["train/reward"]} for r in rows if start < r["step"] <= until]
+  evals = [{"step": r["step"], "accuracy": r["eval/accuracy"],
+            "mean@4": r[f"eval/mean@{EVAL_K}"]} for r in rows
+           if "eval/accuracy" in r and (start < r["step"] <= until or r["step"] == start == 0)]
+  return {"steps": steps, "evals": evals}
+
+
+# --- TRL side -----------------------------------------------------------------
+
+
+def _trl_eval(model, tokenizer, prompts, answers, reward_fn, seed):
+  """Greedy accuracy and mean@k at temperature 1 with `transformers.generate`."""
+  import torch  # pylint: disable=g-import-not-at-top
+  tokenizer.padding_side = "left"
+  greedy, sampled = [], []
+  for lo in range(0, len(prompts), 64):
+    texts = [tokenizer.apply_chat_template([{"role": "user", "content": p}],
+                                           tokenize=False, add_generation_prompt=True)
+             for p in prompts[lo:lo + 64]]
+    enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+    gold = answers[lo:lo + 64]
+    with torch.no_grad():
+      out = model.generate(**enc, max_new_tokens=NEW_TOKENS, do_sample=False)
+      dec = tokenizer.batch_decode(out[:, enc.input_ids.shape[1]:], skip_special_tokens=True)
+      greedy += reward_fn(None, dec, answer=gold)
+      torch.manual_seed(seed + lo)
+      out = model.generate(**enc, max_new_tokens=NEW_TOKENS, do_sample=True, temperature=1.0,
+                           top_k=0, top_p=1.0, num_return_sequences=EVAL_K)
+      dec = tokenizer.batch_decode(out[:, enc.input_ids.shape[1]:], skip_special_tokens=True)
+      sampled += reward_fn(None, dec, answer=[a for a in gold for _ in range(EVAL_K)])
+  return sum(greedy) / len(greedy), sum(sampled) / len(sampled)
+
+
+def run_trl(args, until: int) -> dict:
+  import datasets  # pylint: disable=g-import-not-at-top
+  import torch  # pylint: disable=g-import-not-at-top
+  import transformers  # pylint: disable=g-import-not-at-top
+  import trl  # pylint: disable=g-import-not-at-top
+
+  torch.manual_seed(args.seed)
+  rewards = _rewards()
+  train = _rows(os.path.join(EXAMPLES, "addition_train.jsonl"))
+  held_out = _rows(os.path.join(EXAMPLES, "addition_eval.jsonl"))[:args.eval_size]
+  dataset = datasets.Dataset.from_list(
+      [{"prompt": [{"role": "user", "content": r["prompt"]}], "answer": r["answer"]}
+       for r in train])
+  out_dir = os.path.join(args.workdir, "trl")
+  cfg = trl.GRPOConfig(
+      output_dir=out_dir, max_steps=args.steps, per_device_train_batch_size=GROUP * PROMPTS,
+      num_generations=GROUP, max_completion_length=NEW_TOKENS, temperature=1.0, top_p=1.0,
+      top_k=0, learning_rate=LR, lr_scheduler_type="cosine_with_min_lr",
+      lr_scheduler_kwargs={"min_lr_rate": 0.1}, warmup_steps=2, weight_decay=0.0,
+      adam_beta1=0.9, adam_beta2=0.999, adam_epsilon=1e-8, max_grad_norm=1.0,
+      loss_type="dapo", beta=0.0, epsilon=0.2, epsilon_high=0.28, scale_rewards="group",
+      reward_weights=[1.0, 0.0], logging_steps=1, save_strategy="steps",
+      save_steps=args.segment, save_only_model=False, report_to="none", seed=args.seed,
+      use_cpu=True, bf16=False, disable_tqdm=True, dataloader_num_workers=0)
+  model = transformers.AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32)
+  tokenizer = transformers.AutoTokenizer.from_pretrained(args.model)
+  trainer = trl.GRPOTrainer(model=model, args=cfg, train_dataset=dataset,
+                            processing_class=tokenizer,
+                            reward_funcs=[rewards.last_number_correct, rewards.has_number])
+  timers = {"generation": 0.0}
+  generate = trainer._generate_single_turn  # pylint: disable=protected-access
+
+  def timed_generate(*a, **k):
+    t0 = time.perf_counter()
+    try:
+      return generate(*a, **k)
+    finally:
+      timers["generation"] += time.perf_counter() - t0
+  trainer._generate_single_turn = timed_generate  # pylint: disable=protected-access
+  steps, evals = [], []
+
+  class Segment(transformers.TrainerCallback):
+    """Times steps, evaluates at the segment's ends, stops at `until`."""
+
+    def on_step_begin(self, a, state, control, **kw):
+      timers.update(generation=0.0, start=time.perf_counter())
+
+    def on_step_end(self, a, state, control, **kw):
+      seconds = time.perf_counter() - timers["start"]
+      reward = None
+      for h in reversed(state.log_history):
+        if "reward" in h:
+          reward = h["reward"]
+          break
+      steps.append({"step": state.global_step, "seconds": seconds,
+                    "generation": timers["generation"],
+                    "update": seconds - timers["generation"], "reward": reward})
+      if state.global_step >= until:
+        control.should_training_stop = True
+        control.should_save = True
+
+  def evaluate(step):
+    model.eval()
+    acc, mean_k = _trl_eval(model, tokenizer, [r["prompt"] for r in held_out],
+                            [r["answer"] for r in held_out], rewards.last_number_correct,
+                            args.seed + step)
+    model.train()
+    evals.append({"step": step, "accuracy": acc, "mean@4": mean_k})
+
+  trainer.add_callback(Segment())
+  ckpts = sorted((int(d.split("-")[1]) for d in os.listdir(out_dir)
+                  if d.startswith("checkpoint-")) if os.path.isdir(out_dir) else [])
+  if not ckpts:
+    evaluate(0)
+  trainer.train(resume_from_checkpoint=(os.path.join(out_dir, f"checkpoint-{ckpts[-1]}")
+                                        if ckpts else None))
+  # The rewards of the steps (TRL logs them after on_step_end).
+  logged = {h["step"]: h["reward"] for h in trainer.state.log_history if "reward" in h}
+  for s in steps:
+    s["reward"] = logged.get(s["step"], s["reward"])
+  evaluate(trainer.state.global_step)
+  return {"steps": steps, "evals": evals}
+
+
+# --- orchestration --------------------------------------------------------------
+
+
+def _segment(args, side, until):
+  cmd = [sys.executable, os.path.abspath(__file__), "--side", side, "--until", str(until),
+         *(f"--{k}={v}" for k, v in vars(args).items() if k not in ("side", "until", "out"))]
+  t0 = time.perf_counter()
+  # alignax compiles in every segment's new process; the persistent cache
+  # makes that a load after the first segment (reported apart either way).
+  env = dict(os.environ, JAX_PLATFORMS="cpu", TOKENIZERS_PARALLELISM="false",
+             JAX_COMPILATION_CACHE_DIR=os.path.join(args.workdir, "jax_cache"))
+  proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env)
+  if proc.returncode:
+    sys.exit(f"{side} segment to step {until} failed:\n{proc.stderr[-4000:]}")
+  result = json.loads(proc.stdout.strip().splitlines()[-1])
+  result["wall"] = time.perf_counter() - t0
+  return result
+
+
+def _median(xs):
+  xs = sorted(xs)
+  return xs[len(xs) // 2] if xs else float("nan")
+
+
+def _summary(segments):
+  steps = [s for seg in segments for s in seg["steps"]]
+  # A segment's first step holds compilation / warm-up; the rest are steady.
+  steady = [s for seg in segments for s in seg["steps"][1:]]
+  firsts = [seg["steps"][0]["seconds"] for seg in segments if seg["steps"]]
+  return {
+      "steps": steps, "evals": [e for seg in segments for e in seg["evals"]],
+      "median_step_seconds": _median([s["seconds"] for s in steady]),
+      "median_generation_seconds": _median([s["generation"] for s in steady]),
+      "median_update_seconds": _median([s["update"] for s in steady]),
+      "first_step_of_segment_seconds": firsts,
+      "peak_rss_gib": max(seg["peak_rss_gib"] for seg in segments),
+      "segment_wall_seconds": [seg["wall"] for seg in segments]}
+
+
+def _plot(result, path):
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+  for side, style in (("alignax", "-o"), ("trl", "--s")):
+    r = result[side]
+    ev = sorted(r["evals"], key=lambda e: e["step"])
+    secs, clock = {0: 0.0}, 0.0
+    for s in sorted(r["steps"], key=lambda s: s["step"]):
+      clock += s["seconds"]
+      secs[s["step"]] = clock
+    axes[0].plot([e["step"] for e in ev], [e["accuracy"] for e in ev], style, label=side)
+    axes[1].plot([secs.get(e["step"], float("nan")) for e in ev],
+                 [e["accuracy"] for e in ev], style, label=side)
+    st = sorted(r["steps"], key=lambda s: s["step"])
+    axes[2].plot([s["step"] for s in st], [s["reward"] for s in st], style, label=side,
+                 markersize=3)
+  axes[0].set(xlabel="step", ylabel="held-out greedy accuracy", title="accuracy vs step")
+  axes[1].set(xlabel="training seconds (compile included)", ylabel="held-out greedy accuracy",
+              title="accuracy vs time")
+  axes[2].set(xlabel="step", ylabel="mean sampled reward", title="train reward")
+  for ax in axes:
+    ax.legend()
+    ax.grid(alpha=0.3)
+  fig.suptitle("GRPO on SmolLM2-135M-Instruct, two-digit addition (4 prompts x 8, 16 tokens)")
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+
+
+def main():
+  p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  p.add_argument("--model", default=os.path.join(ROOT, "runs", "smollm2"))
+  p.add_argument("--steps", type=int, default=40)
+  p.add_argument("--segment", type=int, default=10)
+  p.add_argument("--eval_size", type=int, default=256)
+  p.add_argument("--seed", type=int, default=0)
+  p.add_argument("--workdir", default=os.path.join(ROOT, "runs", "real_model_vs_trl"))
+  p.add_argument("--out", default=os.path.join(RESULTS, "real_model_vs_trl.json"))
+  p.add_argument("--side", choices=("alignax", "trl"), help=argparse.SUPPRESS)
+  p.add_argument("--until", type=int, help=argparse.SUPPRESS)
+  args = p.parse_args()
+  if args.side:  # one segment, in its own process
+    result = (run_alignax if args.side == "alignax" else run_trl)(args, args.until)
+    result["peak_rss_gib"] = _peak_rss_gib()
+    print(json.dumps(result))
+    return
+  if not os.path.isfile(os.path.join(args.model, "config.json")):
+    sys.exit(f"--model={args.model} is not a model folder; run"
+             f" `python -m alignax.tools.fetch_smollm2 {args.model}` first.")
+  if os.path.exists(args.workdir):
+    sys.exit(f"--workdir={args.workdir} exists: remove it or pass another (both sides"
+             " resume from it, and a fresh comparison must start from step 0).")
+  segments = {"alignax": [], "trl": []}
+  for until in range(args.segment, args.steps + 1, args.segment):
+    for side in ("alignax", "trl"):
+      segments[side].append(_segment(args, side, until))
+      seg = segments[side][-1]
+      print(f"{side:8s} to step {until:3d}: {seg['wall']:6.1f} s wall,"
+            f" accuracy {seg['evals'][-1]['accuracy']:.3f}", flush=True)
+  result = {side: _summary(segs) for side, segs in segments.items()}
+  result["config"] = {"model": args.model, "steps": args.steps, "segment": args.segment,
+                      "group": GROUP, "prompts_per_step": PROMPTS, "max_new_tokens": NEW_TOKENS,
+                      "learning_rate": LR, "loss_type": "dapo", "beta": 0.0, "seed": args.seed,
+                      "eval_size": args.eval_size, "machine": os.uname().machine,
+                      "cpus": os.cpu_count()}
+  a, t = result["alignax"], result["trl"]
+  result["step_time_ratio_trl_over_alignax"] = t["median_step_seconds"] / a["median_step_seconds"]
+  os.makedirs(os.path.dirname(args.out), exist_ok=True)
+  with open(args.out, "w") as f:
+    json.dump(result, f, indent=1)
+  _plot(result, os.path.splitext(args.out)[0] + ".png")
+  print(f"\n| | alignax | TRL {__import__('trl').__version__} |\n|---|---|---|")
+  for key, name in (("median_step_seconds", "s / step (median, steady)"),
+                    ("median_generation_seconds", "  generation"),
+                    ("median_update_seconds", "  update (log-probs + backward + step)"),
+                    ("peak_rss_gib", "peak RSS (GiB)")):
+    print(f"| {name} | {a[key]:.2f} | {t[key]:.2f} |")
+  print(f"| first step of each segment (s) | {', '.join(f'{x:.1f}' for x in a['first_step_of_segment_seconds'])}"
+        f" | {', '.join(f'{x:.1f}' for x in t['first_step_of_segment_seconds'])} |")
+  for e_a, e_t in zip(sorted(a["evals"], key=lambda e: e["step"]),
+                      sorted(t["evals"], key=lambda e: e["step"])):
+    print(f"| step {e_a['step']} accuracy / mean@4 | {e_a['accuracy']:.3f} / {e_a['mean@4']:.3f}"
+          f" | {e_t['accuracy']:.3f} / {e_t['mean@4']:.3f} |")
+  print(f"\nTRL / alignax seconds per step: {result['step_time_ratio_trl_over_alignax']:.2f}x;"
+        f" wrote {args.out}")
+
+
+if __name__ == "__main__":
+  main()
