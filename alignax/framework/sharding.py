@@ -107,16 +107,20 @@ def logical_spec(axes, shape, mesh: Mesh, rules: Mapping[str, Any] = RULES) -> P
 
 def replicate_unplaced(tree: Any) -> Any:
   """Leaves of `tree` on a single device (e.g. step counters created next to
-  sharded parameters) replicated over the mesh of its sharded leaves; `tree`
-  as is when no leaf is sharded. (jit returns such counters replicated: given
-  them so from the start, a jitted update compiles once, and with several
-  processes they live on the global mesh like the parameters.)"""
+  sharded parameters) replicated over the mesh of its sharded leaves; when no
+  leaf is sharded, every leaf committed to the device it is on. (jit returns
+  its outputs so placed: given them so from the start, a jitted update or
+  sampler compiles once, not again at the second step, whose inputs are the
+  first step's committed outputs; and with several processes they live on the
+  global mesh like the parameters.)"""
   leaves = [x for x in jax.tree.leaves(tree)
             if isinstance(x, jax.Array) and not isinstance(x, jax.core.Tracer)]
   mesh = next((x.sharding.mesh for x in leaves if isinstance(x.sharding, NamedSharding)),
               None)
   if mesh is None:
-    return tree
+    return jax.tree.map(
+        lambda x: (jax.device_put(x, x.sharding) if isinstance(x, jax.Array)
+                   and not isinstance(x, jax.core.Tracer) else x), tree)
 
   def one(x):
     if (isinstance(x, jax.Array) and not isinstance(x, jax.core.Tracer)
