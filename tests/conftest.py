@@ -14,13 +14,3 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-
-import pytest  # noqa: E402  pylint: disable=g-import-not-at-top,wrong-import-position
-
-
-@pytest.hookimpl(tryfirst=True)
-def pytest_configure(config):
-  # Under `-n 2`, tests marked `xdist_group` share one worker, so a module's
-  # costly fixtures (the real model in test_gguf.py) load once, not per worker.
-  if getattr(config.option, "dist", None) == "load":
-    config.option.dist = "loadgroup"

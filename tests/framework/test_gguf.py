@@ -15,9 +15,6 @@ from alignax.tools import fetch_smollm2
 from tests.framework import hf_fixtures
 
 Q = gguf_py.GGMLQuantizationType
-# One xdist worker holds this module (pytest.ini: --dist loadgroup), so the
-# real model's module fixtures load once, not once per worker.
-pytestmark = pytest.mark.xdist_group("gguf")
 
 # --- Tiny random GGUF files --------------------------------------------------
 
