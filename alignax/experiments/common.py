@@ -178,10 +178,15 @@ def _what_is(path: str) -> str:
     return "it is a file"
   if os.path.lexists(path):
     return "it is neither a file nor a directory"
-  parent = os.path.dirname(os.path.abspath(path))
-  while parent != os.path.dirname(parent) and not os.path.lexists(parent):
-    parent = os.path.dirname(parent)
-  return f"it does not exist (the nearest existing folder is {parent})"
+  return f"it does not exist (the nearest existing folder is {_nearest_existing(path)})"
+
+
+def _nearest_existing(path: str) -> str:
+  """`path` made absolute, or its nearest ancestor that exists."""
+  path = os.path.abspath(path)
+  while not os.path.lexists(path):
+    path = os.path.dirname(path)
+  return path
 
 
 class PathRule(Rule):
@@ -243,9 +248,7 @@ def check_workdir(workdir) -> None:
   if os.path.lexists(path) and not os.path.isdir(path):
     raise ConfigError(f"--workdir={workdir}: {_what_is(path)}, not a folder; give a"
                       " folder path (new, or an earlier run's to resume it)")
-  existing = path
-  while not os.path.lexists(existing):
-    existing = os.path.dirname(existing)
+  existing = _nearest_existing(path)
   if not os.path.isdir(existing):
     raise ConfigError(f"--workdir={workdir}: {existing} is a file, so the folder cannot"
                       " be made there; choose another path")
