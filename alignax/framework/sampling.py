@@ -8,6 +8,16 @@ them as `old_logprobs` without a second forward pass. With `temperature=0`
 
 Layout (TRL): with `num_generations=G`, row `p * G + g` is completion `g` of
 prompt `p`; groups are contiguous.
+
+Compaction (`SamplingParams.compact`, opt-in): the decode runs in stages over
+shrinking row buckets (B, then about B/2, B/4, ... down to `compact_min_rows`).
+A stage ends when the live rows fit the next bucket; the live rows' cache,
+logits, positions and budgets are then gathered into it and the stage after
+runs on fewer rows, writing tokens back to the rows they belong to. Finished
+rows thus stop costing decode FLOPs. Each step still draws the uniforms of
+the *whole* batch from the step's key and gathers the live rows' ones, so a
+row sees the same random numbers as without compaction: the output is the
+same token for token (`Generation.row_steps` counts the rows computed).
 """
 from __future__ import annotations
 
@@ -36,6 +46,7 @@ class Generation:
   logprobs:      float32 [B, N], log-prob of each sampled token (0 where masked).
   prompt_tokens: int32 [B, P], left-padded prompts (P is the bucketed length).
   prompt_mask:   bool [B, P].
+  row_steps:     int32 scalar, decode rows computed (the cost the decode paid).
   """
 
   tokens: jax.Array
@@ -43,6 +54,9 @@ class Generation:
   logprobs: jax.Array
   prompt_tokens: jax.Array
   prompt_mask: jax.Array
+  # int32 scalar: batch rows run through the model by the decode, summed over
+  # its steps (bucket sizes when compacting; steps x B otherwise).
+  row_steps: jax.Array | None = None
 
   @property
   def sequences(self) -> jax.Array:
@@ -73,6 +87,12 @@ class SamplingParams:
   # Ids a row may write at most once per decode (e.g. the candidate ids of a
   # ranking): once written, their logits are masked for that row.
   no_repeat_token_ids: tuple[int, ...] = ()
+  # Compaction of finished rows (see the module docstring): same output, fewer
+  # row-steps; each bucket adds one compiled copy of the decode step.
+  compact: bool = False
+  # Smallest bucket, and the multiple every bucket is rounded up to (a mesh's
+  # batch shard count must divide it). Below ~8 rows a step costs little less.
+  compact_min_rows: int = 8
 
   def validate(self, vocab_size: int) -> None:
     if not _is_int(self.max_new_tokens) or self.max_new_tokens < 1:
@@ -86,6 +106,9 @@ class SamplingParams:
     if self.top_p is not None and not (_is_number(self.top_p) and 0.0 < self.top_p <= 1.0):
       raise ValueError(f"top_p must be in (0, 1] or None (no nucleus filtering), got"
                        f" {self.top_p!r}.")
+    if not _is_int(self.compact_min_rows) or self.compact_min_rows < 1:
+      raise ValueError(f"compact_min_rows must be an integer >= 1, got"
+                       f" {self.compact_min_rows!r}.")
     for t in self.stop_token_ids + (self.pad_token_id,) + self.no_repeat_token_ids:
       if not 0 <= t < vocab_size:
         raise ValueError(f"Token id {t} (stop, pad or no-repeat) is outside the vocabulary"
@@ -165,19 +188,27 @@ def sample_inverse_cdf(key, logits, block: int = 256):
   return _draw_from_weights(key, weights, block)
 
 
-def _draw_from_weights(key, weights, block: int = 256):
+def _draw_from_weights(key, weights, block: int = 256, batch_rows=None, batch_size=None):
   """Token [B] drawn with probability proportional to weights [B, V] >= 0.
 
   Two levels keep the cumulative sums short: first over blocks of `block`
   tokens, then inside the chosen block. The weights need not be normalised
   (the uniform is scaled by their total); the CDF does not rise at zero
   weights, so those tokens are never drawn.
+
+  batch_rows, batch_size: the B rows are rows `batch_rows` (int32 [B]) of a
+  batch of `batch_size`: the uniforms of that whole batch are drawn and these
+  rows' taken, so a row's draw does not depend on which other rows are present.
   """
   b, v = weights.shape
   w = jnp.pad(weights, ((0, 0), (0, -v % block))).reshape(b, -1, block)
   block_mass = w.sum(-1)                                       # [B, nb]
   block_cdf = jnp.cumsum(block_mass, axis=-1)
-  u = jax.random.uniform(key, (b, 1), minval=jnp.finfo(jnp.float32).tiny) * block_cdf[:, -1:]
+  u = jax.random.uniform(key, (b if batch_rows is None else batch_size, 1),
+                         minval=jnp.finfo(jnp.float32).tiny)
+  if batch_rows is not None:
+    u = u[batch_rows]
+  u = u * block_cdf[:, -1:]
   blk = jnp.minimum(jnp.sum(block_cdf < u, axis=-1), block_cdf.shape[1] - 1)
   # Only blocks with mass can be chosen (rounding could land past the last one).
   last_live = jnp.max(jnp.where(block_mass > 0, jnp.arange(block_mass.shape[1]), 0), axis=-1)
@@ -190,11 +221,15 @@ def _draw_from_weights(key, weights, block: int = 256):
   return (blk * block + jnp.minimum(idx, last_nz)).astype(jnp.int32)
 
 
-def sample_next(key, logits, sampling_params: SamplingParams):
+def sample_next(key, logits, sampling_params: SamplingParams, *, batch_rows=None,
+                batch_size=None):
   """Samples tokens [B] from float32 logits [B, V]; returns (tokens, logprobs).
 
   One exp pass over [B, V] serves both the draw and the log-prob when nothing
   is filtered (the row max survives any filtering, so it is shared).
+  batch_rows, batch_size: the logits are rows `batch_rows` (int32 [B]) of a
+  batch of `batch_size` (a compacted decode); each row gets the random number
+  it would get in that whole batch.
   """
   rows = jnp.arange(logits.shape[0])
   if sampling_params.temperature == 0.0:
@@ -204,7 +239,7 @@ def sample_next(key, logits, sampling_params: SamplingParams):
   filtered = filter_logits(scaled, sampling_params.top_k, sampling_params.top_p)
   top = jnp.max(scaled, axis=-1, keepdims=True)
   weights = jnp.exp(filtered - top)
-  tokens = _draw_from_weights(key, weights)
+  tokens = _draw_from_weights(key, weights, batch_rows=batch_rows, batch_size=batch_size)
   if filtered is scaled:
     lse = top[:, 0] + jnp.log(jnp.sum(weights, axis=-1))
   else:
@@ -229,6 +264,19 @@ def prefill(graphdef, state, ids, mask, *, slots, repeats=1):
   return out
 
 
+def compaction_buckets(rows: int, min_rows: int) -> tuple[int, ...]:
+  """Row buckets of a compacted decode of `rows` rows: `rows`, then each about
+  half the one before, rounded up to a multiple of `min_rows`, while that is
+  smaller (64, 8 -> (64, 32, 16, 8); 12, 8 -> (12, 8); 5, 1 -> (5, 3, 2, 1))."""
+  sizes = [rows]
+  while True:
+    half = -(-sizes[-1] // 2)
+    nxt = -(-half // min_rows) * min_rows
+    if nxt >= sizes[-1]:
+      return tuple(sizes)
+    sizes.append(nxt)
+
+
 def decode_loop(model, cache, logits, positions, start, key, done, budget,
                 sampling_params):
   """The decode `while_loop`, shared by `decode` and multi-turn rollouts.
@@ -244,41 +292,87 @@ def decode_loop(model, cache, logits, positions, start, key, done, budget,
     budget: int32 [B], the most tokens row b may write.
   Returns (tokens [B, N], mask [B, N], logprobs [B, N], steps, cache), N =
   `sampling_params.max_new_tokens`; `steps` is the number of slots used. Stops early
-  when every row is done (stop token, budget, or done from the start).
+  when every row is done (stop token, budget, or done from the start). With
+  `sampling_params.compact` the rows are compacted as they finish and the
+  cache is put back together at the end (rows dropped early hold nothing,
+  masked, in the slots written after they left).
+  """
+  out = _staged_decode(model, cache, logits, positions, start, key, done, budget,
+                       sampling_params)
+  return out[:5]
+
+
+def _staged_decode(model, cache, logits, positions, start, key, done, budget,
+                   sampling_params):
+  """`decode_loop`, plus the row-steps computed [int32 scalar] as a 6th output.
+
+  One `while_loop` per bucket of `compaction_buckets` (one bucket, the plain
+  loop, without `sampling_params.compact`); stage s runs while more rows are
+  live than bucket s + 1 holds. The cache is put back together by scattering
+  each bucket's rows into the one before, in place (the returned cache then
+  reuses a donated input's buffers); the buckets' caches live side by side,
+  so a compacted decode holds up to ~2x the cache memory.
   """
   b, n = logits.shape[0], sampling_params.max_new_tokens
+  pad = sampling_params.pad_token_id
   stop = jnp.asarray(sampling_params.stop_token_ids or (-1,), jnp.int32)
   done = done | (budget <= 0)
+  buckets = (compaction_buckets(b, sampling_params.compact_min_rows)
+             if sampling_params.compact else (b,))
 
-  def cond(carry):
-    i, _, _, done, *_ = carry
-    return (i < n) & ~jnp.all(done)
+  def run_stage(carry, rows, positions, budget, next_size):
+    """Decodes the rows `rows` [b_s] of the batch (None: all of it, in order)."""
 
-  def body(carry):
-    i, cache, logits, done, key, tokens, mask, logps = carry
-    if sampling_params.no_repeat_token_ids:  # mask the no-repeat ids this row already wrote
-      ids = jnp.asarray(sampling_params.no_repeat_token_ids, jnp.int32)
-      seen = jnp.any((tokens[:, :, None] == ids) & mask[:, :, None], axis=1)  # [B, R]
-      logits = logits.at[:, ids].set(
-          jnp.where(seen, jnp.finfo(logits.dtype).min, logits[:, ids]))
-    key, sub = jax.random.split(key)
-    tok, logp = sample_next(sub, logits, sampling_params)
-    live = ~done
-    tok = jnp.where(live, tok, sampling_params.pad_token_id)
-    tokens = tokens.at[:, i].set(tok)
-    mask = mask.at[:, i].set(live)
-    logps = logps.at[:, i].set(jnp.where(live, logp, 0.0))
-    done = done | jnp.isin(tok, stop) | (i + 1 >= budget)
-    hidden, cache = model.forward(
-        tok[:, None], attention_mask=live[:, None], positions=(positions + i)[:, None],
-        cache=cache, cache_index=start + i)
-    return (i + 1, cache, model.logits(hidden[:, 0]), done, key, tokens, mask, logps)
+    def cond(carry):
+      i, _, _, done, *_ = carry
+      return (i < n) & (jnp.sum(~done) > next_size)
+
+    def body(carry):
+      i, cache, logits, done, key, tokens, mask, logps, row_steps = carry
+      if sampling_params.no_repeat_token_ids:  # mask the no-repeat ids this row already wrote
+        ids = jnp.asarray(sampling_params.no_repeat_token_ids, jnp.int32)
+        own_tokens, own_mask = (tokens, mask) if rows is None else (tokens[rows], mask[rows])
+        seen = jnp.any((own_tokens[:, :, None] == ids) & own_mask[:, :, None], axis=1)  # [b, R]
+        logits = logits.at[:, ids].set(
+            jnp.where(seen, jnp.finfo(logits.dtype).min, logits[:, ids]))
+      key, sub = jax.random.split(key)
+      tok, logp = sample_next(sub, logits, sampling_params, batch_rows=rows, batch_size=b)
+      live = ~done
+      tok = jnp.where(live, tok, pad)
+      at = slice(None) if rows is None else rows
+      tokens = tokens.at[at, i].set(tok)
+      mask = mask.at[at, i].set(live)
+      logps = logps.at[at, i].set(jnp.where(live, logp, 0.0))
+      done = done | jnp.isin(tok, stop) | (i + 1 >= budget)
+      hidden, cache = model.forward(
+          tok[:, None], attention_mask=live[:, None], positions=(positions + i)[:, None],
+          cache=cache, cache_index=start + i)
+      return (i + 1, cache, model.logits(hidden[:, 0]), done, key, tokens, mask, logps,
+              row_steps + tok.shape[0])
+
+    return jax.lax.while_loop(cond, body, carry)
 
   carry = (jnp.int32(0), cache, logits, done, key,
-           jnp.full((b, n), sampling_params.pad_token_id, jnp.int32), jnp.zeros((b, n), bool),
-           jnp.zeros((b, n), jnp.float32))
-  steps, cache, _, _, _, tokens, mask, logps = jax.lax.while_loop(cond, body, carry)
-  return tokens, mask, logps, steps, cache
+           jnp.full((b, n), pad, jnp.int32), jnp.zeros((b, n), bool),
+           jnp.zeros((b, n), jnp.float32), jnp.int32(0))
+  rows, left = None, []  # left: (cache before a gather, rows gathered)
+  for s, size in enumerate(buckets):
+    if s > 0:
+      # Live rows first (a stable sort keeps them in order), then finished
+      # ones fill the bucket; their state follows them.
+      i, cache, logits, done, *rest = carry
+      order = jnp.argsort(done.astype(jnp.int8), stable=True)[:size]
+      left.append((cache, order))
+      cache, logits, done, positions, budget = jax.tree.map(
+          lambda x: x[order], (cache, logits, done, positions, budget))
+      rows = order if rows is None else rows[order]
+      carry = (i, cache, logits, done, *rest)
+    next_size = buckets[s + 1] if s + 1 < len(buckets) else 0
+    carry = run_stage(carry, rows, positions, budget, next_size)
+  steps, cache, _, _, _, tokens, mask, logps, row_steps = carry
+  for before, order in reversed(left):
+    cache = jax.tree.map(lambda x, y: x.at[order].set(y), before, cache)
+  return tokens, mask, logps, steps, cache, row_steps
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "sampling_params"),
@@ -292,16 +386,17 @@ def decode(graphdef, state, cache, logits, positions, start, key, *, sampling_pa
     positions: int32 [B], the position of the first new token of each row.
     start: int32 scalar, the first free cache slot.
     key: PRNG key.
-  Returns (tokens [B, N], mask [B, N], logprobs [B, N], cache). Stops early
-  when every row has emitted a stop token. The returned cache (which reuses the
-  donated buffers) holds every token fed so far, for multi-turn rollouts.
+  Returns (tokens [B, N], mask [B, N], logprobs [B, N], cache, row_steps).
+  Stops early when every row has emitted a stop token. The returned cache
+  (which reuses the donated buffers) holds every token fed so far, for
+  multi-turn rollouts. row_steps: int32 scalar, rows computed summed over steps.
   """
   b = logits.shape[0]
-  tokens, mask, logps, _, cache = decode_loop(
+  tokens, mask, logps, _, cache, row_steps = _staged_decode(
       nnx.merge(graphdef, state), cache, logits, positions, start, key,
       jnp.zeros((b,), bool), jnp.full((b,), sampling_params.max_new_tokens, jnp.int32),
       sampling_params)
-  return tokens, mask, logps, cache
+  return tokens, mask, logps, cache, row_steps
 
 
 def bucket_length(n: int, limit: int) -> int:
@@ -335,7 +430,8 @@ def generate(model: Decoder, prompts: Sequence[Sequence[int]], *, max_new_tokens
              top_p: float | None = None, eos_token_id=None, seed=0,
              num_generations: int = 1, stop_token_ids=None,
              pad_token_id: int | None = None, mesh=None,
-             no_repeat_token_ids=None) -> Generation:
+             no_repeat_token_ids=None, compact: bool = False,
+             compact_min_rows: int = 8) -> Generation:
   """Samples completions for ragged prompts.
 
   Args:
@@ -355,6 +451,11 @@ def generate(model: Decoder, prompts: Sequence[Sequence[int]], *, max_new_tokens
     no_repeat_token_ids: optional ids each completion may write at most once
       (constrained decoding: a written one's logit is masked from then on; the
       returned log-probs are those of the masked distribution).
+    compact: compact finished rows out of the decode (same output, fewer
+      row-steps; see the module docstring). Pays off when completion lengths
+      vary; every bucket compiles its own copy of the decode step.
+    compact_min_rows: the smallest bucket; with a mesh, rounded up to a
+      multiple of its batch shards.
   """
   config = model.config
   prompts = _check_prompts(prompts, config.vocab_size)
@@ -376,18 +477,21 @@ def generate(model: Decoder, prompts: Sequence[Sequence[int]], *, max_new_tokens
         f" leaves room for {limit}. Shorten the prompt or max_new_tokens.")
   if pad_token_id is None:
     pad_token_id = config.pad_token_id if config.pad_token_id is not None else 0
+  if not _is_int(compact_min_rows) or compact_min_rows < 1:
+    raise ValueError(f"compact_min_rows must be an integer >= 1, got {compact_min_rows!r}.")
+  shards = 1 if mesh is None else mesh.shape["data"] * mesh.shape["fsdp"]
   sampling_params = SamplingParams(
       max_new_tokens=max_new_tokens, temperature=float(temperature), top_k=top_k,
       top_p=top_p, pad_token_id=int(pad_token_id),
       stop_token_ids=tuple(sorted(set(_as_tuple(eos_token_id) + _as_tuple(stop_token_ids)))),
-      no_repeat_token_ids=tuple(sorted(set(_as_tuple(no_repeat_token_ids)))))
+      no_repeat_token_ids=tuple(sorted(set(_as_tuple(no_repeat_token_ids)))),
+      compact=bool(compact), compact_min_rows=-(-int(compact_min_rows) // shards) * shards)
   sampling_params.validate(config.vocab_size)
 
   # The prompt pass runs once per prompt; its cache is repeated per completion.
   rows = list(prompts)
   num_rows = len(rows) * num_generations
   if mesh is not None:
-    shards = mesh.shape["data"] * mesh.shape["fsdp"]
     rows += [[sampling_params.pad_token_id]] * (-len(rows) % shards)
   length = bucket_length(longest, limit)
   host_ids, host_mask = pad_prompts(rows, length, sampling_params.pad_token_id)
@@ -401,10 +505,11 @@ def generate(model: Decoder, prompts: Sequence[Sequence[int]], *, max_new_tokens
                           repeats=num_generations)
   ids, mask = (np.repeat(a, num_generations, axis=0) for a in (host_ids, host_mask))
   positions = jnp.asarray(mask.sum(axis=1), jnp.int32)
-  tokens, out_mask, logprobs, _ = decode(graphdef, state, cache, logits, positions,
-                                      jnp.int32(length), key, sampling_params=sampling_params)
+  tokens, out_mask, logprobs, _, row_steps = decode(
+      graphdef, state, cache, logits, positions, jnp.int32(length), key,
+      sampling_params=sampling_params)
   return Generation(tokens[:num_rows], out_mask[:num_rows], logprobs[:num_rows],
-                    jnp.asarray(ids[:num_rows]), jnp.asarray(mask[:num_rows]))
+                    jnp.asarray(ids[:num_rows]), jnp.asarray(mask[:num_rows]), row_steps)
 
 
 def generate_from_state(graphdef, state, prompts: Sequence[Sequence[int]],
