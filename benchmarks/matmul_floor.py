@@ -72,7 +72,7 @@ def sampler_plan(a):
 
 
 def grpo_plan(a):
-  kv, inter = a.hidden, a.intermediate
+  kv, inter = getattr(a, "kv_width", None) or a.hidden, a.intermediate
   rows = a.prompts_per_step * a.generations
   plan = collections.OrderedDict()
   plan["generate: prefill layers"] = forward_dots(a.prompts_per_step * a.prompt, a.layers,
@@ -205,6 +205,8 @@ def main():
   ap.add_argument("--layers", type=int, default=4)
   ap.add_argument("--hidden", type=int, default=256)
   ap.add_argument("--intermediate", type=int, default=1024)
+  ap.add_argument("--kv-width", type=int, default=None,
+                  help="key/value projection width (KV heads x head dim); default hidden")
   ap.add_argument("--vocab", type=int, default=32000)
   ap.add_argument("--batch", type=int, default=16, help="sampler rows")
   ap.add_argument("--sampler-prompt", type=int, default=64)

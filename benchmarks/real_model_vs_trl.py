@@ -186,6 +186,66 @@ def run_trl(args, until: int) -> dict:
   return {"steps": steps, "evals": evals}
 
 
+# --- same inputs, and the floor -----------------------------------------------------
+
+
+def same_rendered_prompts(args, count: int = 256) -> dict:
+  """alignax's prompt token ids against TRL's rendering of the same rows.
+
+  TRL renders a conversational prompt with `apply_chat_template(...,
+  add_generation_prompt=True)` (the default system prompt comes from the
+  template) and tokenises without special tokens; alignax with
+  `prompt_data.PromptEncoder`. Returns the count of rows that differ and the
+  prompt bucket alignax pads a step's prompts to.
+  """
+  import transformers  # pylint: disable=g-import-not-at-top
+  from alignax.agents import prompt_data  # pylint: disable=g-import-not-at-top
+  from alignax.framework import hf, sampling  # pylint: disable=g-import-not-at-top
+  prompts = [r["prompt"] for r in _rows(os.path.join(EXAMPLES, "addition_train.jsonl"))[:count]]
+  ours = prompt_data.PromptEncoder(hf.load_tokenizer(args.model)).encode(prompts)
+  tok = transformers.AutoTokenizer.from_pretrained(args.model)
+  theirs = [tok(tok.apply_chat_template([{"role": "user", "content": p}], tokenize=False,
+                                        add_generation_prompt=True),
+                add_special_tokens=False)["input_ids"] for p in prompts]
+  lengths = [len(x) for x in ours]
+  return {"rows": len(prompts), "differing_rows": sum(list(a) != list(b)
+                                                      for a, b in zip(ours, theirs)),
+          "prompt_tokens_min_max": [min(lengths), max(lengths)],
+          "prompt_bucket": sampling.bucket_length(max(lengths), 1 << 30),
+          "first_rendered": tok.decode(theirs[0])}
+
+
+def matmul_floor(args, prompt_len: int) -> dict:
+  """The dense-matmul floor of one alignax step (benchmarks/matmul_floor.py's plan).
+
+  Every matmul of the step (generation: prefill of each prompt once, then
+  NEW_TOKENS decode steps at PROMPTS x GROUP rows; update: forward of the
+  prompts once per group and of the completions, LM head on the completion
+  rows, and two backward matmuls per forward one), each shape timed alone, jitted.
+  """
+  import importlib.util  # pylint: disable=g-import-not-at-top
+  spec = importlib.util.spec_from_file_location(
+      "matmul_floor", os.path.join(ROOT, "benchmarks", "matmul_floor.py"))
+  floor = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(floor)
+  with open(os.path.join(args.model, "config.json")) as f:
+    cfg = json.load(f)
+  shape = argparse.Namespace(
+      layers=cfg["num_hidden_layers"], hidden=cfg["hidden_size"],
+      intermediate=cfg["intermediate_size"], vocab=cfg["vocab_size"],
+      kv_width=cfg["num_key_value_heads"] * cfg["hidden_size"] // cfg["num_attention_heads"],
+      prompts_per_step=PROMPTS, generations=GROUP, prompt=prompt_len, new=NEW_TOKENS,
+      repeats=3)
+  phases, _ = floor.measure(floor.grpo_plan(shape), shape, with_torch=False)
+  gen = [r for r in phases if r["phase"].startswith("generate")]
+  upd = [r for r in phases if r["phase"].startswith("update")]
+  return {"shape": vars(shape), "phases": phases,
+          "gflop": sum(r["gflop"] for r in phases),
+          "seconds": sum(r["xla_s"] for r in phases),
+          "generation_seconds": sum(r["xla_s"] for r in gen),
+          "update_seconds": sum(r["xla_s"] for r in upd)}
+
+
 # --- orchestration --------------------------------------------------------------
 
 
@@ -293,6 +353,11 @@ def main():
                       "cpus": os.cpu_count()}
   a, t = result["alignax"], result["trl"]
   result["step_time_ratio_trl_over_alignax"] = t["median_step_seconds"] / a["median_step_seconds"]
+  result["prompts"] = same_rendered_prompts(args)
+  print(f"rendered prompts: {result['prompts']['differing_rows']} of"
+        f" {result['prompts']['rows']} differ between alignax and TRL", flush=True)
+  result["floor"] = matmul_floor(args, result["prompts"]["prompt_bucket"])
+  result["alignax_over_floor"] = a["median_step_seconds"] / result["floor"]["seconds"]
   os.makedirs(os.path.dirname(args.out), exist_ok=True)
   with open(args.out, "w") as f:
     json.dump(result, f, indent=1)
@@ -303,6 +368,10 @@ def main():
                     ("median_update_seconds", "  update (log-probs + backward + step)"),
                     ("peak_rss_gib", "peak RSS (GiB)")):
     print(f"| {name} | {a[key]:.2f} | {t[key]:.2f} |")
+  fl = result["floor"]
+  print(f"| alignax's dense-matmul floor ({fl['gflop']:.0f} GFLOP) | {fl['seconds']:.2f}"
+        f" (generation {fl['generation_seconds']:.2f}, update {fl['update_seconds']:.2f})"
+        f" = step / {result['alignax_over_floor']:.2f} | |")
   print(f"| first step of each segment (s) | {', '.join(f'{x:.1f}' for x in a['first_step_of_segment_seconds'])}"
         f" | {', '.join(f'{x:.1f}' for x in t['first_step_of_segment_seconds'])} |")
   for e_a, e_t in zip(sorted(a["evals"], key=lambda e: e["step"]),
