@@ -71,6 +71,14 @@ def _accepted_context(fn: AttentionFn) -> tuple[str, ...]:
   return tuple(n for n in CONTEXT_KWARGS if n in names)
 
 
+def reads_only_mask(name: str) -> bool:
+  """Whether implementation `name` takes visibility from `mask` alone: it
+  declares neither `query_slot0` nor `key_valid`, so any mask is exact for it
+  (packed segments included). Structured ones (block-sparse windows, counted
+  in slots) declare them."""
+  return not {"query_slot0", "key_valid"} & set(_accepted_context(get_attention(name)))
+
+
 def attend(name: str, q, k, v, *, mask, scale, **context) -> jax.Array:
   """Runs implementation `name`, passing only the context it accepts.
 

@@ -211,7 +211,18 @@ class DecoderLayer(nnx.Module):
     return x, layer_cache
 
 
-def _check_inputs(config: ModelConfig, input_ids, attention_mask, positions) -> None:
+def positions_from_segments(segment_ids: jax.Array) -> jax.Array:
+  """Positions [B, T] of packed rows: 0, 1, ... restarting wherever the
+  segment id changes (each segment a contiguous run of its real tokens)."""
+  t = segment_ids.shape[1]
+  idx = jnp.broadcast_to(jnp.arange(t), segment_ids.shape)
+  starts = jnp.concatenate([jnp.ones_like(segment_ids[:, :1], bool),
+                            segment_ids[:, 1:] != segment_ids[:, :-1]], axis=1)
+  return idx - jax.lax.cummax(jnp.where(starts, idx, 0), axis=1)
+
+
+def _check_inputs(config: ModelConfig, input_ids, attention_mask, positions,
+                  segment_ids=None) -> None:
   """Errors that name the argument for wrong shapes, dtypes or token ids.
 
   Shapes are checked always (they are static under jit); the token-id range
@@ -222,7 +233,8 @@ def _check_inputs(config: ModelConfig, input_ids, attention_mask, positions) -> 
     raise ValueError(f"input_ids must be an int array [batch, length], got shape {shape}.")
   if not jnp.issubdtype(input_ids.dtype, jnp.integer):
     raise TypeError(f"input_ids must hold integer token ids, got dtype {input_ids.dtype}.")
-  for name, arr in (("attention_mask", attention_mask), ("positions", positions)):
+  for name, arr in (("attention_mask", attention_mask), ("positions", positions),
+                    ("segment_ids", segment_ids)):
     if arr is not None and tuple(getattr(arr, "shape", ())) != tuple(shape):
       raise ValueError(f"{name} has shape {tuple(getattr(arr, 'shape', ()))}, but input_ids"
                        f" has shape {tuple(shape)}; they must match.")
@@ -272,7 +284,7 @@ class Decoder(nnx.Module):
 
   def forward(self, input_ids, *, attention_mask=None, positions=None,
               cache: KVCache | None = None, cache_index=0,
-              train: bool = False):
+              train: bool = False, segment_ids=None):
     """Runs the decoder and returns (final-normed hidden [B, T, H], cache).
 
     Args:
@@ -286,14 +298,30 @@ class Decoder(nnx.Module):
       train: a forward that will be differentiated: applies
         `config.remat` to the layers (the sampler and evaluation leave it
         False, so they never pay for rematerialisation).
+      segment_ids: int32 [B, T] for packed rows (several sequences per row,
+        `alignax.framework.packing`): a query attends only to keys of its own
+        segment (besides the causal and attention masks); positions default
+        to `positions_from_segments`. Needs `cache=None` and an attention
+        implementation that reads only the mask (not "block_sparse", whose
+        windows count row slots). None: the plain path, unchanged.
     """
-    _check_inputs(self.config, input_ids, attention_mask, positions)
+    _check_inputs(self.config, input_ids, attention_mask, positions, segment_ids)
+    if segment_ids is not None:
+      if cache is not None:
+        raise ValueError("segment_ids (packed rows) is for a forward without a cache;"
+                         " got both segment_ids and cache.")
+      if not attention_lib.reads_only_mask(self.config.attention_impl):
+        raise ValueError(
+            f"segment_ids (packed rows) needs an attention implementation that reads"
+            f" only the mask; attention_impl={self.config.attention_impl!r} also uses"
+            f" slot structure. Use 'dense', 'dot_product' or 'auto' for packed batches.")
     b, t = input_ids.shape
     if attention_mask is None:
       attention_mask = jnp.ones((b, t), bool)
     attention_mask = jnp.asarray(attention_mask).astype(bool)
     if positions is None:
-      positions = positions_from_mask(attention_mask)
+      positions = (positions_from_mask(attention_mask) if segment_ids is None
+                   else positions_from_segments(segment_ids))
     if cache is None:
       key_mask, key_slot, query_slot = attention_mask, jnp.arange(t), jnp.arange(t)
     else:
@@ -302,6 +330,8 @@ class Decoder(nnx.Module):
       key_slot = jnp.arange(cache.mask.shape[1])
       query_slot = cache_index + jnp.arange(t)
     mask = key_mask[:, None, :] & (key_slot[None, None, :] <= query_slot[None, :, None])
+    if segment_ids is not None:  # packed: segments never see each other
+      mask = mask & (segment_ids[:, :, None] == segment_ids[:, None, :])
 
     x = jnp.take(self.embed_tokens[...], input_ids, axis=0).astype(
         as_dtype(self.config.dtype))
