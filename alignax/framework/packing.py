@@ -138,6 +138,9 @@ def pack_grpo_batch(batch, row_length: int, *, micro_batches: int = 1,
     rows_per_micro_batch: R_m, fixed (else the most any micro-batch needs).
     targets_per_micro_batch: K_m, fixed (else the most completion tokens of
       any micro-batch, rounded up to `target_multiple`).
+    Each new (R_m, K_m) compiles the update again: a training loop fixes them
+    or rounds them to a few buckets (on a mesh, R_m a multiple of its batch
+    shards).
   Returns:
     dict of NumPy arrays: `input_ids`, `segment_ids` (1, 2, ... per row, 0 on
     padding), `positions` int32 [M R_m, row_length]; `target_slots` (flat slot
