@@ -29,9 +29,10 @@ produce exactly P x G x N tokens, with no extra logits processor on TRL's side
 (computed on the host from the token ids on both sides).
 
 Timing.
-  alignax: each step is timed end to end in Python (generate -> device_get the
-  tokens -> numpy reward -> `grpo_advantages` -> jitted update, then
-  `block_until_ready`). The first step compiles; compile time = first step
+  alignax: each step is `alignax.rl.grpo_step`, the step the grpo binary runs
+  (generate -> the tokens to the host -> numpy reward -> `make_group_batch`
+  (`grpo_advantages`) -> jitted update), timed end to end in Python up to
+  `block_until_ready`. The first step compiles; compile time = first step
   minus the median of the following `--steps` steps, reported separately.
   TRL: `trainer.train()` for `1 + --steps` optimizer steps; a `TrainerCallback`
   records `on_step_begin` -> `on_step_end` of each step (generation, reward,
@@ -75,10 +76,8 @@ def make_prompts(a, count, seed):
 
 def bench_alignax(a, model, prompt_sets):
   """Returns (per-step seconds list, first-step seconds, last metrics)."""
-  from alignax import objectives
-  from alignax.framework import sampling, train
-  from flax import nnx
-  import jax.numpy as jnp
+  from alignax import objectives, rl
+  from alignax.framework import train
 
   optimizer = train.make_optimizer(a.lr, max_grad_norm=1.0)
   graphdef, state = train.init_train_state(model, optimizer)
@@ -88,20 +87,19 @@ def bench_alignax(a, model, prompt_sets):
       loss=objectives.PolicyLossConfig(loss_type="dapo", epsilon_low=0.2, epsilon_high=0.2,
                                        beta=0.0, max_completion_length=a.new))
 
+  def score(tokens, mask):
+    return np.array([reward_from_ids(t[m]) for t, m in zip(tokens, mask)], np.float32)
+
   def step(state, prompts, i):
-    gen = sampling.generate(nnx.merge(graphdef, state.params), prompts,
-                            max_new_tokens=a.new, temperature=1.0,
-                            num_generations=a.generations, seed=i, pad_token_id=0)
-    tokens, mask = jax.device_get((gen.tokens, gen.mask))
-    rewards = np.array([reward_from_ids(t[m]) for t, m in zip(tokens, mask)], np.float32)
-    advantages = objectives.grpo_advantages(jnp.asarray(rewards), a.generations)
-    batch = dict(sequences=gen.sequences, attention_mask=gen.attention_mask,
-                 completion_tokens=gen.tokens, completion_mask=gen.mask,
-                 old_logprobs=gen.logprobs, advantages=advantages)
-    state, metrics = update(state, batch)
-    jax.block_until_ready((state, metrics))
+    # The library's GRPO step, as alignax.experiments.grpo runs it.
+    out = rl.grpo_step(update, graphdef, state, prompts, score,
+                       num_generations=a.generations, max_new_tokens=a.new,
+                       temperature=1.0, seed=i, pad_token_id=0, advantage="grpo",
+                       advantage_options={"scale": "group"})
+    jax.block_until_ready((out.state, out.metrics))
+    mask = out.rollout.generation.mask
     assert int(mask.sum()) == len(prompts) * a.generations * a.new, "early stop?"
-    return state, dict(metrics, reward=float(rewards.mean()))
+    return out.state, dict(out.metrics, reward=float(np.nanmean(out.rollout.rewards.total)))
 
   times = []
   for i, prompts in enumerate(prompt_sets):

@@ -36,6 +36,7 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 
 from alignax.objectives.registry import Registry
+from alignax.rl import batch as rl_batch
 
 RewardFn = Callable[..., Sequence[Any]]
 
@@ -190,7 +191,8 @@ class RewardResult:
 
   per_function: float32 [N, F], NaN where a function returned None.
   total: float32 [N], the weighted sum over functions (None counts 0); NaN
-    where every function returned None (an unscorable sample).
+    where every function returned None (an unscorable sample); see
+    `alignax.rl.combine_rewards`.
   """
 
   per_function: np.ndarray
@@ -292,10 +294,7 @@ class RewardSet:
     per = np.stack([self._call_one(i, list(prompts), list(completions), list(completion_ids),
                                    {k: list(v) for k, v in columns.items()})
                     for i in range(len(self.functions))], axis=1)
-    scored = ~np.isnan(per)
-    total = np.where(scored, per * self.weights, 0.0).sum(axis=1).astype(np.float32)
-    total[~scored.any(axis=1)] = np.nan
-    return RewardResult(per, total, self.names)
+    return RewardResult(per, rl_batch.combine_rewards(per, self.weights), self.names)
 
   def score(self, examples: Sequence, completion_ids: Sequence[Sequence[int]],
             texts: Sequence[str]) -> RewardResult:

@@ -36,7 +36,7 @@ import tqdm
 from absl import logging
 from flax import nnx
 
-from alignax import objectives
+from alignax import objectives, rl
 from alignax.agents import prompt_data, tasks
 from alignax.agents import rewards as rewards_lib
 from alignax.experiments import common
@@ -181,24 +181,33 @@ class Policy:
   mesh: Any
 
 
-def _sample(model, policy: Policy, data, rows, config, *, temperature, num_generations, seed):
-  """Samples and scores completions of `rows` of `data`: (Generation, RewardResult,
-  texts, host seconds spent decoding and scoring)."""
+def _generate_options(config, temperature, policy: Policy) -> dict:
+  """`sampling.generate` options of the rollout config (no top-k/top-p when greedy)."""
   r = config.rollout
-  gen = sampling.generate(
-      model, [data.prompt_ids[i] for i in rows], max_new_tokens=r.max_new_tokens,
-      temperature=temperature, top_k=(r.top_k or None) if temperature else None,
-      top_p=(r.top_p if r.top_p < 1.0 else None) if temperature else None,
-      eos_token_id=policy.stop_ids, pad_token_id=policy.pad_id,
-      num_generations=num_generations, seed=seed, mesh=policy.mesh)
-  # Whole batch on every process (gathered across processes when sharded).
-  tokens, mask = experiment.to_host((gen.tokens, gen.mask))  # waits for the device
-  t0 = time.perf_counter()
+  return dict(max_new_tokens=r.max_new_tokens, temperature=temperature,
+              top_k=(r.top_k or None) if temperature else None,
+              top_p=(r.top_p if r.top_p < 1.0 else None) if temperature else None,
+              eos_token_id=policy.stop_ids, pad_token_id=policy.pad_id, mesh=policy.mesh)
+
+
+def _score(policy: Policy, data, rows, num_generations, tokens, mask):
+  """(RewardResult, texts) of host `tokens`/`mask` [N, C], completion i of
+  `data.examples[rows[i // num_generations]]`."""
   ids = [row[m].tolist() for row, m in zip(tokens, mask)]
   texts = policy.tokenizer.batch_decode(ids, skip_special_tokens=True)
   examples = [data.examples[i] for i in rows for _ in range(num_generations)]
-  result = policy.rewards.score(examples, ids, texts)
-  return gen, result, texts, time.perf_counter() - t0
+  return policy.rewards.score(examples, ids, texts), texts
+
+
+def _sample(model, policy: Policy, data, rows, config, *, temperature, num_generations, seed):
+  """Samples and scores completions of `rows` of `data` (evaluation):
+  (RewardResult, texts)."""
+  gen = sampling.generate(model, [data.prompt_ids[i] for i in rows],
+                          num_generations=num_generations, seed=seed,
+                          **_generate_options(config, temperature, policy))
+  # Whole batch on every process (gathered across processes when sharded).
+  tokens, mask = experiment.to_host((gen.tokens, gen.mask))
+  return _score(policy, data, rows, num_generations, tokens, mask)
 
 
 def _accuracy_index(config, rewards) -> int:
@@ -224,8 +233,8 @@ def evaluate(model, policy: Policy, data, config, step: int):
   greedy, per_k, samples = [], [], []
   for lo in range(0, n, e.batch_size):
     rows = np.arange(lo, min(n, lo + e.batch_size))
-    _, result, texts, _ = _sample(model, policy, data, rows, config, temperature=0.0,
-                                  num_generations=1, seed=0)
+    result, texts = _sample(model, policy, data, rows, config, temperature=0.0,
+                            num_generations=1, seed=0)
     greedy.append(result)
     for j in range(min(len(rows), e.log_samples - len(samples))):
       ex = data.examples[rows[j]]
@@ -235,9 +244,9 @@ def evaluate(model, policy: Policy, data, config, step: int):
                          for i, k in enumerate(result.names)}})
     if e.num_samples:
       key = jax.random.fold_in(jax.random.key(config.seed + 1), step * 100003 + lo)
-      _, result_k, _, _ = _sample(model, policy, data, rows, config,
-                                  temperature=config.rollout.temperature,
-                                  num_generations=e.num_samples, seed=key)
+      result_k, _ = _sample(model, policy, data, rows, config,
+                            temperature=config.rollout.temperature,
+                            num_generations=e.num_samples, seed=key)
       per_k.append(result_k.per_function[:, acc].reshape(len(rows), e.num_samples))
   result = rewards_lib.RewardResult(
       np.concatenate([g.per_function for g in greedy]),
@@ -252,63 +261,43 @@ def evaluate(model, policy: Policy, data, config, step: int):
   return metrics, samples
 
 
-def _advantage_rewards(total: np.ndarray, group_size: int) -> tuple[np.ndarray, np.ndarray]:
-  """(rewards with unscorable samples set to their group's mean, unscorable mask).
-
-  A sample every reward function returned None for carries no signal: it does
-  not move its group's mean and its advantage is set to 0 (as TRL).
-  """
-  unscorable = np.isnan(total)
-  if not unscorable.any():
-    return total, unscorable
-  grouped = total.reshape(-1, group_size)
-  with np.errstate(all="ignore"):
-    means = np.nan_to_num(np.nanmean(grouped, axis=1, keepdims=True))
-  return np.where(np.isnan(grouped), means, grouped).reshape(-1), unscorable
-
-
-def rollout(graphdef, params, policy: Policy, data, config, step, reference):
-  """Samples a group batch for `step` and returns (batch, metrics, host seconds).
+def train_step(update, graphdef, state, policy: Policy, data, config, step, reference):
+  """One GRPO step (`alignax.rl.grpo_step`): draws the prompts of `step` (a
+  deterministic function of (seed, step)), samples `num_generations`
+  completions each, scores them with the reward functions, builds the
+  `GroupBatch` (`alignax.rl.make_group_batch`: weights, unscorable samples,
+  `config.loss.advantage`) and runs `num_iterations` updates.
 
   reference: (graphdef, params) of the KL reference policy, or None.
-
-  Host seconds: the data and reward work (drawing rows, decoding completions,
-  calling the reward functions, None handling), timed for the overhead figure
-  (benchmarks/grpo_host_overhead.py).
+  Returns (state, update metrics, rollout metrics, seconds): seconds has
+  `rollout` (until the batch was ready) and `host` (drawing rows, decoding
+  completions, calling the reward functions, None handling; timed for the
+  overhead figure, benchmarks/grpo_host_overhead.py).
   """
   r = config.rollout
   t0 = time.perf_counter()
   rows = data.indices(config.seed, step, r.prompts_per_step)
-  host = time.perf_counter() - t0
-  gen, result, _, score_seconds = _sample(
-      nnx.merge(graphdef, params), policy, data, rows, config, temperature=r.temperature,
-      num_generations=r.num_generations,
-      seed=jax.random.fold_in(jax.random.key(config.seed), step))
-  t0 = time.perf_counter()
-  rewards, unscorable = _advantage_rewards(result.total, r.num_generations)
-  host = host + score_seconds + time.perf_counter() - t0
-  estimator = objectives.ADVANTAGE_ESTIMATORS[config.loss.advantage]
-  advantages = estimator(jnp.asarray(rewards), r.num_generations, **objectives.accepted_options(
-      estimator, {"scale": config.loss.scale_rewards}))
-  if unscorable.any():
-    advantages = jnp.where(jnp.asarray(unscorable), 0.0, advantages)
-  batch = dict(sequences=gen.sequences, attention_mask=gen.attention_mask,
-               completion_tokens=gen.tokens, completion_mask=gen.mask,
-               old_logprobs=gen.logprobs, advantages=advantages)
-  if reference is not None:
-    batch["ref_logprobs"] = train.reference_logprobs(
-        *reference, gen.sequences, gen.attention_mask, gen.tokens,
-        temperature=r.temperature)
-  if policy.mesh is not None:
-    batch = {k: jax.device_put(v, sharding.batch_sharding(policy.mesh, v.ndim))
-             for k, v in batch.items()}
-  grouped = rewards.reshape(-1, r.num_generations)
-  metrics = result.metrics("train/")
-  metrics.update({
-      "train/reward_std_in_group": float(grouped.std(axis=1).mean()),
-      "train/solved_groups": float((grouped.max(axis=1) > 0).mean()),
-      "train/completion_length": float(experiment.to_host(gen.mask).sum(1).mean())})
-  return batch, metrics, host
+  draw_seconds = time.perf_counter() - t0
+
+  def score(tokens, mask):
+    return _score(policy, data, rows, r.num_generations, tokens, mask)[0].per_function
+
+  out = rl.grpo_step(
+      update, graphdef, state, [data.prompt_ids[i] for i in rows], score,
+      num_iterations=config.train.num_iterations, num_generations=r.num_generations,
+      seed=jax.random.fold_in(jax.random.key(config.seed), step),
+      weights=policy.rewards.weights, advantage=config.loss.advantage,
+      advantage_options={"scale": config.loss.scale_rewards}, reference=reference,
+      **_generate_options(config, r.temperature, policy))
+  rewards = out.rollout.rewards
+  metrics = rewards_lib.RewardResult(rewards.per_function, rewards.total,
+                                     policy.rewards.names).metrics("train/")
+  metrics.update({f"train/{k}": v for k, v in rewards.group_metrics().items()})
+  metrics["train/completion_length"] = float(
+      experiment.to_host(out.rollout.generation.mask).sum(1).mean())
+  seconds = {"rollout": draw_seconds + out.rollout_seconds,
+             "host": draw_seconds + out.rollout.host_seconds}
+  return out.state, out.metrics, metrics, seconds
 
 
 def prepare(config, workdir: str):
@@ -398,12 +387,8 @@ def run(config, workdir: str, *, stop_after: int | None = None, progress: bool =
   last_saved = start
   for step in bar:
     t0 = time.perf_counter()
-    batch, metrics, host_seconds = rollout(graphdef, state.params, policy, train_data, config,
-                                           step, reference(state.params))
-    # The rewards were read on the host, so sampling is done here.
-    rollout_seconds = time.perf_counter() - t0
-    for _ in range(t.num_iterations):
-      state, update_metrics = update(state, batch)
+    state, update_metrics, metrics, seconds = train_step(
+        update, graphdef, state, policy, train_data, config, step, reference(state.params))
     update_metrics = {f"train/{k}": float(v) for k, v in update_metrics.items()}
     if not np.isfinite(update_metrics["train/loss"]):
       raise FloatingPointError(
@@ -414,9 +399,9 @@ def run(config, workdir: str, *, stop_after: int | None = None, progress: bool =
     extras["seconds"] += step_seconds
     metrics.update(update_metrics)
     # Host-side data + reward work vs the whole step (rollout + update).
-    metrics.update({"perf/step_seconds": step_seconds, "perf/host_seconds": host_seconds,
-                    "perf/rollout_seconds": rollout_seconds,
-                    "perf/update_seconds": step_seconds - rollout_seconds})
+    metrics.update({"perf/step_seconds": step_seconds, "perf/host_seconds": seconds["host"],
+                    "perf/rollout_seconds": seconds["rollout"],
+                    "perf/update_seconds": step_seconds - seconds["rollout"]})
     if (step + 1) % t.eval_every == 0 or step + 1 == t.steps:
       extras["last_eval"] = run_eval(state.params, step + 1)
       metrics.update(extras["last_eval"])

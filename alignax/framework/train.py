@@ -31,6 +31,7 @@ from alignax import objectives
 from alignax.framework import lora, sharding
 from alignax.framework.logprobs import fused_logprobs_and_entropy
 from alignax.framework.model import Decoder, KVCache
+from alignax.rl.batch import GroupBatch, as_group_batch
 
 
 @jax.tree_util.register_dataclass
@@ -151,7 +152,7 @@ def _split_micro(batch: Mapping[str, jax.Array], micro_batches: int):
       raise ValueError(
           f"Batch of {x.shape[0]} rows is not divisible into {micro_batches} micro-batches.")
     return x.reshape(micro_batches, x.shape[0] // micro_batches, *x.shape[1:])
-  return jax.tree.map(split, dict(batch))
+  return jax.tree.map(split, dict(batch) if isinstance(batch, Mapping) else batch)
 
 
 def accumulate_and_apply(state: TrainState, batch, terms_fn: Callable, optimizer,
@@ -247,33 +248,32 @@ def make_grpo_update(graphdef, optimizer: optax.GradientTransformation, *,
                      prompt_groups: int = 1, remat: bool = True):
   """Jitted `update(state, batch) -> (state, metrics)` for a GRPO-family loss.
 
-  batch (N rows): `sequences` int32 [N, L], `attention_mask` [N, L],
-  `completion_tokens` int32 [N, C], `completion_mask` [N, C],
-  `old_logprobs` [N, C] (the sampler's), `advantages` [N], and `ref_logprobs`
-  [N, C] when `loss.beta > 0`. `loss`: the loss's options (loss_type,
-  epsilon_low/high, delta, beta, ...). `prompt_groups` (rows of a group share
-  the prompt, run once) and `remat`: see `completion_logprobs`.
+  batch: an `alignax.rl.GroupBatch` of N rows (`alignax.rl.make_group_batch`),
+  with `ref_logprobs` when `loss.beta > 0`; a mapping with the same keys is
+  still taken. `loss`: the loss's options (loss_type, epsilon_low/high, delta,
+  beta, ...). `prompt_groups` (rows of a group share the prompt, run once) and
+  `remat`: see `completion_logprobs`.
   """
   if not isinstance(loss, objectives.PolicyLossConfig):
     raise TypeError(f"make_grpo_update(loss=...) takes an objectives.PolicyLossConfig, got"
                     f" {type(loss).__name__}; build one with PolicyLossConfig(**options).")
   loss_kwargs = loss.kwargs()
 
-  def terms(params, mb):
+  def terms(params, mb: GroupBatch):
     logp, ent = completion_logprobs(
-        graphdef, params, mb["sequences"], mb["attention_mask"], mb["completion_tokens"],
+        graphdef, params, mb.sequences, mb.attention_mask, mb.completion_tokens,
         temperature=temperature, with_entropy=True, token_chunk=token_chunk,
         prompt_groups=prompt_groups, remat=remat)
     num, den, metrics = objectives.policy_loss_terms(
-        logp, mb["old_logprobs"], mb["advantages"], mb["completion_mask"],
-        ref_logprobs=mb.get("ref_logprobs"), **loss_kwargs)
+        logp, mb.old_logprobs, mb.advantages, mb.completion_mask,
+        ref_logprobs=mb.ref_logprobs, **loss_kwargs)
     metrics = dict(metrics, entropy=objectives.masked_mean(
-        jax.lax.stop_gradient(ent), mb["completion_mask"]))
+        jax.lax.stop_gradient(ent), mb.completion_mask))
     return num, (den, metrics)
 
   @jit_donating_state
   def update(state, batch):
-    return accumulate_and_apply(state, batch, terms, optimizer, micro_batches)
+    return accumulate_and_apply(state, as_group_batch(batch), terms, optimizer, micro_batches)
 
   return update
 
