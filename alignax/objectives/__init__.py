@@ -1,7 +1,10 @@
 """alignax.objectives: pure jnp functions for post-training objectives.
 
 No model, no Flax, no I/O: imports only jax/jnp/chex/optax/numpy.
-Definitions: docs/algorithms.md; public names: docs/api.md.
+Definitions: docs/algorithms.md; public names: docs/api.md. Every public
+function has a small numeric example in its docstring, run as a test
+(tests/test_doctests.py, arrays printed with
+`np.printoptions(precision=4, suppress=True)`).
 """
 from alignax.objectives.primitives import as_float
 from alignax.objectives.primitives import clamp_min1

@@ -54,6 +54,15 @@ def grpo_advantages(rewards: jax.Array, group_size: int, *,
 
   Returns:
     `[N]` advantages.
+
+  Example:
+    >>> r = jnp.array([1.0, 0.0, 0.0, 1.0, 1.0, 1.0])  # two groups of 3
+    >>> print(grpo_advantages(r, 3))  # the second group is all equal: 0
+    [ 1.1545 -0.5773 -0.5773  0.      0.      0.    ]
+    >>> print(grpo_advantages(r, 3, scale="none"))
+    [ 0.6667 -0.3333 -0.3333  0.      0.      0.    ]
+    >>> print(grpo_advantages(jnp.array([1.0, jnp.nan, 0.0, 0.5]), 2))  # NaN: unscorable
+    [ 0.      0.     -0.7069  0.7069]
   """
   scale = _scale_name(scale)
   r = P.as_float(rewards)
@@ -73,6 +82,10 @@ def dr_grpo_advantages(rewards: jax.Array, group_size: int) -> jax.Array:
   """Dr. GRPO: `A = r - group_mean(r)`, no std division (arXiv:2503.20783).
 
   Equal to `grpo_advantages(scale="none")` (TRL `scale_rewards="none"`).
+
+  Example:
+    >>> print(dr_grpo_advantages(jnp.array([1.0, 0.0, 0.0, 0.0]), 2))
+    [ 0.5 -0.5  0.   0. ]
   """
   return grpo_advantages(rewards, group_size, scale="none")
 
@@ -100,6 +113,14 @@ def grpo_advantages_multi(rewards_per_func: jax.Array, weights: jax.Array,
 
   Returns:
     `[N]` advantages.
+
+  Example:
+    >>> R = jnp.array([[1.0, 0.5], [0.0, jnp.nan], [1.0, 1.0], [jnp.nan, jnp.nan]])
+    >>> w = jnp.array([1.0, 0.1])
+    >>> print(grpo_advantages_multi(R, w, 2))  # sums 1.05 and 0.0; 1.1 and NaN
+    [ 0.707 -0.707  0.     0.   ]
+    >>> print(grpo_advantages_multi(R, w, 2, aggregation="normalize_then_sum"))
+    [ 0.9999 -0.9999  0.      0.    ]
   """
   R = P.as_float(rewards_per_func)
   P.check_rank("rewards_per_func", R, 2)
@@ -145,6 +166,11 @@ def rloo_advantages(rewards: jax.Array, group_size: int, *,
 
   Returns:
     `[N]` advantages.
+
+  Example:
+    >>> r = jnp.array([1.0, 0.0, 0.0, 1.0, 1.0, 1.0])  # r minus the mean of the others
+    >>> print(rloo_advantages(r, 3))
+    [ 1.  -0.5 -0.5  0.   0.   0. ]
   """
   r = P.as_float(rewards)
   bad = P.infinite_groups(r, group_size)
@@ -169,6 +195,12 @@ def kl_penalized_rewards(rewards: jax.Array, old_logp: jax.Array,
 
   Returns:
     `[N]` shaped rewards.
+
+  Example:
+    >>> old = jnp.array([[-1.0, -2.0], [-1.0, -1.0]])
+    >>> ref = jnp.array([[-1.5, -2.0], [-1.0, -3.0]])
+    >>> print(kl_penalized_rewards(jnp.array([1.0, 0.0]), old, ref, jnp.ones((2, 2)), 0.1))
+    [ 0.95 -0.2 ]
   """
   P.check_same_shape(old_logp=old_logp, ref_logp=ref_logp, mask=mask)
   kl = P.masked_sum(P.as_float(old_logp) - P.as_float(ref_logp), mask, axis=-1)
@@ -191,6 +223,10 @@ def dynamic_sampling_filter(rewards: jax.Array, group_size: int) -> jax.Array:
 
   Returns:
     `[P]` bool, True = keep the group.
+
+  Example:
+    >>> print(dynamic_sampling_filter(jnp.array([1.0, 1.0, 0.0, 1.0, jnp.nan, 0.0]), 2))
+    [False  True False]
   """
   g = P.group_view(rewards, group_size)
   valid = ~jnp.isnan(g)
@@ -216,6 +252,10 @@ def overlong_reward_penalty(lengths: jax.Array, max_len: int,
 
   Returns:
     `[N]` penalties in `[-1, 0]`.
+
+  Example:
+    >>> print(overlong_reward_penalty(jnp.array([10, 14, 16, 20]), max_len=16, cache_len=4))
+    [ 0.  -0.5 -1.  -1. ]
   """
   n = P.as_float(lengths)
   start = max_len - cache_len
@@ -228,7 +268,15 @@ def overlong_reward_penalty(lengths: jax.Array, max_len: int,
 
 
 def masked_whiten(x: jax.Array, mask: jax.Array, eps: float = 1e-8):
-  """`(x - mean) / sqrt(var + eps)` over active entries (ddof 0, OpenRLHF)."""
+  """`(x - mean) / sqrt(var + eps)` over active entries (ddof 0, OpenRLHF).
+
+  Example:
+    >>> x = jnp.array([[1.0, 2.0, 3.0], [4.0, 9.0, 9.0]])
+    >>> mask = jnp.array([[1, 1, 1], [1, 0, 0]])
+    >>> print((masked_whiten(x, mask) * mask))
+    [[-1.3416 -0.4472  0.4472]
+     [ 1.3416  0.      0.    ]]
+  """
   mean = P.masked_mean(x, mask)
   var = P.masked_mean((x - mean) ** 2, mask)
   return (x - mean) * jax.lax.rsqrt(var + eps)
@@ -256,6 +304,13 @@ def reinforce_pp_advantages(outcome: jax.Array, token_kl: jax.Array,
 
   Returns:
     `[N, T]` advantages (0 on padding).
+
+  Example:
+    >>> mask = jnp.array([[1, 1, 1], [1, 1, 0]])
+    >>> outcome = jnp.array([-1.0, 1.0])
+    >>> print(reinforce_pp_advantages(outcome, jnp.zeros((2, 3)), mask))
+    [[-0.8165 -0.8165 -0.8165]
+     [ 1.2247  1.2247  0.    ]]
   """
   P.check_same_shape(token_kl=token_kl, mask=mask)
   m = P.as_float(mask)
@@ -289,6 +344,11 @@ def discounted_returns(step_rewards: jax.Array, traj_ids: jax.Array,
 
   Returns:
     `[S]` discounted returns.
+
+  Example:
+    >>> r = jnp.array([0.0, 0.0, 1.0, 0.0, 1.0])
+    >>> print(discounted_returns(r, jnp.array([0, 0, 0, 1, 1]), gamma=0.9))
+    [0.81 0.9  1.   0.9  1.  ]
   """
   r = P.as_float(step_rewards)
   ids = jnp.asarray(traj_ids)
@@ -351,6 +411,16 @@ def gigpo_advantages(episode_rewards: jax.Array, step_returns: jax.Array,
 
   Returns:
     `[S]` advantages.
+
+  Example:
+    >>> # One group, two trajectories of two steps (episode rewards 1 and 0);
+    >>> # their first steps share an anchor state (step group 0).
+    >>> adv = gigpo_advantages(
+    ...     episode_rewards=jnp.array([1.0, 1.0, 0.0, 0.0]),
+    ...     step_returns=jnp.array([0.9, 1.0, 0.0, 0.0]),
+    ...     group_ids=jnp.array([0, 0, 0, 0]), anchor_ids=jnp.array([0, 1, 0, 2]))
+    >>> print(adv)
+    [ 1.5731  0.866  -1.5731 -0.866 ]
   """
   if mode not in ("mean_std_norm", "mean_norm"):
     raise ValueError(f"unknown mode {mode!r}")
@@ -402,6 +472,11 @@ def focal_advantage_scale(rewards: jax.Array, group_size: int,
 
   Returns:
     `[N]` scales in `[0, 1]`.
+
+  Example:
+    >>> r = jnp.array([1.0, 0.0, 0.0, 0.0, 1.0, 1.0, 1.0, 0.0])  # success 1/4 and 3/4
+    >>> print(focal_advantage_scale(r, 4))
+    [0.75 0.75 0.75 0.75 0.25 0.25 0.25 0.25]
   """
   correct = (P.as_float(rewards) > correct_threshold).astype(P.as_float(rewards).dtype)
   return (1.0 - P.group_mean(correct, group_size)) ** gamma_f
@@ -411,7 +486,13 @@ def focal_advantage_scale(rewards: jax.Array, group_size: int,
 def focal_grpo_advantages(rewards: jax.Array, group_size: int, *,
                           gamma_f: float = 1.0, scale="group",
                           eps: float = TRL_STD_EPS) -> jax.Array:
-  """`grpo_advantages(r) * focal_advantage_scale(r)` (F-GRPO on GRPO)."""
+  """`grpo_advantages(r) * focal_advantage_scale(r)` (F-GRPO on GRPO).
+
+  Example:
+    >>> r = jnp.array([1.0, 0.0, 0.0, 0.0, 1.0, 1.0, 1.0, 0.0])
+    >>> print(focal_grpo_advantages(r, 4))  # the mostly solved group counts less
+    [ 1.1248 -0.3749 -0.3749 -0.3749  0.125   0.125   0.125  -0.3749]
+  """
   return (grpo_advantages(rewards, group_size, scale=scale, eps=eps)
           * focal_advantage_scale(rewards, group_size, gamma_f))
 
@@ -430,6 +511,11 @@ def tree_node_values(leaf_rewards: jax.Array,
 
   Returns:
     `[M]` node values (0 for a node with no leaf).
+
+  Example:
+    >>> leaf_to_node = jnp.array([[1, 1, 0], [1, 0, 1], [1, 0, 1]])  # root, two children
+    >>> print(tree_node_values(jnp.array([1.0, 0.0, 1.0]), leaf_to_node))
+    [0.6667 1.     0.5   ]
   """
   r = P.as_float(leaf_rewards)
   a = P.as_float(leaf_to_node, r.dtype)
@@ -451,6 +537,11 @@ def sibling_advantages(node_values: jax.Array, parent_ids: jax.Array,
 
   Returns:
     `[M]` advantages.
+
+  Example:
+    >>> values = jnp.array([0.6667, 1.0, 0.5])  # the root, then two siblings
+    >>> print(sibling_advantages(values, jnp.array([0, 1, 1]), num_parents=2))
+    [ 0.      0.7071 -0.7071]
   """
   v = P.as_float(node_values)
   mean, std, count = P.segment_mean_std(v, parent_ids, num_parents)
@@ -484,6 +575,12 @@ def empg_advantages(adv: jax.Array, step_entropy: jax.Array,
 
   Returns:
     `[S]` modulated advantages (zero mean).
+
+  Example:
+    >>> adv = jnp.array([1.0, 1.0, -1.0])
+    >>> h = jnp.array([0.1, 0.5, 0.9])
+    >>> print(empg_advantages(adv, h, jnp.array([0.5, 0.9, jnp.nan])))
+    [ 0.9062  0.2964 -1.2026]
   """
   h = P.as_float(step_entropy)
   P.check_same_shape(adv=adv, step_entropy=h, next_step_entropy=next_step_entropy)
@@ -517,6 +614,11 @@ def copo_blend(local_loss: jax.Array, global_loss: jax.Array,
 
   Returns:
     Scalar.
+
+  Example:
+    >>> # A half-solved group (weight 1: local loss) and a solved one (weight 0).
+    >>> print(copo_blend(jnp.array([1.0, 2.0]), jnp.array([3.0, 3.0]), jnp.array([0.5, 1.0])))
+    2.0
   """
   c = jnp.clip(P.as_float(group_correct_frac), 0.0, 1.0)
   xlogx = lambda x: jnp.where(x > 0, x * jnp.log(jnp.where(x > 0, x, 1.0)), 0.)

@@ -2,7 +2,15 @@
 
 Pure jax.numpy. `U` = number of unlearning samples, `B` = batch size. Index
 batches are padded with -1 where fewer than `B` samples are left; callers mask
-rows with `indices >= 0`.
+rows with `indices >= 0`. `CURRICULA` holds the schedules a config chooses by name:
+
+>>> d = jnp.array([0.9, 0.1, 0.5, 0.3, 0.7])
+>>> CURRICULA["hard"](None, d, 2, 1.0).tolist()
+[[1, 3], [2, 4], [0, -1]]
+>>> CURRICULA["soft"](jax.random.key(0), d, 2, 1e-4).tolist()  # tau -> 0: the hard order
+[[1, 3], [2, 4], [0, -1]]
+>>> sorted(CURRICULA["none"](jax.random.key(0), d, 2, 1.0).ravel().tolist())  # random order
+[-1, 0, 1, 2, 3, 4]
 """
 from __future__ import annotations
 
@@ -23,6 +31,12 @@ def hard_curriculum_batches(difficulty: jax.Array, batch_size: int) -> jax.Array
   Returns:
     [ceil(U / B), B] int32 sample indices, easiest batch first; the last batch
     is padded with -1. Ties keep the original order (stable sort).
+
+  Example:
+    >>> print(hard_curriculum_batches(jnp.array([0.9, 0.1, 0.5, 0.3, 0.7]), 2))
+    [[ 1  3]
+     [ 2  4]
+     [ 0 -1]]
   """
   chex.assert_rank(difficulty, 1)
   u = difficulty.shape[0]
@@ -50,6 +64,15 @@ def soft_curriculum_sample(key: jax.Array, difficulty: jax.Array,
 
   Returns:
     [B] int32 indices, -1 for slots beyond the number of remaining samples.
+
+  Example:
+    >>> d = jnp.array([0.9, 0.1, 0.5, 0.3, 0.7])
+    >>> remaining = jnp.array([True, False, True, True, False])
+    >>> idx = soft_curriculum_sample(jax.random.key(0), d, remaining, batch_size=4)
+    >>> sorted(idx.tolist())  # the 3 remaining samples, in a random order, then padding
+    [-1, 0, 2, 3]
+    >>> print(soft_curriculum_sample(jax.random.key(0), d, remaining, 4, tau=1e-4))  # easy first
+    [ 3  2  0 -1]
   """
   chex.assert_rank([difficulty, remaining], 1)
   chex.assert_equal_shape([difficulty, remaining])
@@ -76,6 +99,11 @@ def soft_curriculum_batches(key: jax.Array, difficulty: jax.Array,
 
   Returns:
     [ceil(U / B), B] int32 indices (every sample exactly once, -1 padding).
+
+  Example:
+    >>> batches = soft_curriculum_batches(jax.random.key(0), jnp.linspace(0.0, 1.0, 5), 2)
+    >>> batches.shape, sorted(batches.ravel().tolist())  # each sample once, then -1
+    ((3, 2), [-1, 0, 1, 2, 3, 4])
   """
   chex.assert_rank(difficulty, 1)
   u = difficulty.shape[0]
@@ -95,7 +123,13 @@ def soft_curriculum_batches(key: jax.Array, difficulty: jax.Array,
 
 def random_batches(key: jax.Array, num_samples: int,
                    batch_size: int) -> jax.Array:
-  """No curriculum: a uniformly random order, [ceil(U / B), B] with -1 padding."""
+  """No curriculum: a uniformly random order, [ceil(U / B), B] with -1 padding.
+
+  Example:
+    >>> batches = random_batches(jax.random.key(0), 5, 2)
+    >>> batches.shape, sorted(batches.ravel().tolist())
+    ((3, 2), [-1, 0, 1, 2, 3, 4])
+  """
   return hard_curriculum_batches(
       jax.random.uniform(key, (num_samples,)), batch_size)
 

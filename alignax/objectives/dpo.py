@@ -13,7 +13,13 @@ from alignax.objectives.registry import get_dpo_loss, register_dpo_loss
 
 
 def sequence_logprobs(logp: jax.Array, mask: jax.Array) -> jax.Array:
-  """`sum_t logp m` per row: `[B, T] -> [B]` (an empty row gives 0)."""
+  """`sum_t logp m` per row: `[B, T] -> [B]` (an empty row gives 0).
+
+  Example:
+    >>> logp = jnp.array([[-1.0, -2.0, -3.0], [-0.5, -9.0, -9.0]])
+    >>> print(sequence_logprobs(logp, jnp.array([[1, 1, 1], [1, 0, 0]])))
+    [-6.  -0.5]
+  """
   P.check_same_shape(logp=logp, mask=mask)
   return P.masked_sum(logp, mask, axis=-1)
 
@@ -32,6 +38,14 @@ def perplexity_scores(logp: jax.Array, mask: jax.Array, *,
 
   Returns:
     `[N]` scores (lower = more likely).
+
+  Example:
+    >>> logp = jnp.array([[-1.0, -2.0, -3.0], [-0.5, 0.0, -9.0]])
+    >>> mask = jnp.array([[1, 1, 1], [1, 1, 0]])
+    >>> print(perplexity_scores(logp, mask))
+    [2.   0.25]
+    >>> print(perplexity_scores(logp, mask, count_threshold=1e-9))  # the 0-NLL token not counted
+    [2.  0.5]
   """
   P.check_same_shape(logp=logp, mask=mask)
   m = P.as_float(mask, P.compute_dtype(logp))
@@ -54,6 +68,12 @@ def build_dpo_pairs(scores: jax.Array, group_size: int, min_gap: float = 0.1):
 
   Returns:
     `(chosen_idx [P], rejected_idx [P], valid [P] bool)`, indices into `[N]`.
+
+  Example:
+    >>> scores = jnp.array([0.5, 0.2, 0.9, 1.0, 1.05, 1.0])  # two tasks of 3 samples
+    >>> chosen, rejected, valid = build_dpo_pairs(scores, 3, min_gap=0.1)
+    >>> print(chosen, rejected, valid)
+    [1 3] [2 4] [ True False]
   """
   g = P.group_view(scores, group_size)
   base = jnp.arange(g.shape[0]) * group_size
@@ -123,6 +143,21 @@ def dpo_loss(chosen_logps: jax.Array, rejected_logps: jax.Array,
   Returns:
     `(loss scalar, metrics)` with `rewards/chosen`, `rewards/rejected`,
     `rewards/accuracies`, `rewards/margins` (means of `beta * log-ratio`).
+
+  Example:
+    >>> pi_c, pi_r = jnp.array([-1.0, -2.0]), jnp.array([-3.0, -2.5])
+    >>> ref_c, ref_r = jnp.array([-1.5, -2.0]), jnp.array([-2.5, -2.0])
+    >>> from alignax.objectives import DPO_LOSSES
+    >>> for loss_type in DPO_LOSSES:  # every registered variant
+    ...   loss, _ = dpo_loss(pi_c, pi_r, ref_c, ref_r, beta=0.1, loss_type=loss_type)
+    ...   print(f"{loss_type:8s} {float(loss):.4f}")
+    sigmoid  0.6564
+    robust   0.6564
+    hinge    0.9250
+    ipo      18.1250
+    >>> _, metrics = dpo_loss(pi_c, pi_r, ref_c, ref_r, beta=0.1)
+    >>> {k: round(float(v), 4) for k, v in metrics.items()}
+    {'rewards/chosen': 0.025, 'rewards/rejected': -0.05, 'rewards/accuracies': 1.0, 'rewards/margins': 0.075}
   """
   P.check_same_shape(chosen_logps=chosen_logps, rejected_logps=rejected_logps,
                      ref_chosen_logps=ref_chosen_logps,

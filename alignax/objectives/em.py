@@ -1,7 +1,15 @@
 """Re-weighted EM over trajectories: EXSEARCH, DRO (docs/algorithms.md §6, §7).
 
 E-step: self-normalised importance weights from the gold answer's likelihood;
-M-step: a weighted token-mean NLL.
+M-step: a weighted token-mean NLL. `EM_WEIGHTINGS` holds the E-step weightings a
+config chooses by name (EXSEARCH's posterior and its two baselines):
+
+>>> ll, correct = jnp.array([-1.0, -2.0, 0.0, -1.0]), jnp.array([1.0, 0.0, 0.0, 1.0])
+>>> for name, fn in EM_WEIGHTINGS.items():  # two questions of 2 samples
+...   print(f"{name:14s}", fn(ll, correct, 2))
+exsearch       [0.7311 0.2689 0.7311 0.2689]
+uniform        [0.5 0.5 0.5 0.5]
+rejection_sft  [1. 0. 0. 1.]
 """
 from typing import Sequence
 
@@ -17,6 +25,11 @@ def answer_loglik(logp: jax.Array, answer_mask: jax.Array) -> jax.Array:
   """Token-mean log-likelihood of the gold answer, `[N, T] -> [N]` (§6.2).
 
   `l_n = sum_t logp m / max(sum_t m, 1)` (the reference stores `-l` as CE).
+
+  Example:
+    >>> logp = jnp.array([[-1.0, -2.0, -3.0], [-0.5, -9.0, -9.0]])
+    >>> print(answer_loglik(logp, jnp.array([[0, 1, 1], [1, 0, 0]])))
+    [-2.5 -0.5]
   """
   P.check_same_shape(logp=logp, answer_mask=answer_mask)
   return P.masked_mean(logp, answer_mask, axis=-1)
@@ -38,6 +51,13 @@ def em_weights(log_likelihoods: jax.Array, group_size: int, *,
 
   Returns:
     `[N]` weights.
+
+  Example:
+    >>> ll = jnp.array([-1.0, -2.0, -3.0, 0.0, jnp.nan, 0.0])  # two questions, 3 samples each
+    >>> print(em_weights(ll, 3))
+    [0.6652 0.2447 0.09   0.5    0.     0.5   ]
+    >>> print(em_weights(ll, 3, temperature=100.0))  # a high temperature: nearly uniform
+    [0.3367 0.3333 0.33   0.5    0.     0.5   ]
   """
   P.check_temperature(temperature)
   g = P.group_view(log_likelihoods, group_size, "log_likelihoods") / temperature
@@ -60,6 +80,11 @@ def segment_em_weights(log_likelihoods: jax.Array, segment_ids: jax.Array,
 
   Returns:
     `[N]` weights summing to 1 within each non-empty segment.
+
+  Example:
+    >>> ll = jnp.array([-1.0, -2.0, 0.0, -3.0, -3.0])
+    >>> print(segment_em_weights(ll, jnp.array([0, 0, 1, 1, 1]), num_segments=2))
+    [0.7311 0.2689 0.9094 0.0453 0.0453]
   """
   P.check_temperature(temperature)
   P.check_same_shape(log_likelihoods=log_likelihoods, segment_ids=segment_ids)
@@ -89,6 +114,12 @@ def weighted_sequence_nll(logp: jax.Array, mask: jax.Array,
 
   Returns:
     `(value scalar, normaliser scalar)`; 0 when all weights are 0.
+
+  Example:
+    >>> logp = jnp.array([[-1.0, -3.0], [-2.0, -2.0]])
+    >>> value, total = weighted_sequence_nll(logp, jnp.ones((2, 2)), jnp.array([0.75, 0.25]))
+    >>> print(float(value), float(total))  # (0.75 * 2 + 0.25 * 2) / 1
+    2.0 1.0
   """
   P.check_same_shape(logp=logp, mask=mask)
   w = jax.lax.stop_gradient(P.as_float(weights, P.compute_dtype(logp)))
@@ -100,7 +131,12 @@ def weighted_sequence_nll(logp: jax.Array, mask: jax.Array,
 
 def first_occurrences(outputs: Sequence, question_ids) -> np.ndarray:
   """bool [N]: True for the first of identical outputs (token lists or strings)
-  of the same question (DRO de-duplicates before the softmax, §7.1)."""
+  of the same question (DRO de-duplicates before the softmax, §7.1).
+
+  Example:
+    >>> first_occurrences([[1, 2], [1, 2], [3], [1, 2]], [0, 0, 0, 1])
+    array([ True, False,  True,  True])
+  """
   seen, keep = set(), []
   for out, q in zip(outputs, question_ids):
     key = (int(q), tuple(out) if not isinstance(out, str) else out)
@@ -122,6 +158,15 @@ def dro_weights(log_likelihoods, question_ids, num_questions: int, keep, valid, 
   samples (`valid` False) are dropped *after* it, and with
   `renormalize_after_filter` the remaining weights of each question are
   re-normalised to sum to 1 (a question with none left keeps zeros).
+
+  Example:
+    >>> ll = jnp.array([0.0, 0.0, -1.0, -1.0])  # one question, 4 selections
+    >>> keep = jnp.array([True, False, True, True])  # the second repeats the first
+    >>> valid = jnp.array([True, True, True, False])  # the last is malformed
+    >>> print(dro_weights(ll, [0, 0, 0, 0], 1, keep, valid))
+    [0.5761 0.     0.2119 0.    ]
+    >>> print(dro_weights(ll, [0, 0, 0, 0], 1, keep, valid, renormalize_after_filter=True))
+    [0.7311 0.     0.2689 0.    ]
   """
   ll = jnp.where(jnp.asarray(keep), jnp.asarray(log_likelihoods, jnp.float32), jnp.nan)
   qids = jnp.asarray(question_ids, jnp.int32)

@@ -35,6 +35,11 @@ def min_norm_two(gram2: jax.Array, *,
 
   Returns:
     `[2]` weights on the simplex.
+
+  Example:
+    >>> g = jnp.array([[1.0, 0.0], [0.0, 2.0]])  # two orthogonal gradients
+    >>> print(min_norm_two(g @ g.T))  # weights 0.8 / 0.2: the point (0.8, 0.4) of the segment
+    [0.8 0.2]
   """
   chex.assert_shape(gram2, (2, 2))
   m = P.as_float(gram2)
@@ -92,6 +97,11 @@ def min_norm_frank_wolfe(gram: jax.Array, *, max_iter: int = 250,
   From `alpha = 1/K`: `i* = argmin_i (M alpha)_i`; exact line search towards
   `e_{i*}` with `a = alpha^T M alpha, b = (M alpha)_{i*}, c = M_{i*i*}`,
   `gamma = clip((a - b)/(a + c - 2b), 0, 1)`; stop when `|d alpha|_1 < tol`.
+
+  Example:
+    >>> g = jnp.array([[1.0, 0.0], [0.0, 2.0], [1.0, 1.0]])
+    >>> print(min_norm_frank_wolfe(g @ g.T, max_iter=500, tol=1e-6).round(2))  # ~ exact
+    [0.8 0.2 0. ]
   """
   m = P.as_float(gram)
   k = m.shape[0]
@@ -126,6 +136,14 @@ def min_norm_weights(gram: jax.Array, *, method: str = "auto") -> jax.Array:
   Returns:
     `[K]` weights, `>= 0`, summing to 1; uniform when `M = 0`. NaN in `M`
     propagates to NaN weights.
+
+  Example:
+    >>> g = jnp.array([[1.0, 0.0], [0.0, 2.0], [1.0, 1.0]])  # three gradients in 2-D
+    >>> w = min_norm_weights(gram_matrix(g))
+    >>> print(w, w @ g)  # the min-norm point of their hull
+    [0.8 0.2 0. ] [0.8 0.4]
+    >>> print(min_norm_weights(jnp.zeros((3, 3))))  # no gradient at all: uniform
+    [0.3333 0.3333 0.3333]
   """
   m = P.as_float(gram)
   chex.assert_rank(m, 2)
@@ -150,7 +168,13 @@ def min_norm_weights(gram: jax.Array, *, method: str = "auto") -> jax.Array:
 
 
 def gram_matrix(flat_grads: jax.Array) -> jax.Array:
-  """`M = G G^T` for flattened gradients `G [K, P]` -> `[K, K]` (float32+)."""
+  """`M = G G^T` for flattened gradients `G [K, P]` -> `[K, K]` (float32+).
+
+  Example:
+    >>> print(gram_matrix(jnp.array([[1.0, 0.0, 2.0], [0.0, 1.0, 1.0]])))
+    [[5. 2.]
+     [2. 2.]]
+  """
   g = P.as_float(flat_grads)
   chex.assert_rank(g, 2)
   return g @ g.T
@@ -165,6 +189,13 @@ def gram_from_grads(grads_list: Sequence) -> jax.Array:
   """Gram matrix of K gradient pytrees without concatenating them: `[K, K]`.
 
   `M_ij = sum over leaves <g_i, g_j>`.
+
+  Example:
+    >>> grads = [{"w": jnp.array([1.0, 0.0]), "b": jnp.array(2.0)},
+    ...          {"w": jnp.array([0.0, 1.0]), "b": jnp.array(1.0)}]
+    >>> print(gram_from_grads(grads))  # the same as gram_matrix of the flattened gradients
+    [[5. 2.]
+     [2. 2.]]
   """
   k = len(grads_list)
   grads = [_as_float(g) for g in grads_list]
@@ -188,6 +219,15 @@ def normalize_gradients(grads_list: Sequence, losses: jax.Array,
 
   Returns:
     List of K pytrees.
+
+  Example:
+    >>> grads = [{"w": jnp.array([3.0, 4.0])}, {"w": jnp.array([0.0, 2.0])}]
+    >>> out = normalize_gradients(grads, jnp.array([2.0, 4.0]), kind="l2")
+    >>> print(out[0]["w"], out[1]["w"])
+    [0.6 0.8] [0. 1.]
+    >>> out = normalize_gradients(grads, jnp.array([2.0, 4.0]), kind="loss")
+    >>> print(out[0]["w"], out[1]["w"])
+    [1.5 2. ] [0.  0.5]
   """
   losses = P.as_float(losses)
   chex.assert_shape(losses, (len(grads_list),))
@@ -205,7 +245,13 @@ def normalize_gradients(grads_list: Sequence, losses: jax.Array,
 
 
 def mgda_combine(grads_list: Sequence, weights: jax.Array):
-  """`sum_i w_i g_i` over K gradient pytrees; weights are constants."""
+  """`sum_i w_i g_i` over K gradient pytrees; weights are constants.
+
+  Example:
+    >>> grads = [{"w": jnp.array([1.0, 0.0])}, {"w": jnp.array([0.0, 2.0])}]
+    >>> print(mgda_combine(grads, jnp.array([0.8, 0.2]))["w"])
+    [0.8 0.4]
+  """
   w = jax.lax.stop_gradient(P.as_float(weights))
   chex.assert_shape(w, (len(grads_list),))
 

@@ -36,6 +36,13 @@ def importance_weights(logp: jax.Array, old_logp: jax.Array, mask: jax.Array,
   token:    `log_w = logp - old_logp`                            `[N, T]`
   sequence: `log_w = sum_t (logp - old_logp) m / max(sum_t m, 1)`   `[N, 1]`
   (GSPO, Zheng et al. 2025, arXiv:2507.18071: the geometric-mean ratio).
+
+  Example:
+    >>> logp, old = jnp.array([[-1.0, -2.0]]), jnp.array([[-1.5, -2.0]])
+    >>> print(importance_weights(logp, old, jnp.ones((1, 2))))
+    [[0.5 0. ]]
+    >>> print(importance_weights(logp, old, jnp.ones((1, 2)), level="sequence"))
+    [[0.25]]
   """
   log_ratio = logp - old_logp
   if level == "token":
@@ -68,6 +75,11 @@ def clipped_surrogate(coef_1: jax.Array, adv: jax.Array, eps_low: float,
 
   Returns:
     `(loss, coef_1_d)`, both broadcast of the inputs.
+
+  Example:
+    >>> loss, _ = clipped_surrogate(jnp.array([[0.5, 1.0, 1.5]]), jnp.array([[1.0]]), 0.2, 0.2)
+    >>> print(loss)  # ratio 1.5 is clipped to 1.2 for a positive advantage
+    [[-0.5 -1.  -1.2]]
   """
   coef_2 = jnp.clip(coef_1, 1.0 - eps_low, 1.0 + eps_high)
   coef_1_d = coef_1 if delta is None else jnp.minimum(coef_1, delta)
@@ -77,14 +89,25 @@ def clipped_surrogate(coef_1: jax.Array, adv: jax.Array, eps_low: float,
 def cispo_per_token(coef_1: jax.Array, adv: jax.Array, logp: jax.Array,
                     eps_high: float) -> jax.Array:
   """CISPO: `-sg(min(coef_1, eps_high)) * A * logp` (MiniMax-M1,
-  arXiv:2506.13585); `eps_high` is an absolute cap (recommended 5.0)."""
+  arXiv:2506.13585); `eps_high` is an absolute cap (recommended 5.0).
+
+  Example:
+    >>> coef_1, logp = jnp.array([[0.5, 6.0]]), jnp.array([[-1.0, -2.0]])
+    >>> print(cispo_per_token(coef_1, jnp.array([[1.0]]), logp, eps_high=5.0))
+    [[ 0.5 10. ]]
+  """
   return -jax.lax.stop_gradient(jnp.minimum(coef_1, eps_high)) * adv * logp
 
 
 def sapo_per_token(coef_1: jax.Array, adv: jax.Array, tau_pos: float = 1.0,
                    tau_neg: float = 1.05) -> jax.Array:
   """SAPO soft gate: `-(sigmoid(tau (coef_1 - 1)) 4 / tau) A`, `tau = tau_pos`
-  if `A > 0` else `tau_neg` (arXiv:2511.20347)."""
+  if `A > 0` else `tau_neg` (arXiv:2511.20347).
+
+  Example:
+    >>> print(sapo_per_token(jnp.array([[1.0, 1.5]]), jnp.array([[1.0]])))
+    [[-2.     -2.4898]]
+  """
   tau = jnp.where(adv > 0, tau_pos, tau_neg)
   return -(jax.nn.sigmoid(tau * (coef_1 - 1.0)) * 4.0 / tau) * adv
 
@@ -100,6 +123,12 @@ def vespo_weights(log_ratio: jax.Array, mask: jax.Array, adv: jax.Array,
 
   Returns:
     `[N, 1]` weights.
+
+  Example:
+    >>> log_ratio = jnp.array([[0.0, 0.0], [0.1, 0.0]])
+    >>> print(vespo_weights(log_ratio, jnp.ones((2, 2)), jnp.array([[1.0], [-1.0]])))
+    [[1.    ]
+     [1.0938]]
   """
   lower = math.log(1e-8)
   s = jnp.sum(jnp.clip(log_ratio, -20.0, 20.0) * mask, axis=-1, keepdims=True)
@@ -122,6 +151,15 @@ def off_policy_sequence_mask(adv: jax.Array, logp: jax.Array,
 
   Returns:
     `[N, 1]` float mask.
+
+  Example:
+    >>> sampling_logp = jnp.array([[0.5, 0.5], [0.5, 0.5], [0.0, 0.0]])
+    >>> adv = jnp.array([[1.0], [-1.0], [-1.0]])
+    >>> print(off_policy_sequence_mask(adv, jnp.zeros((3, 2)), sampling_logp,
+    ...                                jnp.ones((3, 2)), threshold=0.1))
+    [[1.]
+     [0.]
+     [1.]]
   """
   kl = jnp.nan_to_num(sampling_logp - jax.lax.stop_gradient(logp), nan=0.0)
   avg = P.masked_mean(kl, mask, axis=-1)[:, None]
@@ -136,6 +174,10 @@ class PolicyLossInputs(NamedTuple):
   """Everything a registered per-token loss may read.
 
   `coef_1` is the unclamped ratio, `[N, T]` (token) or `[N, 1]` (sequence).
+
+  Example:
+    >>> PolicyLossInputs._fields[:5]
+    ('logprobs', 'log_ratio', 'coef_1', 'advantages', 'mask')
   """
   logprobs: jax.Array
   log_ratio: jax.Array
@@ -226,6 +268,19 @@ def aggregate_loss_terms(per_token: jax.Array, mask: jax.Array, mode: str, *,
 
   `mode` is an aggregation name ("seq_mean_token_mean", "token_mean",
   "seq_sum_const", "seq_length_weighted") or a loss type ("grpo", "dapo", ...).
+
+  Example:
+    >>> per_token = jnp.array([[1.0, 2.0, 3.0], [4.0, 0.0, 0.0]])
+    >>> mask = jnp.array([[1, 1, 1], [1, 0, 0]])
+    >>> for mode in ("seq_mean_token_mean", "token_mean", "seq_length_weighted"):
+    ...   num, den = aggregate_loss_terms(per_token, mask, mode)
+    ...   print(mode, float(num), float(den))
+    seq_mean_token_mean 6.0 2.0
+    token_mean 10.0 4.0
+    seq_length_weighted 10.0 2.0
+    >>> num, den = aggregate_loss_terms(per_token, mask, "seq_sum_const", max_len=4)
+    >>> print("seq_sum_const", float(num), float(den))
+    seq_sum_const 10.0 8.0
   """
   if mode in POLICY_LOSSES:
     mode = get_policy_loss(mode).aggregation
@@ -241,6 +296,16 @@ def aggregate_loss(per_token: jax.Array, mask: jax.Array, mode: str, *,
 
   Returns `(numerator / max(normaliser, 1), normaliser)`; `num_items` (a
   global token count, "dapo") replaces the normaliser when given.
+
+  Example:
+    >>> per_token = jnp.array([[1.0, 2.0, 3.0], [4.0, 0.0, 0.0]])
+    >>> mask = jnp.array([[1, 1, 1], [1, 0, 0]])
+    >>> loss, den = aggregate_loss(per_token, mask, "grpo")  # mean of row means (2 and 4)
+    >>> print(float(loss), float(den))
+    3.0 2.0
+    >>> loss, den = aggregate_loss(per_token, mask, "dapo", num_items=8)  # a global count
+    >>> print(float(loss), float(den))
+    1.25 8.0
   """
   num, den = aggregate_loss_terms(per_token, mask, mode, max_len=max_len)
   if num_items is not None:
@@ -265,6 +330,13 @@ def clip_fraction_metrics(coef_1: jax.Array, adv: jax.Array, mask: jax.Array,
 
   low: `(coef_1 < 1 - eps_low) & (A < 0)`; high: `(coef_1 > 1 + eps_high) &
   (A > 0)`; region: either. Pass the ratio after the `delta` clamp (TRL).
+
+  Example:
+    >>> coef_1 = jnp.array([[0.5, 1.0, 1.5], [0.5, 1.0, 1.5]])
+    >>> adv = jnp.array([[-1.0], [1.0]])
+    >>> m = clip_fraction_metrics(coef_1, adv, jnp.ones((2, 3)), 0.2, 0.2)
+    >>> {k: round(float(v), 4) for k, v in m.items()}
+    {'clip_ratio/low_mean': 0.1667, 'clip_ratio/high_mean': 0.1667, 'clip_ratio/region_mean': 0.3333}
   """
   dtype = P.compute_dtype(coef_1)
   low = ((coef_1 < 1 - eps_low) & (adv < 0)).astype(dtype)
@@ -286,6 +358,15 @@ class PolicyLossConfig:
 
   Frozen and hashable, so a jitted update closes over it; the options are
   checked here, before anything compiles.
+
+  Example:
+    >>> config = PolicyLossConfig.from_mapping({"loss_type": "grpo", "lr": 1e-6}, beta=0.04)
+    >>> config.loss_type, config.beta, config.epsilon_high
+    ('grpo', 0.04, 0.2)
+    >>> PolicyLossConfig(loss_type="dr_grpo")
+    Traceback (most recent call last):
+    ...
+    ValueError: PolicyLossConfig(loss_type='dr_grpo') needs max_completion_length.
   """
   loss_type: str = "dapo"
   epsilon_low: float = 0.2
@@ -344,6 +425,13 @@ def policy_loss_terms(logprobs: jax.Array, old_logprobs: Optional[jax.Array],
 
   Returns:
     `(numerator scalar, normaliser scalar, metrics dict)`.
+
+  Example:
+    >>> logp = jnp.array([[-1.0, -2.0, -3.0], [-0.5, -1.0, 0.0]])
+    >>> mask = jnp.array([[1, 1, 1], [1, 1, 0]])
+    >>> num, den, _ = policy_loss_terms(logp, logp - 0.1, jnp.array([1.0, -1.0]), mask)
+    >>> print(round(float(num), 4), float(den))  # dapo: sum over tokens, 5 tokens
+    -1.1052 5.0
   """
   spec = get_policy_loss(loss_type)
   if importance_sampling_level not in ("token", "sequence"):
@@ -464,6 +552,27 @@ def policy_loss(logprobs: jax.Array, old_logprobs: Optional[jax.Array],
 
   Returns:
     `(loss scalar, metrics dict[str, scalar])`.
+
+  Example:
+    >>> logp = jnp.array([[-1.0, -2.0, -3.0], [-0.5, -1.0, 0.0]])
+    >>> old = logp - jnp.array([[0.1, -0.3, 0.0], [0.2, 0.0, 0.0]])
+    >>> mask = jnp.array([[1, 1, 1], [1, 1, 0]])
+    >>> adv = jnp.array([1.0, -1.0])
+    >>> for loss_type in POLICY_LOSSES:  # every registered loss on the same tokens
+    ...   loss, _ = policy_loss(logp, old, adv, mask, loss_type=loss_type,
+    ...                         max_completion_length=4)
+    ...   print(f"{loss_type:8s} {float(loss):.4f}")
+    grpo     0.0810
+    bnpo     -0.1249
+    dr_grpo  -0.0781
+    dapo     -0.1249
+    luspo    -0.3123
+    cispo    0.1800
+    sapo     0.0329
+    vespo    1.0345
+    >>> loss, metrics = policy_loss(logp, old, adv, mask, beta=0.04, ref_logprobs=logp - 0.5)
+    >>> round(float(loss), 4), round(float(metrics["kl"]), 4)
+    (-0.1206, 0.108)
   """
   numerator, normaliser, metrics = policy_loss_terms(
       logprobs, old_logprobs, advantages, mask, loss_type=loss_type,
@@ -496,6 +605,11 @@ def rloo_sequence_loss(seq_logp: jax.Array, old_seq_logp: jax.Array,
 
   Returns:
     Scalar loss.
+
+  Example:
+    >>> seq_logp, old = jnp.array([-1.0, -2.0]), jnp.array([-1.2, -2.0])
+    >>> print(round(float(rloo_sequence_loss(seq_logp, old, jnp.array([1.0, -1.0]))), 4))
+    -0.1
   """
   P.check_same_shape(seq_logp=seq_logp, old_seq_logp=old_seq_logp, advantages=adv)
   coef_1 = jnp.exp(P.as_float(seq_logp) - P.as_float(old_seq_logp))

@@ -52,6 +52,14 @@ def cau_unlearn_loss(logits: jax.Array, target_items: jax.Array,
 
   Returns:
     Scalar masked mean of the log-probabilities (0 for an empty mask).
+
+  Example:
+    >>> logits = jnp.log(jnp.array([[0.1, 0.6, 0.3], [0.1, 0.1, 0.8]]))
+    >>> print(round(float(cau_unlearn_loss(logits, jnp.array([1, 2]))), 4))  # mean log(0.6), log(0.8)
+    -0.367
+    >>> print(round(float(cau_unlearn_loss(logits, jnp.array([1, 2]),
+    ...                                    mask=jnp.array([True, False]))), 4))
+    -0.5108
   """
   P.check_rank("logits", logits, 2)
   P.check_shape("target_items", target_items, (logits.shape[0],),
@@ -75,6 +83,12 @@ def cau_normal_loss(logits: jax.Array, next_items: jax.Array,
 
   Returns:
     Scalar masked mean negative log-likelihood (0 when nothing is valid).
+
+  Example:
+    >>> logits = jnp.log(jnp.array([[0.1, 0.6, 0.3], [0.1, 0.1, 0.8]]))
+    >>> valid = jnp.array([True, False])  # the second prefix has no next item
+    >>> print(round(float(cau_normal_loss(logits, jnp.array([2, 0]), valid)), 4))  # -log 0.3
+    1.204
   """
   P.check_rank("logits", logits, 2)
   for name, x in (("next_items", next_items), ("valid", valid)):
@@ -93,6 +107,13 @@ def kl_to_original(logits: jax.Array, orig_logits: jax.Array,
 
   Returns:
     Scalar mean KL; exactly 0 when the two agree.
+
+  Example:
+    >>> orig = jnp.log(jnp.array([[0.5, 0.5]]))
+    >>> print(round(float(kl_to_original(jnp.log(jnp.array([[0.9, 0.1]])), orig)), 4))
+    0.5108
+    >>> print(float(kl_to_original(orig, orig)))
+    0.0
   """
   P.check_rank("logits", logits, 2)
   P.check_same_shape(logits=logits, orig_logits=orig_logits)
@@ -108,7 +129,12 @@ def kl_to_original(logits: jax.Array, orig_logits: jax.Array,
 
 
 def minmax_normalize(x: jax.Array) -> jax.Array:
-  """Maps [U] scores linearly onto [0, 1]; a constant vector maps to zeros."""
+  """Maps [U] scores linearly onto [0, 1]; a constant vector maps to zeros.
+
+  Example:
+    >>> print(minmax_normalize(jnp.array([2.0, 4.0, 3.0])), minmax_normalize(jnp.ones(2)))
+    [0.  1.  0.5] [0. 0.]
+  """
   x = x.astype(jnp.float32)
   lo, hi = jnp.min(x), jnp.max(x)
   return jnp.where(hi - lo > _EPS, (x - lo) / jnp.maximum(hi - lo, _EPS), 0.0)
@@ -126,6 +152,11 @@ def gradient_difficulty(per_sample_grads: jax.Array, *,
 
   Returns:
     [U] difficulty scores.
+
+  Example:
+    >>> grads = jnp.array([[3.0, 4.0], [1.0, 0.0], [0.0, 3.0]])  # norms 5, 1, 3
+    >>> print(gradient_difficulty(grads), gradient_difficulty(grads, normalize=False))
+    [1.  0.  0.5] [5. 1. 3.]
   """
   P.check_rank("per_sample_grads", per_sample_grads, 2)
   d = jnp.linalg.norm(per_sample_grads.astype(jnp.float32), axis=-1)
@@ -143,6 +174,12 @@ def embedding_difficulty(session_repr: jax.Array, item_emb: jax.Array, *,
 
   Returns:
     [U] difficulty scores (higher = the model associates them more = harder).
+
+  Example:
+    >>> h = jnp.array([[1.0, 0.0], [1.0, 1.0], [0.0, 1.0]])
+    >>> e = jnp.array([[1.0, 0.0], [1.0, 0.0], [1.0, 0.0]])
+    >>> print(embedding_difficulty(h, e, normalize=False), embedding_difficulty(h, e))
+    [1.     0.7071 0.    ] [1.     0.7071 0.    ]
   """
   P.check_rank("session_repr", session_repr, 2)
   P.check_same_shape(session_repr=session_repr, item_emb=item_emb)
@@ -162,6 +199,11 @@ def target_rank(scores: jax.Array, targets: jax.Array) -> jax.Array:
 
   Returns:
     [B] int32 ranks.
+
+  Example:
+    >>> scores = jnp.array([[0.1, 0.5, 0.3, 0.5], [0.9, 0.2, 0.4, 0.1]])
+    >>> print(target_rank(scores, jnp.array([2, 0])))  # 1 + #strictly higher scores
+    [3 1]
   """
   P.check_rank("scores", scores, 2)
   P.check_shape("targets", targets, (scores.shape[0],),
@@ -188,6 +230,11 @@ def hit_rate_at_k(scores: jax.Array, targets: jax.Array, k: int,
 
   Returns:
     Scalar hit rate.
+
+  Example:
+    >>> scores = jnp.array([[0.1, 0.5, 0.3, 0.5], [0.9, 0.2, 0.4, 0.1]])  # ranks 3 and 1
+    >>> print(float(hit_rate_at_k(scores, jnp.array([2, 0]), k=2)))
+    0.5
   """
   hits = (target_rank(scores, targets) <= k).astype(jnp.float32)
   return _ranking_metric(hits, mask)
@@ -205,6 +252,11 @@ def ndcg_at_k(scores: jax.Array, targets: jax.Array, k: int,
 
   Returns:
     Scalar NDCG.
+
+  Example:
+    >>> scores = jnp.array([[0.1, 0.5, 0.3, 0.5], [0.9, 0.2, 0.4, 0.1]])  # ranks 3 and 1
+    >>> print(float(ndcg_at_k(scores, jnp.array([2, 0]), k=3)))  # (1/log2(4) + 1) / 2
+    0.75
   """
   rank = target_rank(scores, targets)
   gain = jnp.where(rank <= k, 1.0 / jnp.log2(rank.astype(jnp.float32) + 1.0),
