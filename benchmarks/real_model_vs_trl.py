@@ -61,6 +61,8 @@ def run_alignax(args, until: int) -> dict:
   config = common.load_config_file(CONFIG)
   config.update_from_flattened_dict({
       "model_path": args.model, "seed": args.seed, "train.steps": args.steps,
+      "train.learning_rate": LR, "rollout.num_generations": GROUP,
+      "rollout.prompts_per_step": PROMPTS, "rollout.max_new_tokens": NEW_TOKENS,
       "train.eval_every": args.segment, "train.checkpoint_every": args.segment,
       "eval.size": args.eval_size, "eval.num_samples": EVAL_K})
   workdir = os.path.join(args.workdir, "alignax")
