@@ -1,12 +1,14 @@
 """benchmarks/seeds.py: flattening, mean/std over seeds, and the 2-of-3 rule."""
 import importlib.util
 import os
+import sys
 
 import numpy as np
 
 _PATH = os.path.join(os.path.dirname(__file__), "..", "..", "benchmarks", "seeds.py")
 _spec = importlib.util.spec_from_file_location("seeds", _PATH)
 seeds = importlib.util.module_from_spec(_spec)
+sys.modules["seeds"] = seeds  # dataclasses resolve the module's annotations through it
 _spec.loader.exec_module(seeds)
 
 
@@ -28,12 +30,24 @@ def test_aggregate_matches_numpy_and_majority_rule():
   assert out["claims"]["x > 5"]["per_seed"] == {"0": False, "1": False, "2": True}
 
 
-def test_no_drop_reads_the_whole_curve():
+def test_worst_drop_reads_the_whole_curve_in_iteration_order():
   s = {"m_before": 10.0, "m_per_iteration/0": 12.0, "m_per_iteration/1": 9.5,
        "m_per_iteration/10": 9.0}
-  assert not seeds._no_drop(s, "m", 2)   # 12 -> 9.5 drops 2.5
-  assert seeds._no_drop(s, "m", 3)
+  assert seeds._worst_drop(s, "m") == -2.5   # 12 -> 9.5 (10 sorts after 1)
+  assert seeds._worst_drop({"m_before": 1.0, "m_per_iteration/0": 2.0}, "m") == 0.0
+
+
+def test_claim_values_and_bounds_reach_the_seeds_file():
+  claim = seeds.Claim(lambda s: s["x"] - s["y"], ">=", 3)
+  out = seeds.aggregate({0: {"x": 5.0, "y": 1.0}, 1: {"x": 5.0, "y": 3.0},
+                         2: {"x": 9.0, "y": 1.0}}, {"x - y >= 3": claim})
+  v = out["claims"]["x - y >= 3"]
+  assert v["value_per_seed"] == {"0": 4.0, "1": 2.0, "2": 8.0}
+  assert v["value_on_mean"] == (19 / 3 - 5 / 3) and v["bound"] == ">= 3"
+  assert v["per_seed"] == {"0": True, "1": False, "2": True} and v["holds"]
 
 
 def test_every_binary_has_claims():
-  assert set(seeds.CLAIMS) == {"grpo", "exsearch", "dro", "moat", "cau_unlearn"}
+  assert seeds.BINARIES == ["cau_unlearn", "dro", "exsearch", "grpo", "moat"]
+  assert seeds.claims_of("grpo", "smollm2") is seeds.CLAIMS["grpo:smollm2"]
+  assert seeds.claims_of("grpo", "tiny") is seeds.CLAIMS["grpo"]

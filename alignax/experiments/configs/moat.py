@@ -28,60 +28,8 @@ is named):
 - num_iterations=4 (§8.3's run script: 2); optimisers: linear warm-up over
   optimizer_warmup_steps, then ~constant (§8.1: cosine over one epoch).
 
-Where held-out success comes from (seeds 0/1/2, this default): an agent's plan
-depends only on the task's chain and phrasing (the subject is bound as #0),
-so held-out success is the planner's exact-plan rate and moves in steps of
-one (chain, phrasing) unit, ~10 tasks. 242 of the 500 held-out tasks are
-length-4 chains that no method solves (0-2.6% for every method and seed,
-answers reached by chance; 0 of 512 plans the seed-0 warm-up planner samples
-for 64 other length-4 tasks are right: it never writes 4 hops), so held-out
-success is at most ~53. On the length-3 held-out tasks after it 4, MOAT /
-sep/ / `separate_gold/` reach 63.6 / 60.1 / 63.6, 90.8 / 90.8 / 96.0 and
-79.2 / 85.4 / 88.5 (warm-up 60.5, 90.8, 75.4).
-
-Measured and not taken (seeds 0/1/2 as "a / b / c"; each run's per-group
-success, `eval/<split>_success_hops<n>` and `_nested` / `_possessive`, is in
-its metrics.jsonl):
-- stage1.max_chosen_score=0.01 (a pair only when the grounder reproduces the
-  gold actions from its chosen plan). Why: on the warm-up agents, when a right
-  plan is among the K the grounder's argmin is it (CE <= 0.006); without one
-  the argmin is a wrong plan (seed 0: CE >= 0.015 for 90% of them) that the
-  NLL term then teaches: 52% of seed 0's held-in pairs. With
-  heldout_fraction=0.5 (43-47 held-out length-3 chains instead of 25: twice
-  the units), tasks_per_iteration=512, epochs=2, learning_rate=1e-4: on
-  warm-ups built for another split (same gold set, other token ids) MOAT
-  ended at held-out 54.6 / 64.2 / 48.0 against sep/ 50.2 / 60.4 / 54.8; run
-  from scratch (the true default's warm-ups) 54.4 / 30.4 / 41.0 against sep/
-  54.6 / 31.8 / 60.0 (`separate_gold/` 52.4 / 30.2 / 60.0), seed 2 collapsing
-  at it 4 (held-in 94.0 -> 72.4, held-out 55.8 -> 41.0). The warm-up decides
-  more than the method.
-- Pool-only chains (world.pool_only_fraction=0.5: half of the new length-3
-  compositions join the iterations' pool, never the warm-up gold or the
-  evaluation; with num_long=4). What they could give, offline on seed 0's
-  warm-up planner (SFT on gold plans, 48 updates of 16 at 2e-4; exact plans on
-  the other held-out chains): warm-up 61.6, the gold set alone 61.2, + 1,024
-  pool tasks 73.6, + 120 pool-only tasks 83.6 (at 16 updates: 60.8 / 60.8 /
-  68.0). What MOAT made of them: held-out 51.0 / 65.0 / 58.6 -> 50.2 / 64.0 /
-  44.4 against sep/ 51.0 / 65.0 / 62.4 (seed 2: held-in 83.8 -> 61.4 at it
-  4); with tasks_per_iteration=512, epochs=2, max_chosen_score=0.01: seed 0
-  51.0 -> 42.8 -> 50.2 -> 34.8 -> 50.8 (sep/ 51.0), seed 2 72.4 (sep/ 62.6);
-  512 tasks without the filter: seed 0 51.0 -> 42.6 -> 50.8 -> 31.2 -> 31.4.
-  1,024 tasks per iteration ran out of memory on the shared 24 GB machine.
-- More planner updates degrade the planner: tasks_per_iteration=512 with
-  stage1.epochs=2 took held-in exact plans 81 -> 62 and held-out success to
-  29.2 at it 4 (from 33.6 at it 3); epochs=3 dropped held-in 86.4 -> 83.2 at it 1.
-- critic.rewrite_subgoals=False (the critic keeps the planner's own subgoals
-  beside the corrected actions; the grounder then learns to ground the task
-  itself: held-in success rises above the planner's exact-plan rate, e.g. 94.0
-  against 77.2). High gains on some seeds, collapses on others. With 256 tasks
-  held-out fell 31.4 -> 26.2 at it 1. With 512 tasks, seeds 0/1/2 ended at
-  held-out 34.4 / 50.2 / 35.2 against `separate/` 34.0 / 49.8 / 44.8 (seed 2:
-  39.2 -> 42.6 -> 39.0 -> 36.0 -> 35.2; seed 0's `separate_gold/` 39.4). Adding
-  stage1.learning_rate=5e-5, seeds 0/1/2 ended at 39.0 / 49.4 / 32.4: seed 0
-  +8.0 over `separate/` (31.0) and +6.8 over `separate_gold/`, but seed 2 fell
-  39.8 -> 32.0 at it 3 (its `separate/` was 42.0 at it 1) and seed 1 stayed
-  below `separate/` (50.4 at it 2). The grounder that reads the task maps
-  held-out compositions onto held-in chains and so ignores correct plans.
+What the default measures, and what was measured and not taken: docs/results.md
+(MOAT).
 """
 import ml_collections
 
