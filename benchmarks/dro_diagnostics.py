@@ -119,7 +119,7 @@ def main(argv=None) -> dict:
     graphdef, states = _states(models)
     result[label] = measure(graphdef, states, roles, fmt, examples, seed=config.seed)
 
-  types_ = [*dro_world.QUESTION_TYPES, "all"]
+  types_ = [t for t in (*dro_world.QUESTION_TYPES, "all") if t in result["warm-up"]]
   print(f"\nDRO per question type, {args.workdir} (held-out, warm-up -> dro)")
   print(f"{'type':<14} {'n':>4}" + "".join(f" {c:>22}" for c in COLUMNS.values()))
   for t in types_:

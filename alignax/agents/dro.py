@@ -7,7 +7,10 @@ state name to its `TrainState`, `roles` maps "selector"/"generator" to a name).
 """
 from __future__ import annotations
 
+import functools
+
 import jax
+import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
@@ -202,6 +205,83 @@ def select(graphdef, params, fmt, examples, key, *, repeats=1, temperature=0.0,
                               no_repeat=fmt.no_repeat)
   perms, valid = parse_selections([fmt.decode(o) for o in outs], fmt.num, fmt.top_k)
   return outs, perms, valid
+
+
+def selection_logprobs(graphdef, params, prompts, outputs, *, temperature: float,
+                       top_p: float | None, no_repeat=None, chunk: int = 256):
+  """(log p_phi(z), log q(z)), each [N]: the log-probabilities of the sampled
+  selector outputs `outputs[n]` (token lists, the stop token included) after
+  `prompts[n]`, under the selector itself (p_phi: temperature 1, no top-p)
+  and under the proposal they were sampled from (q: `select`'s temperature
+  and top_p), both with `select`'s constrained decoding (`no_repeat`: each of
+  these ids masked once written). The DRO importance ratio p_phi / q of
+  `objectives.dro_weights` (docs/algorithms.md §7.1).
+
+  Per step t of an output z: `log q_t = s[z_t] - logsumexp_{v in V_p} s[v]`
+  with `s = logits / temperature` and `V_p` the nucleus: the fewest top
+  tokens of softmax(s) whose mass reaches top_p (`sampling.filter_logits`);
+  the sampled token always counts as in it (a re-computed logit can differ
+  from the sampler's by rounding). `log p_t = log_softmax(logits)[z_t]`.
+  `log q(z) = sum_t log q_t`, likewise p. With temperature 1 and top_p 1 (or
+  None) both are equal. Rows are scored `chunk` at a time (the last chunk
+  padded with repeats), each trimmed to its longest row.
+  """
+  n = len(prompts)
+  if len(outputs) != n:
+    raise ValueError(f"{len(outputs)} outputs for {n} prompts.")
+  steps = max(max((len(o) for o in outputs), default=1), 1)
+  ids = tuple(sorted(set(int(t) for t in (no_repeat or ()))))
+  top_p = None if top_p is None or top_p >= 1.0 else float(top_p)
+  order = np.argsort([len(p) + len(o) for p, o in zip(prompts, outputs)], kind="stable")
+  out_p, out_q = np.zeros(n, np.float32), np.zeros(n, np.float32)
+  for s in range(0, n, chunk):
+    idx = order[s:s + chunk]
+    rows = np.resize(idx, min(chunk, n))
+    length = max(len(prompts[i]) + len(outputs[i]) for i in rows)
+    length = -(-length // 32) * 32
+    seq = np.zeros((len(rows), length), np.int32)
+    attn = np.zeros((len(rows), length), bool)
+    start = np.zeros(len(rows), np.int32)
+    toks = np.zeros((len(rows), steps), np.int32)
+    mask = np.zeros((len(rows), steps), bool)
+    for r, i in enumerate(rows):
+      full = list(prompts[i]) + list(outputs[i])
+      seq[r, :len(full)], attn[r, :len(full)] = full, True
+      start[r] = len(prompts[i])
+      toks[r, :len(outputs[i])], mask[r, :len(outputs[i])] = outputs[i], True
+    lp, lq = _selection_logprobs(graphdef, params, seq, attn, start, toks, mask,
+                                 temperature=float(temperature), top_p=top_p, no_repeat=ids)
+    out_p[idx], out_q[idx] = np.asarray(lp)[:len(idx)], np.asarray(lq)[:len(idx)]
+  return out_p, out_q
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "temperature", "top_p", "no_repeat"))
+def _selection_logprobs(graphdef, params, seq, attn, start, toks, mask, *, temperature, top_p,
+                        no_repeat):
+  model = nnx.merge(graphdef, params)
+  hidden, _ = model.forward(seq, attention_mask=attn)
+  steps = toks.shape[1]
+  # The logits that predict output token t sit at position start + t - 1.
+  pos = jnp.minimum(start[:, None] - 1 + jnp.arange(steps)[None], seq.shape[1] - 1)
+  h = jnp.take_along_axis(hidden, pos[:, :, None], axis=1)           # [B, S, H]
+  logits = model.logits(h).astype(jnp.float32)                      # [B, S, V]
+  neg = jnp.finfo(jnp.float32).min
+  if no_repeat:
+    rep = jnp.asarray(no_repeat, jnp.int32)
+    written = (toks[:, :, None] == rep) & mask[:, :, None]         # [B, S, R]
+    # Seen before step t: written at some step < t.
+    seen = (jnp.cumsum(written, axis=1) - written) > 0
+    logits = logits.at[:, :, rep].set(jnp.where(seen, neg, logits[:, :, rep]))
+  onehot = jax.nn.one_hot(toks, logits.shape[-1], dtype=bool)
+  pick = lambda x: jnp.sum(jnp.where(onehot, x, 0.0), axis=-1)
+  logp = pick(jax.nn.log_softmax(logits, axis=-1))
+  scaled = logits / temperature
+  b, s, v = scaled.shape
+  filtered = sampling.filter_logits(scaled.reshape(b * s, v), None, top_p).reshape(b, s, v)
+  filtered = jnp.where(onehot, scaled, filtered)  # the sampled token is in the nucleus
+  logq = pick(jax.nn.log_softmax(filtered, axis=-1))
+  m = mask.astype(jnp.float32)
+  return jnp.sum(logp * m, axis=1), jnp.sum(logq * m, axis=1)
 
 
 def answers(graphdef, params, fmt, examples, passages) -> list[str]:

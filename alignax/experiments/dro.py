@@ -4,10 +4,12 @@ r"""DRO: a generative selector and a generator trained by re-weighted EM (docs/a
   python -m alignax.experiments.dro --config=alignax/experiments/configs/dro.py:tiny \
       --workdir=runs/dro_tiny
 
-World (`alignax/agents/dro_world.py`): paraphrased questions, many same-name
-distractor passages, 2-hop questions whose bridge passage BM25 never finds.
-Each question's candidates are BM25's top `candidates.num` (+ the missing gold
-passages, DRO's k_positive).
+World (`alignax/agents/dro_world.py`): every question has its own fresh
+entities and facts (nothing to memorise: answers must be read), paraphrased
+questions, same-name distractor passages and decoy bridges, 2-hop questions
+whose bridge passage BM25 never finds. Each question's candidates are BM25's
+top `candidates.num` with the question's missing passages put in (DRO's
+k_positive; its decoys too), in a uniformly random order (`candidates.shuffle`).
 
 1. Warm-up: a word-level tokenizer (plus one token per candidate id `[i]`)
    and a small decoder, trained by SFT on a few questions -- the generator
@@ -23,8 +25,10 @@ passages, DRO's k_positive).
      question (with `selector.no_repeat_ids`, decoding masks an id once
      written; `parse_ranking`, completed to a permutation); the generator's
      input is the first `top_k` passages; each output is scored by the
-     token-mean log-likelihood of the gold answer; identical outputs of a
-     question are de-duplicated, weights = `segment_em_weights`; outputs
+     token-mean log-likelihood l of the gold answer; identical outputs of a
+     question are de-duplicated, weights = exp(l / tau) p_phi(z) / q(z)
+     normalised per question (`objectives.dro_weights`; q: the selector at
+     `selector.temperature` / `top_p`, p_phi: the selector itself); outputs
      without exactly `top_k` ids are dropped after weighting (re-normalised
      with `em.renormalize_after_filter`).
    M-step: `weighted_sequence_nll` for the selector (its own sampled ranking)
@@ -84,13 +88,19 @@ class Selections:
   keep: np.ndarray    # [q*m] False for a repeat of the question's output
   valid: np.ndarray   # [q*m] False for a malformed output
   log_likelihoods: np.ndarray  # [q*m] the gold answer's, given the passages
+  # [q*m] log p_phi(z) (the selector) and log q(z) (the tempered, top-p
+  # proposal the outputs were sampled from); None when q is the selector.
+  selector_logprobs: np.ndarray | None = None
+  proposal_logprobs: np.ndarray | None = None
 
 
 def _dro_weighting(s: Selections, em, answer_fn):
+  """The paper's self-normalised weights exp(l / tau) p_phi(z) / q(z)."""
   del answer_fn
   return np.asarray(objectives.dro_weights(
       s.log_likelihoods, s.question_ids, s.num_questions, s.keep, s.valid,
-      temperature=em.temperature, renormalize_after_filter=em.renormalize_after_filter),
+      temperature=em.temperature, renormalize_after_filter=em.renormalize_after_filter,
+      selector_logprobs=s.selector_logprobs, proposal_logprobs=s.proposal_logprobs),
                     np.float32), {}
 
 
@@ -117,8 +127,13 @@ def selection_e_step(graphdef, states, roles, fmt, examples, config, key, length
   passages = [fmt.docs(e, p) for e, p in zip(rows_ex, perms)]
   gen = fmt.batch([fmt.generator_row(e, p) for e, p in zip(rows_ex, passages)], lengths[1])
   ll = np.asarray(train.answer_logliks(graphdef, states[roles["generator"]].params, gen))
+  sel_cfg, ratio = config.selector, (None, None)
+  if sel_cfg.temperature != 1.0 or sel_cfg.top_p < 1.0:  # q is not the selector itself
+    ratio = dro_agents.selection_logprobs(
+        graphdef, states[roles["selector"]].params, [fmt.selector_prompt(e) for e in rows_ex],
+        outs, temperature=sel_cfg.temperature, top_p=sel_cfg.top_p, no_repeat=fmt.no_repeat)
   sample = Selections(q, rows_ex, qids, outs, passages,
-                      objectives.first_occurrences(outs, qids), valid, ll)
+                      objectives.first_occurrences(outs, qids), valid, ll, *ratio)
   answer_fn = lambda exs, docs: dro_agents.answers(
       graphdef, states[roles["generator"]].params, fmt, exs, docs)
   w, extra = weighting(sample, em, answer_fn)
@@ -165,17 +180,20 @@ METHODS.add("rejection_sft", Method(
 # ------------------------------------------------------------------ warm-up
 def build_candidates(config, world, retriever):
   """(candidates, bm25): question id -> passage indices [candidates.num], BM25's
-  top `candidates.num` with the missing gold passages inserted at uniformly
-  random positions (`dro_world.insert_gold_passages`), and BM25's own ranking,
-  which `bm25_top5` reads."""
+  top `candidates.num` with the missing passages of the question's context
+  (gold passages and decoys) inserted at uniformly random positions
+  (`dro_world.insert_gold_passages`), then, with `candidates.shuffle`, in a
+  uniformly random order; and BM25's own ranking, which `bm25_top5` reads."""
   d = world.dataset
   examples = d.train + d.eval
   bm25 = dro_world.candidates(retriever, examples, world.gold, config.candidates.num,
                               insert_gold=False)
   cand = bm25
   if config.candidates.insert_gold:
-    cand = dro_world.insert_gold_passages(bm25, examples, world.gold,
+    cand = dro_world.insert_gold_passages(bm25, examples, world.context,
                                           keep_top=config.candidates.keep_top, seed=config.seed)
+  if config.candidates.shuffle:
+    cand = dro_world.shuffle_candidates(cand, examples, seed=config.seed)
   return ({e.id: c for e, c in zip(examples, cand)},
           {e.id: b for e, b in zip(examples, bm25)})
 
@@ -296,12 +314,7 @@ def load_world(config) -> dro_world.DroWorld:
   if config.dataset != "builtin":
     return dro_world.from_qa_dataset(qa_data.load_dataset(config.dataset,
                                                           data_dir=config.data_dir))
-  w = config.world
-  return dro_world.make_dro_world(
-      seed=config.seed, num_people=w.num_people, num_cities=w.num_cities,
-      num_countries=w.num_countries, num_companies=w.num_companies,
-      distractors_per_person=w.distractors_per_person, max_fillers=w.max_fillers,
-      heldout_fraction=w.heldout_fraction)
+  return dro_world.make_dro_world(seed=config.seed, **config.world.to_dict())
 
 
 def model_sources(config) -> dict[str, str]:

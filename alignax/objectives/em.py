@@ -146,16 +146,27 @@ def first_occurrences(outputs: Sequence, question_ids) -> np.ndarray:
 
 
 def dro_weights(log_likelihoods, question_ids, num_questions: int, keep, valid, *,
-                temperature: float = 1.0, renormalize_after_filter: bool = False):
+                temperature: float = 1.0, renormalize_after_filter: bool = False,
+                selector_logprobs=None, proposal_logprobs=None):
   """DRO E-step weights [N] (§7.1) of N sampled selections.
 
   Args: log_likelihoods [N] (the gold answer's, given each selection),
   question_ids [N] in [0, num_questions), keep [N] (False for a duplicate,
-  `first_occurrences`), valid [N] (False for a malformed selection).
+  `first_occurrences`), valid [N] (False for a malformed selection);
+  selector_logprobs, proposal_logprobs [N] (optional, together): `log
+  p_phi(z_j|x)`, the selection's log-probability under the selector itself,
+  and `log q(z_j)`, under the distribution it was sampled from (the
+  selector's, tempered and top-p truncated).
 
-  Duplicates (`keep` False) are removed *before* the softmax
-  (`segment_em_weights` over the kept samples of each question); malformed
-  samples (`valid` False) are dropped *after* it, and with
+  The self-normalised importance weight of the posterior `p(z|x, y*)`:
+
+      w_j = exp(l_j / tau) * p_phi(z_j) / q(z_j)  /  sum_k (same)
+
+  over the kept samples of a question. Without the log-probs (or when q is
+  the selector, temperature 1 and top_p 1) the ratio is 1 and
+  `w = softmax(l / tau)` (`segment_em_weights`). tau = 1 is the paper's.
+  Duplicates (`keep` False) are removed *before* the normalisation;
+  malformed samples (`valid` False) are dropped *after* it, and with
   `renormalize_after_filter` the remaining weights of each question are
   re-normalised to sum to 1 (a question with none left keeps zeros).
 
@@ -167,10 +178,23 @@ def dro_weights(log_likelihoods, question_ids, num_questions: int, keep, valid, 
     [0.5761 0.     0.2119 0.    ]
     >>> print(dro_weights(ll, [0, 0, 0, 0], 1, keep, valid, renormalize_after_filter=True))
     [0.7311 0.     0.2689 0.    ]
+    >>> # Sampled from a sharpened selector: p_phi / q corrects for the proposal.
+    >>> lp, lq = jnp.array([-1.0, -1.0, -3.0, -2.0]), jnp.array([-0.5, -0.5, -3.5, -1.0])
+    >>> print(dro_weights(ll, [0, 0, 0, 0], 1, keep, valid, renormalize_after_filter=True,
+    ...                   selector_logprobs=lp, proposal_logprobs=lq))
+    [0.5 0.  0.5 0. ]
   """
-  ll = jnp.where(jnp.asarray(keep), jnp.asarray(log_likelihoods, jnp.float32), jnp.nan)
+  if (selector_logprobs is None) != (proposal_logprobs is None):
+    raise ValueError("dro_weights needs both selector_logprobs and proposal_logprobs,"
+                     " or neither.")
+  P.check_temperature(temperature)
+  ll = jnp.asarray(log_likelihoods, jnp.float32) / temperature
+  if selector_logprobs is not None:
+    ll = ll + (jnp.asarray(selector_logprobs, jnp.float32)
+               - jnp.asarray(proposal_logprobs, jnp.float32))
+  ll = jnp.where(jnp.asarray(keep), ll, jnp.nan)
   qids = jnp.asarray(question_ids, jnp.int32)
-  w = segment_em_weights(ll, qids, num_questions, temperature)
+  w = segment_em_weights(ll, qids, num_questions)
   w = jnp.where(jnp.asarray(valid), w, 0.0)
   if renormalize_after_filter:
     total = jax.ops.segment_sum(w, qids, num_questions)[qids]

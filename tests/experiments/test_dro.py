@@ -143,74 +143,22 @@ def test_counterfactual_warmup_rows(tiny_run):
                                                             train_prompt=True))
     # The answer is swapped in the passages and the target alike; with
     # train_prompt every token is trained, the answer mask is the target only.
-    plain = decode(task.generator_row(ex, gold)[0]).split()
-    swapped = decode(toks).split()
-    assert swapped == [decode(new) if t == ex.answers[0] else t for t in plain]
+    # (Names are two words: compared as text.)
+    plain = decode(task.generator_row(ex, gold)[0])
+    swapped = decode(toks)
+    assert swapped == plain.replace(ex.answers[0], decode(new))
     assert ex.answers[0] in plain and ex.answers[0] not in swapped
     assert loss.all() and decode(toks[answer]) == decode(new) + " </s>"
 
 
-def test_swap_and_answer_pool():
+def test_swap_tokens():
   assert dro_agents.swap_tokens([1, 2, 3, 2, 3, 4], [2, 3], [9]) == [1, 9, 9, 4]
   assert dro_agents.swap_tokens([1, 2, 3], [5], [6, 7]) == [1, 2, 3]
   with pytest.raises(ValueError, match="non-empty"):
     dro_agents.swap_tokens([1, 2], [], [3])
-  world = dro_world.make_dro_world(num_people=30, num_cities=8, num_countries=3,
-                                   num_companies=5)
-  d = world.dataset
-  pools = {}
-  for e in d.train + d.eval:
-    assert e.answers[0] in world.answer_pool[e.id]
-    pools.setdefault(e.id.split(":")[0], set()).update(world.answer_pool[e.id])
-  assert pools["born_city"] == pools["employer_city"]  # both are cities
-  assert len(pools["born_country"]) <= 3 and len(pools["employer"]) == 5
-  assert not pools["born_city"] & pools["employer"]
 
 
-def test_world_candidates():
-  world = dro_world.make_dro_world(num_people=30, num_cities=8, num_countries=3,
-                                   num_companies=5)
-  d = world.dataset
-  retriever = retrieval.BM25Retriever.build(d.corpus)
-  examples = d.train + d.eval
-  raw = dro_world.candidates(retriever, examples, world.gold, 8, insert_gold=False)
-  cand = dro_world.candidates(retriever, examples, world.gold, 8, keep_top=5)
-  np.testing.assert_array_equal(raw[:, :5], cand[:, :5])  # BM25's top 5 untouched
-  for e, row, r in zip(examples, cand, raw):
-    assert set(world.gold[e.id]) <= set(row.tolist())
-    assert len(set(row.tolist())) == len(row)
-    if e.hops == 2:  # the bridge passage shares no word with the question
-      assert world.gold[e.id][1] not in r[:5]
-
-
-def test_inserted_gold_positions_are_uniform():
-  # The default world: every inserted gold passage (each 2-hop bridge) lands
-  # at a uniformly random position among those not holding a gold passage, so
-  # its position says nothing about it (chi-square against the exact
-  # expectation; the old keep_top=5 put all of them at positions 6-12).
-  from scipy import stats
-  config = load_config_file(TINY.replace(":tiny", ""))
-  world = dro.load_world(config)
-  examples = world.dataset.train + world.dataset.eval
-  retriever = retrieval.BM25Retriever.build(world.dataset.corpus)
-  raw = dro_world.candidates(retriever, examples, world.gold, 12, insert_gold=False)
-  cand = dro_world.insert_gold_passages(raw, examples, world.gold, seed=0)
-  observed, expected = np.zeros(12), np.zeros(12)
-  for e, row, r in zip(examples, cand, raw):
-    golds = world.gold[e.id]
-    missing = [g for g in golds if g not in r]
-    free = [i for i in range(12) if r[i] not in golds]
-    for g in missing:
-      observed[row.tolist().index(g)] += 1
-      expected[free] += 1 / len(free)
-    assert [i for i in range(12) if row[i] != r[i]] == sorted(
-        row.tolist().index(g) for g in missing)  # only the inserted positions change
-  assert observed.sum() > 500  # every 2-hop question's bridge
-  assert stats.chisquare(observed, expected).pvalue > 1e-3, (observed, expected)
-  assert observed[:5].sum() > 0.3 * observed.sum()  # BM25's top 5 included
-  # keep_top still keeps a prefix (for an experiment on the cue).
-  kept = dro_world.insert_gold_passages(raw, examples, world.gold, keep_top=5, seed=0)
-  np.testing.assert_array_equal(kept[:, :5], raw[:, :5])
+# The world's pools, candidates and gold positions: tests/agents/test_dro_world.py.
 
 
 def test_bm25_top5_reads_bm25s_own_ranking(tiny_run):
@@ -233,9 +181,10 @@ def test_bm25_top5_reads_bm25s_own_ranking(tiny_run):
 
 
 def _spec_weights(texts, ll, qids, num_candidates, top_k, renormalize, temperature=1.0,
-                  outputs=None):
+                  outputs=None, log_ratio=None):
   """§7.1 step by step: parse, de-duplicate (identical `outputs`, default the
-  texts), softmax of l / temperature over kept, drop, renormalise."""
+  texts), exp(l / temperature) * p_phi / q (`log_ratio`: log p_phi - log q,
+  default 0) normalised over kept, drop, renormalise."""
   import re
   outputs = texts if outputs is None else [tuple(o) for o in outputs]
   w = np.zeros(len(texts))
@@ -247,6 +196,8 @@ def _spec_weights(texts, ll, qids, num_candidates, top_k, renormalize, temperatu
         seen.add(outputs[i])
         kept.append(i)
     x = np.asarray([ll[i] for i in kept], np.float64) / temperature
+    if log_ratio is not None:
+      x = x + np.asarray([log_ratio[i] for i in kept], np.float64)
     p = np.exp(x - x.max())
     p /= p.sum()
     for i, pi in zip(kept, p):
@@ -288,19 +239,24 @@ def test_weights_hand_worked(renormalize):
   np.testing.assert_allclose(w, want, rtol=1e-6, atol=1e-7)
 
 
-@pytest.mark.parametrize("renormalize", [False, True])
-def test_e_step_weights_follow_the_estimator(tiny_run, monkeypatch, renormalize):
+@pytest.mark.parametrize("renormalize, proposal", [(False, (1.0, 1.0)), (True, (1.0, 1.0)),
+                                                   (True, (0.7, 0.95))])
+def test_e_step_weights_follow_the_estimator(tiny_run, monkeypatch, renormalize, proposal):
   # The E-step's weights end to end against §7.1 re-derived in NumPy: each of
   # the m selector outputs of a question is scored by the token mean of
   # log p(gold answer | question, the output's first top_k passages), from the
-  # generator's logits; w = softmax(l / tau) over the question's distinct
-  # outputs; malformed outputs are dropped after it (the rest renormalised).
+  # generator's logits; w = exp(l / tau) p_phi(z) / q(z) normalised over the
+  # question's distinct outputs, with q the selector at the proposal's
+  # temperature and top_p (1, 1: q = p_phi, w = softmax(l / tau)); malformed
+  # outputs are dropped after it (the rest renormalised).
   # The outputs are fixed here (duplicates and a malformed one included): the
   # tiny warm-up model writes no well-formed ranking yet.
+  from tests.agents.test_dro_weights import numpy_selection_logprobs
   world, _, models, task = _tiny_task(tiny_run[0])
   config = load_config_file(TINY)
   config.em.update(temperature=0.5, num_samples=5, min_weight=0.0,
                    renormalize_after_filter=renormalize)
+  config.selector.update(temperature=proposal[0], top_p=proposal[1])
   m = config.em.num_samples
   examples = world.dataset.train[8:12]
   rng = np.random.RandomState(0)
@@ -334,8 +290,16 @@ def test_e_step_weights_follow_the_estimator(tiny_run, monkeypatch, renormalize)
     logp = z - z.max(-1, keepdims=True)
     logp -= np.log(np.exp(logp).sum(-1, keepdims=True))
     ll.append(np.mean([logp[len(prompt) + t - 1, tok] for t, tok in enumerate(gold)]))
+  ratio = None
+  if proposal != (1.0, 1.0):
+    lp_lq = np.asarray([numpy_selection_logprobs(
+        model, task.selector_prompt(e), o, temperature=proposal[0], top_p=proposal[1],
+        no_repeat=task.no_repeat) for e, o in zip(rows_ex, outs)])
+    ratio = lp_lq[:, 0] - lp_lq[:, 1]
+    assert np.ptp(ratio) > 0.5  # the correction matters for these outputs
   want = _spec_weights(texts, ll, np.repeat(np.arange(len(examples)), m), task.num,
-                       task.top_k, renormalize, temperature=0.5, outputs=outs)
+                       task.top_k, renormalize, temperature=0.5, outputs=outs,
+                       log_ratio=ratio)
   assert (want > 0).sum() == len(examples) * (m - 2)  # duplicates and malformed: 0
   got = batches["generator"]["weights"]
   np.testing.assert_allclose(got, want[want > 0], rtol=2e-4, atol=1e-6)

@@ -14,29 +14,30 @@ from alignax.experiments.common import (boolean, lora_config,
 def get_config(preset: str = "default") -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.seed = 0
-  # "builtin": the selection world of alignax/agents/dro_world.py (paraphrased
-  # questions, same-name distractors, 2-hop bridge passages); "hotpotqa" |
-  # "kilt": files under data_dir, as EXSEARCH (gold passages = supporting
-  # facts / provenance, inserted as in the built-in world).
+  # "builtin": the selection world of alignax/agents/dro_world.py (every
+  # question its own fresh entities and facts, so answers must be read from
+  # its passages; paraphrased questions, same-name distractors, decoy bridges);
+  # "hotpotqa" | "kilt": files under data_dir, as EXSEARCH (gold passages =
+  # supporting facts / provenance, inserted as in the built-in world).
   c.dataset = "builtin"
   c.data_dir = ""
-  # 400 people (was 200): ~1250 train questions, so the generator's warm-up
-  # set is large enough not to be memorised (held-out EM with the gold
-  # passages: 48 % after SFT on 256 questions, 67 % on 640 with hidden 128).
+  # 1600 questions (~1255 train, ~345 held out), 400 of each type; names of
+  # two words from 48 per slot and type (2304 names a type); each question:
+  # the subject's two facts + 4 distractors about it, and 4 bridge-like
+  # passages (the hop-1 object's + 3 decoys), 10 passages.
   c.world = ml_collections.ConfigDict(dict(
-      num_people=400, num_cities=24, num_countries=6, num_companies=16,
-      distractors_per_person=6, max_fillers=1, heldout_fraction=0.2))
-  # The selector ranks BM25's top `num` passages for the question (the paper:
-  # 20; 12 here holds every passage about the question's person, ~10, on a
-  # CPU budget). insert_gold: DRO's k_positive -- a gold passage BM25 missed
-  # (every 2-hop bridge) replaces the candidate at a uniformly random position
-  # after the first `keep_top` (0: anywhere). bm25_top5 reads BM25's own
-  # ranking, kept apart from the candidate order, whatever keep_top is.
-  # keep_top=5 (the old default) put every inserted bridge at positions 6-12,
-  # a cue the selector learned instead of the passages' content (its gain came
-  # only from 2-hop bridges; with the cue removed, the old settings gave +7.7
-  # EM instead of +17.5).
-  c.candidates = ml_collections.ConfigDict(dict(num=12, insert_gold=True, keep_top=0))
+      num_questions=1600, name_pieces=48, distractors_per_question=4, bridge_decoys=3,
+      max_fillers=1, heldout_fraction=0.2))
+  # The selector ranks `num` candidates: BM25's top `num` for the question
+  # with the question's passages it missed (its gold passages and decoys:
+  # DRO's k_positive, insert_gold) put in at random positions after the first
+  # `keep_top`; with `shuffle` every question's list is then in a uniformly
+  # random order, so no position says anything about a passage (a gold
+  # passage is equally likely anywhere). bm25_top5 reads BM25's own ranking.
+  # 12 holds the question's 10 passages and 2 of BM25's others (the paper:
+  # 20 candidates, on a GPU budget).
+  c.candidates = ml_collections.ConfigDict(dict(num=12, insert_gold=True, keep_top=0,
+                                                shuffle=True))
   # param_dtype / dtype (common.PRECISION) apply to any starting model.
   c.model = ml_collections.ConfigDict(dict(
       hidden_size=128, intermediate_size=256, num_layers=2, num_heads=4, num_kv_heads=2,
@@ -54,47 +55,17 @@ def get_config(preset: str = "default") -> ml_collections.ConfigDict:
   c.selector_model_path = ""
   c.generator_model_path = ""
   # The selector writes `top_k` ids "[a] > [b] > ..."; the generator answers
-  # from those passages. E-step sampling from the selector itself
-  # (temperature 1, top_p 1; DEVIATION: the paper samples at 0.7 / 0.95).
-  # Why: the weights softmax(l_j) are the paper's self-normalised importance
-  # weights p(z|x,y*) / p_selector(z|x) only when the samples come from the
-  # selector; at 0.7 / 0.95 the proposal is a sharpened selector and the
-  # p_selector/q factor is missing (as in the reference code), so the M-step
-  # also trains the selector on sharpened copies of its own samples, which
-  # beat the gold-passage signal. From one warm-up (held-out EM 38.0, gold
-  # passage recall 42.0 = chance, 5 of 12; dro only, selector_epochs=6):
-  #   0.7 / 0.95   iteration 1: EM 40.2, recall 40.6 (selector_epochs=2: 39.0, 37.4)
-  #   1 / 1        EM 42.9, 42.9, 46.6; recall 42.9, 38.0, 43.4
-  #   1 / 1, m=32  iteration 1: EM 41.4, recall 40.6 (twice the M-step time)
-  #   1 / 1, lr 1e-3  iteration 1: EM 39.0, recall 42.6
-  # Separate selector and generator models (shared_model=False, 0.7 / 0.95,
-  # their own warm-up at EM 35.6, recall 37.3): EM 35.3, 38.3, 42.3; recall
-  # 36.4, 38.7, 39.0.
-  # The figures above are from the 200-step selector warm-up (at chance). Over
-  # seeds 0-2 that default gave EM 42.2 +- 3.8 -> 43.7 +- 4.1 and recall
-  # 49.0 -> 44.8. With the selector warm-up of 600 steps (the default now,
-  # benchmarks/seeds.py dro, benchmarks/results/seeds_dro.json): EM
-  # 43.9 -> 65.6, 51.8 -> 62.2, 38.0 -> 58.7 (44.6 +- 6.9 -> 62.2 +- 3.5);
-  # bm25_top5 29.9 +- 3.9, rejection_sft 53.7 +- 9.3. The selector still does
-  # not improve: recall 77.1 -> 74.2, 73.7 -> 67.7, 72.3 -> 68.1. Per type
-  # (seed 0, benchmarks/dro_diagnostics.py) it selects hop-1 gold passages
-  # 85.6 -> 83.4 % and 2-hop bridges 47.8 -> 45.3 % (chance ~42): the
-  # generator answers born_country from the hop-1 passage and the
-  # city -> country facts it has learned (selector EM on born_country
-  # 19.5 -> 64.6 while the bridge is selected 43.9 % of the time), so a
-  # bridge passage barely moves the gold answer's likelihood and the E-step
-  # gives no signal to select it. Selector weightings measured from the
-  # seed-0 600-step warm-up (dro only; git history, commit bb3b7be):
-  #   the paper's weights (default)        EM 54.0, 60.4, 65.6; recall 71.5, 73.2, 74.2
-  #   max(w - mean of the question's w, 0)  EM 58.3, 63.5, 63.8; recall 75.3, 74.2, 73.0
-  #   w - 1/K (signed, score-function baseline): 0 % well-formed rankings
-  #     after one iteration (the negative rows' NLL is unbounded)
-  # From the 200-step warm-up, max(w - mean, 0) with selector_epochs=6 gave
-  # recall 42.0 -> 41.3, 44.8, 46.3 (EM 38.3, 45.1, 42.3). The E-step weights
-  # do favour gold selections (seed 0 warm-up: train/weighted_gold_recall
-  # 64.5 against train/sample_gold_recall 30.9), but ~600 pool questions of
-  # such targets do not teach a selector at chance to read.
-  # The default run from scratch: 7 min 01 s wall on 2 quiet cores, 5.9 GB peak.
+  # from those passages. The E-step samples m selections from the proposal q
+  # (the selector at `temperature`, `top_p`) and weights them by the paper's
+  # self-normalised importance weight exp(l / tau) p_phi(z) / q(z)
+  # (objectives.dro_weights; q(z) and p_phi(z), the selection's probability
+  # under the proposal and under the selector itself, from
+  # dro_agents.selection_logprobs), so the paper's sharpened 0.7 / 0.95 is
+  # exact too; at 1 / 1 the ratio is 1 and is not computed. (The reference
+  # code drops p_phi / q; on the previous world -- 24 cities, 6 countries,
+  # whose bridge facts the generator memorised; git history of this file --
+  # 0.7 / 0.95 without the ratio gave iteration-1 EM 40.2, recall 40.6,
+  # against 1 / 1: 42.9, 42.9.)
   # no_repeat_ids: constrained decoding, each candidate id at most once per
   # output (DEVIATION: the paper samples freely and parse_ranking drops
   # repeats; unconstrained, the greedy selector repeated ids, `[1] > [1] >
@@ -102,6 +73,9 @@ def get_config(preset: str = "default") -> ml_collections.ConfigDict:
   c.selector = ml_collections.ConfigDict(dict(top_k=5, temperature=1.0, top_p=1.0,
                                               no_repeat_ids=True))
   c.generator = ml_collections.ConfigDict(dict(max_answer_tokens=4))
+  # (The figures in the warm-up and em notes below were measured on the
+  # previous world, whose bridge facts -- 24 cities, 6 countries -- the
+  # generator memorised; the world changed, the settings did not.)
   # Warm-up SFT on the first `num_questions` train questions: generator on
   # its gold passages (shuffled among candidates), selector on oracle
   # rankings (gold ids first, then random ids), as the paper's selector
@@ -130,8 +104,8 @@ def get_config(preset: str = "default") -> ml_collections.ConfigDict:
       num_questions=640, generator_steps=2000, selector_steps=600, batch_size=16,
       learning_rate=3e-3, counterfactual=True, generator_prompt_loss=True))
   # E-step: `num_samples` (m) selector outputs per question, de-duplicated,
-  # weighted by softmax(generator gold-answer token-mean loglik / temperature)
-  # (`segment_em_weights`); outputs without exactly top_k ids are then
+  # weighted by exp(generator gold-answer token-mean loglik / temperature)
+  # times p_phi(z) / q(z) (see `selector`), normalised per question; outputs without exactly top_k ids are then
   # dropped, and with renormalize_after_filter the rest re-normalised (the
   # reference: False). M-step: `epochs` of `weighted_sequence_nll` for the
   # selector's sampled rankings and the generator's gold answers.
@@ -160,14 +134,15 @@ def get_config(preset: str = "default") -> ml_collections.ConfigDict:
   #                  evaluated on BM25's top_k; no selector
   #   rejection_sft  sampled selections whose greedy answer is right, weight 1
   c.methods = ("dro", "bm25_top5", "rejection_sft")
-  # 400: all ~326 held-out questions (one question = 0.3 points).
+  # 400: all ~345 held-out questions (one question = 0.3 points).
   c.eval = ml_collections.ConfigDict(dict(size=400))
   # LoRA adapters on each model for the EM iterations (the warm-up trains the
   # whole models); rank 0 = off. See alignax.framework.lora.
   c.lora = lora_config()
 
   if preset == "tiny":
-    c.world.update(num_people=30, num_cities=8, num_countries=3, num_companies=5)
+    c.world.update(num_questions=120, name_pieces=12, distractors_per_question=2,
+                   bridge_decoys=1)
     c.candidates.num = 8
     c.model.update(hidden_size=32, intermediate_size=64, num_layers=1, num_heads=2,
                    num_kv_heads=1, max_position_embeddings=128)
@@ -188,11 +163,11 @@ SCHEMA = {
     "seed": _NONNEG,
     "dataset": one_of("alignax.agents.qa_data:DATASETS"),
     "data_dir": string(),
-    "world.num_people": _POS, "world.num_cities": _POS, "world.num_countries": _POS,
-    "world.num_companies": _POS, "world.distractors_per_person": _NONNEG,
+    "world.num_questions": _POS, "world.name_pieces": common.integer(2), "world.bridge_decoys": _NONNEG,
+    "world.distractors_per_question": _NONNEG,
     "world.max_fillers": _NONNEG, "world.heldout_fraction": _FRACTION,
     "candidates.num": _POS, "candidates.insert_gold": boolean(),
-    "candidates.keep_top": _NONNEG,
+    "candidates.keep_top": _NONNEG, "candidates.shuffle": boolean(),
     **_MODEL, **common.precision_schema(),
     "shared_model": boolean(),
     "model_path": common.model_dir_or_empty(),
@@ -222,6 +197,12 @@ def _check_top_k(c):
             f" config.candidates.num={c.candidates.num}")
 
 
+def _check_shuffle(c):
+  if c.candidates.shuffle and c.candidates.keep_top:
+    return (f"config.candidates.keep_top={c.candidates.keep_top} keeps BM25's first"
+            " candidates in place, which config.candidates.shuffle=True undoes; set one")
+
+
 def _check_model_paths(c):
   if c.shared_model and (c.selector_model_path or c.generator_model_path):
     return ("config.selector_model_path / generator_model_path need"
@@ -233,4 +214,4 @@ def _check_model_paths(c):
     return "set both config.selector_model_path and config.generator_model_path, or neither"
 
 
-CHECKS = (_check_top_k, _check_model_paths)
+CHECKS = (_check_top_k, _check_shuffle, _check_model_paths)
