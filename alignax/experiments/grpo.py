@@ -14,6 +14,12 @@ policy updates with the sampler's log-probs as `old_logprobs`. The eval split is
 evaluated (greedy reward and accuracy, pass@k / mean@k) before training, every
 `eval_every` steps and at the end. Without `data.train`, the built-in task's
 prompt/answer rows go through the same data and reward path (`exact_match`).
+Rollout speed options (configs/grpo.py): `rollout.compact` (finished rows
+leave the decode), `train.pack` (the update on packed rows) and
+`rollout.off_policy_steps=1` (the next batch is sampled by the previous
+parameters while the current one trains, with the truncated importance-
+sampling correction; its checkpoints also hold that sampled batch, so a
+resumed run trains on the same one).
 
 Under --workdir: metrics.jsonl, TensorBoard events (scalars and sample text),
 samples.jsonl, reward.png, summary.json, checkpoints/ (Orbax), and at the end
@@ -40,7 +46,8 @@ from alignax import objectives, rl
 from alignax.agents import prompt_data, tasks
 from alignax.agents import rewards as rewards_lib
 from alignax.experiments import common
-from alignax.framework import checkpoint, experiment, hf, lora, sampling, sharding, train
+from alignax.framework import (attention, checkpoint, experiment, hf, lora, packing,
+                               sampling, sharding, train)
 from alignax.framework.config import ModelConfig
 from alignax.framework.model import Decoder
 
@@ -187,7 +194,8 @@ def _generate_options(config, temperature, policy: Policy) -> dict:
   return dict(max_new_tokens=r.max_new_tokens, temperature=temperature,
               top_k=(r.top_k or None) if temperature else None,
               top_p=(r.top_p if r.top_p < 1.0 else None) if temperature else None,
-              eos_token_id=policy.stop_ids, pad_token_id=policy.pad_id, mesh=policy.mesh)
+              eos_token_id=policy.stop_ids, pad_token_id=policy.pad_id, mesh=policy.mesh,
+              compact=r.compact)
 
 
 def _score(policy: Policy, data, rows, num_generations, tokens, mask):
@@ -261,7 +269,8 @@ def evaluate(model, policy: Policy, data, config, step: int):
   return metrics, samples
 
 
-def train_step(update, graphdef, state, policy: Policy, data, config, step, reference):
+def train_step(update, graphdef, state, policy: Policy, data, config, step, reference,
+               pending=None):
   """One GRPO step (`alignax.rl.grpo_step`): draws the prompts of `step` (a
   deterministic function of (seed, step)), samples `num_generations`
   completions each, scores them with the reward functions, builds the
@@ -269,35 +278,154 @@ def train_step(update, graphdef, state, policy: Policy, data, config, step, refe
   `config.loss.advantage`) and runs `num_iterations` updates.
 
   reference: (graphdef, params) of the KL reference policy, or None.
-  Returns (state, update metrics, rollout metrics, seconds): seconds has
-  `rollout` (until the batch was ready) and `host` (drawing rows, decoding
-  completions, calling the reward functions, None handling; timed for the
-  overhead figure, benchmarks/grpo_host_overhead.py).
+  pending: with `rollout.off_policy_steps=1`, the `Rollout` of `step` that the
+  step before sampled (None: sampled now); the rollout of step + 1 is then
+  sampled from the parameters before this step's update (none after the
+  last step) and returned.
+  Returns (state, update metrics, rollout metrics, seconds, next rollout or
+  None): seconds has `rollout` (waiting for rollouts) and `host` (drawing
+  rows, decoding completions, calling the reward functions, None handling;
+  timed for the overhead figure, benchmarks/grpo_host_overhead.py).
   """
   r = config.rollout
   t0 = time.perf_counter()
   rows = data.indices(config.seed, step, r.prompts_per_step)
+  next_options = {}
+  if r.off_policy_steps and step + 1 < config.train.steps:
+    next_rows = data.indices(config.seed, step + 1, r.prompts_per_step)
+    next_options = dict(next_prompts=[data.prompt_ids[i] for i in next_rows],
+                        next_score=_scorer(policy, data, next_rows, r.num_generations),
+                        next_seed=jax.random.fold_in(jax.random.key(config.seed), step + 1))
   draw_seconds = time.perf_counter() - t0
 
-  def score(tokens, mask):
-    return _score(policy, data, rows, r.num_generations, tokens, mask)[0].per_function
-
   out = rl.grpo_step(
-      update, graphdef, state, [data.prompt_ids[i] for i in rows], score,
+      update, graphdef, state, [data.prompt_ids[i] for i in rows],
+      _scorer(policy, data, rows, r.num_generations),
       num_iterations=config.train.num_iterations, num_generations=r.num_generations,
+      off_policy_steps=r.off_policy_steps, pending=pending,
       seed=jax.random.fold_in(jax.random.key(config.seed), step),
       weights=policy.rewards.weights, advantage=config.loss.advantage,
       advantage_options={"scale": config.loss.scale_rewards}, reference=reference,
-      **_generate_options(config, r.temperature, policy))
+      **next_options, **_generate_options(config, r.temperature, policy))
   rewards = out.rollout.rewards
   metrics = rewards_lib.RewardResult(rewards.per_function, rewards.total,
                                      policy.rewards.names).metrics("train/")
   metrics.update({f"train/{k}": v for k, v in rewards.group_metrics().items()})
-  metrics["train/completion_length"] = float(
-      experiment.to_host(out.rollout.generation.mask).sum(1).mean())
-  seconds = {"rollout": draw_seconds + out.rollout_seconds,
-             "host": draw_seconds + out.rollout.host_seconds}
-  return out.state, out.metrics, metrics, seconds
+  gen = out.rollout.generation
+  lengths, row_steps = experiment.to_host((gen.mask.sum(1), gen.row_steps))
+  metrics["train/completion_length"] = float(lengths.mean())
+  if row_steps is not None:
+    # Rows the decode ran, summed over its steps (compaction lowers it).
+    metrics["perf/decode_row_steps"] = float(row_steps)
+  host = draw_seconds + (out.rollout.host_seconds if pending is None else 0.0)
+  if out.next_rollout is not None:
+    host += out.next_rollout.host_seconds
+  seconds = {"rollout": draw_seconds + out.rollout_seconds, "host": host}
+  return out.state, out.metrics, metrics, seconds, out.next_rollout
+
+
+def _scorer(policy: Policy, data, rows, num_generations):
+  """score(tokens, mask) -> rewards per function [N, F] of the completions of `rows`."""
+  def score(tokens, mask):
+    return _score(policy, data, rows, num_generations, tokens, mask)[0].per_function
+  return score
+
+
+# ------------------------------------------- off-policy: the pending rollout
+# A checkpoint of an off-policy run also holds the rollout sampled for the
+# next step (by parameters no checkpoint keeps): its prompt rows left-padded
+# to a fixed width, completions, the sampler's log-probs and the rewards per
+# function, all fixed shapes; the prompt length in use is in the extras.
+
+
+def _pending_width(config, model_config) -> int:
+  """The widest prompt bucket the sampler can use (prompts <= max_prompt_length)."""
+  limit = model_config.max_position_embeddings - config.rollout.max_new_tokens
+  return sampling.bucket_length(config.rollout.max_prompt_length, limit)
+
+
+def _pending_template(config, model_config, num_functions: int) -> dict:
+  n = config.rollout.prompts_per_step * config.rollout.num_generations
+  c, w = config.rollout.max_new_tokens, _pending_width(config, model_config)
+  return dict(prompt_tokens=np.zeros((n, w), np.int32), prompt_mask=np.zeros((n, w), bool),
+              tokens=np.zeros((n, c), np.int32), mask=np.zeros((n, c), bool),
+              logprobs=np.zeros((n, c), np.float32),
+              rewards=np.zeros((n, num_functions), np.float32))
+
+
+def _pending_to_host(pending, config, model_config, num_functions: int):
+  """(fixed-shape NumPy arrays, prompt length or None) of a pending rollout."""
+  out = _pending_template(config, model_config, num_functions)
+  if pending is None:
+    return out, None
+  gen = pending.generation
+  p_tokens, p_mask, tokens, mask, logprobs = experiment.to_host(
+      (gen.prompt_tokens, gen.prompt_mask, gen.tokens, gen.mask, gen.logprobs))
+  width, plen = out["prompt_tokens"].shape[1], p_tokens.shape[1]
+  if plen > width:
+    raise ValueError(f"prompt bucket {plen} exceeds the checkpoint's width {width}")
+  out["prompt_tokens"][:, width - plen:] = p_tokens
+  out["prompt_mask"][:, width - plen:] = p_mask
+  out.update(tokens=tokens, mask=mask, logprobs=logprobs,
+             rewards=np.asarray(pending.rewards.per_function, np.float32))
+  return out, plen
+
+
+def _pending_from_host(arrays, plen, config, policy: Policy, reference):
+  """The `Rollout` saved by `_pending_to_host` (None if none was pending)."""
+  if plen is None:
+    return None
+  a = {k: np.asarray(v) for k, v in arrays.items()}
+  width = a["prompt_tokens"].shape[1]
+  gen = sampling.Generation(
+      tokens=jnp.asarray(a["tokens"]), mask=jnp.asarray(a["mask"]),
+      logprobs=jnp.asarray(a["logprobs"]),
+      prompt_tokens=jnp.asarray(a["prompt_tokens"][:, width - plen:]),
+      prompt_mask=jnp.asarray(a["prompt_mask"][:, width - plen:]))
+  return rl.build_rollout(
+      gen, a["rewards"], num_generations=config.rollout.num_generations,
+      temperature=config.rollout.temperature, weights=policy.rewards.weights,
+      advantage=config.loss.advantage,
+      advantage_options={"scale": config.loss.scale_rewards}, reference=reference,
+      mesh=policy.mesh)
+
+
+# ------------------------------------------------------------- the update
+def make_update(config, graphdef, state, optimizer, model_config):
+  """The update of `config.train`: `train.make_grpo_update` (with the group's
+  prompt shared unless `share_prompt=False`), or `packing.PackedGroupUpdate`
+  with `pack=True`. Both count the input shapes they were called with
+  (`.shapes`: one compile each)."""
+  t, r, lc = config.train, config.rollout, config.loss
+  loss = objectives.PolicyLossConfig.from_mapping(
+      lc, max_completion_length=r.max_new_tokens,
+      sampling_is_mode=lc.sampling_is_mode if r.off_policy_steps else None)
+  graphdef = lora.training(graphdef, state.params)
+  if t.pack:
+    if not attention.reads_only_mask(model_config.attention_impl):
+      raise ValueError(f"config.train.pack=True needs an attention implementation that reads"
+                       f" only the mask; the model has attention_impl="
+                       f"{model_config.attention_impl!r}. Set config.train.pack=False.")
+    limit = model_config.max_position_embeddings - r.max_new_tokens
+    row_length = min(r.max_prompt_length, limit) + r.max_new_tokens
+    return packing.PackedGroupUpdate(graphdef, optimizer, loss=loss, row_length=row_length,
+                                     temperature=r.temperature, micro_batches=t.micro_batches,
+                                     buckets=t.pack_buckets)
+  share = t.share_prompt is None or t.share_prompt
+  return _ShapeCounter(train.make_grpo_update(
+      graphdef, optimizer, loss=loss, temperature=r.temperature,
+      micro_batches=t.micro_batches, prompt_groups=r.num_generations if share else 1))
+
+
+class _ShapeCounter:
+  """An update that records the shapes of the batches it was called with."""
+
+  def __init__(self, update):
+    self.update, self.shapes = update, set()
+
+  def __call__(self, state, batch):
+    self.shapes.add(tuple(np.shape(x) for x in jax.tree.leaves(batch)))
+    return self.update(state, batch)
 
 
 def prepare(config, workdir: str):
@@ -349,12 +477,8 @@ def run(config, workdir: str, *, stop_after: int | None = None, progress: bool =
     if lc.beta <= 0:
       return None
     return lora.disable(graphdef, params) if use_lora else (graphdef, ref_params)
-  loss = objectives.PolicyLossConfig.from_mapping(
-      lc, max_completion_length=config.rollout.max_new_tokens)
-  update = train.make_grpo_update(lora.training(graphdef, state.params), optimizer, loss=loss,
-                                  temperature=config.rollout.temperature,
-                                  micro_batches=t.micro_batches,
-                                  prompt_groups=config.rollout.num_generations)
+  update = make_update(config, graphdef, state, optimizer, model.config)
+  off_policy = config.rollout.off_policy_steps > 0
 
   def run_eval(params, step):
     if eval_data is None:
@@ -366,8 +490,13 @@ def run(config, workdir: str, *, stop_after: int | None = None, progress: bool =
   ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"),
                                  max_to_keep=t.keep_checkpoints)
   # Under LoRA a checkpoint holds the adapters and their optimiser state only.
-  restored = ckpt.restore_latest(train.checkpoint_state(state))
+  template = train.checkpoint_state(state)
+  if off_policy:  # and the rollout sampled ahead for the next step
+    template = {"train": template, "pending": _pending_template(
+        config, model.config, len(rewards.names))}
+  restored = ckpt.restore_latest(template)
   start = 0 if restored is None else restored[0]
+  pending = None
   common.truncate_metrics(workdir, start)  # before the writer opens the file
   common.truncate_samples(workdir, start if restored is not None else -1)
   writer = experiment.MetricWriter(workdir)
@@ -377,8 +506,14 @@ def run(config, workdir: str, *, stop_after: int | None = None, progress: bool =
     writer.write(0, before)
   else:
     _, saved, extras = restored
+    if off_policy:
+      saved, saved_pending = saved["train"], saved["pending"]
     state = train.from_checkpoint_state(state, saved)
+    if off_policy:
+      pending = _pending_from_host(saved_pending, extras.get("pending_prompt_length"),
+                                   config, policy, reference(state.params))
     logging.info("Resumed from step %d in %s", start, workdir)
+  model_config = model.config
   del model  # its buffers are donated to the first update
 
   end = t.steps if stop_after is None else min(t.steps, start + stop_after)
@@ -387,8 +522,9 @@ def run(config, workdir: str, *, stop_after: int | None = None, progress: bool =
   last_saved = start
   for step in bar:
     t0 = time.perf_counter()
-    state, update_metrics, metrics, seconds = train_step(
-        update, graphdef, state, policy, train_data, config, step, reference(state.params))
+    state, update_metrics, metrics, seconds, pending = train_step(
+        update, graphdef, state, policy, train_data, config, step, reference(state.params),
+        pending)
     update_metrics = {f"train/{k}": float(v) for k, v in update_metrics.items()}
     if not np.isfinite(update_metrics["train/loss"]):
       raise FloatingPointError(
@@ -401,7 +537,11 @@ def run(config, workdir: str, *, stop_after: int | None = None, progress: bool =
     # Host-side data + reward work vs the whole step (rollout + update).
     metrics.update({"perf/step_seconds": step_seconds, "perf/host_seconds": seconds["host"],
                     "perf/rollout_seconds": seconds["rollout"],
-                    "perf/update_seconds": step_seconds - seconds["rollout"]})
+                    "perf/update_seconds": step_seconds - seconds["rollout"],
+                    # distinct update input shapes so far in this process (one compile each)
+                    "perf/update_compiles": len(update.shapes)})
+    if getattr(update, "last_stats", None):
+      metrics["perf/pack_fill"] = update.last_stats["fill"]
     if (step + 1) % t.eval_every == 0 or step + 1 == t.steps:
       extras["last_eval"] = run_eval(state.params, step + 1)
       metrics.update(extras["last_eval"])
@@ -409,7 +549,12 @@ def run(config, workdir: str, *, stop_after: int | None = None, progress: bool =
     bar.set_postfix(reward=f"{metrics['train/reward']:.2f}",
                     acc=f"{extras['last_eval'].get('eval/accuracy', float('nan')):.2f}")
     if (step + 1) % t.checkpoint_every == 0 or step + 1 == t.steps:
-      ckpt.save(step + 1, train.checkpoint_state(state), extras)
+      saved = train.checkpoint_state(state)
+      if off_policy:
+        arrays, extras["pending_prompt_length"] = _pending_to_host(
+            pending, config, model_config, len(rewards.names))
+        saved = {"train": saved, "pending": arrays}
+      ckpt.save(step + 1, saved, extras)
       last_saved = step + 1
   writer.close()
   ckpt.close()

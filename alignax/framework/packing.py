@@ -38,12 +38,14 @@ from flax import nnx
 from alignax import objectives
 from alignax.framework import train
 from alignax.framework.logprobs import fused_logprobs_and_entropy
+from alignax.rl.batch import as_group_batch
 
 # The packed arrays `pack_grpo_batch` makes (besides the [N, ...] per-sequence
 # ones it keeps): they replace sequences / attention_mask / completion_tokens.
 PACKED_KEYS = ("input_ids", "segment_ids", "positions", "target_slots", "target_tokens",
                "target_index")
-_PER_SEQUENCE_KEYS = ("completion_mask", "old_logprobs", "advantages", "ref_logprobs")
+_PER_SEQUENCE_KEYS = ("completion_mask", "old_logprobs", "advantages", "ref_logprobs",
+                      "sampling_logprobs")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -129,8 +131,9 @@ def pack_grpo_batch(batch, row_length: int, *, micro_batches: int = 1,
     batch: a mapping (or an object with these attributes) of the unpacked
       batch: `sequences` [N, P + C], `attention_mask` [N, P + C],
       `completion_tokens` [N, C], `completion_mask` [N, C], and the
-      per-sequence `old_logprobs` [N, C], `advantages` [N] and (beta > 0)
-      `ref_logprobs` [N, C]. Each row's real tokens (attention_mask) become one
+      per-sequence `old_logprobs` [N, C] (or None: the trainer's own),
+      `advantages` [N], (beta > 0) `ref_logprobs` [N, C] and (off-policy
+      rollouts) `sampling_logprobs` [N, C]. Each row's real tokens (attention_mask) become one
       segment; every completion token in `completion_mask` must be real and
       follow a real token (as the sampler's layout always has).
     row_length: slots per packed row (at least the longest real row).
@@ -147,8 +150,8 @@ def pack_grpo_batch(batch, row_length: int, *, micro_batches: int = 1,
     r * row_length + j, within its micro-batch, of the token predicting each
     target), `target_tokens` int32 [M K_m]; `target_index` int32 [N, C] (the
     target of completion token (n, t); 0 where masked); and the per-sequence
-    arrays as given (`completion_mask`, `old_logprobs`, `advantages`,
-    `ref_logprobs` when present).
+    arrays as given (`completion_mask`, `advantages`, and `old_logprobs`,
+    `ref_logprobs`, `sampling_logprobs` when present).
   """
   seq = np.asarray(_field(batch, "sequences"))
   att = np.asarray(_field(batch, "attention_mask")).astype(bool)
@@ -274,16 +277,16 @@ def make_packed_grpo_update(graphdef, optimizer: optax.GradientTransformation, *
                                            with_entropy=True, token_chunk=token_chunk,
                                            remat=remat)
     num, den, metrics = objectives.policy_loss_terms(
-        logp, mb["old_logprobs"], mb["advantages"], mb["completion_mask"],
-        ref_logprobs=mb.get("ref_logprobs"), **loss_kwargs)
+        logp, mb.get("old_logprobs"), mb["advantages"], mb["completion_mask"],
+        ref_logprobs=mb.get("ref_logprobs"), sampling_logprobs=mb.get("sampling_logprobs"),
+        **loss_kwargs)
     metrics = dict(metrics, entropy=objectives.masked_mean(
         jax.lax.stop_gradient(ent), mb["completion_mask"]))
     return num, (den, metrics)
 
   @train.jit_donating_state
   def update(state, packed):
-    missing = [k for k in PACKED_KEYS + ("completion_mask", "old_logprobs", "advantages")
-               if k not in packed]
+    missing = [k for k in PACKED_KEYS + ("completion_mask", "advantages") if k not in packed]
     if missing:
       raise KeyError(f"packed batch lacks {missing}; make it with pack_grpo_batch.")
     return train.accumulate_and_apply(state, dict(packed), terms, optimizer, micro_batches)
@@ -297,3 +300,89 @@ def packing_stats(packed: Mapping[str, Any], num_sequences: int, sequence_length
   real = int((np.asarray(packed["segment_ids"]) > 0).sum())
   return dict(packed_slots=slots, unpacked_slots=num_sequences * sequence_length,
               real_tokens=real, fill=real / max(slots, 1))
+
+
+def bucket_size(n: int, maximum: int, buckets: int, multiple: int = 1) -> int:
+  """The smallest of `buckets` evenly spaced sizes `ceil(maximum * i / buckets)`
+  (i = 1 .. buckets, each rounded up to a multiple of `multiple`) that holds
+  `n`; `n` rounded up to `multiple` if it exceeds them all.
+
+  >>> [bucket_size(n, 64, 4) for n in (1, 16, 17, 40, 64)]
+  [16, 16, 32, 48, 64]
+  """
+  if buckets < 1 or multiple < 1:
+    raise ValueError(f"buckets={buckets} and multiple={multiple} must be >= 1.")
+  for i in range(1, buckets + 1):
+    size = -(-(-(-maximum * i // buckets)) // multiple) * multiple
+    if size >= n:
+      return size
+  return -(-n // multiple) * multiple
+
+
+class PackedGroupUpdate:
+  """`update(state, batch) -> (state, metrics)` for unpacked `GroupBatch`es,
+  packing each one on the host with bucketed shapes: a drop-in for
+  `train.make_grpo_update`'s update (same loss, gradients and metrics to
+  float rounding).
+
+  Each batch is packed (`pack_grpo_batch`) into rows of `row_length` slots
+  (at least the longest prompt + completion the loop can produce); its rows
+  and completion targets per micro-batch are rounded up with `bucket_size`
+  to one of `buckets` sizes each (up to rows per micro-batch, resp. rows x
+  completion slots), so the jitted update compiles for at most `buckets`**2
+  shapes, in practice a few since both grow with the completion lengths.
+  `shapes` holds the (rows, targets) per micro-batch seen so far (each one
+  compile), `last_stats` the `packing_stats` of the last batch. Calling it
+  again with the same batch object (num_iterations > 1) packs once.
+
+  Packing runs each completion's prompt with it (no `prompt_groups`
+  sharing): it pays when completions are long and of varying length, so that
+  the padding it removes outweighs the G - 1 extra prompt passes per group.
+  """
+
+  def __init__(self, graphdef, optimizer: optax.GradientTransformation, *,
+               loss: objectives.PolicyLossConfig, row_length: int,
+               temperature: float = 1.0, micro_batches: int = 1, buckets: int = 4,
+               target_multiple: int = 64, token_chunk: int = 1024, remat: bool = True):
+    if not isinstance(row_length, (int, np.integer)) or row_length < 1:
+      raise ValueError(f"row_length must be an integer >= 1, got {row_length!r}.")
+    if not isinstance(buckets, (int, np.integer)) or buckets < 1:
+      raise ValueError(f"buckets must be an integer >= 1, got {buckets!r}.")
+    self.row_length, self.micro_batches, self.buckets = int(row_length), micro_batches, buckets
+    self.target_multiple = target_multiple
+    self._update = make_packed_grpo_update(graphdef, optimizer, loss=loss,
+                                           temperature=temperature,
+                                           micro_batches=micro_batches,
+                                           token_chunk=token_chunk, remat=remat)
+    self.shapes: set[tuple[int, int]] = set()
+    self.last_stats: dict | None = None
+    self._last = (None, None)
+
+  def pack(self, batch) -> dict[str, np.ndarray]:
+    """The packed, bucketed form of `batch` (a `GroupBatch` or a mapping with
+    its keys; host side)."""
+    batch = as_group_batch(batch)
+    host = {f.name: np.asarray(getattr(batch, f.name)) for f in dataclasses.fields(batch)
+            if getattr(batch, f.name) is not None}
+    att, cmask = host["attention_mask"].astype(bool), host["completion_mask"].astype(bool)
+    n, c = cmask.shape
+    m = self.micro_batches
+    if n % m:
+      raise ValueError(f"{n} rows are not divisible into {m} micro-batches.")
+    per = n // m
+    lengths = att.sum(1)
+    rows = max(first_fit_decreasing(lengths[i * per:(i + 1) * per], self.row_length).num_rows
+               for i in range(m))
+    targets = max(int(cmask[i * per:(i + 1) * per].sum()) for i in range(m))
+    r = bucket_size(rows, per, self.buckets)
+    k = bucket_size(max(targets, 1), per * c, self.buckets, self.target_multiple)
+    packed = pack_grpo_batch(host, self.row_length, micro_batches=m, rows_per_micro_batch=r,
+                             targets_per_micro_batch=k)
+    self.shapes.add((r, k))
+    self.last_stats = packing_stats(packed, n, att.shape[1])
+    return packed
+
+  def __call__(self, state, batch):
+    if self._last[0] is not batch:
+      self._last = (batch, self.pack(batch))
+    return self._update(state, self._last[1])

@@ -251,7 +251,8 @@ def make_grpo_update(graphdef, optimizer: optax.GradientTransformation, *,
   batch: an `alignax.rl.GroupBatch` of N rows (`alignax.rl.make_group_batch`),
   with `ref_logprobs` when `loss.beta > 0`; a mapping with the same keys is
   still taken. `loss`: the loss's options (loss_type, epsilon_low/high, delta,
-  beta, ...). `prompt_groups` (rows of a group share the prompt, run once) and
+  beta, ...; `sampling_is_mode` weights the tokens of a batch that carries
+  `sampling_logprobs`, an off-policy rollout). `prompt_groups` (rows of a group share the prompt, run once) and
   `remat`: see `completion_logprobs`.
   """
   if not isinstance(loss, objectives.PolicyLossConfig):
@@ -266,7 +267,8 @@ def make_grpo_update(graphdef, optimizer: optax.GradientTransformation, *,
         prompt_groups=prompt_groups, remat=remat)
     num, den, metrics = objectives.policy_loss_terms(
         logp, mb.old_logprobs, mb.advantages, mb.completion_mask,
-        ref_logprobs=mb.ref_logprobs, **loss_kwargs)
+        ref_logprobs=mb.ref_logprobs, sampling_logprobs=mb.sampling_logprobs,
+        **loss_kwargs)
     metrics = dict(metrics, entropy=objectives.masked_mean(
         jax.lax.stop_gradient(ent), mb.completion_mask))
     return num, (den, metrics)

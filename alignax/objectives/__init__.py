@@ -60,10 +60,12 @@ from alignax.objectives.policy import cispo_per_token
 from alignax.objectives.policy import clip_fraction_metrics
 from alignax.objectives.policy import clipped_surrogate
 from alignax.objectives.policy import importance_weights
+from alignax.objectives.policy import SAMPLING_IS_MODES
 from alignax.objectives.policy import off_policy_sequence_mask
 from alignax.objectives.policy import policy_loss
 from alignax.objectives.policy import policy_loss_terms
 from alignax.objectives.policy import rloo_sequence_loss
+from alignax.objectives.policy import sampling_importance_weights
 from alignax.objectives.policy import sapo_per_token
 from alignax.objectives.policy import vespo_weights
 from alignax.objectives.dpo import build_dpo_pairs

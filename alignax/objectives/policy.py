@@ -166,6 +166,100 @@ def off_policy_sequence_mask(adv: jax.Array, logp: jax.Array,
   return ((adv >= 0) | (avg <= threshold)).astype(logp.dtype)
 
 
+SAMPLING_IS_MODES = ("token_truncate", "token_mask", "sequence_truncate", "sequence_mask")
+
+
+def sampling_importance_weights(old_logprobs: jax.Array, sampling_logprobs: jax.Array,
+                                mask: jax.Array, *, mode: str = "token_truncate",
+                                clip_max: Optional[float] = 3.0,
+                                clip_min: Optional[float] = None):
+  """Importance weights from the sampler's policy to the trainer's (§2.3).
+
+  When the completions were sampled by another policy than the one the
+  trainer holds (a serving engine, or the previous parameters in one-step
+  off-policy training), each token's loss is weighted by the ratio of the
+  trainer's log-prob before the update (`old_logprobs`) to the sampler's:
+
+  ```
+  d     = nan_to_num((old - sampling) m, nan=0)      [N, T]
+  token modes:    log_w = d                          [N, T]
+  sequence modes: log_w = sum_t d                    [N, 1]
+  w = exp(log_w)
+  *_truncate: w = clip(w, clip_min, clip_max)        (truncated IS, TIS)
+  *_mask:     w = 0 where w < clip_min or w > clip_max  (masked IS)
+  ```
+  (a None bound is no bound). Source: TRL 1.16 `GRPOTrainer.
+  _generate_and_score_completions` (`vllm_importance_sampling_correction`,
+  `vllm_importance_sampling_mode`, `vllm_importance_sampling_clip_max`
+  (formerly `_cap`), `_clip_min`); verl's rollout IS (`rollout_is_level`
+  token, `rollout_is_mode` truncate) is the token_truncate mode. Without
+  gradient: the weights scale each token's loss.
+
+  Returns:
+    `(weights, metrics)`: weights `[N, T]` (token) or `[N, 1]` (sequence);
+    metrics as TRL logs them, `sampling/importance_sampling_ratio/{mean,min,max}`
+    of the weights (after the clip or mask; over masked tokens, or rows for
+    the sequence modes, 0 when there are none),
+    `sampling/sampling_logp_difference/{mean,max}` of `|old - sampling|`
+    over masked tokens, and `sampling/importance_sampling_ratio/clipped_fraction`,
+    the share of weights whose raw ratio lay outside `[clip_min, clip_max]`.
+
+  Example:
+    >>> old = jnp.array([[-1.0, -1.0, -1.0]])
+    >>> sampling = jnp.array([[-1.0, -3.0, -0.5]])   # raw ratios 1, e^2 = 7.39, e^-0.5
+    >>> w, m = sampling_importance_weights(old, sampling, jnp.ones((1, 3)))
+    >>> print(w)  # token_truncate at 3
+    [[1.     3.     0.6065]]
+    >>> round(float(m["sampling/importance_sampling_ratio/clipped_fraction"]), 4)
+    0.3333
+    >>> for mode in SAMPLING_IS_MODES[1:]:
+    ...   print(mode, sampling_importance_weights(old, sampling, jnp.ones((1, 3)), mode=mode,
+    ...                                           clip_max=5.0)[0])
+    token_mask [[1.     0.     0.6065]]
+    sequence_truncate [[4.4817]]
+    sequence_mask [[4.4817]]
+  """
+  if mode not in SAMPLING_IS_MODES:
+    raise ValueError(f"sampling importance-sampling mode {mode!r}; use one of"
+                     f" {SAMPLING_IS_MODES}.")
+  P.check_rank("old_logprobs", old_logprobs, 2)
+  P.check_same_shape(old_logprobs=old_logprobs, sampling_logprobs=sampling_logprobs,
+                     mask=mask)
+  dtype = P.compute_dtype(old_logprobs)
+  m = P.as_float(mask, dtype)
+  old = jax.lax.stop_gradient(P.as_float(old_logprobs, dtype))
+  sampling = jax.lax.stop_gradient(P.as_float(sampling_logprobs, dtype))
+  diff = jnp.nan_to_num((old - sampling) * m, nan=0.0)
+  sequence = mode.startswith("sequence")
+  log_w = jnp.sum(diff, axis=-1, keepdims=True) if sequence else diff
+  raw = jnp.exp(log_w)
+  lo = -jnp.inf if clip_min is None else clip_min
+  hi = jnp.inf if clip_max is None else clip_max
+  outside = (raw < lo) | (raw > hi)
+  if mode.endswith("truncate"):
+    w = jnp.clip(raw, clip_min, clip_max)
+  else:
+    w = jnp.where(outside, 0.0, raw)
+  # Over masked tokens (token modes) or every row (sequence modes), as TRL.
+  where = (jnp.ones_like(w) if sequence else m) > 0
+  def mean(x, keep):
+    return jnp.sum(jnp.where(keep, x, 0.0)) / P.clamp_min1(jnp.sum(keep).astype(dtype))
+  def extreme(fn, x, keep, fill):
+    return jnp.where(jnp.sum(keep) > 0, fn(jnp.where(keep, x, fill)), 0.0)
+  delta = jnp.abs(old - sampling)
+  token = (m > 0) & ~jnp.isnan(delta)
+  metrics = {
+      "sampling/importance_sampling_ratio/mean": mean(w, where),
+      "sampling/importance_sampling_ratio/min": extreme(jnp.min, w, where, jnp.inf),
+      "sampling/importance_sampling_ratio/max": extreme(jnp.max, w, where, -jnp.inf),
+      "sampling/importance_sampling_ratio/clipped_fraction": mean(
+          outside.astype(dtype), where),
+      "sampling/sampling_logp_difference/mean": mean(delta, token),
+      "sampling/sampling_logp_difference/max": extreme(jnp.max, delta, token, -jnp.inf),
+  }
+  return w, jax.tree.map(jax.lax.stop_gradient, metrics)
+
+
 # --------------------------------------------------------------------------
 # Registered per-token losses: uniform signature fn(PolicyLossInputs).
 
@@ -380,6 +474,9 @@ class PolicyLossConfig:
   sapo_temperature_neg: float = 1.05
   vespo_params: Tuple[float, float, float, float] = (2.0, 3.0, 3.0, 2.0)
   off_policy_mask_threshold: Optional[float] = None
+  sampling_is_mode: Optional[str] = None
+  sampling_is_clip_max: Optional[float] = 3.0
+  sampling_is_clip_min: Optional[float] = None
 
   def __post_init__(self):
     get_policy_loss(self.loss_type)  # raises, listing the registered names
@@ -390,14 +487,25 @@ class PolicyLossConfig:
       raise ValueError("PolicyLossConfig(loss_type='dr_grpo') needs max_completion_length.")
     if self.beta < 0:
       raise ValueError(f"PolicyLossConfig.beta must be >= 0, got {self.beta}.")
+    if self.sampling_is_mode == "none":
+      object.__setattr__(self, "sampling_is_mode", None)
+    if self.sampling_is_mode is not None:
+      if self.sampling_is_mode not in SAMPLING_IS_MODES:
+        raise ValueError(f"PolicyLossConfig.sampling_is_mode={self.sampling_is_mode!r}; use"
+                         f" one of {SAMPLING_IS_MODES} or None.")
+      if self.loss_type == "vespo":
+        raise ValueError("PolicyLossConfig(loss_type='vespo') with sampling_is_mode: the"
+                         " sampler correction of VESPO (inside its gamma weights) is not"
+                         " implemented; set sampling_is_mode=None or another loss_type.")
     object.__setattr__(self, "vespo_params", tuple(self.vespo_params))
 
   @classmethod
   def from_mapping(cls, options: Mapping[str, Any], **overrides) -> "PolicyLossConfig":
     """From a mapping (e.g. a config's `loss` section) holding these fields among
-    others (its other keys are ignored), with `overrides` on top."""
+    others (its other keys are ignored), with `overrides` on top (they win
+    over the mapping's values)."""
     names = {f.name for f in dataclasses.fields(cls)}
-    return cls(**{k: v for k, v in options.items() if k in names}, **overrides)
+    return cls(**{**{k: v for k, v in options.items() if k in names}, **overrides})
 
   def kwargs(self) -> dict:
     """The options as `policy_loss_terms` keyword arguments."""
@@ -416,7 +524,10 @@ def policy_loss_terms(logprobs: jax.Array, old_logprobs: Optional[jax.Array],
                       sapo_temperature_neg: float = 1.05,
                       vespo_params=(2.0, 3.0, 3.0, 2.0),
                       off_policy_mask_threshold: Optional[float] = None,
-                      sampling_logprobs: Optional[jax.Array] = None):
+                      sampling_logprobs: Optional[jax.Array] = None,
+                      sampling_is_mode: Optional[str] = None,
+                      sampling_is_clip_max: Optional[float] = 3.0,
+                      sampling_is_clip_min: Optional[float] = None):
   """Numerator, additive normaliser and metrics of `policy_loss`.
 
   `policy_loss = numerator / max(normaliser, 1)` (or the global token count
@@ -474,6 +585,19 @@ def policy_loss_terms(logprobs: jax.Array, old_logprobs: Optional[jax.Array],
         sampling_logprobs, dtype), m)
     per_token = per_token * off_policy_sequence_mask(
         adv, logp, sampling, m, off_policy_mask_threshold)
+  if sampling_is_mode is not None and sampling_is_mode != "none":
+    # TRL's vLLM importance-sampling correction: the sampler was not the
+    # trainer's policy; weights between the trainer's old log-probs and the
+    # sampler's, after the masks, before the KL term.
+    if sampling_logprobs is None:
+      raise ValueError(f"sampling_is_mode={sampling_is_mode!r} needs sampling_logprobs.")
+    if loss_type == "vespo":
+      raise ValueError("sampling_is_mode is not implemented for loss_type='vespo'.")
+    is_weights, is_metrics = sampling_importance_weights(
+        old, sampling_logprobs, m, mode=sampling_is_mode, clip_max=sampling_is_clip_max,
+        clip_min=sampling_is_clip_min)
+    per_token = per_token * is_weights
+    metrics.update(is_metrics)
   if beta != 0.0:
     if ref_logprobs is None:
       raise ValueError("beta != 0 needs ref_logprobs")
@@ -511,6 +635,9 @@ def policy_loss(logprobs: jax.Array, old_logprobs: Optional[jax.Array],
                 vespo_params=(2.0, 3.0, 3.0, 2.0),
                 off_policy_mask_threshold: Optional[float] = None,
                 sampling_logprobs: Optional[jax.Array] = None,
+                sampling_is_mode: Optional[str] = None,
+                sampling_is_clip_max: Optional[float] = 3.0,
+                sampling_is_clip_min: Optional[float] = None,
                 num_items_in_batch: Optional[jax.Array] = None):
   """GRPO-family clipped policy loss, identical to TRL 1.16 (§2.2–2.4).
 
@@ -547,6 +674,14 @@ def policy_loss(logprobs: jax.Array, old_logprobs: Optional[jax.Array],
     off_policy_mask_threshold: drop negative-advantage sequences whose KL to
       the sampler exceeds it (None: off); `sampling_logprobs` `[N, T]` are the
       sampler's log-probs (default `old_logprobs`).
+    sampling_is_mode: None (off), or a mode of `sampling_importance_weights`
+      ("token_truncate", "token_mask", "sequence_truncate", "sequence_mask"):
+      each token's loss is weighted by the importance weight from the sampler
+      (`sampling_logprobs`) to the trainer's old policy (`old_logprobs`, or
+      the current log-probs when None), as TRL's
+      `vllm_importance_sampling_correction` (applied after the off-policy
+      mask, before the KL term). sampling_is_clip_max, sampling_is_clip_min:
+      its bounds (TRL's `vllm_importance_sampling_clip_max` = 3.0, `_clip_min`).
     num_items_in_batch: global active-token count for dapo/cispo/vespo (TRL's
       `num_items_in_batch`); default = `mask.sum()`.
 
@@ -583,7 +718,8 @@ def policy_loss(logprobs: jax.Array, old_logprobs: Optional[jax.Array],
       sapo_temperature_pos=sapo_temperature_pos,
       sapo_temperature_neg=sapo_temperature_neg, vespo_params=vespo_params,
       off_policy_mask_threshold=off_policy_mask_threshold,
-      sampling_logprobs=sampling_logprobs)
+      sampling_logprobs=sampling_logprobs, sampling_is_mode=sampling_is_mode,
+      sampling_is_clip_max=sampling_is_clip_max, sampling_is_clip_min=sampling_is_clip_min)
   if num_items_in_batch is not None and get_policy_loss(
       loss_type).uses_global_token_count:
     normaliser = jnp.asarray(num_items_in_batch, numerator.dtype)

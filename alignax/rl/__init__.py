@@ -18,6 +18,10 @@ from alignax.rl.batch import group_rewards
 from alignax.rl.batch import make_group_batch
 from alignax.rl.step import GroupStep
 from alignax.rl.step import Rollout
+from alignax.rl.step import build_rollout
+from alignax.rl.step import finish_rollout
 from alignax.rl.step import grpo_step
+from alignax.rl.step import off_policy_batch
 from alignax.rl.step import rollout
 from alignax.rl.step import shard_batch
+from alignax.rl.step import start_rollout

@@ -42,13 +42,23 @@ class GroupBatch:
   completion_tokens: int32 [N, C], the sampled tokens (= sequences[:, P:]).
   completion_mask:   bool [N, C], True up to and including the stop token.
   old_logprobs:      float32 [N, C], log-probs of the sampled tokens under the
-                     policy that sampled them (the sampler's).
+                     behaviour policy: the sampler's (on-policy), or the
+                     trainer's before the update when `sampling_logprobs` is
+                     set; or None: the trainer's own at update time
+                     (`stop_gradient` of the current log-probs, valid for one
+                     update per batch, TRL's num_iterations == 1).
   advantages:        float32 [N], one per completion (0 for unscorable ones).
   rewards:           float32 [N, F] per reward function (NaN: the function
                      returned None), or None; kept for logging, the loss does
                      not read it.
   ref_logprobs:      float32 [N, C] under the KL reference policy, or None
                      (needed when the loss's beta > 0).
+  sampling_logprobs: float32 [N, C], the sampler's log-probs when the sampler
+                     was not the policy being trained (one-step off-policy
+                     rollouts, `alignax.rl.off_policy_batch`), or None. With it
+                     the loss weights each token by the truncated importance
+                     weight from sampler to trainer
+                     (`objectives.sampling_importance_weights`).
 
   A pytree (fields that are None are empty subtrees), so it passes through
   `jax.jit`, `jax.tree.map` and `jax.device_put` whole.
@@ -58,10 +68,11 @@ class GroupBatch:
   attention_mask: jax.Array
   completion_tokens: jax.Array
   completion_mask: jax.Array
-  old_logprobs: jax.Array
+  old_logprobs: Optional[jax.Array]
   advantages: jax.Array
   rewards: Optional[jax.Array] = None
   ref_logprobs: Optional[jax.Array] = None
+  sampling_logprobs: Optional[jax.Array] = None
 
   @property
   def num_rows(self) -> int:

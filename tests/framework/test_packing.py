@@ -252,3 +252,45 @@ def test_packed_update_equals_unpacked_update():
   scale = max(np.abs(g).max() for g in jax.tree.leaves(grads_u))
   for a, b in zip(jax.tree.leaves(grads_u), jax.tree.leaves(grads_p)):
     np.testing.assert_allclose(b, a, atol=1e-5 * scale)
+
+
+def test_bucket_size():
+  assert [packing.bucket_size(n, 64, 4) for n in (1, 16, 17, 40, 64)] == [16, 16, 32, 48, 64]
+  assert packing.bucket_size(70, 64, 4) == 70  # beyond the largest: n itself
+  assert packing.bucket_size(100, 640, 4, multiple=64) == 192  # 160 rounded up to 64
+  with pytest.raises(ValueError, match="buckets=0"):
+    packing.bucket_size(1, 8, 0)
+
+
+def test_packed_group_update_equals_unpacked_with_bounded_shapes():
+  """`PackedGroupUpdate` on GroupBatches of varying lengths (off-policy ones,
+  with the sampler correction, included): the same metrics and parameters as
+  the unpacked update, and at most buckets**2 packed shapes."""
+  from alignax import rl
+  optimizer = optax.sgd(0.5)
+  loss = objectives.PolicyLossConfig(loss_type="dapo", epsilon_high=0.28,
+                                     sampling_is_mode="token_truncate")
+  graphdef, state = train.init_train_state(Decoder(CONFIG, seed=0), optimizer)
+  plain = train.make_grpo_update(graphdef, optimizer, loss=loss, temperature=TEMPERATURE,
+                                 micro_batches=2)
+  packed = packing.PackedGroupUpdate(graphdef, optimizer, loss=loss, row_length=P + C,
+                                     temperature=TEMPERATURE, micro_batches=2, buckets=2,
+                                     target_multiple=8)
+  s_u = s_p = state
+  for seed in range(5):
+    b = _batch(n=8, seed=seed + 10)
+    sampling = b["old_logprobs"] + 0.3 * np.random.RandomState(seed).randn(8, C)
+    batch = rl.GroupBatch(b["sequences"], b["attention_mask"], b["completion_tokens"],
+                          b["completion_mask"], None, b["advantages"],
+                          sampling_logprobs=sampling.astype(np.float32))
+    s_u, m_u = plain(jax.tree.map(jnp.copy, s_u), batch)
+    s_p, m_p = packed(jax.tree.map(jnp.copy, s_p), batch)
+    assert "sampling/importance_sampling_ratio/mean" in m_p
+    for k in m_u:
+      np.testing.assert_allclose(float(m_p[k]), float(m_u[k]), rtol=2e-5, atol=1e-6,
+                                 err_msg=f"batch {seed}: {k}")
+  for a, b in zip(jax.tree.leaves(s_u.params), jax.tree.leaves(s_p.params)):
+    np.testing.assert_allclose(np.asarray(b), np.asarray(a), atol=2e-5, rtol=1e-4)
+  assert 1 <= len(packed.shapes) <= 4
+  assert all(r <= 4 for r, _ in packed.shapes)  # rows per micro-batch: 2 or 4 of 4
+  assert 0 < packed.last_stats["fill"] <= 1

@@ -79,10 +79,24 @@ def get_config(preset: str = "default") -> ml_collections.ConfigDict:
   c.warmup = ml_collections.ConfigDict(dict(steps=400, batch_size=64, learning_rate=3e-3,
                                             flawed_fraction=0.6))
 
+  # `compact`: drop finished rows from the decode as they stop
+  # (sampling.generate(compact=True): the decode runs in halving row buckets,
+  # token for token the same output). It pays when completion lengths vary
+  # and the decode is long (the word problems: 256 new tokens, rows stopping
+  # from ~30 tokens on); each bucket compiles its own decode step, which
+  # costs more than it saves for a few new tokens (the tiny preset: 5), hence
+  # off by default. See benchmarks/rollout_step.py.
+  # `off_policy_steps`: 0, on-policy; 1, the batch of step k is sampled by
+  # the parameters of step k - 1, its sampling dispatched before the update
+  # of step k - 1 so that the host scores it while the device trains
+  # (alignax.rl.grpo_step); the loss then re-weights each token by the
+  # truncated importance weight between the trainer's log-probs before the
+  # update and the sampler's (config.loss.sampling_is_*).
   c.rollout = ml_collections.ConfigDict(dict(
       prompts_per_step=16, num_generations=8, max_new_tokens=8, max_prompt_length=512,
       temperature=1.0,
-      top_k=0, top_p=1.0))  # top_k=0 / top_p=1: no filtering
+      top_k=0, top_p=1.0,  # top_k=0 / top_p=1: no filtering
+      compact=False, off_policy_steps=0))
 
   c.loss = ml_collections.ConfigDict(dict(
       loss_type="dapo",             # any key of alignax.objectives.POLICY_LOSSES
@@ -91,11 +105,31 @@ def get_config(preset: str = "default") -> ml_collections.ConfigDict:
       epsilon_low=0.2, epsilon_high=0.28,
       delta=config_dict.placeholder(float),
       importance_sampling_level="token",  # "sequence" = GSPO
-      beta=0.0, use_bias_correction_kl=True))
+      beta=0.0, use_bias_correction_kl=True,
+      # Off-policy rollouts only (rollout.off_policy_steps=1): the weight of
+      # each token, min(exp(logp_trainer_old - logp_sampler), clip_max) in the
+      # default "token_truncate" mode, as TRL's vllm_importance_sampling_*
+      # options (objectives.sampling_importance_weights: token_truncate |
+      # token_mask | sequence_truncate | sequence_mask | none = no correction).
+      sampling_is_mode="token_truncate", sampling_is_clip_max=3.0,
+      sampling_is_clip_min=config_dict.placeholder(float)))
 
+  # `pack`: the update runs on packed rows (alignax.framework.packing: each
+  # prompt + completion's real tokens one segment of a row of
+  # max_prompt_length + max_new_tokens slots, first-fit decreasing), so it
+  # pays for the real tokens instead of N x (P + C) padded slots; same loss
+  # and gradients to float rounding. It pays for long completions of varying
+  # length (the padding it removes is large) and costs for short, even ones:
+  # packed rows run each completion's prompt with it, whereas the unpacked
+  # update runs a group's shared prompt once (`share_prompt`); the two cannot
+  # combine. `pack_buckets`: rows and completion targets per micro-batch are
+  # each rounded up to one of this many sizes, so the update compiles for at
+  # most pack_buckets**2 shapes (perf/update_compiles counts them).
+  # `share_prompt`: None (auto) = True unless pack; True with pack is an error.
   c.train = ml_collections.ConfigDict(dict(
       steps=200, num_iterations=1, micro_batches=1, learning_rate=5e-4, warmup_steps=5,
       max_grad_norm=1.0, eval_every=25, checkpoint_every=25, keep_checkpoints=3,
+      pack=False, pack_buckets=4, share_prompt=config_dict.placeholder(bool),
       # Decoder-layer rematerialisation in the update (common.REMAT: none |
       # full | dots_saveable | dots_with_no_batch_dims_saveable).
       **common.REMAT))
@@ -173,6 +207,7 @@ SCHEMA = {
     "rollout.temperature": number(0, lo_open=True),
     "rollout.top_k": _NONNEG,
     "rollout.top_p": number(0, 1, lo_open=True),
+    "rollout.compact": boolean(), "rollout.off_policy_steps": integer(0, 1),
     "loss.loss_type": one_of("alignax.objectives:POLICY_LOSSES"),
     "loss.advantage": one_of("alignax.objectives:ADVANTAGE_ESTIMATORS"),
     "loss.scale_rewards": one_of(("group", "batch", "none")),
@@ -180,11 +215,17 @@ SCHEMA = {
     "loss.delta": optional(number(1)),
     "loss.importance_sampling_level": one_of(("token", "sequence")),
     "loss.beta": number(0), "loss.use_bias_correction_kl": boolean(),
+    "loss.sampling_is_mode": one_of(("token_truncate", "token_mask", "sequence_truncate",
+                                     "sequence_mask", "none")),
+    "loss.sampling_is_clip_max": optional(number(0, lo_open=True)),
+    "loss.sampling_is_clip_min": optional(number(0)),
     "train.steps": _POS, "train.num_iterations": _POS, "train.micro_batches": _POS,
     "train.learning_rate": number(0, lo_open=True), "train.warmup_steps": _NONNEG,
     "train.max_grad_norm": number(0, lo_open=True),
     "train.eval_every": _POS, "train.checkpoint_every": _POS,
     "train.keep_checkpoints": _POS,
+    "train.pack": boolean(), "train.pack_buckets": _POS,
+    "train.share_prompt": optional(boolean()),
     **common.precision_schema(),
     "mesh.data": _POS, "mesh.fsdp": _POS, "mesh.tensor": _POS,
     **lora_schema(),
@@ -207,4 +248,25 @@ def _check_lengths(c):
             f" config.model.num_kv_heads={c.model.num_kv_heads}")
 
 
-CHECKS = (_check_micro_batches, _check_lengths)
+def _check_pack(c):
+  if c.train.pack and c.train.share_prompt:
+    return ("config.train.pack=True cannot combine with config.train.share_prompt=True:"
+            " packed rows run each completion with its own prompt. Pick one (pack pays"
+            " for long completions of varying length, prompt sharing for long prompts and"
+            " short completions), or leave share_prompt unset (None: on unless pack).")
+  shards = c.mesh.data * c.mesh.fsdp
+  if c.train.pack and shards > 1:
+    return (f"config.train.pack=True with config.mesh.data * config.mesh.fsdp = {shards}:"
+            " packed rows are not split over batch shards yet; use train.pack=False on"
+            " this mesh (mesh.tensor > 1 works with packing).")
+
+
+def _check_off_policy(c):
+  if (c.rollout.off_policy_steps and c.loss.loss_type == "vespo"
+      and c.loss.sampling_is_mode != "none"):
+    return ("config.rollout.off_policy_steps=1 with config.loss.loss_type='vespo': the"
+            " sampler correction inside VESPO's weights is not implemented; set"
+            " config.loss.sampling_is_mode=none or use another loss_type.")
+
+
+CHECKS = (_check_micro_batches, _check_lengths, _check_pack, _check_off_policy)
