@@ -118,6 +118,14 @@ def test_off_policy_resumes_after_a_kill_exactly(off_policy, workdir):
   assert summary["train/steps"] == 12
 
 
+def test_off_policy_on_an_eight_device_mesh_gives_the_same_losses(off_policy, workdir):
+  grpo.run(tiny(**{"rollout.off_policy_steps": 1, "mesh.data": 2, "mesh.fsdp": 2,
+                   "mesh.tensor": 2}), workdir, stop_after=4, progress=False)
+  got = [r["train/loss"] for r in _rows(workdir)[1:]]
+  want = [r["train/loss"] for r in _rows(off_policy[0])[1:5]]
+  np.testing.assert_allclose(got, want, atol=1e-5)
+
+
 @pytest.mark.parametrize("overrides,match", [
     ({"train.pack": True, "train.share_prompt": True},
      "train.pack=True cannot combine with config.train.share_prompt=True"),
