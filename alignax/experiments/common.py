@@ -732,6 +732,12 @@ def run_binary(run_fn, default_config: str, default_workdir: str) -> None:
   run as a binary, so tests and notebooks can import several binaries side by
   side without duplicate-flag errors.
   """
+  # Before JAX creates its CPU client: XLA sizes the intra-op thread pool from
+  # NPROC, else from the CPUs in this process's affinity mask, and that count
+  # decides how the Eigen dots (the weight gradients) and the YNNPACK reductions
+  # split their sums. Pinned to the machine's CPU count, a seed gives the same
+  # floats under taskset or a cpuset (tests/reliability/test_reproducible_launch.py).
+  os.environ.setdefault("NPROC", str(os.cpu_count() or 1))
   from absl import app, flags, logging  # pylint: disable=g-import-not-at-top
   from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
 
