@@ -37,7 +37,7 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
-from alignax.objectives.registry import Registry
+from alignax.registry import Registry
 
 AttentionFn = Callable[..., jax.Array]
 ATTENTION_IMPLS = Registry("attention implementation")

@@ -311,7 +311,7 @@ def reference_logprobs(graphdef, params, sequences, attention_mask, completion_t
 
 
 # ------------------------------------------------------ re-weighted EM (M-step)
-def token_logprobs(graphdef, params, batch):
+def next_token_logprobs(graphdef, params, batch):
   """log p(token_t | tokens_<t) [N, L-1] of the padded `batch["sequences"]` [N, L]."""
   seq = batch["sequences"]
   logp, _ = completion_logprobs(graphdef, params, seq, batch["attention_mask"], seq[:, 1:])
@@ -346,7 +346,7 @@ def make_weighted_update(graphdef, optimizer, micro_batches: int = 1):
   """
 
   def terms(params, mb):
-    logp = token_logprobs(graphdef, params, mb)
+    logp = next_token_logprobs(graphdef, params, mb)
     value, total = objectives.weighted_sequence_nll(logp, mb["loss_mask"], mb["weights"])
     return value * total, (total, {})
 
@@ -362,7 +362,7 @@ def make_weighted_update(graphdef, optimizer, micro_batches: int = 1):
 
 @functools.partial(jax.jit, static_argnames=("graphdef",))
 def _answer_logliks(graphdef, params, batch):
-  return objectives.answer_loglik(token_logprobs(graphdef, params, batch),
+  return objectives.answer_loglik(next_token_logprobs(graphdef, params, batch),
                                   batch["answer_mask"])
 
 

@@ -6,6 +6,7 @@ function has a small numeric example in its docstring, run as a test
 (tests/test_doctests.py, arrays printed with
 `np.printoptions(precision=4, suppress=True)`).
 """
+from alignax.registry import Registry
 from alignax.objectives.primitives import as_float
 from alignax.objectives.primitives import clamp_min1
 from alignax.objectives.primitives import group_mean
@@ -20,21 +21,20 @@ from alignax.objectives.primitives import nanstd
 from alignax.objectives.primitives import segment_mean_std
 from alignax.objectives.primitives import token_entropy
 from alignax.objectives.primitives import token_logprobs
-from alignax.objectives.registry import ADVANTAGE_ESTIMATORS
-from alignax.objectives.registry import AGGREGATIONS
-from alignax.objectives.registry import DPO_LOSSES
-from alignax.objectives.registry import POLICY_LOSSES
-from alignax.objectives.registry import PolicyLossDef
-from alignax.objectives.registry import Registry
-from alignax.objectives.registry import accepted_options
-from alignax.objectives.registry import get_advantage_fn
-from alignax.objectives.registry import get_aggregation
-from alignax.objectives.registry import get_dpo_loss
-from alignax.objectives.registry import get_policy_loss
-from alignax.objectives.registry import register_advantage_estimator
-from alignax.objectives.registry import register_aggregation
-from alignax.objectives.registry import register_dpo_loss
-from alignax.objectives.registry import register_policy_loss
+from alignax.objectives.registries import ADVANTAGE_ESTIMATORS
+from alignax.objectives.registries import AGGREGATIONS
+from alignax.objectives.registries import DPO_LOSSES
+from alignax.objectives.registries import POLICY_LOSSES
+from alignax.objectives.registries import PolicyLossDef
+from alignax.objectives.registries import accepted_options
+from alignax.objectives.registries import get_advantage_fn
+from alignax.objectives.registries import get_aggregation
+from alignax.objectives.registries import get_dpo_loss
+from alignax.objectives.registries import get_policy_loss
+from alignax.objectives.registries import register_advantage_estimator
+from alignax.objectives.registries import register_aggregation
+from alignax.objectives.registries import register_dpo_loss
+from alignax.objectives.registries import register_policy_loss
 from alignax.objectives.advantages import copo_blend
 from alignax.objectives.advantages import discounted_returns
 from alignax.objectives.advantages import dr_grpo_advantages

@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 
 from alignax.objectives import primitives as P
-from alignax.objectives.registry import register_advantage_estimator
+from alignax.objectives.registries import register_advantage_estimator
 
 # TRL adds 1e-4 to the std, outside the square root.
 TRL_STD_EPS = 1e-4

@@ -18,7 +18,7 @@ import chex
 import jax
 import jax.numpy as jnp
 
-from alignax.objectives.registry import Registry
+from alignax.registry import Registry
 
 
 def hard_curriculum_batches(difficulty: jax.Array, batch_size: int) -> jax.Array:

@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 
 from alignax.objectives import primitives as P
-from alignax.objectives.registry import get_dpo_loss, register_dpo_loss
+from alignax.objectives.registries import get_dpo_loss, register_dpo_loss
 
 
 def sequence_logprobs(logp: jax.Array, mask: jax.Array) -> jax.Array:

@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from alignax.objectives import primitives as P
-from alignax.objectives.registry import Registry
+from alignax.registry import Registry
 
 
 def answer_loglik(logp: jax.Array, answer_mask: jax.Array) -> jax.Array:

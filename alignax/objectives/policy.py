@@ -3,7 +3,7 @@
 `policy_loss` equals TRL 1.16 `GRPOTrainer._compute_loss` (one process, no
 gradient accumulation, `num_items_in_batch = mask.sum()`) in value and
 gradient. Each loss type is a registered pair (per-token loss, aggregation);
-see `registry.POLICY_LOSSES`. Adding a loss = one decorated function.
+see `registries.POLICY_LOSSES`. Adding a loss = one decorated function.
 
 Gradient accumulation: `policy_loss_terms` returns `(numerator, normaliser,
 metrics)` with additive normalisers, so over micro-batches `i`
@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 
 from alignax.objectives import primitives as P
-from alignax.objectives.registry import (POLICY_LOSSES, get_aggregation,
+from alignax.objectives.registries import (POLICY_LOSSES, get_aggregation,
                                          get_policy_loss, register_aggregation,
                                          register_policy_loss)
 

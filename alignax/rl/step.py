@@ -29,7 +29,7 @@ import jax
 import numpy as np
 from flax import nnx
 
-from alignax.framework import experiment, sampling, sharding, train
+from alignax.framework import run_records, sampling, sharding, train
 from alignax.rl.batch import GroupBatch, GroupRewards, group_rewards, make_group_batch
 
 # score(tokens int32 [N, C], mask bool [N, C]) -> rewards [N] or [N, F] (NaN = None),
@@ -77,7 +77,7 @@ def finish_rollout(gen: sampling.Generation, score: ScoreFn, *, num_generations:
   """Waits for `gen`'s tokens, scores them on the host and builds the batch
   (`build_rollout`). Arguments as `rollout`."""
   # Whole batch on every process (gathered when sharded); waits for the device.
-  tokens, mask = experiment.to_host((gen.tokens, gen.mask))
+  tokens, mask = run_records.to_host((gen.tokens, gen.mask))
   t0 = time.perf_counter()
   rewards = score(tokens, mask)
   score_seconds = time.perf_counter() - t0

@@ -13,7 +13,7 @@ of the questions (`split="question"`, the default).
 Everything depends only on `(seed, sizes)`: the same config gives the same
 world, corpus and splits on every machine.
 
-Trajectory token format (shared with `agents.rollout`; words are tokens of the
+Trajectory token format (shared with `agents.rollouts.multi_turn`; words are tokens of the
 word-level tokenizer):
 
   prompt : <s> question : where was P born ?

@@ -35,7 +35,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
-from alignax.objectives.registry import Registry
+from alignax.registry import Registry
 from alignax.rl import batch as rl_batch
 
 RewardFn = Callable[..., Sequence[Any]]
@@ -298,7 +298,7 @@ class RewardSet:
 
   def score(self, examples: Sequence, completion_ids: Sequence[Sequence[int]],
             texts: Sequence[str]) -> RewardResult:
-    """Scores completion i of `examples[i]` (an `agents.prompt_data.Example`,
+    """Scores completion i of `examples[i]` (an `agents.data.prompt_data.Example`,
     repeated per completion), passing prompts, completions and columns as TRL
     does: a conversational prompt gets `[{"role": "assistant", "content": text}]`
     completions, a string prompt gets the text."""

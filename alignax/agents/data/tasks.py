@@ -1,8 +1,8 @@
 """Built-in verifiable tasks (addition, digit reversal) as prompt/answer datasets.
 
 The GRPO binary reads them through the same path as a user's data
-(`agents.prompt_data`, format `prompt_answer`) and scores them with the
-registered `exact_match` reward (`agents.rewards`). Deterministic: problem `i` of a split depends only on (seed, split, i). The tokenizer is a character-level WordLevel model
+(`agents.data.prompt_data`, format `prompt_answer`) and scores them with the
+registered `exact_match` reward (`agents.scoring.rewards`). Deterministic: problem `i` of a split depends only on (seed, split, i). The tokenizer is a character-level WordLevel model
 trained locally with `tokenizers` and saved in the Hugging Face format.
 """
 from __future__ import annotations
@@ -14,7 +14,7 @@ from typing import Sequence
 
 import numpy as np
 
-from alignax.objectives.registry import Registry
+from alignax.registry import Registry
 
 PAD, BOS, EOS, UNK = "<pad>", "<s>", "</s>", "<unk>"
 SPECIAL_TOKENS = (PAD, BOS, EOS, UNK)  # ids 0..3, in this order

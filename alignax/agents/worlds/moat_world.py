@@ -33,7 +33,7 @@ Chains start from any entity type; `chain_split` keeps held-in chains (seen in
 training) apart from held-out ones (new compositions of length 3, and length 4)
 and, optionally, pool-only ones (other new length-3 compositions, whose tasks
 only the iterations' pool holds: `MoatWorld.pool_only_tasks`).
-The actions are the `TOOLS` registry; `agents.moat_data` reads tasks, a corpus
+The actions are the `TOOLS` registry; `agents.data.moat_data` reads tasks, a corpus
 and a lookup table from files into a `MoatWorld` instead.
 """
 from __future__ import annotations
@@ -45,8 +45,8 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from alignax.agents import qa_world
-from alignax.objectives.registry import Registry
+from alignax.agents.worlds import qa_world
+from alignax.registry import Registry
 
 # relation -> (subject type, object type, passage template).
 RELATIONS = {
@@ -120,7 +120,7 @@ class MoatTask:
   answer: str
   path: tuple[str, ...]  # the entity after each hop (path[-1] == answer)
   nested: bool = False  # phrasing: "the r2 of the r1 of P" (True) or "P 's r1 's r2"
-  # Tasks read from a file (`agents.moat_data`) carry their own text, gold
+  # Tasks read from a file (`agents.data.moat_data`) carry their own text, gold
   # actions and gold subgoals; the built-in ones derive them from `chain`.
   text: str = ""
   actions: tuple = ()  # gold `Action`s, the last one an Answer
@@ -157,7 +157,7 @@ class MoatWorld:
   relations: tuple[str, ...] = BASE_RELATIONS
   nested_fraction: float = 0.0  # share of tasks phrased "the r2 of the r1 of P"
   # (train, held-in eval, held-out eval) tasks read from a file
-  # (`agents.moat_data`); None: generated from relation chains.
+  # (`agents.data.moat_data`); None: generated from relation chains.
   tasks: tuple | None = None
   search_result: str = "last_word"  # what Search[q] returns (`SEARCH_RESULTS`)
 

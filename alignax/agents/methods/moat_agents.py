@@ -20,8 +20,8 @@ import jax
 import numpy as np
 
 from alignax import objectives
-from alignax.agents import moat_world as mw
-from alignax.framework import experiment, sampling, train, vocab
+from alignax.agents.worlds import moat_world as mw
+from alignax.framework import run_records, sampling, train, vocab
 
 
 class AgentIO:
@@ -56,7 +56,7 @@ class AgentIO:
 
   def subgoal_ids(self, gen: sampling.Generation) -> list[list[int]]:
     """Each generated plan's tokens, without the stop token and padding."""
-    toks, mask = experiment.to_host((gen.tokens, gen.mask))  # gathered across processes
+    toks, mask = run_records.to_host((gen.tokens, gen.mask))  # gathered across processes
     return [[int(t) for t, m in zip(r, mr) if m and t != self.eos]
             for r, mr in zip(toks, mask)]
 

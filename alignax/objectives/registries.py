@@ -1,8 +1,12 @@
-"""Name -> function registries, so configs choose by string, not if-chains.
+"""The objectives' registries: policy losses, aggregations, advantage
+estimators and DPO losses by name, so configs choose by string, not if-chains.
 
 The idea follows google/tunix `rl/function_registry.py`: each module registers
 its functions under a name with a decorator, and a config's
 `loss_type="dapo"` or `advantage_estimator="rloo"` is a dictionary look-up.
+The table type is `alignax.registry.Registry`, shared by every name table of
+the package; the EM weightings and curricula keep theirs beside their
+functions (`em.EM_WEIGHTINGS`, `curriculum.CURRICULA`).
 
 Registries:
   POLICY_LOSSES: name -> `PolicyLossDef` (per-token loss fn + aggregation name).
@@ -12,7 +16,9 @@ Registries:
     label_smoothing) -> per-pair loss.
 """
 import inspect
-from typing import Any, Callable, Dict, Iterator, Mapping, NamedTuple
+from typing import Any, Callable, Dict, Mapping, NamedTuple
+
+from alignax.registry import Registry, UnknownNameError  # noqa: F401  (re-exported)
 
 
 class PolicyLossDef(NamedTuple):
@@ -30,60 +36,6 @@ class PolicyLossDef(NamedTuple):
   aggregation: str
   uses_global_token_count: bool = False
   clip_metrics: str = "ppo"
-
-
-class UnknownNameError(KeyError, ValueError):
-  """An unknown registry name (a `KeyError` and a `ValueError`, for callers of both)."""
-
-  def __str__(self) -> str:  # KeyError would repr() the message.
-    return str(self.args[0])
-
-
-class Registry(Mapping):
-  """A name -> value table that configs choose from by string.
-
-  Registering a name twice raises (two modules must not silently fight over a
-  name); looking up an unknown name raises a `KeyError` that lists the
-  registered names, so a typo in a config says what to type instead. It is a
-  read-only `Mapping` otherwise (`name in registry`, `sorted(registry)`).
-  """
-
-  def __init__(self, kind: str):
-    self.kind = kind
-    self._table: Dict[str, Any] = {}
-
-  def add(self, name: str, value: Any) -> Any:
-    if not isinstance(name, str) or not name:
-      raise ValueError(f"{self.kind} names must be non-empty strings, got {name!r}")
-    if name in self._table:
-      raise ValueError(f"{self.kind} {name!r} is already registered")
-    self._table[name] = value
-    return value
-
-  def register(self, *names: str) -> Callable:
-    """Decorator: registers the decorated object under each of `names`."""
-    def wrap(value):
-      for name in names:
-        self.add(name, value)
-      return value
-    return wrap
-
-  def __getitem__(self, name: str) -> Any:
-    try:
-      return self._table[name]
-    except (KeyError, TypeError):
-      raise UnknownNameError(
-          f"unknown {self.kind} {name!r}; registered: {sorted(self._table)}"
-      ) from None
-
-  def __iter__(self) -> Iterator[str]:
-    return iter(self._table)
-
-  def __len__(self) -> int:
-    return len(self._table)
-
-  def __repr__(self) -> str:
-    return f"Registry({self.kind!r}, {sorted(self._table)})"
 
 
 POLICY_LOSSES = Registry("policy loss")

@@ -1,6 +1,6 @@
 """QA data sources for the search agents, picked by `config.dataset`.
 
-  builtin   the generated world of `agents.qa_world` (no download)
+  builtin   the generated world of `agents.worlds.qa_world` (no download)
   hotpotqa  HotpotQA JSON (a list of {_id, question, answer, context,
             supporting_facts}); `data_dir/train.json`, `data_dir/dev.json`;
             the corpus is every context paragraph.
@@ -17,10 +17,10 @@ import json
 import os
 from typing import Any, Mapping, Sequence
 
-from alignax.agents import qa_world
-from alignax.agents.qa_world import Passage, QADataset, QAExample
-from alignax.agents.retrieval import DataFormatError, jsonl_rows, read_corpus_jsonl
-from alignax.objectives.registry import Registry
+from alignax.agents.worlds import qa_world
+from alignax.agents.worlds.qa_world import Passage, QADataset, QAExample
+from alignax.agents.worlds.retrieval import DataFormatError, jsonl_rows, read_corpus_jsonl
+from alignax.registry import Registry
 
 PAD, BOS, EOS, UNK = "<pad>", "<s>", "</s>", "<unk>"
 

@@ -17,8 +17,8 @@ from typing import Sequence
 
 import numpy as np
 
-from alignax.agents.qa_world import DOC, END_SEARCH, Passage
-from alignax.framework import experiment
+from alignax.agents.worlds.qa_world import DOC, END_SEARCH, Passage
+from alignax.framework import run_records
 
 _FINGERPRINT = "corpus.sha256"
 
@@ -83,7 +83,7 @@ def _tokenize(texts: Sequence[str]):
   return bm25s.tokenize(list(texts), stopwords="en", show_progress=False)
 
 
-@experiment.writer_only  # several processes: each builds the index, process 0 saves it
+@run_records.writer_only  # several processes: each builds the index, process 0 saves it
 def _save_index(retriever: "BM25Retriever", fingerprint: str, index_dir: str) -> None:
   tmp = index_dir.rstrip("/") + ".tmp"
   shutil.rmtree(tmp, ignore_errors=True)

@@ -44,9 +44,9 @@ import os
 import re
 from typing import Sequence
 
-from alignax.agents import moat_world as mw
-from alignax.agents import retrieval
-from alignax.agents.retrieval import DataFormatError
+from alignax.agents.worlds import moat_world as mw
+from alignax.agents.worlds import retrieval
+from alignax.agents.worlds.retrieval import DataFormatError
 
 SPLITS = ("train", "eval", "held_out")
 TASK_FIELDS = ("id", "task", "subject", "subgoals", "actions", "split")

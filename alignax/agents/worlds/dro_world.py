@@ -47,8 +47,8 @@ from typing import Sequence
 
 import numpy as np
 
-from alignax.agents import qa_world
-from alignax.agents.qa_world import Passage, QADataset, QAExample
+from alignax.agents.worlds import qa_world
+from alignax.agents.worlds.qa_world import Passage, QADataset, QAExample
 
 # name -> (hops, paraphrased question, relation path).
 QUESTION_TYPES = {

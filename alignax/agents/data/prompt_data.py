@@ -31,7 +31,7 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 from absl import logging
 
-from alignax.objectives.registry import Registry
+from alignax.registry import Registry
 
 _EXTENSIONS = {".jsonl": "json", ".json": "json", ".parquet": "parquet"}
 

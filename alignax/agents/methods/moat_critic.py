@@ -18,8 +18,8 @@ import dataclasses
 import re
 from typing import Callable, Sequence
 
-from alignax.agents import moat_world as mw
-from alignax.objectives.registry import Registry
+from alignax.agents.worlds import moat_world as mw
+from alignax.registry import Registry
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,6 +1,6 @@
 """Batched multi-turn tool rollouts over one KV cache (EXSEARCH / DRO agents).
 
-Token format: see `agents.qa_world` (model turns end at `<SEARCH>` = a tool call,
+Token format: see `agents.worlds.qa_world` (model turns end at `<SEARCH>` = a tool call,
 or at EOS = the trajectory is over; the answer is the text after `<FINAL>`).
 
 How a batch of B trajectories runs, with no Python loop over rows and no
@@ -34,7 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from alignax.agents import qa_world
+from alignax.agents.worlds import qa_world
 from alignax.framework import sampling
 
 
@@ -114,7 +114,7 @@ class SearchTool:
     self._cache: dict[str, tuple[list[int], list[str]]] = {}
 
   def __call__(self, queries):
-    from alignax.agents.retrieval import render_results  # pylint: disable=g-import-not-at-top
+    from alignax.agents.worlds.retrieval import render_results  # pylint: disable=g-import-not-at-top
     new = sorted({q for q in queries if q not in self._cache})
     for q, docs in zip(new, self.retriever.search(new, self.k) if new else []):
       ids = self.tokenizer.encode(render_results(docs), add_special_tokens=False)
