@@ -1,0 +1,4 @@
+"""Deprecated alias of `alignax.agents.worlds.moat_world` (renamed 2026-12-07, docs/api.md)."""
+from alignax._renamed import alias_module
+
+alias_module(__name__)

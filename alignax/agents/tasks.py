@@ -1,0 +1,4 @@
+"""Deprecated alias of `alignax.agents.data.tasks` (renamed 2026-12-07, docs/api.md)."""
+from alignax._renamed import alias_module
+
+alias_module(__name__)
