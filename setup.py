@@ -46,7 +46,7 @@ setuptools.setup(
         "tqdm>=4.66",
         "matplotlib>=3.8",
         "tensorboardX>=2.6,<3",
-        "datasets>=3.0,<6",  # users' prompt data (alignax/agents/prompt_data.py)
+        "datasets>=3.0,<6",  # users' prompt data (alignax/agents/data/prompt_data.py)
         "math-verify>=0.7,<1",  # the math_accuracy reward, as TRL uses it
     ],
     extras_require={

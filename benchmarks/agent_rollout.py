@@ -20,8 +20,9 @@ import jax
 import numpy as np
 from flax import nnx
 
-from alignax.agents import qa_data, qa_world, retrieval
-from alignax.agents import rollout as rollout_lib
+from alignax.agents.data import qa_data
+from alignax.agents.rollouts import multi_turn as rollout_lib
+from alignax.agents.worlds import qa_world, retrieval
 from alignax.framework import hf, sampling
 from alignax.framework.config import ModelConfig
 from alignax.framework.model import Decoder

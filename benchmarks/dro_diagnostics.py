@@ -33,11 +33,11 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
-from alignax.agents import dro as dro_agents
-from alignax.agents import dro_world, retrieval
-from alignax.agents import metrics as metrics_lib
+from alignax.agents.methods import dro_agents
+from alignax.agents.scoring import answer_metrics as metrics_lib
+from alignax.agents.worlds import dro_world, retrieval
 from alignax.experiments import common, dro
-from alignax.framework import experiment
+from alignax.framework import run_records
 
 COLUMNS = {"selector_em": "selector EM", "hop1_selected": "hop-1 gold selected",
            "bridge_selected": "bridge selected", "generator_em_gold": "generator EM w/ gold"}
@@ -96,7 +96,7 @@ def main(argv=None) -> dict:
   parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results",
                                                     "dro_diagnostics.json"))
   args = parser.parse_args(argv)
-  with open(os.path.join(args.workdir, experiment.CONFIG_FILE)) as f:
+  with open(os.path.join(args.workdir, run_records.CONFIG_FILE)) as f:
     config = ml_collections.ConfigDict(json.load(f))
   if config.dataset != "builtin":
     raise ValueError(f"{args.workdir}: config.dataset={config.dataset!r}; the per-type table"

@@ -22,7 +22,8 @@ import jax
 import numpy as np
 from flax import nnx
 
-from alignax.agents import qa_data, retrieval
+from alignax.agents.data import qa_data
+from alignax.agents.worlds import retrieval
 from alignax.experiments import common, exsearch
 from alignax.framework import train
 

@@ -201,7 +201,7 @@ def same_rendered_prompts(args, count: int = 256) -> dict:
   prompt bucket alignax pads a step's prompts to.
   """
   import transformers  # pylint: disable=g-import-not-at-top
-  from alignax.agents import prompt_data  # pylint: disable=g-import-not-at-top
+  from alignax.agents.data import prompt_data  # pylint: disable=g-import-not-at-top
   from alignax.framework import hf, sampling  # pylint: disable=g-import-not-at-top
   prompts = [r["prompt"] for r in _rows(os.path.join(EXAMPLES, "addition_train.jsonl"))[:count]]
   ours = prompt_data.PromptEncoder(hf.load_tokenizer(args.model)).encode(prompts)

@@ -8,7 +8,7 @@ reverse.jsonl: digit-reversal problems (3 or 4 digits, the `tiny` preset's
 range) in the `prompt_answer` format, one JSON object a line, with an extra
 `num_digits` column that reward functions receive.
 
-moat_*.jsonl: MOAT tasks in the format of `alignax.agents.moat_data` (docs/api.md),
+moat_*.jsonl: MOAT tasks in the format of `alignax.agents.data.moat_data` (docs/api.md),
 drawn from a small built-in world: relation-chain questions whose gold actions
 are Lookups, except that a first hop a BM25 Search answers as well is written as
 `Search[#0 <relation words>]` (the task's subgoal keeps its wording). Every
@@ -33,8 +33,9 @@ def main(path=os.path.join(HERE, "reverse.jsonl"), count=512, seed=0):
 
 
 def moat_main(folder=HERE, num_train=96, num_eval=24, seed=0):
-  from alignax.agents import moat_data, retrieval  # pylint: disable=g-import-not-at-top
-  from alignax.agents import moat_world as mw  # pylint: disable=g-import-not-at-top
+  from alignax.agents.data import moat_data  # pylint: disable=g-import-not-at-top
+  from alignax.agents.worlds import retrieval  # pylint: disable=g-import-not-at-top
+  from alignax.agents.worlds import moat_world as mw  # pylint: disable=g-import-not-at-top
   world = mw.make_moat_world(seed, num_people=24, num_cities=6, num_countries=3,
                              num_companies=4)
   search = mw.make_search_fn(retrieval.BM25Retriever.build(world.corpus))

@@ -2,7 +2,8 @@
 import json
 import os
 
-from alignax.agents import prompt_data, rewards
+from alignax.agents.data import prompt_data
+from alignax.agents.scoring import rewards
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EXAMPLES = os.path.join(ROOT, "examples")

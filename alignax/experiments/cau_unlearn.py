@@ -39,7 +39,7 @@ import tqdm
 
 from alignax.experiments import common
 from alignax.framework import checkpoint
-from alignax.framework import experiment
+from alignax.framework import run_records
 from alignax.recsys import cau
 from alignax.recsys import recommenders
 from alignax.recsys.data import sessions
@@ -269,7 +269,7 @@ def unlearn(name, ucfg, data: Data, graphdef, orig_params, orig_logits, tx,
 # Plot and main
 
 
-@experiment.writer_only
+@run_records.writer_only
 def plot_methods(results: dict[str, dict], path: str) -> None:
   """Bar charts of forget HR@10, retain NDCG@10 and seconds per method."""
   # A bare Figure draws without pyplot: no display, no backend switch.
@@ -299,7 +299,7 @@ def run(cfg, workdir: str) -> dict:
   common.validate_config(cfg, DEFAULT_CONFIG)  # before any work
   common.setup_mesh(cfg)  # multi-host init; the recommender runs unsharded
   common.make_workdir(workdir)
-  experiment.check_or_store_config(workdir, cfg)
+  run_records.check_or_store_config(workdir, cfg)
   data = load_data(cfg)
   model = recommenders.make_recommender(
       cfg.model.name, data.num_items, seed=cfg.seed, max_len=cfg.data.max_len,
@@ -313,10 +313,10 @@ def run(cfg, workdir: str) -> dict:
 
   def record(name, params, extra):
     results[name] = {**evaluate(graphdef, params, data, cfg), **extra}
-    experiment.atomic_write_json(partial_path, results)
+    run_records.atomic_write_json(partial_path, results)
     logging.info("%s: %s", name, results[name])
 
-  writer = experiment.MetricWriter(workdir)
+  writer = run_records.MetricWriter(workdir)
   orig_dir = cfg.load_original_from or workdir
   # One optimiser object per run: jax.jit keys compilations on it (static).
   train_tx = optax.adam(cfg.train.lr)
@@ -358,7 +358,7 @@ def run(cfg, workdir: str) -> dict:
   if cfg.plot:
     plot_methods({n: results[n] for n in results}, os.path.join(
         workdir, "methods.png"))
-  experiment.write_summary(workdir, summary)
+  run_records.write_summary(workdir, summary)
   return summary
 
 

@@ -16,7 +16,7 @@ from typing import Any, Callable, Mapping, Sequence
 import ml_collections
 import numpy as np
 
-from alignax.framework import experiment
+from alignax.framework import run_records
 
 
 def load_config_file(spec: str) -> ml_collections.ConfigDict:
@@ -420,26 +420,26 @@ def model_options(config) -> dict:
 
 
 def read_metrics(workdir: str) -> list[dict]:
-  return experiment.read_metrics(workdir)
+  return run_records.read_metrics(workdir)
 
 
 def truncate_metrics(workdir: str, last_step: int) -> None:
   """Drops metric rows logged after `last_step` (by a run killed before it
   could checkpoint them) and duplicates, so a resumed run logs each step once
-  (see `framework.experiment.truncate_metrics`)."""
-  experiment.truncate_metrics(workdir, last_step)
+  (see `framework.run_records.truncate_metrics`)."""
+  run_records.truncate_metrics(workdir, last_step)
 
 
 SAMPLES_FILE = "samples.jsonl"
 
 
-@experiment.writer_only
+@run_records.writer_only
 def write_samples(workdir: str, step: int, samples: Sequence[dict], writer=None) -> None:
   """Appends `{"step": step, **sample}` lines to `samples.jsonl` and, given a
   `MetricWriter`, shows them as TensorBoard text (tag `samples`)."""
   if not samples:
     return
-  from alignax.framework.experiment import _to_builtin  # pylint: disable=g-import-not-at-top
+  from alignax.framework.run_records import _to_builtin  # pylint: disable=g-import-not-at-top
   rows = [_to_builtin({"step": int(step), **s}) for s in samples]
   with open(os.path.join(workdir, SAMPLES_FILE), "a") as f:
     f.writelines(json.dumps(r) + "\n" for r in rows)
@@ -448,7 +448,7 @@ def write_samples(workdir: str, step: int, samples: Sequence[dict], writer=None)
         "\n".join(f"**{k}**: `{v}`" for k, v in r.items() if k != "step") for r in rows))
 
 
-@experiment.writer_only
+@run_records.writer_only
 def truncate_samples(workdir: str, keep_through: int) -> None:
   """Drops `samples.jsonl` lines of steps after `keep_through` (a resumed run
   writes them again)."""
@@ -463,7 +463,7 @@ def truncate_samples(workdir: str, keep_through: int) -> None:
   os.replace(tmp, path)
 
 
-@experiment.writer_only
+@run_records.writer_only
 def plot_curves(workdir: str, filename: str, panels: dict[str, Sequence[str]],
                 title: str = "") -> str:
   """One panel per entry {panel title: [metric keys]} of metrics.jsonl vs step."""
@@ -515,7 +515,7 @@ def build_or_load_hf(dirs: Mapping[str, str], build: Callable | None = None,
   if missing and build is None:
     raise FileNotFoundError(f"No model.safetensors in {missing}; give folders written by"
                             " save_pretrained (config.json, *.safetensors, tokenizer files).")
-  if missing and experiment.is_writer():
+  if missing and run_records.is_writer():
     models, tokenizer = build()
     for name, path in dirs.items():
       shutil.rmtree(path + ".tmp", ignore_errors=True)
@@ -525,7 +525,7 @@ def build_or_load_hf(dirs: Mapping[str, str], build: Callable | None = None,
       shutil.rmtree(path, ignore_errors=True)
       os.replace(path + ".tmp", path)
   # Always (not only when something was missing): every process must reach it.
-  experiment.barrier("alignax: warm-up folders built")
+  run_records.barrier("alignax: warm-up folders built")
   models = {name: hf.from_pretrained(path, **(options or {})) for name, path in dirs.items()}
   tokenizers = [hf.load_tokenizer(path, models[name].config) for name, path in dirs.items()]
   if any(len(t) != len(tokenizers[0]) for t in tokenizers):
@@ -568,19 +568,19 @@ def export_models(workdir: str, models: Mapping[str, Any], tokenizer,
   out = {}
   for name, model in models.items():
     graphdef, state = nnx.split(model)
-    model = nnx.merge(graphdef, experiment.to_host(state))
+    model = nnx.merge(graphdef, run_records.to_host(state))
     source = (sources or {}).get(name) or None
     folder = f"final_{name}"
     if lora.has_adapters(nnx.state(model)):  # LoRA: the adapters folded into the weights
       if adapters:
         adapter = "final_adapter" if name == "model" else f"final_{name}_adapter"
         out[adapter] = os.path.join(workdir, adapter)
-        experiment.writer_only(lora.save_peft)(
+        run_records.writer_only(lora.save_peft)(
             model, out[adapter], base_model_name_or_path=os.path.abspath(source or ""))
       model = lora.merge(model)
     stop_ids = hf.stop_token_ids(source, tokenizer, model.config)
     out[folder] = os.path.join(workdir, folder)
-    experiment.writer_only(hf.export_pretrained)(
+    run_records.writer_only(hf.export_pretrained)(
         model, out[folder], tokenizer=tokenizer, source=source, stop_ids=stop_ids)
   return out
 
@@ -642,7 +642,7 @@ def run_phases(workdir: str, fresh, phases: Mapping[str, Callable], iterations: 
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   import tqdm  # pylint: disable=g-import-not-at-top
-  from alignax.framework import checkpoint, experiment, train  # pylint: disable=g-import-not-at-top
+  from alignax.framework import checkpoint, run_records, train  # pylint: disable=g-import-not-at-top
 
   methods = list(phases)
   ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"), max_to_keep=2)
@@ -655,7 +655,7 @@ def run_phases(workdir: str, fresh, phases: Mapping[str, Callable], iterations: 
     done, saved, extras = restored
     state = train.from_checkpoint_state(fresh, saved)
   truncate_metrics(workdir, done)
-  writer = experiment.MetricWriter(workdir)
+  writer = run_records.MetricWriter(workdir)
   if restored is None:
     writer.write(0, {f"{m}/{k}": v for m in methods for k, v in start_scores(extras, m).items()})
   total = len(methods) * iterations
@@ -683,7 +683,7 @@ def run_phases(workdir: str, fresh, phases: Mapping[str, Callable], iterations: 
   plot(extras)
   summary = summarize(extras)
   if end == total:
-    experiment.write_summary(workdir, summary)
+    run_records.write_summary(workdir, summary)
   return summary
 
 
@@ -703,7 +703,7 @@ def per_method_summary(extras: dict, methods: Sequence[str], main: str,
   return out
 
 
-@experiment.writer_only
+@run_records.writer_only
 def plot_per_iteration(workdir: str, filename: str, curves: Mapping[str, Sequence[dict]],
                        start_of: Callable[[str], dict], panels: Mapping[str, str],
                        title: str, xlabel: str = "iteration (0 = warm-up)") -> None:

@@ -4,7 +4,7 @@ r"""DRO: a generative selector and a generator trained by re-weighted EM (docs/a
   python -m alignax.experiments.dro --config=alignax/experiments/configs/dro.py:tiny \
       --workdir=runs/dro_tiny
 
-World (`alignax/agents/dro_world.py`): every question has its own fresh
+World (`alignax/agents/worlds/dro_world.py`): every question has its own fresh
 entities and facts (nothing to memorise: answers must be read), paraphrased
 questions, same-name distractor passages and decoy bridges, 2-hop questions
 whose bridge passage BM25 never finds. Each question's candidates are BM25's
@@ -63,14 +63,15 @@ import tqdm
 from flax import nnx
 
 from alignax import objectives
-from alignax.agents import dro as dro_agents
-from alignax.agents import dro_world, qa_data, qa_world, retrieval
-from alignax.agents import metrics as metrics_lib
+from alignax.agents.data import qa_data
+from alignax.agents.methods import dro_agents
+from alignax.agents.scoring import answer_metrics as metrics_lib
+from alignax.agents.worlds import dro_world, qa_world, retrieval
 from alignax.experiments import common
-from alignax.framework import experiment, lora, train
+from alignax.framework import lora, run_records, train
 from alignax.framework.config import ModelConfig
 from alignax.framework.model import Decoder
-from alignax.objectives.registry import Registry
+from alignax.registry import Registry
 
 DEFAULT_CONFIG = os.path.join(os.path.dirname(__file__), "configs", "dro.py")
 ROLES = dro_agents.ROLES
@@ -310,7 +311,7 @@ def build_policies(config, workdir, world, candidates):
 
 def load_world(config) -> dro_world.DroWorld:
   """The built-in selection world, or HotpotQA / KILT files under
-  `config.data_dir` (the loaders and errors of EXSEARCH, `alignax/agents/qa_data.py`)."""
+  `config.data_dir` (the loaders and errors of EXSEARCH, `alignax/agents/data/qa_data.py`)."""
   if config.dataset != "builtin":
     return dro_world.from_qa_dataset(qa_data.load_dataset(config.dataset,
                                                           data_dir=config.data_dir))
@@ -361,7 +362,7 @@ def run(config, workdir: str, *, stop_after: int | None = None, progress: bool =
   common.setup_mesh(config)  # multi-host init; these binaries run unsharded
   _check_config(config)
   common.make_workdir(workdir)
-  experiment.check_or_store_config(workdir, config)
+  run_records.check_or_store_config(workdir, config)
   world = load_world(config)
   t0 = time.perf_counter()
   retriever = retrieval.BM25Retriever.build_or_load(world.dataset.corpus,

@@ -43,11 +43,12 @@ import tqdm
 from flax import nnx
 
 from alignax import objectives
-from alignax.agents import metrics as metrics_lib
-from alignax.agents import qa_data, qa_world, retrieval
-from alignax.agents import rollout as rollout_lib
+from alignax.agents.data import qa_data
+from alignax.agents.rollouts import multi_turn as rollout_lib
+from alignax.agents.scoring import answer_metrics as metrics_lib
+from alignax.agents.worlds import qa_world, retrieval
 from alignax.experiments import common
-from alignax.framework import experiment, lora, train, vocab
+from alignax.framework import lora, run_records, train, vocab
 from alignax.framework.config import ModelConfig
 from alignax.framework.model import Decoder
 
@@ -239,7 +240,7 @@ def run(config, workdir: str, *, stop_after: int | None = None, progress: bool =
   common.setup_mesh(config)  # multi-host init; these binaries run unsharded
   _check_config(config)
   common.make_workdir(workdir)
-  experiment.check_or_store_config(workdir, config)
+  run_records.check_or_store_config(workdir, config)
   dataset = qa_data.load_dataset(config.dataset, data_dir=config.data_dir, seed=config.seed,
                                  world=config.world)
   retriever = retrieval.BM25Retriever.build_or_load(dataset.corpus,

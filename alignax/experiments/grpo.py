@@ -9,7 +9,7 @@ r"""GRPO (and its family) on your checkpoint, data and reward functions: the mai
 
 Each step: draw prompts (a deterministic function of (seed, step)) -> sample
 `num_generations` completions per prompt -> reward functions (TRL's calling
-convention, `agents.rewards`) -> group-relative advantages -> `num_iterations`
+convention, `agents.scoring.rewards`) -> group-relative advantages -> `num_iterations`
 policy updates with the sampler's log-probs as `old_logprobs`. The eval split is
 evaluated (greedy reward and accuracy, pass@k / mean@k) before training, every
 `eval_every` steps and at the end. Without `data.train`, the built-in task's
@@ -43,11 +43,11 @@ from absl import logging
 from flax import nnx
 
 from alignax import objectives, rl
-from alignax.agents import prompt_data, tasks
-from alignax.agents import rewards as rewards_lib
+from alignax.agents.data import prompt_data, tasks
+from alignax.agents.scoring import rewards as rewards_lib
 from alignax.experiments import common
-from alignax.framework import (attention, checkpoint, experiment, hf, lora, packing,
-                               sampling, sharding, train)
+from alignax.framework import (attention, checkpoint, hf, lora, packing, run_records, sampling,
+                               sharding, train)
 from alignax.framework.config import ModelConfig
 from alignax.framework.model import Decoder
 
@@ -214,7 +214,7 @@ def _sample(model, policy: Policy, data, rows, config, *, temperature, num_gener
                           num_generations=num_generations, seed=seed,
                           **_generate_options(config, temperature, policy))
   # Whole batch on every process (gathered across processes when sharded).
-  tokens, mask = experiment.to_host((gen.tokens, gen.mask))
+  tokens, mask = run_records.to_host((gen.tokens, gen.mask))
   return _score(policy, data, rows, num_generations, tokens, mask)
 
 
@@ -312,7 +312,7 @@ def train_step(update, graphdef, state, policy: Policy, data, config, step, refe
                                      policy.rewards.names).metrics("train/")
   metrics.update({f"train/{k}": v for k, v in rewards.group_metrics().items()})
   gen = out.rollout.generation
-  lengths, row_steps = experiment.to_host((gen.mask.sum(1), gen.row_steps))
+  lengths, row_steps = run_records.to_host((gen.mask.sum(1), gen.row_steps))
   metrics["train/completion_length"] = float(lengths.mean())
   if row_steps is not None:
     # Rows the decode ran, summed over its steps (compaction lowers it).
@@ -359,7 +359,7 @@ def _pending_to_host(pending, config, model_config, num_functions: int):
   if pending is None:
     return out, None
   gen = pending.generation
-  p_tokens, p_mask, tokens, mask, logprobs = experiment.to_host(
+  p_tokens, p_mask, tokens, mask, logprobs = run_records.to_host(
       (gen.prompt_tokens, gen.prompt_mask, gen.tokens, gen.mask, gen.logprobs))
   width, plen = out["prompt_tokens"].shape[1], p_tokens.shape[1]
   if plen > width:
@@ -453,7 +453,7 @@ def run(config, workdir: str, *, stop_after: int | None = None, progress: bool =
   task, rewards, (train_data, eval_data) = prepare(config, workdir)
   mesh = common.setup_mesh(config)
   common.make_workdir(workdir)
-  experiment.check_or_store_config(workdir, config)
+  run_records.check_or_store_config(workdir, config)
 
   model, tokenizer, model_dir = build_policy(config, workdir, task)
   model = common.apply_lora(model, config.lora, seed=config.seed)
@@ -499,7 +499,7 @@ def run(config, workdir: str, *, stop_after: int | None = None, progress: bool =
   pending = None
   common.truncate_metrics(workdir, start)  # before the writer opens the file
   common.truncate_samples(workdir, start if restored is not None else -1)
-  writer = experiment.MetricWriter(workdir)
+  writer = run_records.MetricWriter(workdir)
   if restored is None:
     before = run_eval(state.params, 0)
     extras = {"eval_before": before, "seconds": 0.0, "last_eval": before}
@@ -572,7 +572,7 @@ def run(config, workdir: str, *, stop_after: int | None = None, progress: bool =
     # final_model/ (under LoRA merged, and the adapters alone in final_adapter/).
     summary.update(common.export_models(workdir, {"model": nnx.merge(graphdef, state.params)},
                                         tokenizer, {"model": model_dir}, adapters=True))
-    experiment.write_summary(workdir, summary)
+    run_records.write_summary(workdir, summary)
   return summary, state
 
 

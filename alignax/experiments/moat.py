@@ -4,14 +4,14 @@ r"""MOAT: joint alignment of a planning agent and a grounding agent (docs/algori
   python -m alignax.experiments.moat --config=alignax/experiments/configs/moat.py:tiny \
       --workdir=runs/moat_tiny
 
-Tasks come from the built-in QA world (`agents.moat_world`): relation chains
+Tasks come from the built-in QA world (`agents.worlds.moat_world`): relation chains
 applied to a person, with gold subgoals and gold actions; held-in chains are
 trained on, held-out chains (new compositions, longer chains) only evaluated;
 pool-only chains (other new compositions, `world.pool_only_fraction`) join
 the iterations' pool only: neither the warm-up's gold set nor `separate/` has
 them.
 Or from files (`--config.data.tasks_path=... --config.data.corpus_path=...
-[--config.data.lookup_path=...]`, `agents.moat_data`): tasks with their gold
+[--config.data.lookup_path=...]`, `agents.data.moat_data`): tasks with their gold
 subgoals, actions and the actions' results, a BM25 corpus and a lookup table.
 
 1. Warm-up: a word tokenizer and two decoders (planner, grounder) are built
@@ -28,7 +28,7 @@ subgoals, actions and the actions' results, a BM25 corpus and a lookup table.
      (sigmoid, plus `rpo_alpha` x the chosen plans' NLL) of the planner
      against a frozen copy of itself (the planner at the iteration's start).
    Stage 2: the grounder acts on the sampled plans (one generate call); the
-     critic (`agents.moat_critic.CRITICS`) corrects each (subgoals, actions)
+     critic (`agents.methods.moat_critic.CRITICS`) corrects each (subgoals, actions)
      pair; the grounder is SFT-trained (one epoch) on the corrected pairs,
      with the corrected pairs of earlier iterations (`stage2.accumulate`) and
      the warm-up gold rows (`stage2.replay_gold`).
@@ -56,11 +56,13 @@ import numpy as np
 from flax import nnx
 
 from alignax import objectives
-from alignax.agents import moat as moat_agents
-from alignax.agents import moat_critic, moat_data, qa_data, retrieval
-from alignax.agents import moat_world as mw
+from alignax.agents.data import moat_data, qa_data
+from alignax.agents.methods import moat_agents
+from alignax.agents.methods import moat_critic
+from alignax.agents.worlds import retrieval
+from alignax.agents.worlds import moat_world as mw
 from alignax.experiments import common
-from alignax.framework import experiment, lora, sharding, train
+from alignax.framework import lora, run_records, sharding, train
 from alignax.framework.config import ModelConfig
 from alignax.framework.model import Decoder
 
@@ -193,11 +195,11 @@ def stage1(p_graphdef, p_state, g_graphdef, g_params, io, tasks, config, update,
   scores = moat_agents.grounder_scores(g_graphdef, g_params,  # one pass over T*K rows
                                   io.grounder_batch(rows, plans, gold))
   t_sample = time.perf_counter() - t0
-  chosen, rejected, valid, scores = experiment.to_host(
+  chosen, rejected, valid, scores = run_records.to_host(
       (*objectives.build_dpo_pairs(scores, k, min_gap=s.min_gap), scores))
   if s.max_chosen_score > 0:  # only plans the grounder turns into the gold actions
     valid = valid & (scores[chosen] <= s.max_chosen_score)
-  toks, mask = experiment.to_host((gen.tokens, gen.mask))  # gathered across processes
+  toks, mask = run_records.to_host((gen.tokens, gen.mask))  # gathered across processes
   completions = [r[m].tolist() for r, m in zip(toks, mask)]
   pb = io.batch([io.planner_prompt(t) for t in rows], completions, io.plan_prompt_len,
                 io.plan_len)
@@ -276,7 +278,7 @@ def run(config, workdir: str, *, stop_after: int | None = None, progress: bool =
   _check_config(config)
   mesh = common.setup_mesh(config)
   common.make_workdir(workdir)
-  experiment.check_or_store_config(workdir, config)
+  run_records.check_or_store_config(workdir, config)
   world = make_world(config, os.path.join(workdir, "bm25"))
   train_tasks, held_in, held_out = split_tasks(world, config)
   held_in, held_out = held_in[:config.eval.held_in_size], held_out[:config.eval.held_out_size]

@@ -16,7 +16,7 @@ import pytest
 from flax import nnx
 
 from alignax import objectives
-from alignax.agents import dro as dro_agents
+from alignax.agents.methods import dro_agents
 from alignax.framework import sampling
 from alignax.framework.config import ModelConfig
 from alignax.framework.model import Decoder

@@ -1,4 +1,4 @@
-"""The DRO world where reading is required (alignax/agents/dro_world.py): facts
+"""The DRO world where reading is required (alignax/agents/worlds/dro_world.py): facts
 drawn per question from pools far too large to memorise, distractors that
 share surface words with the gold passages, gold passages at uniformly random
 candidate positions, everything deterministic per seed."""
@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from alignax.agents import dro_world, retrieval
+from alignax.agents.worlds import dro_world, retrieval
 from alignax.experiments import dro
 from alignax.experiments.common import load_config_file
 

@@ -1,7 +1,7 @@
 """Answer metrics and ranking parsing against hand-worked examples."""
 import pytest
 
-from alignax.agents import metrics
+from alignax.agents.scoring import answer_metrics as metrics
 
 
 def test_normalize_answer():

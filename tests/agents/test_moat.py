@@ -10,10 +10,10 @@ import optax
 import pytest
 
 from alignax import objectives
-from alignax.agents import moat as moat_agents
-from alignax.agents import moat_critic as mc
-from alignax.agents import moat_world as mw
-from alignax.agents import qa_data
+from alignax.agents.data import qa_data
+from alignax.agents.methods import moat_agents
+from alignax.agents.methods import moat_critic as mc
+from alignax.agents.worlds import moat_world as mw
 from alignax.framework import hf, train
 from alignax.framework.config import ModelConfig
 from alignax.framework.model import Decoder

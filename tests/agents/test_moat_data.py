@@ -1,4 +1,4 @@
-"""MOAT tasks and tools from files (`agents.moat_data`): a built-in world
+"""MOAT tasks and tools from files (`agents.data.moat_data`): a built-in world
 written to files reads back as the same tasks and tools; the critic works on
 file tasks; every kind of bad row is an error naming the file, line and field."""
 import json
@@ -6,10 +6,11 @@ import os
 
 import pytest
 
-from alignax.agents import moat_critic as mc
-from alignax.agents import moat_data, retrieval
-from alignax.agents import moat_world as mw
-from alignax.agents.retrieval import DataFormatError
+from alignax.agents.data import moat_data
+from alignax.agents.methods import moat_critic as mc
+from alignax.agents.worlds import retrieval
+from alignax.agents.worlds import moat_world as mw
+from alignax.agents.worlds.retrieval import DataFormatError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 EXAMPLES = os.path.join(ROOT, "examples")

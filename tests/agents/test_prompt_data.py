@@ -10,7 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 import transformers
 
-from alignax.agents import prompt_data, tasks
+from alignax.agents.data import prompt_data, tasks
 from tests.experiments import user_fixtures
 
 

@@ -4,7 +4,8 @@ import os
 
 import pytest
 
-from alignax.agents import qa_data, qa_world, retrieval
+from alignax.agents.data import qa_data
+from alignax.agents.worlds import qa_world, retrieval
 
 
 @pytest.fixture(scope="module")

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from trl.rewards import accuracy_reward, get_soft_overlong_punishment, think_format_reward
 
-from alignax.agents import rewards
-from alignax.agents.prompt_data import Example
+from alignax.agents.scoring import rewards
+from alignax.agents.data.prompt_data import Example
 
 
 def _ex(prompt, gt, **cols):
@@ -88,7 +88,7 @@ def test_user_function_from_file_and_module(tmp_path):
   path = tmp_path / "r.py"
   path.write_text("def length(prompts, completions, completion_ids, **kw):\n"
                   "  return [float(len(i)) for i in completion_ids]\n")
-  rs = rewards.RewardSet([f"{path}:length", "alignax.agents.rewards:boxed_format"], "")
+  rs = rewards.RewardSet([f"{path}:length", "alignax.agents.scoring.rewards:boxed_format"], "")
   result = rs(["p", "q"], ["a", r"\boxed{1}"], [[1], [1, 2, 3]], {})
   np.testing.assert_array_equal(result.per_function, [[1, 0], [3, 1]])
 
@@ -96,7 +96,7 @@ def test_user_function_from_file_and_module(tmp_path):
 @pytest.mark.parametrize("spec,error,match", [
     ("exact_mach", KeyError, r"exact_mach.*registered: \['boxed_format', 'exact_match'"),
     ("nowhere/r.py:f", FileNotFoundError, "no file 'nowhere/r.py'"),
-    ("alignax.agents.rewards:nope", AttributeError, "has no function 'nope'"),
+    ("alignax.agents.scoring.rewards:nope", AttributeError, "has no function 'nope'"),
     ("alignax.nothing_here:f", ImportError, "cannot import module"),
 ])
 def test_bad_reward_names(spec, error, match):

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from alignax.agents import rollout as rollout_lib
+from alignax.agents.rollouts import multi_turn as rollout_lib
 from alignax.framework.config import ModelConfig
 from alignax.framework.model import Decoder
 

@@ -12,7 +12,7 @@ import os
 import jax.numpy as jnp
 import numpy as np
 
-from alignax.agents import qa_world
+from alignax.agents.worlds import qa_world
 from alignax.framework import hf, vocab
 
 

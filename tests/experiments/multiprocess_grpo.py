@@ -24,7 +24,7 @@ if ROOT not in sys.path:
 # pylint: disable=g-import-not-at-top,wrong-import-position
 import jax
 from alignax.experiments import common, grpo
-from alignax.framework import checkpoint, experiment
+from alignax.framework import checkpoint, run_records
 
 TINY = os.path.join(ROOT, "alignax", "experiments", "configs", "grpo.py") + ":tiny"
 # Seconds per run: a random (not warm-started) model, 4 steps, a small eval;
@@ -69,8 +69,8 @@ def _instrument(die_after):
 def main(workdir, die_after=-1):
   _instrument(die_after)
   summary, state = grpo.run(config(), workdir, progress=False)
-  params = experiment.to_host(jax.tree.leaves(state.params))  # every process gathers
-  if experiment.is_writer():
+  params = run_records.to_host(jax.tree.leaves(state.params))  # every process gathers
+  if run_records.is_writer():
     np.savez(os.path.join(workdir, "params.npz"), *params)
   return summary
 

@@ -11,7 +11,7 @@ import importlib.util
 
 from alignax.experiments import cau_unlearn
 from alignax.framework import checkpoint
-from alignax.framework import experiment
+from alignax.framework import run_records
 from tests.experiments.resume import Killed, kill_during_save
 
 METHODS = ("original", "retrained", "cau", "gradient_ascent", "weighted_sum")
@@ -58,31 +58,31 @@ def test_tiny_preset_end_to_end(tmp_path):
       "forget/hr@10"]
   # Same workdir, different config: one clear error before any work.
   cfg.unlearn.lr = cfg.unlearn.lr / 2
-  with pytest.raises(experiment.ConfigMismatchError, match="unlearn.lr"):
+  with pytest.raises(run_records.ConfigMismatchError, match="unlearn.lr"):
     cau_unlearn.run(cfg, workdir)
 
 
 def test_check_or_store_config(tmp_path):
   d = str(tmp_path)
   cfg = {"a": 1, "b": {"c": [1, 2], "d": "x"}}
-  experiment.check_or_store_config(d, cfg)
-  experiment.check_or_store_config(d, cfg)  # same config: fine
-  with pytest.raises(experiment.ConfigMismatchError) as e:
-    experiment.check_or_store_config(d, {"a": 2, "b": {"c": [1, 2]}, "e": 0})
+  run_records.check_or_store_config(d, cfg)
+  run_records.check_or_store_config(d, cfg)  # same config: fine
+  with pytest.raises(run_records.ConfigMismatchError) as e:
+    run_records.check_or_store_config(d, {"a": 2, "b": {"c": [1, 2]}, "e": 0})
   msg = str(e.value)
   assert "a: 1 -> 2" in msg and "b.d" in msg and "e" in msg and "b.c" not in msg
 
 
 def test_metric_writer_and_summary(tmp_path):
   d = str(tmp_path)
-  with experiment.MetricWriter(d) as w:
+  with run_records.MetricWriter(d) as w:
     w.write(1, {"loss": jnp.float32(0.5), "name": "x"})
     w.write(2, {"loss": np.float64(0.25)})
   with open(os.path.join(d, "metrics.jsonl")) as f:
     lines = [json.loads(l) for l in f]
   assert lines == [{"step": 1, "loss": 0.5, "name": "x"},
                    {"step": 2, "loss": 0.25}]
-  path = experiment.write_summary(d, {"m": {"x": np.float32(1.5)}})
+  path = run_records.write_summary(d, {"m": {"x": np.float32(1.5)}})
   with open(path) as f:
     assert json.load(f) == {"m": {"x": 1.5}}
   assert not [f for f in os.listdir(d) if f.startswith(".tmp_")]

@@ -13,8 +13,8 @@ import pytest
 from flax import nnx
 
 from alignax import objectives
-from alignax.agents import dro as dro_agents
-from alignax.agents import dro_world, retrieval
+from alignax.agents.methods import dro_agents
+from alignax.agents.worlds import dro_world, retrieval
 from alignax.experiments import dro
 from alignax.experiments.common import load_config_file
 from tests.experiments.em_fixtures import assert_transformers_loads

@@ -36,7 +36,7 @@ def _exsearch_config(files):
 
 
 def test_exsearch_from_checkpoint_resumes_and_exports(files, tmp_path):
-  from alignax.agents import qa_world
+  from alignax.agents.worlds import qa_world
   ref = str(tmp_path / "ref")
   exsearch.run(_exsearch_config(files), ref, progress=False)
   assert_killed_run_resumes_identically(exsearch.run, lambda: _exsearch_config(files),
@@ -79,7 +79,7 @@ def _dro_config(files, shared=True, kilt=None):
 
 def test_dro_from_checkpoint_on_kilt_resumes_and_exports(files, tmp_path):
   """KILT files end to end (HotpotQA: the two-model test below)."""
-  from alignax.agents import qa_world
+  from alignax.agents.worlds import qa_world
   from alignax.experiments import dro
   kilt = write_kilt(tmp_path / "kilt")
   world = dro.load_world(_dro_config(files, kilt=kilt))
@@ -98,7 +98,7 @@ def test_dro_from_checkpoint_on_kilt_resumes_and_exports(files, tmp_path):
 
 
 def test_dro_two_checkpoints_on_hotpotqa_export_two_models(files, tmp_path):
-  from alignax.agents import qa_data
+  from alignax.agents.data import qa_data
   from alignax.experiments import dro
   c = _dro_config(files, shared=False)
   c.dataset, c.data_dir = "hotpotqa", files[1]

@@ -8,7 +8,7 @@ import numpy as np
 import optax
 import pytest
 
-from alignax.agents import rollout as rollout_lib
+from alignax.agents.rollouts import multi_turn as rollout_lib
 from alignax.experiments import exsearch
 from alignax.experiments.common import load_config_file
 from alignax.framework import train
@@ -54,7 +54,8 @@ def test_rerun_resumes_without_work(tiny_run):
 def test_with_gold_answer_and_oracle_rows(tiny_run):
   workdir, _ = tiny_run
   config = load_config_file(TINY)
-  from alignax.agents import qa_data, retrieval
+  from alignax.agents.data import qa_data
+  from alignax.agents.worlds import retrieval
   dataset = qa_data.load_dataset(config.dataset, data_dir=config.data_dir, seed=config.seed,
                                  world=config.world)
   retriever = retrieval.BM25Retriever.build_or_load(dataset.corpus,

@@ -10,7 +10,7 @@ import pytest
 
 from alignax.experiments import grpo
 from alignax.experiments.common import ConfigError, load_config_file
-from alignax.framework import experiment
+from alignax.framework import run_records
 from tests.experiments.resume import Killed, kill_during_save
 
 TINY = os.path.join(os.path.dirname(grpo.__file__), "configs", "grpo.py") + ":tiny"
@@ -107,7 +107,7 @@ def test_bf16_compute_with_f32_master_weights_runs(tmp_path):
 
 def test_other_config_on_same_workdir_is_refused(full_run):
   workdir, _, _ = full_run
-  with pytest.raises(experiment.ConfigMismatchError, match="train.learning_rate"):
+  with pytest.raises(run_records.ConfigMismatchError, match="train.learning_rate"):
     grpo.run(tiny(**{"train.learning_rate": 0.5}), workdir, progress=False)
 
 

@@ -7,7 +7,7 @@ import pytest
 
 from alignax.experiments import common, moat
 from alignax.experiments.common import load_config_file
-from alignax.framework.experiment import ConfigMismatchError
+from alignax.framework.run_records import ConfigMismatchError
 from tests.experiments.em_fixtures import assert_transformers_loads
 
 TINY = os.path.join(os.path.dirname(moat.__file__), "configs", "moat.py") + ":tiny"

@@ -1,11 +1,13 @@
-"""The one `Registry` type behind every name -> function table."""
+"""The one `Registry` type (`alignax.registry`) behind every name -> function
+table, and the objectives' tables (`alignax.objectives.registries`)."""
 import pytest
 
-from alignax.objectives import registry as R
+from alignax import registry
+from alignax.objectives import registries as R
 
 
 def test_register_lookup_and_mapping_view():
-  table = R.Registry("widget")
+  table = registry.Registry("widget")
 
   @table.register("a", "alias")
   def f():
@@ -16,14 +18,14 @@ def test_register_lookup_and_mapping_view():
 
 
 def test_duplicate_raises():
-  table = R.Registry("widget")
+  table = registry.Registry("widget")
   table.add("a", 1)
   with pytest.raises(ValueError, match="widget 'a' is already registered"):
     table.add("a", 2)
 
 
 def test_unknown_lists_the_registered_names():
-  table = R.Registry("widget")
+  table = registry.Registry("widget")
   table.add("b", 1)
   table.add("a", 2)
   with pytest.raises(KeyError) as e:
@@ -35,16 +37,17 @@ def test_unknown_lists_the_registered_names():
 
 def test_project_tables_are_registries():
   for table in (R.POLICY_LOSSES, R.AGGREGATIONS, R.ADVANTAGE_ESTIMATORS, R.DPO_LOSSES):
-    assert isinstance(table, R.Registry) and len(table) > 0
+    assert isinstance(table, registry.Registry) and len(table) > 0
 
 
 def test_every_name_table_of_the_package_is_a_registry():
-  from alignax.agents import moat_critic, qa_data, tasks
+  from alignax.agents.data import qa_data, tasks
+  from alignax.agents.methods import moat_critic
   from alignax.framework import attention
   from alignax.objectives import curriculum, em
   for table in (curriculum.CURRICULA, em.EM_WEIGHTINGS, tasks.TASKS, moat_critic.CRITICS,
                 qa_data.DATASETS, attention.ATTENTION_IMPLS):
-    assert isinstance(table, R.Registry) and len(table) > 0, table
+    assert isinstance(table, registry.Registry) and len(table) > 0, table
 
 
 def test_every_advantage_estimator_takes_rewards_and_group_size():

@@ -9,8 +9,8 @@ import types
 import numpy as np
 import pytest
 
-from alignax.agents import qa_data
-from alignax.agents.retrieval import DataFormatError, read_corpus_jsonl
+from alignax.agents.data import qa_data
+from alignax.agents.worlds.retrieval import DataFormatError, read_corpus_jsonl
 
 HOTPOT_OK = {"_id": "q1", "question": "Who?", "answer": "Ann",
              "context": [["Ann", ["Ann was born in Oslo.", "She writes."]]],

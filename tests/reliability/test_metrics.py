@@ -7,7 +7,7 @@ import os
 import pytest
 
 from alignax.experiments import common
-from alignax.framework import experiment
+from alignax.framework import run_records
 
 
 def _rows(workdir):
@@ -25,7 +25,7 @@ def _run(workdir, restored_step, steps, kill_at=None):
   after writing row `kill_at` (before its checkpoint). Returns the last
   checkpointed step (None if none)."""
   common.truncate_metrics(workdir, restored_step or 0)
-  w = experiment.MetricWriter(workdir)
+  w = run_records.MetricWriter(workdir)
   if restored_step is None:
     w.write(0, {"eval": 0.5})
   if kill_at == 0:
@@ -82,7 +82,7 @@ def test_damaged_middle_line_names_file_and_line(tmp_path, caplog):
 def test_file_damaged_during_the_run_is_rebuilt(tmp_path, damage, caplog):
   wd = str(tmp_path)
   path = os.path.join(wd, "metrics.jsonl")
-  w = experiment.MetricWriter(wd)
+  w = run_records.MetricWriter(wd)
   for s in range(3):
     w.write(s, {"loss": s})
   if damage == "deleted":
@@ -104,7 +104,7 @@ def test_file_damaged_during_the_run_is_rebuilt(tmp_path, damage, caplog):
 def test_same_step_different_series_are_both_kept(tmp_path):
   """cau_unlearn logs several series (method/...) at the same step numbers."""
   wd = str(tmp_path)
-  w = experiment.MetricWriter(wd)
+  w = run_records.MetricWriter(wd)
   w.write(5, {"a/loss": 1.0})
   w.write(5, {"b/loss": 2.0})
   w.write(5, {"a/loss": 1.5})  # a re-run of series a's step 5 replaces it

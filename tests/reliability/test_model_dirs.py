@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file, save_file
 
-from alignax.agents import tasks
+from alignax.agents.data import tasks
 from alignax.framework import hf
 from alignax.framework.config import ModelConfig
 from alignax.framework.model import Decoder

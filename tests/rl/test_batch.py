@@ -9,7 +9,7 @@ import optax
 import pytest
 
 from alignax import objectives, rl
-from alignax.agents import rewards as rewards_lib
+from alignax.agents.scoring import rewards as rewards_lib
 from alignax.framework import train
 from alignax.framework.config import ModelConfig
 from alignax.framework.model import Decoder

@@ -14,9 +14,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from alignax.agents.rollouts import multi_turn as rollout_lib
 from alignax.agents.scoring import answer_metrics as metrics_lib
 from alignax.agents.worlds import qa_world
-from alignax.agents.rollouts import multi_turn as rollout_lib
 from alignax.framework import sampling, vocab
 
 ROLES = ("selector", "generator")

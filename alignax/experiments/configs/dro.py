@@ -14,7 +14,7 @@ from alignax.experiments.common import (boolean, lora_config,
 def get_config(preset: str = "default") -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.seed = 0
-  # "builtin": the selection world of alignax/agents/dro_world.py (every
+  # "builtin": the selection world of alignax/agents/worlds/dro_world.py (every
   # question its own fresh entities and facts, so answers must be read from
   # its passages; paraphrased questions, same-name distractors, decoy bridges);
   # "hotpotqa" | "kilt": files under data_dir, as EXSEARCH (gold passages =
@@ -161,7 +161,7 @@ _FRACTION, _LR, _TOP_P = common.FRACTION, common.LEARNING_RATE, common.TOP_P
 _MODEL = common.builtin_model_rules()
 SCHEMA = {
     "seed": _NONNEG,
-    "dataset": one_of("alignax.agents.qa_data:DATASETS"),
+    "dataset": one_of("alignax.agents.data.qa_data:DATASETS"),
     "data_dir": string(),
     "world.num_questions": _POS, "world.name_pieces": common.integer(2), "world.bridge_decoys": _NONNEG,
     "world.distractors_per_question": _NONNEG,

@@ -97,7 +97,7 @@ _FRACTION, _LR, _TOP_P = common.FRACTION, common.LEARNING_RATE, common.TOP_P
 _MODEL = common.builtin_model_rules()
 SCHEMA = {
     "seed": _NONNEG,
-    "dataset": one_of("alignax.agents.qa_data:DATASETS"),
+    "dataset": one_of("alignax.agents.data.qa_data:DATASETS"),
     "data_dir": string(),
     "model_path": common.model_dir_or_empty(),
     "world.num_people": _POS, "world.num_cities": _POS, "world.num_countries": _POS,

@@ -30,7 +30,7 @@ def get_config(preset: str = "default") -> ml_collections.ConfigDict:
   # model, warm-started on the task and saved under <workdir>/init_model.
   c.model_path = ""
 
-  # Prompt data (alignax.agents.prompt_data). `train`: a .jsonl/.json/.parquet
+  # Prompt data (alignax.agents.data.prompt_data). `train`: a .jsonl/.json/.parquet
   # file, a glob of them or a datasets save_to_disk directory; empty: the
   # built-in task below. `eval`: same; empty: `eval_fraction` of train, split
   # by a hash of the prompt. `format`: auto | prompt_answer | messages | gsm8k
@@ -40,7 +40,7 @@ def get_config(preset: str = "default") -> ml_collections.ConfigDict:
       answer_field="answer", chat_template="auto", system_prompt="",
       drop_long_prompts=False))
 
-  # Reward functions (alignax.agents.rewards): comma-separated registered names
+  # Reward functions (alignax.agents.scoring.rewards): comma-separated registered names
   # (exact_match, math_accuracy, think_format, boxed_format, overlong_penalty),
   # path/to/file.py:fn or package.module:fn, called as TRL calls them.
   # `weights`: comma-separated, empty = all 1. `overlong_buffer`: the soft
@@ -58,7 +58,7 @@ def get_config(preset: str = "default") -> ml_collections.ConfigDict:
       size=256, batch_size=256, num_samples=4, accuracy_reward="", log_samples=4))
 
   # The built-in task, used when data.train is empty: config.task.name picks a
-  # task of alignax.agents.tasks.TASKS; its settings are the sub-config of the
+  # task of alignax.agents.data.tasks.TASKS; its settings are the sub-config of the
   # same name. `train_size` training problems are generated.
   c.task = ml_collections.ConfigDict(dict(
       name="reverse", train_size=8192,
@@ -178,10 +178,10 @@ _POS, _NONNEG = common.POSITIVE, common.NON_NEGATIVE
 SCHEMA = {
     "seed": _NONNEG,
     "model_path": common.model_dir_or_empty(),
-    "task.name": one_of("alignax.agents.tasks:TASKS"),
+    "task.name": one_of("alignax.agents.data.tasks:TASKS"),
     "task.train_size": _POS,
     # Paths, formats and reward names are checked when the data and reward
-    # functions are loaded (alignax.agents.prompt_data / rewards), still
+    # functions are loaded (alignax.agents.data.prompt_data / rewards), still
     # before any compilation; here only their types.
     "data.train": string(), "data.eval": string(),
     "data.eval_fraction": number(0, 1, hi_open=True),

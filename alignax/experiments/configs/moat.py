@@ -33,7 +33,7 @@ What the default measures, and what was measured and not taken: docs/results.md
 """
 import ml_collections
 
-from alignax.agents import moat_world as mw
+from alignax.agents.worlds import moat_world as mw
 
 from alignax.experiments import common
 from alignax.experiments.common import (boolean, file_or_empty,
@@ -55,7 +55,7 @@ def get_config(preset: str = "default") -> ml_collections.ConfigDict:
       num_people=200, num_cities=24, num_countries=6, num_companies=16,
       eval_fraction=0.2, relations=" ".join(mw.RELATIONS), nested_fraction=0.5,
       heldout_fraction=0.25, num_long=24, pool_only_fraction=0.0))
-  # Tasks and tools from files instead of the built-in world (alignax/agents/moat_data.py,
+  # Tasks and tools from files instead of the built-in world (alignax/agents/data/moat_data.py,
   # docs/api.md "MOAT tasks from files"): `tasks_path` a JSONL of tasks (text,
   # gold subgoals, gold actions with their expected results, split),
   # `corpus_path` the JSONL corpus Search ranks by BM25 (it returns the top
@@ -161,7 +161,7 @@ SCHEMA = {
     "world.relations": string(),
     "data.tasks_path": file_or_empty(), "data.corpus_path": file_or_empty(),
     "data.lookup_path": file_or_empty(),
-    "data.search_result": one_of("alignax.agents.moat_world:SEARCH_RESULTS"),
+    "data.search_result": one_of("alignax.agents.worlds.moat_world:SEARCH_RESULTS"),
     "data.eval_fraction": number(0, 1, hi_open=True),
     "data.heldout_fraction": number(0, 1, hi_open=True),
     **_AGENT, **common.precision_schema(),
@@ -182,7 +182,7 @@ SCHEMA = {
     "stage2.plans_per_task": _POS, "stage2.temperature": number(0),
     "stage2.top_p": _TOP_P, "stage2.learning_rate": _LR, "stage2.batch_size": _POS,
     "stage2.epochs": _POS, "stage2.accumulate": boolean(), "stage2.replay_gold": boolean(),
-    "critic.name": one_of("alignax.agents.moat_critic:CRITICS"),
+    "critic.name": one_of("alignax.agents.methods.moat_critic:CRITICS"),
     "critic.model_dir": common.model_dir_or_empty(), "critic.max_new_tokens": _POS,
     "critic.rewrite_subgoals": boolean(),
     "num_iterations": _POS, "optimizer_warmup_steps": _NONNEG,
