@@ -122,6 +122,20 @@ def test_prompt_lengths_are_bucketed_so_calls_do_not_recompile():
   assert (sampling.prefill._cache_size(), sampling.decode._cache_size()) == before
 
 
+def test_prompt_buckets_are_few_and_tight():
+  # The smallest multiple of max(8, next_pow2 / 8) that holds n (16 at least):
+  # at most four buckets per doubling past 32, padding under a quarter past 32.
+  got = {n: sampling.bucket_length(n, 1 << 30) for n in range(1, 1025)}
+  assert [got[n] for n in (1, 16, 17, 25, 33, 40, 41, 64, 65, 100, 129)] == [
+      16, 16, 24, 32, 40, 40, 48, 64, 80, 112, 160]
+  for n, b in got.items():
+    assert b >= n and b % 8 == 0 and (n <= 32 or (b - n) / n < 0.25)
+  for lo in (32, 64, 128, 256, 512):
+    assert len({got[n] for n in range(lo + 1, 2 * lo + 1)}) == 4
+  assert sorted(got.values()) == [got[n] for n in range(1, 1025)]  # monotone
+  assert sampling.bucket_length(100, 96) == 96  # the cap
+
+
 def test_early_exit_and_padding_after_stop():
   model = Decoder(ModelConfig(vocab_size=40), seed=0)
   prompts = _prompts(40, (3, 4))
