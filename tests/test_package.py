@@ -108,3 +108,60 @@ def test_grpo_trains_from_the_root_beside_fake_distributions(tmp_path):
   summary = __import__("json").loads((workdir / "summary.json").read_text())
   assert summary["train/steps"] == 12, summary
   assert summary["eval/accuracy_after"] > summary["eval/accuracy_before"], summary
+
+
+# --- Renamed modules (docs/api.md, "Renamed (deprecated aliases)") -----------
+import re  # noqa: E402
+
+from alignax import _renamed  # noqa: E402
+
+
+def test_each_deprecated_alias_imports_as_the_new_module():
+  # A fresh process, so that each old path is imported for the first time (and warns).
+  code = textwrap.dedent("""
+      import importlib, sys, warnings
+      renamed = dict(a.split("=") for a in sys.argv[1:])
+      for old, new in renamed.items():
+        with warnings.catch_warnings(record=True) as caught:
+          warnings.simplefilter("always")
+          module = importlib.import_module(old)
+        assert module is importlib.import_module(new), (old, module)
+        assert any(issubclass(w.category, DeprecationWarning) and new in str(w.message)
+                   for w in caught), (old, [str(w.message) for w in caught])
+        parent, _, leaf = old.rpartition(".")
+        assert getattr(importlib.import_module(parent), leaf) is module, old
+        exec(f"from {parent} import {leaf} as m; assert m is module", {"module": module})
+      import alignax.objectives, alignax.objectives.registry, alignax.registry
+      assert alignax.objectives.registry.Registry is alignax.registry.Registry
+      assert alignax.objectives.Registry is alignax.registry.Registry
+      print(len(renamed))
+  """)
+  args = [f"{old}={new}" for old, new in sorted(_renamed.MODULES.items())]
+  proc = subprocess.run([sys.executable, "-c", code, *args], cwd=ROOT, capture_output=True,
+                        text=True, timeout=600)
+  assert proc.returncode == 0, proc.stderr[-4000:]
+  assert proc.stdout.split() == [str(len(args))]
+
+
+def test_each_deprecated_alias_is_documented_and_unused_inside_the_package():
+  api = open(os.path.join(ROOT, "docs", "api.md")).read()
+  renamed = api[api.index("## Renamed (deprecated aliases)"):]
+  aliases = {os.path.join(ROOT, *old.split(".")) + ".py" for old in _renamed.MODULES}
+  for old, new in _renamed.MODULES.items():
+    assert f"| `{old}`" in renamed and f"`{new}` |" in renamed, old
+    assert os.path.isfile(os.path.join(ROOT, *new.split(".")) + ".py"), new
+  # The package itself imports the new paths only (an alias is for users' code).
+  pattern = re.compile("|".join(
+      [rf"\bimport {re.escape(old)}\b|\bfrom {re.escape(old)} import\b"
+       for old in _renamed.MODULES] +
+      [rf"\bfrom {re.escape(old.rpartition('.')[0])} import [^\n]*\b{old.rpartition('.')[2]}\b"
+       for old in _renamed.MODULES]))
+  bad = []
+  for folder, _, files in os.walk(os.path.join(ROOT, "alignax")):
+    for name in files:
+      path = os.path.join(folder, name)
+      if name.endswith(".py") and path not in aliases and name != "_renamed.py":
+        for line in open(path).read().splitlines():
+          if pattern.search(line):
+            bad.append(f"{os.path.relpath(path, ROOT)}: {line.strip()}")
+  assert not bad, bad
