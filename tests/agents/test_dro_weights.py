@@ -4,8 +4,8 @@ question's distinct samples, where q is the distribution the selections were
 actually sampled from (the selector tempered and top-p truncated, with the
 constrained decoding's repeat mask) and p_phi the selector itself.
 
-`numpy_selection_logprobs` recomputes both from the model's logits at each
-prefix (one forward per prefix, not the batched teacher-forced pass of the
+`numpy_selection_logprobs` recomputes both from the model's next-token
+logits (one unpadded forward per output, not the batched, padded pass of the
 code), with the nucleus written out from its definition; a Monte Carlo test
 checks that q is the sampler's distribution."""
 import collections
@@ -50,17 +50,18 @@ def numpy_weights(ll, qids, keep, valid, *, tau=1.0, log_p=None, log_q=None,
 
 def numpy_selection_logprobs(model, prompt, output, *, temperature, top_p, no_repeat=()):
   """(log p_phi(z), log q(z)) of one output after its prompt, from the model's
-  next-token logits at each prefix:
+  next-token logits after each prefix (one forward of prompt + output: the
+  decoder is causal, so position i's logits see only tokens <= i):
     p_phi: softmax(logits), q: softmax(logits / temperature) restricted to the
     nucleus -- the most probable tokens, in order, while the mass of those
     before a token is < top_p (the first always kept), renormalised -- with
     the token actually written always counted in (it was drawn from it);
     both with each no-repeat id removed once written."""
   log_p = log_q = 0.0
+  hidden, _ = model.forward(jnp.asarray([list(prompt) + list(output)]))
+  every = np.asarray(model.logits(hidden)[0], np.float64)
   for t, tok in enumerate(output):
-    ids = jnp.asarray([list(prompt) + list(output[:t])])
-    hidden, _ = model.forward(ids)
-    logits = np.asarray(model.logits(hidden)[0, -1], np.float64)
+    logits = every[len(prompt) + t - 1]
     allowed = np.ones(len(logits), bool)
     for r in no_repeat:
       if r in output[:t]:
