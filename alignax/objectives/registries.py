@@ -46,11 +46,7 @@ DPO_LOSSES = Registry("DPO loss")
 
 def register_aggregation(*names: str):
   """Decorator: registers an aggregation under one or more names."""
-  def wrap(fn):
-    for name in names:
-      AGGREGATIONS.add(name, fn)
-    return fn
-  return wrap
+  return AGGREGATIONS.register(*names)
 
 
 def register_policy_loss(name: str, aggregation: str, *,
@@ -66,18 +62,12 @@ def register_policy_loss(name: str, aggregation: str, *,
 
 def register_advantage_estimator(*names: str):
   """Decorator: registers an advantage estimator under one or more names."""
-  def wrap(fn):
-    for name in names:
-      ADVANTAGE_ESTIMATORS.add(name, fn)
-    return fn
-  return wrap
+  return ADVANTAGE_ESTIMATORS.register(*names)
 
 
 def register_dpo_loss(name: str):
-  def wrap(fn):
-    DPO_LOSSES.add(name, fn)
-    return fn
-  return wrap
+  """Decorator: registers a DPO loss under `name`."""
+  return DPO_LOSSES.register(name)
 
 
 def get_policy_loss(name: str) -> PolicyLossDef:

@@ -11,7 +11,7 @@ for N completions: `prompts` [N] (each a string, or a list of `{"role",
 `[{"role": "assistant", "content": text}]` for conversational data),
 `completion_ids` [N] token-id lists, and every other dataset column as a list
 of N values (`ground_truth`: the normalised gold answer, see
-`agents.datasets`). `None` means "no reward from this function for that
+`agents.data.prompt_data`). `None` means "no reward from this function for that
 sample": it is left out of that function's mean, counts 0 in the weighted sum,
 and a sample for which every function returns None gets advantage 0 (TRL).
 
