@@ -36,7 +36,8 @@ from flax import nnx
 from alignax.agents.methods import dro_agents
 from alignax.agents.scoring import answer_metrics as metrics_lib
 from alignax.agents.worlds import dro_world, retrieval
-from alignax.experiments import common, dro
+from alignax.experiments import dro
+from alignax.experiments.runtime import pretrained
 from alignax.framework import run_records
 
 COLUMNS = {"selector_em": "selector EM", "hop1_selected": "hop-1 gold selected",
@@ -114,7 +115,7 @@ def main(argv=None) -> dict:
             "candidates": config.candidates.to_dict(), "questions": len(examples),
             "columns": COLUMNS}
   for label, prefix in (("warm-up", "init"), ("dro", "final")):
-    models, tokenizer = common.build_or_load_hf({n: folder(prefix, n) for n in names})
+    models, tokenizer = pretrained.build_or_load_hf({n: folder(prefix, n) for n in names})
     fmt = dro.make_prompts(tokenizer, world, candidates, config)
     graphdef, states = _states(models)
     result[label] = measure(graphdef, states, roles, fmt, examples, seed=config.seed)

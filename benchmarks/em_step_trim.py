@@ -24,7 +24,8 @@ from flax import nnx
 
 from alignax.agents.data import qa_data
 from alignax.agents.worlds import retrieval
-from alignax.experiments import common, exsearch
+from alignax.experiments import exsearch
+from alignax.experiments.runtime import config_files
 from alignax.framework import train
 
 
@@ -43,7 +44,7 @@ def main():
   parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results",
                                                     "em_step_trim.json"))
   args = parser.parse_args()
-  config = common.load_config_file(exsearch.DEFAULT_CONFIG)
+  config = config_files.load_config_file(exsearch.DEFAULT_CONFIG)
   dataset = qa_data.load_dataset(config.dataset, data_dir=config.data_dir, seed=config.seed,
                                  world=config.world)
   retriever = retrieval.BM25Retriever.build_or_load(dataset.corpus,

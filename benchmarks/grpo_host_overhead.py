@@ -29,9 +29,10 @@ def main():
   a = ap.parse_args()
   workdir = a.workdir
   if not workdir:
-    from alignax.experiments import common, grpo  # pylint: disable=g-import-not-at-top
+    from alignax.experiments import grpo  # pylint: disable=g-import-not-at-top
+    from alignax.experiments.runtime import config_files  # pylint: disable=g-import-not-at-top
     workdir = tempfile.mkdtemp(prefix="grpo_host_")
-    grpo.run(common.load_config_file(grpo.DEFAULT_CONFIG), workdir)
+    grpo.run(config_files.load_config_file(grpo.DEFAULT_CONFIG), workdir)
   with open(os.path.join(workdir, "metrics.jsonl")) as f:
     rows = [json.loads(line) for line in f]
   rows = [r for r in rows if "perf/step_seconds" in r and r["step"] > a.skip]

@@ -34,8 +34,9 @@ SIDES = {"full": {"lora.rank": 0, "train.learning_rate": 1e-5},
 
 def run_side(args, side: str, until: int) -> dict:
   """One segment of one side, in this process: trains to step `until`."""
-  from alignax.experiments import common, grpo  # pylint: disable=g-import-not-at-top
-  config = common.load_config_file(CONFIG)
+  from alignax.experiments import grpo  # pylint: disable=g-import-not-at-top
+  from alignax.experiments.runtime import config_files, outputs  # pylint: disable=g-import-not-at-top
+  config = config_files.load_config_file(CONFIG)
   config.update_from_flattened_dict({
       "model_path": args.model, "seed": args.seed, "train.steps": args.steps,
       "train.checkpoint_every": args.segment, "train.eval_every": args.steps,
@@ -45,7 +46,7 @@ def run_side(args, side: str, until: int) -> dict:
   workdir = os.path.join(args.workdir, side)
   grpo.run(config, workdir, stop_after=args.segment, progress=False)
   start = until - args.segment
-  rows = [r for r in common.read_metrics(workdir)
+  rows = [r for r in outputs.read_metrics(workdir)
           if start < r["step"] <= until or r["step"] == start == 0]
   return {"steps": [{"step": r["step"], "seconds": r["perf/step_seconds"],
                      "generation": r["perf/rollout_seconds"], "update": r["perf/update_seconds"],

@@ -57,8 +57,9 @@ def _rewards():
 
 
 def run_alignax(args, until: int) -> dict:
-  from alignax.experiments import common, grpo  # pylint: disable=g-import-not-at-top
-  config = common.load_config_file(CONFIG)
+  from alignax.experiments import grpo  # pylint: disable=g-import-not-at-top
+  from alignax.experiments.runtime import config_files, outputs  # pylint: disable=g-import-not-at-top
+  config = config_files.load_config_file(CONFIG)
   config.update_from_flattened_dict({
       "model_path": args.model, "seed": args.seed, "train.steps": args.steps,
       "train.learning_rate": LR, "rollout.num_generations": GROUP,
@@ -68,7 +69,7 @@ def run_alignax(args, until: int) -> dict:
   workdir = os.path.join(args.workdir, "alignax")
   start = until - args.segment  # resumes from the checkpoint the last segment wrote
   grpo.run(config, workdir, stop_after=args.segment, progress=False)
-  rows = common.read_metrics(workdir)
+  rows = outputs.read_metrics(workdir)
   steps = [{"step": r["step"], "seconds": r["perf/step_seconds"],
             "generation": r["perf/rollout_seconds"], "update": r["perf/update_seconds"],
             "reward": r["train/reward"]} for r in rows if start < r["step"] <= until]

@@ -120,11 +120,12 @@ def random_tiny_model(source, path):
 
 def build(a, workdir):
   """The binary's config, data, rewards and policy for this workload."""
-  from alignax.experiments import common, grpo
+  from alignax.experiments import grpo
+  from alignax.experiments.runtime import config_files  # pylint: disable=g-import-not-at-top
   from alignax.framework import hf
   if a.random_tiny:
     a.model = random_tiny_model(a.model, os.path.join(workdir, "random_tiny"))
-  config = common.load_config_file(grpo.DEFAULT_CONFIG + ":smollm2_words")
+  config = config_files.load_config_file(grpo.DEFAULT_CONFIG + ":smollm2_words")
   config.update_from_flattened_dict({
       "model_path": a.model, "data.system_prompt": a.system_prompt,
       "rollout.max_new_tokens": a.new_tokens, "rollout.prompts_per_step": a.prompts,

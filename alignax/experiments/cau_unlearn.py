@@ -20,6 +20,7 @@ original training's compiled step, so including compilation would favour it.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 import sys
@@ -37,7 +38,7 @@ import optax
 from flax import nnx
 import tqdm
 
-from alignax.experiments import common
+from alignax.experiments.runtime import config_files, launch, loop
 from alignax.framework import checkpoint
 from alignax.framework import run_records
 from alignax.recsys import cau
@@ -66,10 +67,80 @@ ABLATIONS: dict[str, dict[str, Any]] = {
 }
 
 
-# ---------------------------------------------------------------------------
-# Data
+# ------------------------------------------------------------------- main
+def main(argv):
+  del argv
+  logging.get_absl_handler().addFilter(_DropOrbaxInfo())
+  summary = run(flags.FLAGS.config, flags.FLAGS.workdir)
+  print(json.dumps({k: summary[k] for k in summary if k != "details"},
+                   indent=2))
 
 
+def run(cfg, workdir: str) -> dict:
+  """Runs every phase and returns the summary (also written to workdir)."""
+  # Before any work; multi-host init (the recommender runs unsharded).
+  launch.start_run(cfg, workdir, DEFAULT_CONFIG)
+  data = load_data(cfg)
+  model = recommenders.make_recommender(
+      cfg.model.name, data.num_items, seed=cfg.seed, max_len=cfg.data.max_len,
+      **dict(cfg.model.kwargs))
+  graphdef, init_params = nnx.split(model)
+  partial_path = os.path.join(workdir, "results_partial.json")
+  results = {}
+  if os.path.exists(partial_path):
+    with open(partial_path) as f:
+      results = json.load(f)
+
+
+  writer = run_records.MetricWriter(workdir)
+  orig_dir = cfg.load_original_from or workdir
+  # One optimiser object per run: jax.jit keys compilations on it (static).
+  train_tx = optax.adam(cfg.train.lr)
+  orig_params, extra = train_model("original", cfg, data, data.train, graphdef,
+                                   init_params, train_tx, orig_dir, writer)
+  record(results, partial_path, "original", {**evaluate(graphdef, orig_params, data, cfg),
+                                               **extra})
+  if "retrained" not in results:
+    params, extra = train_model("retrained", cfg, data, data.retained, graphdef,
+                                init_params, train_tx, workdir, writer)
+    record(results, partial_path, "retrained", {**evaluate(graphdef, params, data, cfg),
+                                                **extra})
+
+  orig_logits = np.asarray(recommenders.logits_fn(graphdef)(
+      orig_params, data.unlearn.prefixes))
+  runs = {n: o for n, o in METHODS.items()}
+  runs.update({f"ablation/{n}": ABLATIONS[n] for n in cfg.ablations})
+  # One optimiser object per (name, lr), shared by the methods that use it:
+  # jax.jit keys compilations on it (a static argument).
+  txs = {}
+  for i, (name, overrides) in enumerate(runs.items()):
+    if name in results:
+      continue
+    ucfg = {**cfg.unlearn.to_dict(), **overrides}
+    opt = (ucfg["optimizer"], ucfg["lr"])
+    if opt not in txs:
+      txs[opt] = OPTIMIZERS[opt[0]](opt[1])
+    params, extra = unlearn(name, ucfg, data, graphdef, orig_params,
+                            orig_logits, txs[opt], cfg.seed + 100 + i, writer)
+    record(results, partial_path, name, {**evaluate(graphdef, params, data, cfg), **extra})
+  writer.close()
+
+  keys = ("forget/hr@10", "forget/ndcg@10", "retain/hr@10", "retain/ndcg@10",
+          "seconds")
+  main = ("original", "retrained", "cau", "gradient_ascent", "weighted_sum")
+  summary = {n: {k: results[n][k] for k in keys} for n in main}
+  summary["ablation"] = {n.split("/", 1)[1]: {k: v[k] for k in keys}
+                         for n, v in results.items() if n.startswith("ablation/")}
+  summary["details"] = results
+  summary["checks"] = _checks(results)
+  if cfg.plot:
+    plot_methods({n: results[n] for n in results}, os.path.join(
+        workdir, "methods.png"))
+  run_records.write_summary(workdir, summary)
+  return summary
+
+
+# ----------------------------------------------------------------- config
 @dataclasses.dataclass
 class Data:
   num_items: int
@@ -120,10 +191,7 @@ def load_data(cfg) -> Data:
               unlearn, prefixes, targets)
 
 
-# ---------------------------------------------------------------------------
-# Training (original and retrained models)
-
-
+# ----------------------------------------------------------------- make_*
 def _compile(fn, *args, **static):
   """AOT-compiles a jitted fn; returns (compiled, seconds).
 
@@ -136,6 +204,7 @@ def _compile(fn, *args, **static):
   return compiled, time.perf_counter() - t
 
 
+# ------------------------------------------------------------------- loop
 def train_model(name, cfg, data: Data, train_sessions, graphdef, init_params,
                 tx, workdir, writer) -> tuple[Any, dict]:
   """Trains from `init_params`, checkpointing every few epochs; resumable."""
@@ -168,8 +237,8 @@ def train_model(name, cfg, data: Data, train_sessions, graphdef, init_params,
           jax.random.fold_in(key, epoch * steps_per_epoch + i))
     loss = float(loss)  # blocks, so the timer covers the work
     seconds += time.perf_counter() - t
-    common.check_finite({"params": params, "opt_state": opt_state},
-                        f"training {name}, epoch {epoch + 1}", ckpt, workdir)
+    loop.check_finite({"params": params, "opt_state": opt_state},
+                      f"training {name}, epoch {epoch + 1}", ckpt, workdir)
     bar.set_postfix(loss=f"{loss:.3f}")
     metrics = {f"{name}/loss": loss, f"{name}/seconds": seconds}
     if (epoch + 1) % tc.eval_every == 0 or epoch + 1 == tc.epochs:
@@ -194,8 +263,12 @@ def evaluate(graphdef, params, data: Data, cfg) -> dict[str, float]:
   return out
 
 
-# ---------------------------------------------------------------------------
-# Unlearning
+def unlearn_batch(u: sessions.UnlearningSet, orig_logits, idx):
+  """The unlearning rows `idx` (-1: padding, masked out by `row_mask`)."""
+  valid = idx >= 0
+  ii = np.where(valid, idx, 0)
+  return dict(prefixes=u.prefixes[ii], targets=u.targets[ii], next_items=u.next_items[ii],
+              has_next=u.has_next[ii], orig_logits=orig_logits[ii], row_mask=valid)
 
 
 def unlearn(name, ucfg, data: Data, graphdef, orig_params, orig_logits, tx,
@@ -207,13 +280,7 @@ def unlearn(name, ucfg, data: Data, graphdef, orig_params, orig_logits, tx,
   """
   u = data.unlearn
   bs = min(ucfg["batch_size"], len(u.targets))
-
-  def make_batch(idx):
-    valid = idx >= 0
-    ii = np.where(valid, idx, 0)
-    return dict(prefixes=u.prefixes[ii], targets=u.targets[ii],
-                next_items=u.next_items[ii], has_next=u.has_next[ii],
-                orig_logits=orig_logits[ii], row_mask=valid)
+  make_batch = functools.partial(unlearn_batch, u, orig_logits)
 
   opt_state = tx.init(orig_params)
   weights = jnp.asarray(ucfg.get("weights", ucfg["fixed_weights"]),
@@ -258,15 +325,40 @@ def unlearn(name, ucfg, data: Data, graphdef, orig_params, orig_logits, tx,
         writer.write(steps, {f"{name}/{k}": v for k, v in metrics.items()})
   jax.block_until_ready(params)
   seconds = time.perf_counter() - t
-  common.check_finite(params, f"unlearning with {name} ({steps} steps)")
+  loop.check_finite(params, f"unlearning with {name} ({steps} steps)")
   writer.write(steps, {f"{name}/seconds": seconds, f"{name}/steps": steps,
                        f"{name}/compile_seconds": compile_s})
   return params, {"seconds": seconds, "compile_seconds": compile_s,
                   "steps": steps}
 
 
-# ---------------------------------------------------------------------------
-# Plot and main
+# ---------------------------------------------------------------- outputs
+def record(results: dict, path: str, name: str, result: dict) -> None:
+  """results[name] = result, saved at once to `path` (a re-run skips it)."""
+  results[name] = result
+  run_records.atomic_write_json(path, results)
+  logging.info("%s: %s", name, results[name])
+
+
+def _checks(r) -> dict[str, bool]:
+  """The issue's acceptance criteria, evaluated on this run."""
+  return {
+      "forget_hr10_within_0.02_of_retrained":
+          r["cau"]["forget/hr@10"] <= r["retrained"]["forget/hr@10"] + 0.02,
+      "retain_ndcg10_at_least_95pct_of_original":
+          r["cau"]["retain/ndcg@10"] >= 0.95 * r["original"]["retain/ndcg@10"],
+      "at_most_tenth_of_retraining_time":
+          r["cau"]["seconds"] <= r["retrained"]["seconds"] / 10,
+      "beats_gradient_ascent_on_retain_ndcg10":
+          r["cau"]["retain/ndcg@10"] > r["gradient_ascent"]["retain/ndcg@10"],
+  }
+
+
+class _DropOrbaxInfo:
+  """absl log filter: orbax logs every checkpoint step at INFO; keep WARNING+."""
+
+  def filter(self, record) -> bool:
+    return record.levelno >= 30 or "orbax" not in record.pathname
 
 
 @run_records.writer_only
@@ -294,103 +386,6 @@ def plot_methods(results: dict[str, dict], path: str) -> None:
   fig.savefig(path, dpi=100)
 
 
-def run(cfg, workdir: str) -> dict:
-  """Runs every phase and returns the summary (also written to workdir)."""
-  common.validate_config(cfg, DEFAULT_CONFIG)  # before any work
-  common.setup_mesh(cfg)  # multi-host init; the recommender runs unsharded
-  common.make_workdir(workdir)
-  run_records.check_or_store_config(workdir, cfg)
-  data = load_data(cfg)
-  model = recommenders.make_recommender(
-      cfg.model.name, data.num_items, seed=cfg.seed, max_len=cfg.data.max_len,
-      **dict(cfg.model.kwargs))
-  graphdef, init_params = nnx.split(model)
-  partial_path = os.path.join(workdir, "results_partial.json")
-  results = {}
-  if os.path.exists(partial_path):
-    with open(partial_path) as f:
-      results = json.load(f)
-
-  def record(name, params, extra):
-    results[name] = {**evaluate(graphdef, params, data, cfg), **extra}
-    run_records.atomic_write_json(partial_path, results)
-    logging.info("%s: %s", name, results[name])
-
-  writer = run_records.MetricWriter(workdir)
-  orig_dir = cfg.load_original_from or workdir
-  # One optimiser object per run: jax.jit keys compilations on it (static).
-  train_tx = optax.adam(cfg.train.lr)
-  orig_params, extra = train_model("original", cfg, data, data.train, graphdef,
-                                   init_params, train_tx, orig_dir, writer)
-  record("original", orig_params, extra)
-  if "retrained" not in results:
-    params, extra = train_model("retrained", cfg, data, data.retained, graphdef,
-                                init_params, train_tx, workdir, writer)
-    record("retrained", params, extra)
-
-  orig_logits = np.asarray(recommenders.logits_fn(graphdef)(
-      orig_params, data.unlearn.prefixes))
-  runs = {n: o for n, o in METHODS.items()}
-  runs.update({f"ablation/{n}": ABLATIONS[n] for n in cfg.ablations})
-  # One optimiser object per (name, lr), shared by the methods that use it:
-  # jax.jit keys compilations on it (a static argument).
-  txs = {}
-  for i, (name, overrides) in enumerate(runs.items()):
-    if name in results:
-      continue
-    ucfg = {**cfg.unlearn.to_dict(), **overrides}
-    opt = (ucfg["optimizer"], ucfg["lr"])
-    if opt not in txs:
-      txs[opt] = OPTIMIZERS[opt[0]](opt[1])
-    params, extra = unlearn(name, ucfg, data, graphdef, orig_params,
-                            orig_logits, txs[opt], cfg.seed + 100 + i, writer)
-    record(name, params, extra)
-  writer.close()
-
-  keys = ("forget/hr@10", "forget/ndcg@10", "retain/hr@10", "retain/ndcg@10",
-          "seconds")
-  main = ("original", "retrained", "cau", "gradient_ascent", "weighted_sum")
-  summary = {n: {k: results[n][k] for k in keys} for n in main}
-  summary["ablation"] = {n.split("/", 1)[1]: {k: v[k] for k in keys}
-                         for n, v in results.items() if n.startswith("ablation/")}
-  summary["details"] = results
-  summary["checks"] = _checks(results)
-  if cfg.plot:
-    plot_methods({n: results[n] for n in results}, os.path.join(
-        workdir, "methods.png"))
-  run_records.write_summary(workdir, summary)
-  return summary
-
-
-def _checks(r) -> dict[str, bool]:
-  """The issue's acceptance criteria, evaluated on this run."""
-  return {
-      "forget_hr10_within_0.02_of_retrained":
-          r["cau"]["forget/hr@10"] <= r["retrained"]["forget/hr@10"] + 0.02,
-      "retain_ndcg10_at_least_95pct_of_original":
-          r["cau"]["retain/ndcg@10"] >= 0.95 * r["original"]["retain/ndcg@10"],
-      "at_most_tenth_of_retraining_time":
-          r["cau"]["seconds"] <= r["retrained"]["seconds"] / 10,
-      "beats_gradient_ascent_on_retain_ndcg10":
-          r["cau"]["retain/ndcg@10"] > r["gradient_ascent"]["retain/ndcg@10"],
-  }
-
-
-class _DropOrbaxInfo:
-  """absl log filter: orbax logs every checkpoint step at INFO; keep WARNING+."""
-
-  def filter(self, record) -> bool:
-    return record.levelno >= 30 or "orbax" not in record.pathname
-
-
-def main(argv):
-  del argv
-  logging.get_absl_handler().addFilter(_DropOrbaxInfo())
-  summary = run(flags.FLAGS.config, flags.FLAGS.workdir)
-  print(json.dumps({k: summary[k] for k in summary if k != "details"},
-                   indent=2))
-
-
 if __name__ == "__main__":
   # Flags are defined only when run as a binary, so tests can import this
   # module beside other binaries without duplicate-flag errors.
@@ -398,5 +393,5 @@ if __name__ == "__main__":
                                   "Experiment config file (ml_collections).")
   flags.DEFINE_string("workdir", "runs/cau_unlearn",
                       "Output folder; re-use it to resume.")
-  common.check_config_overrides(sys.argv, DEFAULT_CONFIG)
+  config_files.check_config_overrides(sys.argv, DEFAULT_CONFIG)
   app.run(main)

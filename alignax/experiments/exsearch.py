@@ -32,9 +32,11 @@ resumes after the last one).
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
 import time
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -47,15 +49,80 @@ from alignax.agents.data import qa_data
 from alignax.agents.rollouts import multi_turn as rollout_lib
 from alignax.agents.scoring import answer_metrics as metrics_lib
 from alignax.agents.worlds import qa_world, retrieval
-from alignax.experiments import common
-from alignax.framework import lora, run_records, train, vocab
-from alignax.framework.config import ModelConfig
-from alignax.framework.model import Decoder
+from alignax.experiments.runtime import launch, loop, model_setup, outputs, pretrained
+from alignax.framework import lora, train, vocab
 
 DEFAULT_CONFIG = os.path.join(os.path.dirname(__file__), "configs", "exsearch.py")
 
 
-# ------------------------------------------------------ sequences and losses
+# ------------------------------------------------------------------- main
+def run(config, workdir: str, *, stop_after: int | None = None, progress: bool = True):
+  """Runs the oracle warm-up, then every method of `config.methods` (EXSEARCH
+  and its baselines) from it in `workdir`, resuming. `stop_after` ends after
+  that many method iterations (as a kill would). Returns the summary dict."""
+  launch.start_run(config, workdir, DEFAULT_CONFIG, _check_config)  # runs unsharded
+  setup, fresh = make_setup(config, workdir)
+  return loop.run_phases(workdir, fresh, make_phases(setup, fresh), stop_after=stop_after,
+                         progress=progress)
+
+
+# ----------------------------------------------------------------- config
+def _check_config(config):
+  unknown = [m for m in config.methods if m not in objectives.EM_WEIGHTINGS]
+  if unknown or "exsearch" not in config.methods:
+    raise ValueError(f"config.methods={tuple(config.methods)!r} must include 'exsearch' and"
+                     f" only name {sorted(objectives.EM_WEIGHTINGS)}.")
+  if config.em.num_samples < 1 or config.em.num_iterations < 1:
+    raise ValueError("config.em.num_samples and num_iterations must be >= 1.")
+
+
+# ----------------------------------------------------------------- make_*
+@dataclasses.dataclass(frozen=True)
+class Setup:
+  """What the phases read, built once by `make_setup` (never changed)."""
+  config: Any
+  workdir: str
+  graphdef: Any
+  agent: "Agent"
+  update: Any
+  pool: list      # E-step questions
+  held_out: list  # evaluation questions
+  t0: float       # when the warm-up started
+
+
+def make_setup(config, workdir):
+  """Data, BM25, the warm-up model (LoRA), optimiser and update. Returns
+  (Setup, fresh train state)."""
+  dataset = qa_data.load_dataset(config.dataset, data_dir=config.data_dir, seed=config.seed,
+                                 world=config.world)
+  retriever = retrieval.BM25Retriever.build_or_load(dataset.corpus,
+                                                    os.path.join(workdir, "bm25"))
+  t0 = time.perf_counter()
+  model, agent = build_policy(config, workdir, dataset, retriever)
+  model = model_setup.apply_lora(model, config.lora, seed=config.seed)  # rank 0: unchanged
+  em = config.em
+  optimizer = train.make_optimizer(em.learning_rate, total_steps=None)
+  graphdef, fresh = train.init_train_state(model, optimizer)
+  update = train.make_weighted_update(lora.training(graphdef, fresh.params), optimizer,
+                                      em.micro_batches)
+  # E-step questions start after the warm-up's oracle questions, so that
+  # iteration 1 is not scored on questions the warm-up saw solved.
+  pool = dataset.train[config.warmup.num_oracle:]
+  return Setup(config, workdir, graphdef, agent, update, pool,
+               dataset.eval[:config.eval.size], t0), fresh
+
+
+def make_phases(setup: Setup, fresh) -> loop.Phases:
+  """Every method of `config.methods` (an `objectives.EM_WEIGHTINGS` name)."""
+  methods = list(setup.config.methods)
+  return loop.Phases(
+      {m: functools.partial(phase, setup, objectives.EM_WEIGHTINGS[m]) for m in methods},
+      setup.config.em.num_iterations, start=functools.partial(start, setup, fresh),
+      start_scores=start_scores, summarize=functools.partial(summarize, methods),
+      plot=functools.partial(plot, setup.workdir), desc="EM", postfix={"em": "eval/em"},
+      on_method_end=functools.partial(export, setup))
+
+
 class Agent:
   """What every phase needs: tokenizer, marker ids, search tool, limits."""
 
@@ -129,27 +196,6 @@ class Agent:
     return out
 
 
-# ------------------------------------------------------------------ phases
-def run_rollouts(graphdef, params, agent, examples, repeats, key, greedy=False):
-  config = agent.rollout_config
-  if greedy:
-    config = rollout_lib.RolloutConfig(**{**config.__dict__, "temperature": 0.0})
-  prompts = [agent.prompt(e) for e in examples for _ in range(repeats)]
-  return rollout_lib.rollout(graphdef, params, prompts, agent.tool, agent.fmt, config, key,
-                             agent.decode_query)
-
-
-def evaluate(graphdef, params, agent, examples) -> dict[str, float]:
-  """Greedy held-out EM / F1 / accuracy (in points, 0-100) and search stats."""
-  trajs = run_rollouts(graphdef, params, agent, examples, 1, jax.random.key(0), greedy=True)
-  scores = metrics_lib.score_answers([agent.answer_text(t) for t in trajs],
-                                     [e.answers for e in examples])
-  out = {f"eval/{k}": 100.0 * v for k, v in scores.items()}
-  out["eval/tool_calls"] = float(np.mean([len(t.tool_calls) for t in trajs]))
-  out["eval/truncated"] = float(np.mean([t.truncated for t in trajs]))
-  return out
-
-
 def warm_up(model, agent, examples, config):
   """SFT on oracle trajectories (every model-written token, uniform weights);
   `warmup.steps=0` (e.g. from a checkpoint that already follows the format)
@@ -175,22 +221,44 @@ def build_policy(config, workdir, dataset, retriever):
   special tokens) or, when it is '', a word-level tokenizer and a new decoder
   of `config.model`."""
 
-  def build():
-    if config.model_path:
-      model, tokenizer = common.load_pretrained(config.model_path, qa_world.MARKERS)
-    else:
-      tokenizer = qa_data.train_word_tokenizer(qa_world.vocabulary_text(dataset))
-      model = Decoder(ModelConfig(
-          vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id,
-          bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-          **config.model.to_dict()), seed=config.seed)
-    model = warm_up(model, Agent(tokenizer, retriever, config),
-                    dataset.train[:config.warmup.num_oracle], config)
-    return {"policy": model}, tokenizer
-
-  models, tokenizer = common.build_or_load_hf(
-      {"policy": os.path.join(workdir, "init_model")}, build, common.model_options(config))
+  models, tokenizer = pretrained.build_or_load_hf(
+      {"policy": os.path.join(workdir, "init_model")},
+      functools.partial(build_builtin, config, dataset, retriever),
+      model_setup.model_options(config))
   return models["policy"], Agent(tokenizer, retriever, config)
+
+
+def build_builtin(config, dataset, retriever):
+  """The warm-started policy: ({"policy": model}, tokenizer)."""
+  if config.model_path:
+    model, tokenizer = pretrained.load_pretrained(config.model_path, qa_world.MARKERS)
+  else:
+    tokenizer = qa_data.train_word_tokenizer(qa_world.vocabulary_text(dataset))
+    model = model_setup.new_decoder(tokenizer, config.model, config.seed)
+  model = warm_up(model, Agent(tokenizer, retriever, config),
+                  dataset.train[:config.warmup.num_oracle], config)
+  return {"policy": model}, tokenizer
+
+
+# ------------------------------------------------------------------- loop
+def run_rollouts(graphdef, params, agent, examples, repeats, key, greedy=False):
+  config = agent.rollout_config
+  if greedy:
+    config = rollout_lib.RolloutConfig(**{**config.__dict__, "temperature": 0.0})
+  prompts = [agent.prompt(e) for e in examples for _ in range(repeats)]
+  return rollout_lib.rollout(graphdef, params, prompts, agent.tool, agent.fmt, config, key,
+                             agent.decode_query)
+
+
+def evaluate(graphdef, params, agent, examples) -> dict[str, float]:
+  """Greedy held-out EM / F1 / accuracy (in points, 0-100) and search stats."""
+  trajs = run_rollouts(graphdef, params, agent, examples, 1, jax.random.key(0), greedy=True)
+  scores = metrics_lib.score_answers([agent.answer_text(t) for t in trajs],
+                                     [e.answers for e in examples])
+  out = {f"eval/{k}": 100.0 * v for k, v in scores.items()}
+  out["eval/tool_calls"] = float(np.mean([len(t.tool_calls) for t in trajs]))
+  out["eval/truncated"] = float(np.mean([t.truncated for t in trajs]))
+  return out
 
 
 def e_step(graphdef, params, agent, examples, weighting, em, key):
@@ -221,83 +289,52 @@ def e_step(graphdef, params, agent, examples, weighting, em, key):
   return batch, stats
 
 
-def _check_config(config):
-  unknown = [m for m in config.methods if m not in objectives.EM_WEIGHTINGS]
-  if unknown or "exsearch" not in config.methods:
-    raise ValueError(f"config.methods={tuple(config.methods)!r} must include 'exsearch' and"
-                     f" only name {sorted(objectives.EM_WEIGHTINGS)}.")
-  if config.em.num_samples < 1 or config.em.num_iterations < 1:
-    raise ValueError("config.em.num_samples and num_iterations must be >= 1.")
+def start(setup: Setup, fresh) -> dict:
+  """The extras of a fresh run: the warm-up's scores and the seconds so far."""
+  return {"before": evaluate(setup.graphdef, fresh.params, setup.agent, setup.held_out),
+          "seconds": time.perf_counter() - setup.t0}
 
 
-def run(config, workdir: str, *, stop_after: int | None = None, progress: bool = True):
-  """Runs warm-up + every method's EM iterations in `workdir` (resuming).
+def start_scores(extras, method):
+  del method  # every method starts from the same warm-up model
+  return extras["before"]
 
-  `stop_after` ends after that many method iterations (as a kill would).
-  Returns the summary dict.
-  """
-  common.validate_config(config, DEFAULT_CONFIG)  # before any work
-  common.setup_mesh(config)  # multi-host init; these binaries run unsharded
-  _check_config(config)
-  common.make_workdir(workdir)
-  run_records.check_or_store_config(workdir, config)
-  dataset = qa_data.load_dataset(config.dataset, data_dir=config.data_dir, seed=config.seed,
-                                 world=config.world)
-  retriever = retrieval.BM25Retriever.build_or_load(dataset.corpus,
-                                                    os.path.join(workdir, "bm25"))
-  t0 = time.perf_counter()
-  model, agent = build_policy(config, workdir, dataset, retriever)
-  model = common.apply_lora(model, config.lora, seed=config.seed)  # rank 0: unchanged
-  held_out = dataset.eval[:config.eval.size]
-  em = config.em
-  optimizer = train.make_optimizer(em.learning_rate, total_steps=None)
-  graphdef, fresh = train.init_train_state(model, optimizer)
-  update = train.make_weighted_update(lora.training(graphdef, fresh.params), optimizer,
-                                      em.micro_batches)
-  # E-step questions start after the warm-up's oracle questions, so that
-  # iteration 1 is not scored on questions the warm-up saw solved.
-  pool = dataset.train[config.warmup.num_oracle:]
 
-  def start():
-    return {"before": evaluate(graphdef, fresh.params, agent, held_out),
-            "seconds": time.perf_counter() - t0}
+def phase(setup: Setup, weighting, state, it, index, extras):
+  """One EM iteration: E-step on the iteration's questions, M-step, evaluation."""
+  del extras
+  config, em = setup.config, setup.config.em
+  examples = loop.iteration_slice(setup.pool, it, em.questions_per_iteration)
+  key = jax.random.fold_in(jax.random.key(config.seed), index)
+  batch, stats = e_step(setup.graphdef, state.params, setup.agent, examples, weighting, em,
+                        key)
+  state, _, _ = train.train_minibatches(setup.update, state, batch, em.batch_size,
+                                        config.seed + index, epochs=em.epochs)
+  return state, stats, evaluate(setup.graphdef, state.params, setup.agent, setup.held_out)
 
-  def phase(state, it, index, extras, *, weighting):
-    del extras
-    examples = common.iteration_slice(pool, it, em.questions_per_iteration)
-    key = jax.random.fold_in(jax.random.key(config.seed), index)
-    batch, stats = e_step(graphdef, state.params, agent, examples, weighting, em, key)
-    state, _, _ = train.train_minibatches(update, state, batch, em.batch_size,
-                                          config.seed + index, epochs=em.epochs)
-    return state, stats, evaluate(graphdef, state.params, agent, held_out)
 
-  start_scores = lambda extras, method: extras["before"]
-  methods = list(config.methods)
+def summarize(methods, extras):
+  """EXSEARCH's keys bare, each baseline's prefixed by its name."""
+  before = extras["before"]
+  return {"no_em/eval/em": before["eval/em"], "no_em/eval/f1": before["eval/f1"],
+          "train/seconds": extras["seconds"],
+          **loop.per_method_summary(extras, methods, "exsearch",
+                                    {"em": "eval/em", "f1": "eval/f1"}, start_scores)}
 
-  def summarize(extras):
-    """EXSEARCH's keys bare, each baseline's prefixed by its name."""
-    before = extras["before"]
-    return {"no_em/eval/em": before["eval/em"], "no_em/eval/f1": before["eval/f1"],
-            "train/seconds": extras["seconds"],
-            **common.per_method_summary(extras, methods, "exsearch",
-                                        {"em": "eval/em", "f1": "eval/f1"}, start_scores)}
 
-  plot = lambda extras: common.plot_per_iteration(
-      workdir, "em.png", extras["curves"], lambda _: extras["before"],
+def plot(workdir, extras):
+  outputs.plot_per_iteration(
+      workdir, "em.png", extras["curves"], functools.partial(start_scores, extras),
       {"eval/em": "held-out EM", "eval/f1": "held-out F1"}, "EXSEARCH vs baselines (held-out)",
       xlabel="EM iteration (0 = warm-up only)")
-  phases = {m: functools.partial(phase, weighting=objectives.EM_WEIGHTINGS[m]) for m in methods}
 
-  def export(method, state):  # EXSEARCH's model -> <workdir>/final_model
-    if method == "exsearch":
-      common.export_models(workdir, {"model": nnx.merge(graphdef, state.params)},
-                           agent.tokenizer, {"model": config.model_path})
 
-  return common.run_phases(workdir, fresh, phases, em.num_iterations, start=start,
-                           start_scores=start_scores, summarize=summarize,
-                           plot=plot, desc="EM", postfix={"em": "eval/em"},
-                           stop_after=stop_after, progress=progress, on_method_end=export)
+def export(setup: Setup, method, state):
+  """EXSEARCH's model -> <workdir>/final_model."""
+  if method == "exsearch":
+    pretrained.export_models(setup.workdir, {"model": nnx.merge(setup.graphdef, state.params)},
+                             setup.agent.tokenizer, {"model": setup.config.model_path})
 
 
 if __name__ == "__main__":
-  common.run_binary(run, DEFAULT_CONFIG, "runs/exsearch")
+  launch.run_binary(run, DEFAULT_CONFIG, "runs/exsearch")

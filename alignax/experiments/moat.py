@@ -49,22 +49,21 @@ iteration of each method; a re-run resumes, a finished one returns its summary).
 """
 from __future__ import annotations
 
+import dataclasses
+import functools
 import os
 import time
+from typing import Any
 
-import numpy as np
 from flax import nnx
 
-from alignax import objectives
 from alignax.agents.data import moat_data, qa_data
-from alignax.agents.methods import moat_agents
-from alignax.agents.methods import moat_critic
+from alignax.agents.methods import moat_agents, moat_critic
+from alignax.agents.methods.moat_stages import stage1, stage2
 from alignax.agents.worlds import retrieval
 from alignax.agents.worlds import moat_world as mw
-from alignax.experiments import common
-from alignax.framework import lora, run_records, sharding, train
-from alignax.framework.config import ModelConfig
-from alignax.framework.model import Decoder
+from alignax.experiments.runtime import launch, loop, model_setup, outputs, pretrained
+from alignax.framework import lora, sharding, train
 
 DEFAULT_CONFIG = os.path.join(os.path.dirname(__file__), "configs", "moat.py")
 ROLES = ("planner", "grounder")
@@ -144,147 +143,83 @@ def _warm_up(model, batch, w, steps, seed):
   return nnx.merge(graphdef, state.params)
 
 
+def build_builtin_agents(config, world, gold_tasks):
+  """The two agents warm-started on the gold tasks: ({role: model}, tokenizer)."""
+  _, held_in, held_out = split_tasks(world, config)
+  tokenizer = qa_data.train_word_tokenizer(
+      mw.vocabulary(world, list(gold_tasks) + held_in + held_out))
+  models = {}
+  if config.planner_model_path:  # subgoals and actions are text: no markers to add
+    for name in ROLES:
+      models[name], tok = pretrained.load_pretrained(config[f"{name}_model_path"], ())
+      if name != ROLES[0] and tok.get_vocab() != tokenizer.get_vocab():
+        raise ValueError("config.planner_model_path and config.grounder_model_path must"
+                         " share one tokenizer.")
+      tokenizer = tok
+  for i, (name, batch) in enumerate(zip(ROLES, sft_batches(make_io(tokenizer, config),
+                                                           gold_tasks))):
+    if name not in models:
+      models[name] = model_setup.new_decoder(tokenizer, config[name], config.seed + i)
+    models[name] = _warm_up(models[name], batch, config.warmup,
+                            config.warmup[f"{name}_steps"], config.seed + i)
+  return models, tokenizer
+
+
 def build_agents(config, workdir, world, gold_tasks):
   """Loads the two agents (HF dirs `planner_dir`, `grounder_dir`, or
   `<workdir>/{planner,grounder}_init`, built and warm-started first if absent)."""
 
-  def build():
-    _, held_in, held_out = split_tasks(world, config)
-    tokenizer = qa_data.train_word_tokenizer(
-        mw.vocabulary(world, list(gold_tasks) + held_in + held_out))
-    models = {}
-    if config.planner_model_path:  # subgoals and actions are text: no markers to add
-      for name in ROLES:
-        models[name], tok = common.load_pretrained(config[f"{name}_model_path"], ())
-        if name != ROLES[0] and tok.get_vocab() != tokenizer.get_vocab():
-          raise ValueError("config.planner_model_path and config.grounder_model_path must"
-                           " share one tokenizer.")
-        tokenizer = tok
-    for i, (name, batch) in enumerate(zip(ROLES, sft_batches(make_io(tokenizer, config),
-                                                             gold_tasks))):
-      if name not in models:
-        models[name] = Decoder(ModelConfig(
-            vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id,
-            bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-            **config[name].to_dict()), seed=config.seed + i)
-      models[name] = _warm_up(models[name], batch, config.warmup,
-                              config.warmup[f"{name}_steps"], config.seed + i)
-    return models, tokenizer
-
+  build = functools.partial(build_builtin_agents, config, world, gold_tasks)
   if config.planner_dir:
     dirs, build = {"planner": config.planner_dir, "grounder": config.grounder_dir}, None
   else:
     dirs = {n: os.path.join(workdir, f"{n}_init") for n in ROLES}
-  models, tokenizer = common.build_or_load_hf(dirs, build, common.model_options(config))
+  models, tokenizer = pretrained.build_or_load_hf(dirs, build,
+                                                  model_setup.model_options(config))
   return models["planner"], models["grounder"], make_io(tokenizer, config)
 
 
-# ------------------------------------------------------------------ stages
-def stage1(p_graphdef, p_state, g_graphdef, g_params, io, tasks, config, update, seed,
-           mesh):
-  """Planner alignment. Returns (planner state, per-row plan ids, stats)."""
-  s = config.stage1
-  k = s.num_samples
-  t0 = time.perf_counter()
-  gen = moat_agents.sample_plans(p_graphdef, p_state.params, io, tasks, num_samples=k,
-                                 temperature=s.temperature, top_p=s.top_p, seed=seed,
-                                 mesh=mesh)  # one call, T*K rows
-  plans = io.subgoal_ids(gen)
-  rows = [t for t in tasks for _ in range(k)]
-  gold = [mw.actions_text(mw.gold_actions(t)) for t in rows]
-  scores = moat_agents.grounder_scores(g_graphdef, g_params,  # one pass over T*K rows
-                                  io.grounder_batch(rows, plans, gold))
-  t_sample = time.perf_counter() - t0
-  chosen, rejected, valid, scores = run_records.to_host(
-      (*objectives.build_dpo_pairs(scores, k, min_gap=s.min_gap), scores))
-  if s.max_chosen_score > 0:  # only plans the grounder turns into the gold actions
-    valid = valid & (scores[chosen] <= s.max_chosen_score)
-  toks, mask = run_records.to_host((gen.tokens, gen.mask))  # gathered across processes
-  completions = [r[m].tolist() for r, m in zip(toks, mask)]
-  pb = io.batch([io.planner_prompt(t) for t in rows], completions, io.plan_prompt_len,
-                io.plan_len)
-  ref = train.sequence_logps(p_graphdef, p_state.params, pb)  # frozen copy
-  batch = train.dpo_batch(pb, chosen[valid], rejected[valid], ref)
-  p_state, steps, m = train.train_minibatches(update, p_state, batch, s.batch_size, seed,
-                                              epochs=s.epochs)
-  scores = scores.reshape(-1, k)
-  plan_ok = np.array([mw.normalize(io.decode(p)) == mw.normalize(mw.gold_subgoals(t))
-                      for p, t in zip(plans, rows)])
-  gold_share = lambda idx: 100.0 * float(np.mean(plan_ok[idx[valid]])) if valid.any() else 0.0
-  stats = {"stage1/pairs": int(valid.sum()), "stage1/updates": steps,
-           "stage1/score_mean": float(scores.mean()),
-           "stage1/score_gap": float((scores.max(1) - scores.min(1)).mean()),
-           "stage1/sample_plan_exact": 100.0 * float(np.mean(plan_ok)),
-           # how often the pair's chosen / rejected plan is the gold plan
-           "stage1/chosen_exact": gold_share(chosen),
-           "stage1/rejected_exact": gold_share(rejected),
-           "stage1/sample_and_score_seconds": t_sample,
-           "stage1/seconds": time.perf_counter() - t0}
-  stats.update({f"stage1/dpo_{k_}": float(v) for k_, v in m.items()})
-  return p_state, plans, stats
-
-
-def stage2(g_graphdef, g_state, io, world, tasks, plans, critic, config, update, seed, mesh,
-           search_fn, replay=()):
-  """Grounder improving. `replay`: (task, subgoal ids, actions) rows trained
-  on beside this iteration's corrected pairs (earlier corrected pairs and/or
-  the gold set). Returns (grounder state, this iteration's corrected pairs,
-  stats)."""
-  s = config.stage2
-  k = config.stage1.num_samples
-  t0 = time.perf_counter()
-  row_tasks, row_plans = [], []
-  for i, task in enumerate(tasks):  # up to plans_per_task distinct plans per task
-    seen = set()
-    for p in plans[i * k:(i + 1) * k]:
-      if tuple(p) not in seen and len(seen) < s.plans_per_task:
-        seen.add(tuple(p))
-        row_tasks.append(task)
-        row_plans.append(p)
-  actions = moat_agents.ground(g_graphdef, g_state.params, io, row_tasks, row_plans,
-                               temperature=s.temperature, top_p=s.top_p, seed=seed, mesh=mesh)
-  own_ok = [mw.success(world, t, a, search_fn) for t, a in zip(row_tasks, actions)]
-  fixes = critic([moat_critic.CriticInput(t, io.decode(p), a)
-                  for t, p, a in zip(row_tasks, row_plans, actions)])
-  pairs, seen = [], set()
-  for t, fix in zip(row_tasks, fixes):
-    if fix is not None and (t.id, fix.subgoals, fix.actions) not in seen:
-      seen.add((t.id, fix.subgoals, fix.actions))
-      pairs.append((t, fix.subgoals, fix.actions))
-  sft = [(t, io.encode(sg), a) for t, sg, a in pairs] + list(replay)
-  steps = 0
-  if sft:
-    batch = io.grounder_batch(*zip(*sft))
-    g_state, steps, _ = train.train_minibatches(update, g_state, batch, s.batch_size, seed,
-                                                epochs=s.epochs)
-  return g_state, pairs, {
-      "stage2/rows": len(row_tasks), "stage2/corrected_pairs": len(pairs),
-      "stage2/sft_rows": len(sft), "stage2/updates": steps,
-      "stage2/own_success": 100.0 * float(np.mean(own_ok)),
-      "stage2/corrected": 100.0 * float(np.mean([f is not None and f.changed
-                                                  for f in fixes])),
-      "stage2/seconds": time.perf_counter() - t0}
-
-
-# ------------------------------------------------------------------- run
+# ------------------------------------------------------------------- main
 def run(config, workdir: str, *, stop_after: int | None = None, progress: bool = True,
         critic=None):
-  """Warm-up + MOAT iterations + the separate baseline in `workdir` (resuming).
+  """Warm-up + MOAT iterations + the separate baselines in `workdir` (resuming).
 
   `stop_after` ends after that many (method, iteration) phases, as a kill
   would. `critic` overrides `config.critic` (e.g. a stub). Returns the summary.
   """
-  common.validate_config(config, DEFAULT_CONFIG)  # before any work
-  _check_config(config)
-  mesh = common.setup_mesh(config)
-  common.make_workdir(workdir)
-  run_records.check_or_store_config(workdir, config)
+  mesh = launch.start_run(config, workdir, DEFAULT_CONFIG, _check_config)  # before any work
+  setup, fresh = make_setup(config, workdir, mesh, critic)
+  return loop.run_phases(workdir, fresh, make_phases(setup, fresh), stop_after=stop_after,
+                         progress=progress)
+
+
+@dataclasses.dataclass(frozen=True)
+class Setup:
+  """What MOAT's phases read, built once by `make_setup` (never changed)."""
+  config: Any
+  workdir: str
+  mesh: Any
+  world: Any
+  search_fn: Any
+  critic: Any
+  io: Any
+  tasks: dict            # gold (the warm-up's), held_in, held_out, pool
+  graphdefs: dict        # planner, grounder
+  updates: dict          # dpo, sft (stage 2), separate_planner, separate_grounder
+  gold_batches: tuple    # the gold set's (planner rows, grounder rows)
+  gold_replay: list      # stage2.replay_gold: (task, subgoal ids, actions) rows
+  t0: float              # when the warm-up started
+
+
+def make_setup(config, workdir, mesh, critic):
+  """World, critic, the two agents (warm-up, LoRA, mesh), optimisers and
+  updates. Returns (Setup, fresh state {"planner", "grounder"})."""
   world = make_world(config, os.path.join(workdir, "bm25"))
   train_tasks, held_in, held_out = split_tasks(world, config)
-  held_in, held_out = held_in[:config.eval.held_in_size], held_out[:config.eval.held_out_size]
   gold_tasks = train_tasks[:config.warmup.num_gold]
-  pool = pool_tasks(world, config, train_tasks)
-  by_id = {t.id: t for t in pool}
+  tasks = {"gold": gold_tasks, "held_in": held_in[:config.eval.held_in_size],
+           "held_out": held_out[:config.eval.held_out_size],
+           "pool": pool_tasks(world, config, train_tasks)}
   retriever = retrieval.BM25Retriever.build_or_load(world.corpus,
                                                     os.path.join(workdir, "bm25"))
   search_fn = mw.make_search_fn(retriever, world.search_result)
@@ -295,136 +230,166 @@ def run(config, workdir: str, *, stop_after: int | None = None, progress: bool =
                                      max_new_tokens=config.critic.max_new_tokens)
   t0 = time.perf_counter()
   planner, grounder, io = build_agents(config, workdir, world, gold_tasks)
-  planner, grounder = (common.apply_lora(m, config.lora, seed=config.seed)  # rank 0: unchanged
-                       for m in (planner, grounder))
+  planner, grounder = (model_setup.apply_lora(m, config.lora, seed=config.seed)
+                       for m in (planner, grounder))  # rank 0: unchanged
   if mesh is not None:  # both agents on the same mesh
     sharding.shard_model(planner, mesh)
     sharding.shard_model(grounder, mesh)
-
   # A linear warm-up of every optimiser (a fresh Adam's first steps are
   # full-size and knock the warm-started agents about); then ~constant (the
   # cosine horizon is far beyond the few hundred updates of a run).
   w = config.optimizer_warmup_steps
   opt = lambda lr: train.make_optimizer(lr, warmup_steps=w, total_steps=100 * max(w, 100))
   dpo_opt, sft_opt = opt(config.stage1.learning_rate), opt(config.stage2.learning_rate)
-  # The separate baseline: each agent at its own stage's learning rate unless
+  # The separate baselines: each agent at its own stage's learning rate unless
   # separate.learning_rate > 0 sets one for both.
   sep_lr = config.separate.learning_rate
   sep_p_opt = opt(sep_lr or config.stage1.learning_rate)
   sep_g_opt = opt(sep_lr or config.stage2.learning_rate)
   p_graphdef, p_fresh = train.init_train_state(planner, dpo_opt)
   g_graphdef, g_fresh = train.init_train_state(grounder, sft_opt)
-  fresh = {"planner": p_fresh, "grounder": g_fresh}
   # Under LoRA the updates run the adapters' dropout.
   p_train, g_train = (lora.training(p_graphdef, p_fresh.params),
                       lora.training(g_graphdef, g_fresh.params))
-  dpo_update = train.make_dpo_update(p_train, dpo_opt, beta=config.stage1.beta,
-                                      rpo_alpha=config.stage1.rpo_alpha)
-  g_update = train.make_sft_update(g_train, sft_opt)
-  sep_p_update = train.make_sft_update(p_train, sep_p_opt)
+  updates = {"dpo": train.make_dpo_update(p_train, dpo_opt, beta=config.stage1.beta,
+                                          rpo_alpha=config.stage1.rpo_alpha),
+             "sft": train.make_sft_update(g_train, sft_opt)}
+  updates["separate_planner"] = train.make_sft_update(p_train, sep_p_opt)
   # (stage 2's optimiser unless separate.learning_rate is set: reuse its update)
-  sep_g_update = train.make_sft_update(g_train, sep_g_opt) if sep_lr else g_update
-
-  # stage2.replay_gold: the warm-up gold rows, trained on beside every iteration's pairs.
+  updates["separate_grounder"] = (train.make_sft_update(g_train, sep_g_opt) if sep_lr
+                                  else updates["sft"])
   gold_replay = [(t, io.encode(mw.gold_subgoals(t)), mw.actions_text(mw.gold_actions(t)))
                  for t in gold_tasks] if config.stage2.replay_gold else []
+  setup = Setup(config, workdir, mesh, world, search_fn, critic, io, tasks,
+                {"planner": p_graphdef, "grounder": g_graphdef}, updates,
+                sft_batches(io, gold_tasks), gold_replay, t0)
+  return setup, {"planner": p_fresh, "grounder": g_fresh}
 
-  def evaluate(state):
-    p = (p_graphdef, state["planner"].params)
-    g = (g_graphdef, state["grounder"].params)
-    out = {}
-    for split, tasks in (("held_in", held_in), ("held_out", held_out)):
-      for k, v in moat_agents.evaluate(p, g, io, world, tasks, search_fn, mesh).items():
-        out[f"eval/{split}_{k}"] = v
-    return out
 
-  q = config.stage1.tasks_per_iteration
-  gold_p, gold_g = sft_batches(io, gold_tasks)
+def make_phases(setup: Setup, fresh) -> loop.Phases:
+  """MOAT, then the baselines that match its update counts."""
+  methods = {"moat": functools.partial(moat_phase, setup)}
+  if setup.config.separate.enabled:
+    methods["separate"] = functools.partial(separate_phase, setup, gold_rows)
+  if setup.config.separate.gold_pool:
+    methods["separate_gold"] = functools.partial(separate_phase, setup, gold_pool_rows)
+  return loop.Phases(
+      methods, setup.config.num_iterations, start=functools.partial(start, setup, fresh),
+      start_scores=start_scores, summarize=functools.partial(summarize, list(methods)),
+      plot=functools.partial(plot, setup.workdir), desc="MOAT",
+      postfix={"held_in": "eval/held_in_success", "held_out": "eval/held_out_success"},
+      on_method_end=functools.partial(export, setup))
 
-  def start():
-    return {"before": evaluate(fresh), "budgets": [],
-            "buffer": [],  # [task id, subgoals, actions] (stage2.accumulate)
-            "stage_seconds": {"stage1": [], "stage2": []},
-            "seconds": time.perf_counter() - t0}
 
-  def moat_phase(state, it, index, extras):
-    seed = config.seed * 1000 + index
-    tasks = common.iteration_slice(pool, it, q)
-    p_state, plans, s1 = stage1(p_graphdef, state["planner"], g_graphdef,
-                                state["grounder"].params, io, tasks, config, dpo_update,
-                                seed, mesh)
-    replay = [(by_id[i], io.encode(sg), a) for i, sg, a in extras["buffer"]] + gold_replay
-    g_state, pairs, s2 = stage2(g_graphdef, state["grounder"], io, world, tasks, plans,
-                                critic, config, g_update, seed, mesh, search_fn, replay)
-    if config.stage2.accumulate:  # this iteration's pairs are replayed from now on
-      extras["buffer"] += [[t.id, sg, a] for t, sg, a in pairs]
-    extras["budgets"].append([s1["stage1/updates"], s2["stage2/updates"]])
-    extras["stage_seconds"]["stage1"].append(s1["stage1/seconds"])
-    extras["stage_seconds"]["stage2"].append(s2["stage2/seconds"])
-    state = {"planner": p_state, "grounder": g_state}
-    return state, {**s1, **s2}, evaluate(state)
+# ------------------------------------------------------------------- loop
+def evaluate(setup: Setup, state) -> dict:
+  """Held-in and held-out success (greedy planner -> greedy grounder -> world)."""
+  p = (setup.graphdefs["planner"], state["planner"].params)
+  g = (setup.graphdefs["grounder"], state["grounder"].params)
+  out = {}
+  for split in ("held_in", "held_out"):
+    for k, v in moat_agents.evaluate(p, g, setup.io, setup.world, setup.tasks[split],
+                                     setup.search_fn, setup.mesh).items():
+      out[f"eval/{split}_{k}"] = v
+  return out
 
-  def separate_phase(rows):
-    """A baseline phase: MOAT's number of updates of that iteration, each agent
-    SFT-trained alone on `rows(it)` -> (planner rows, grounder rows)."""
 
-    def phase(state, it, index, extras):
-      seed = config.seed * 1000 + index
-      p_steps, g_steps = extras["budgets"][it]
-      p_rows, g_rows = rows(it)
-      p_state, _, _ = train.train_minibatches(sep_p_update, state["planner"], p_rows,
-                                              config.stage1.batch_size, seed, steps=p_steps)
-      g_state, _, _ = train.train_minibatches(sep_g_update, state["grounder"], g_rows,
-                                              config.stage2.batch_size, seed, steps=g_steps)
-      state = {"planner": p_state, "grounder": g_state}
-      return (state, {"planner_updates": p_steps, "grounder_updates": g_steps,
-                      "rows": len(p_rows["sequences"])}, evaluate(state))
+def start(setup: Setup, state) -> dict:
+  """The extras of a fresh run: the warm-up's scores ("before"), MOAT's update
+  counts per iteration ("budgets", which the baselines match), the corrected
+  pairs replayed with `stage2.accumulate` ("buffer": [task id, subgoals,
+  actions]), the stages' seconds and the seconds so far."""
+  return {"before": evaluate(setup, state), "budgets": [], "buffer": [],
+          "stage_seconds": {"stage1": [], "stage2": []},
+          "seconds": time.perf_counter() - setup.t0}
 
-    return phase
 
-  def gold_pool_rows(it):
-    """The gold set + the pool tasks MOAT drew in iterations 0..it, with their
-    gold subgoals (planner) and gold actions (grounder)."""
-    drawn = {t.id: t for i in range(it + 1) for t in common.iteration_slice(pool, i, q)}
-    return sft_batches(io, list(gold_tasks) + list(drawn.values()))
+def start_scores(extras, method):
+  del method  # every method starts from the same warm-up agents
+  return extras["before"]
 
-  # The baselines run after MOAT, whose update counts they match.
-  phases = {"moat": moat_phase}
-  if config.separate.enabled:
-    phases["separate"] = separate_phase(lambda it: (gold_p, gold_g))
-  if config.separate.gold_pool:
-    phases["separate_gold"] = separate_phase(gold_pool_rows)
-  methods = list(phases)
-  start_scores = lambda extras, method: extras["before"]
 
-  def summarize(extras):
-    """MOAT's keys bare, each baseline's prefixed by its name."""
-    splits = {s: f"eval/{s}_success" for s in ("held_in", "held_out")}
-    return {"train/seconds": extras["seconds"],
-            "time/stage1_seconds": extras["stage_seconds"]["stage1"],
-            "time/stage2_seconds": extras["stage_seconds"]["stage2"],
-            **common.per_method_summary(extras, methods, "moat", splits, start_scores)}
+def moat_phase(setup: Setup, state, it, index, extras):
+  """One MOAT iteration on its slice of the pool: stage 1, then stage 2."""
+  config, io = setup.config, setup.io
+  seed = config.seed * 1000 + index
+  tasks = loop.iteration_slice(setup.tasks["pool"], it, config.stage1.tasks_per_iteration)
+  p_state, plans, s1 = stage1(setup.graphdefs["planner"], state["planner"],
+                              setup.graphdefs["grounder"], state["grounder"].params, io,
+                              tasks, config, setup.updates["dpo"], seed, setup.mesh)
+  by_id = {t.id: t for t in setup.tasks["pool"]}
+  replay = ([(by_id[i], io.encode(sg), a) for i, sg, a in extras["buffer"]]
+            + setup.gold_replay)
+  g_state, pairs, s2 = stage2(setup.graphdefs["grounder"], state["grounder"], io,
+                              setup.world, tasks, plans, setup.critic, config,
+                              setup.updates["sft"], seed, setup.mesh, setup.search_fn, replay)
+  if config.stage2.accumulate:  # this iteration's pairs are replayed from now on
+    extras["buffer"] += [[t.id, sg, a] for t, sg, a in pairs]
+  extras["budgets"].append([s1["stage1/updates"], s2["stage2/updates"]])
+  extras["stage_seconds"]["stage1"].append(s1["stage1/seconds"])
+  extras["stage_seconds"]["stage2"].append(s2["stage2/seconds"])
+  state = {"planner": p_state, "grounder": g_state}
+  return state, {**s1, **s2}, evaluate(setup, state)
 
-  plot = lambda extras: common.plot_per_iteration(
-      workdir, "success.png", extras["curves"], lambda _: extras["before"],
+
+def gold_rows(setup: Setup, it):
+  """The warm-up gold set (planner rows, grounder rows)."""
+  del it
+  return setup.gold_batches
+
+
+def gold_pool_rows(setup: Setup, it):
+  """The gold set + the pool tasks MOAT drew in iterations 0..it, with their
+  gold subgoals (planner) and gold actions (grounder)."""
+  q = setup.config.stage1.tasks_per_iteration
+  drawn = {t.id: t for i in range(it + 1)
+           for t in loop.iteration_slice(setup.tasks["pool"], i, q)}
+  return sft_batches(setup.io, list(setup.tasks["gold"]) + list(drawn.values()))
+
+
+def separate_phase(setup: Setup, rows, state, it, index, extras):
+  """A baseline phase: MOAT's number of updates of that iteration, each agent
+  SFT-trained alone on `rows(setup, it)` -> (planner rows, grounder rows)."""
+  config = setup.config
+  seed = config.seed * 1000 + index
+  p_steps, g_steps = extras["budgets"][it]
+  p_rows, g_rows = rows(setup, it)
+  p_state, _, _ = train.train_minibatches(setup.updates["separate_planner"], state["planner"],
+                                          p_rows, config.stage1.batch_size, seed,
+                                          steps=p_steps)
+  g_state, _, _ = train.train_minibatches(setup.updates["separate_grounder"],
+                                          state["grounder"], g_rows, config.stage2.batch_size,
+                                          seed, steps=g_steps)
+  state = {"planner": p_state, "grounder": g_state}
+  return (state, {"planner_updates": p_steps, "grounder_updates": g_steps,
+                  "rows": len(p_rows["sequences"])}, evaluate(setup, state))
+
+
+def summarize(methods, extras):
+  """MOAT's keys bare, each baseline's prefixed by its name."""
+  splits = {s: f"eval/{s}_success" for s in ("held_in", "held_out")}
+  return {"train/seconds": extras["seconds"],
+          "time/stage1_seconds": extras["stage_seconds"]["stage1"],
+          "time/stage2_seconds": extras["stage_seconds"]["stage2"],
+          **loop.per_method_summary(extras, methods, "moat", splits, start_scores)}
+
+
+def plot(workdir, extras):
+  outputs.plot_per_iteration(
+      workdir, "success.png", extras["curves"], functools.partial(start_scores, extras),
       {"eval/held_in_success": "held-in success (%)",
        "eval/held_out_success": "held-out success (%)"},
       "MOAT vs separately fine-tuned agents")
-  graphdefs = {"planner": p_graphdef, "grounder": g_graphdef}
 
-  def export(method, state):  # MOAT's agents -> final_planner/, final_grounder/
-    if method == "moat":
-      common.export_models(
-          workdir, {n: nnx.merge(graphdefs[n], state[n].params) for n in ROLES},
-          io.tokenizer, {n: config[f"{n}_model_path"] or config[f"{n}_dir"] for n in ROLES})
 
-  return common.run_phases(workdir, fresh, phases, config.num_iterations, start=start,
-                           start_scores=start_scores, summarize=summarize,
-                           plot=plot, desc="MOAT",
-                           postfix={"held_in": "eval/held_in_success",
-                                    "held_out": "eval/held_out_success"},
-                           stop_after=stop_after, progress=progress, on_method_end=export)
+def export(setup: Setup, method, state):
+  """MOAT's agents -> final_planner/, final_grounder/."""
+  if method == "moat":
+    c = setup.config
+    pretrained.export_models(
+        setup.workdir, {n: nnx.merge(setup.graphdefs[n], state[n].params) for n in ROLES},
+        setup.io.tokenizer, {n: c[f"{n}_model_path"] or c[f"{n}_dir"] for n in ROLES})
 
 
 if __name__ == "__main__":
-  common.run_binary(run, DEFAULT_CONFIG, "runs/moat")
+  launch.run_binary(run, DEFAULT_CONFIG, "runs/moat")

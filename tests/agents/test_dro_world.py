@@ -12,7 +12,7 @@ from scipy import stats
 
 from alignax.agents.worlds import dro_world, retrieval
 from alignax.experiments import dro
-from alignax.experiments.common import load_config_file
+from alignax.experiments.runtime.config_files import load_config_file
 
 CONFIG = os.path.join(os.path.dirname(dro.__file__), "configs", "dro.py")
 # A relation's passage, parsed back: (pattern, relation).

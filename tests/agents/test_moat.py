@@ -224,7 +224,7 @@ def _corruptions(task, rng):
 @pytest.mark.parametrize("rewrite_subgoals", [False, True])
 def test_builtin_critic_corrections_execute_to_gold(rewrite_subgoals):
   from alignax.experiments import moat
-  from alignax.experiments.common import load_config_file
+  from alignax.experiments.runtime.config_files import load_config_file
   config = load_config_file(os.path.join(os.path.dirname(moat.__file__), "configs",
                                          "moat.py"))
   world = moat.make_world(config)  # the default preset's world: every training task
@@ -312,7 +312,7 @@ def test_llm_critic_with_stub_and_with_a_random_model(world, io_and_models):
 # ------------------------------------------------- batched stage 1
 def test_stage1_is_one_generate_and_one_scoring_pass(world, io_and_models, monkeypatch):
   from alignax.experiments import moat
-  from alignax.experiments.common import load_config_file
+  from alignax.experiments.runtime.config_files import load_config_file
   from flax import nnx
   config = load_config_file(os.path.join(os.path.dirname(moat.__file__), "configs",
                                          "moat.py") + ":tiny")
@@ -345,7 +345,7 @@ def test_stage1_is_one_generate_and_one_scoring_pass(world, io_and_models, monke
 def test_stage1_max_chosen_score_keeps_pairs_whose_chosen_plan_scores_low(
     world, io_and_models, monkeypatch):
   from alignax.experiments import moat
-  from alignax.experiments.common import load_config_file
+  from alignax.experiments.runtime.config_files import load_config_file
   from flax import nnx
   config = load_config_file(os.path.join(os.path.dirname(moat.__file__), "configs",
                                          "moat.py") + ":tiny")

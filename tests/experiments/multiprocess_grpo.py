@@ -23,7 +23,8 @@ if ROOT not in sys.path:
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
 import jax
-from alignax.experiments import common, grpo
+from alignax.experiments import grpo
+from alignax.experiments.runtime import config_files
 from alignax.framework import checkpoint, run_records
 
 TINY = os.path.join(ROOT, "alignax", "experiments", "configs", "grpo.py") + ":tiny"
@@ -44,7 +45,7 @@ def even_tokens(prompts, completions, completion_ids, **columns):
 
 
 def config():
-  c = common.load_config_file(TINY)
+  c = config_files.load_config_file(TINY)
   c.update_from_flattened_dict(OVERRIDES)
   return c
 

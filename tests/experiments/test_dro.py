@@ -13,10 +13,10 @@ import pytest
 from flax import nnx
 
 from alignax import objectives
-from alignax.agents.methods import dro_agents
+from alignax.agents.methods import dro_agents, dro_em
 from alignax.agents.worlds import dro_world, retrieval
 from alignax.experiments import dro
-from alignax.experiments.common import load_config_file
+from alignax.experiments.runtime.config_files import load_config_file
 from tests.experiments.em_fixtures import assert_transformers_loads
 from tests.experiments.resume import assert_killed_run_resumes_identically
 
@@ -278,9 +278,9 @@ def test_e_step_weights_follow_the_estimator(tiny_run, monkeypatch, renormalize,
   graphdef, params = nnx.split(model)
   states = {"policy": type("S", (), {"params": params})()}
   lengths = task.lengths(world.dataset.train + world.dataset.eval)
-  batches, _ = dro.selection_e_step(graphdef, states, dro.roles_of(config), task, examples,
-                                    config, jax.random.key(3), lengths,
-                                    weighting=dro._dro_weighting)
+  batches, _ = dro_em.selection_e_step(graphdef, states, dro.roles_of(config), task,
+                                       examples, config, jax.random.key(3), lengths,
+                                       weighting=dro_em.dro_weighting)
   rows_ex = [e for e in examples for _ in range(m)]
   ll = []
   for e, p in zip(rows_ex, perms):

@@ -8,7 +8,7 @@ import os
 import pytest
 
 from alignax.experiments import dro, exsearch, moat
-from alignax.experiments.common import load_config_file
+from alignax.experiments.runtime.config_files import load_config_file
 from tests.experiments.resume import assert_killed_run_resumes_identically
 
 BINARIES = {"dro": dro, "exsearch": exsearch, "moat": moat}

@@ -7,7 +7,7 @@ import os
 import pytest
 
 from alignax.experiments import exsearch
-from alignax.experiments.common import load_config_file
+from alignax.experiments.runtime.config_files import load_config_file
 from tests.experiments.em_fixtures import (assert_transformers_loads, write_hotpotqa,
                                            write_kilt)
 from tests.experiments.resume import assert_killed_run_resumes_identically
@@ -149,16 +149,16 @@ def test_moat_from_checkpoint_on_jsonl_tasks_resumes_and_exports(files, tmp_path
 
 
 def test_bad_model_path_combinations_are_config_errors(files):
-  from alignax.experiments import common
+  from alignax.experiments.runtime import config_schema
   model, _ = files
   c = _dro_config(files)
   c.selector_model_path = model
-  with pytest.raises(common.ConfigError, match="shared_model=False"):
-    common.validate_config(c, os.path.join(_CONFIGS, "dro.py"))
+  with pytest.raises(config_schema.ConfigError, match="shared_model=False"):
+    config_schema.validate_config(c, os.path.join(_CONFIGS, "dro.py"))
   c = _moat_config(files)
   c.grounder_model_path = ""
-  with pytest.raises(common.ConfigError, match="or neither"):
-    common.validate_config(c, os.path.join(_CONFIGS, "moat.py"))
+  with pytest.raises(config_schema.ConfigError, match="or neither"):
+    config_schema.validate_config(c, os.path.join(_CONFIGS, "moat.py"))
 
 
 def test_exsearch_lora_export_has_the_adapters_merged(tmp_path):

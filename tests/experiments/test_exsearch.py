@@ -10,7 +10,7 @@ import pytest
 
 from alignax.agents.rollouts import multi_turn as rollout_lib
 from alignax.experiments import exsearch
-from alignax.experiments.common import load_config_file
+from alignax.experiments.runtime.config_files import load_config_file
 from alignax.framework import train
 from tests.experiments.em_fixtures import assert_transformers_loads
 from tests.experiments.resume import assert_killed_run_resumes_identically

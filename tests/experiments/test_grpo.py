@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from alignax.experiments import grpo
-from alignax.experiments.common import ConfigError, load_config_file
+from alignax.experiments.runtime.config_files import load_config_file
+from alignax.experiments.runtime.config_schema import ConfigError
 from alignax.framework import run_records
 from tests.experiments.resume import Killed, kill_during_save
 

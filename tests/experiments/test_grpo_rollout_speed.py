@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 
 from alignax.experiments import grpo
-from alignax.experiments.common import ConfigError, load_config_file
+from alignax.experiments.runtime.config_files import load_config_file
+from alignax.experiments.runtime.config_schema import ConfigError
 from tests.experiments.resume import Killed, kill_during_save
 
 TINY = os.path.join(os.path.dirname(grpo.__file__), "configs", "grpo.py") + ":tiny"

@@ -8,7 +8,7 @@ import os
 import pytest
 
 from alignax.experiments import cau_unlearn, moat
-from alignax.experiments.common import load_config_file
+from alignax.experiments.runtime.config_files import load_config_file
 from tests.experiments.resume import (Killed, _metrics, assert_same_final_checkpoints,
                                       kill_during_save, summary_without_time)
 

@@ -5,8 +5,9 @@ import os
 
 import pytest
 
-from alignax.experiments import common, moat
-from alignax.experiments.common import load_config_file
+from alignax.experiments import moat
+from alignax.experiments.runtime import loop
+from alignax.experiments.runtime.config_files import load_config_file
 from alignax.framework.run_records import ConfigMismatchError
 from tests.experiments.em_fixtures import assert_transformers_loads
 
@@ -64,7 +65,7 @@ def test_run_resume_outputs_and_summary(tmp_path):
   for it, row in enumerate(rows[5:7]):
     assert row["separate_gold/planner_updates"] == rows[1 + it]["moat/stage1/updates"]
     assert row["separate_gold/grounder_updates"] == rows[1 + it]["moat/stage2/updates"]
-    drawn = {t.id for i in range(it + 1) for t in common.iteration_slice(pool, i, q)}
+    drawn = {t.id for i in range(it + 1) for t in loop.iteration_slice(pool, i, q)}
     assert row["separate_gold/rows"] == num_gold + len(drawn)
   assert rows[6]["separate_gold/rows"] > rows[5]["separate_gold/rows"]
   assert os.path.getsize(os.path.join(workdir, "success.png")) > 1000

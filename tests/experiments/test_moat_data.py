@@ -5,8 +5,9 @@ import os
 
 import pytest
 
-from alignax.experiments import common, moat
-from alignax.experiments.common import load_config_file
+from alignax.experiments import moat
+from alignax.experiments.runtime import config_schema
+from alignax.experiments.runtime.config_files import load_config_file
 
 _EXAMPLES = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(
     os.path.abspath(__file__)))), "examples")
@@ -29,15 +30,15 @@ def _config(**data):
     ({**FILES, "search_result": "first_word"}, ["'last_word'", "'title'"]),
 ])
 def test_bad_data_keys_are_config_errors(data, words):
-  with pytest.raises(common.ConfigError) as e:
-    common.validate_config(_config(**data), moat.DEFAULT_CONFIG)
+  with pytest.raises(config_schema.ConfigError) as e:
+    config_schema.validate_config(_config(**data), moat.DEFAULT_CONFIG)
   for w in words:
     assert w in str(e.value), (w, str(e.value))
 
 
 def test_example_files_make_a_world_and_too_few_tasks_is_an_error(tmp_path):
   c = _config(**FILES)
-  common.validate_config(c, moat.DEFAULT_CONFIG)
+  config_schema.validate_config(c, moat.DEFAULT_CONFIG)
   world = moat.make_world(c, str(tmp_path / "bm25"))
   train, held_in, held_out = moat.split_tasks(world, c)
   assert (len(train), len(held_in), len(held_out)) == (96, 24, 24)

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from alignax.experiments import common
+from alignax.experiments.runtime import outputs, pretrained
 from alignax.framework import run_records
 
 
@@ -26,9 +26,9 @@ def test_only_process_zero_writes(other_process, tmp_path):
     writer.write_text(1, "samples", "text")
   run_records.write_summary(workdir, {"a": 1})
   run_records.check_or_store_config(workdir, {"seed": 0})
-  common.write_samples(workdir, 1, [{"prompt": "p"}])
-  common.plot_curves(workdir, "curves.png", {"loss": ["loss"]})
-  common.plot_per_iteration(workdir, "em.png", {"m": [{"s": 1.0}]}, lambda _: {"s": 0.0},
+  outputs.write_samples(workdir, 1, [{"prompt": "p"}])
+  outputs.plot_curves(workdir, "curves.png", {"loss": ["loss"]})
+  outputs.plot_per_iteration(workdir, "em.png", {"m": [{"s": 1.0}]}, lambda _: {"s": 0.0},
                             {"s": "score"}, "title")
   run_records.truncate_metrics(workdir, 0)
   assert os.listdir(workdir) == []
@@ -39,7 +39,7 @@ def test_process_zero_writes_them(tmp_path):
   with run_records.MetricWriter(workdir) as writer:
     writer.write(1, {"loss": 0.5})
   run_records.write_summary(workdir, {"a": 1})
-  common.write_samples(workdir, 1, [{"prompt": "p"}])
+  outputs.write_samples(workdir, 1, [{"prompt": "p"}])
   assert {"metrics.jsonl", "summary.json", "samples.jsonl"} <= set(os.listdir(workdir))
 
 
@@ -48,7 +48,7 @@ def test_warm_up_folders_are_built_by_process_zero_only(other_process, tmp_path)
     raise AssertionError("only process 0 builds")
   # Process 0 has not built it here (one process), so loading fails after the barrier.
   with pytest.raises(Exception, match="init_model|config.json|No such file"):
-    common.build_or_load_hf({"policy": str(tmp_path / "init_model")}, build)
+    pretrained.build_or_load_hf({"policy": str(tmp_path / "init_model")}, build)
   assert not os.path.exists(tmp_path / "init_model.tmp")
 
 

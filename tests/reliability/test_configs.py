@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from alignax.experiments import common
+from alignax.experiments.runtime import config_files, config_schema
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CONFIGS = os.path.join(ROOT, "alignax", "experiments", "configs")
@@ -23,7 +23,7 @@ def _file(name):
 
 
 def _config(name, preset="tiny", **overrides):
-  c = common.load_config_file(f"{_file(name)}:{preset}")
+  c = config_files.load_config_file(f"{_file(name)}:{preset}")
   for key, value in overrides.items():
     *path, leaf = key.split(".")
     node = c
@@ -37,9 +37,10 @@ def _config(name, preset="tiny", **overrides):
 @pytest.mark.parametrize("name,preset", [(n, p) for n, ps in PRESETS.items() for p in ps])
 def test_presets_are_valid_and_every_key_has_a_rule(name, preset):
   c = _config(name, preset)
-  common.validate_config(c, _file(name))
-  schema, _ = common._schema_of(_file(name))
-  leaves = [k for k in common._keys(c) if not hasattr(common._lookup(c, k), "keys")]
+  config_schema.validate_config(c, _file(name))
+  schema, _ = config_schema._schema_of(_file(name))
+  leaves = [k for k in config_files._keys(c)
+            if not hasattr(config_schema._lookup(c, k), "keys")]
   missing = [k for k in leaves if k not in schema and not k.startswith(NOT_IN_SCHEMA)
              and k != "unlearn.fixed_weights"]  # checked by a cross-key CHECK
   assert not missing, f"config keys without a validation rule: {missing}"
@@ -88,8 +89,8 @@ BAD = [
 @pytest.mark.parametrize("name,key,value,words", BAD,
                          ids=[f"{b[0]}-{b[1]}={b[2]!r}" for b in BAD])
 def test_bad_value_is_one_clear_error(name, key, value, words):
-  with pytest.raises(common.ConfigError) as e:
-    common.validate_config(_config(name, **{key: value}), _file(name))
+  with pytest.raises(config_schema.ConfigError) as e:
+    config_schema.validate_config(_config(name, **{key: value}), _file(name))
   msg = str(e.value)
   assert f"config.{key}=" in msg, msg
   for w in words:
@@ -107,8 +108,8 @@ CROSS = [
 
 @pytest.mark.parametrize("name,overrides,words", CROSS, ids=[c[0] for c in CROSS])
 def test_cross_key_checks_name_both_keys(name, overrides, words):
-  with pytest.raises(common.ConfigError) as e:
-    common.validate_config(_config(name, **overrides), _file(name))
+  with pytest.raises(config_schema.ConfigError) as e:
+    config_schema.validate_config(_config(name, **overrides), _file(name))
   for w in words:
     assert w in str(e.value)
 
@@ -116,7 +117,7 @@ def test_cross_key_checks_name_both_keys(name, overrides, words):
 def test_run_refuses_before_any_work(tmp_path):
   """The binary's run() checks first: nothing is built or written."""
   from alignax.experiments import grpo
-  with pytest.raises(common.ConfigError, match="importance_sampling_level"):
+  with pytest.raises(config_schema.ConfigError, match="importance_sampling_level"):
     grpo.run(_config("grpo", **{"loss.importance_sampling_level": "seq"}),
              str(tmp_path / "wd"), progress=False)
   assert not os.path.exists(tmp_path / "wd")

@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from alignax.experiments import common
+from alignax.experiments.runtime import outputs
 from alignax.framework import run_records
 
 
@@ -24,7 +24,7 @@ def _run(workdir, restored_step, steps, kill_at=None):
   start, then each step's row and a checkpoint every 2 steps; a kill right
   after writing row `kill_at` (before its checkpoint). Returns the last
   checkpointed step (None if none)."""
-  common.truncate_metrics(workdir, restored_step or 0)
+  outputs.truncate_metrics(workdir, restored_step or 0)
   w = run_records.MetricWriter(workdir)
   if restored_step is None:
     w.write(0, {"eval": 0.5})
@@ -59,7 +59,7 @@ def test_cut_off_last_line_is_dropped_and_kept_aside(tmp_path, caplog):
   with open(os.path.join(wd, "metrics.jsonl"), "a") as f:
     f.write('{"step": 4, "lo')  # killed mid-write
   with caplog.at_level(logging.WARNING):
-    common.truncate_metrics(wd, 3)
+    outputs.truncate_metrics(wd, 3)
   assert _steps(wd) == [0, 1, 2, 3]
   assert "metrics.jsonl:5" in caplog.text
   assert os.path.exists(os.path.join(wd, "metrics.jsonl.corrupt"))
@@ -73,7 +73,7 @@ def test_damaged_middle_line_names_file_and_line(tmp_path, caplog):
   lines[2] = "garbage\n"
   open(path, "w").writelines(lines)
   with caplog.at_level(logging.WARNING):
-    rows = common.read_metrics(wd)
+    rows = outputs.read_metrics(wd)
   assert [r["step"] for r in rows] == [0, 1, 3, 4]
   assert f"{path}:3" in caplog.text
 
@@ -117,5 +117,5 @@ def test_duplicates_already_on_disk_are_removed(tmp_path):
   with open(os.path.join(wd, "metrics.jsonl"), "w") as f:
     for s in (0, 0, 1, 0, 1, 2):
       f.write(json.dumps({"step": s, "x": s}) + "\n")
-  common.truncate_metrics(wd, 1)
+  outputs.truncate_metrics(wd, 1)
   assert sorted(_steps(wd)) == [0, 1]

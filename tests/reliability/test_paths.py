@@ -7,14 +7,15 @@ import sys
 
 import pytest
 
-from alignax.experiments import common, grpo
+from alignax.experiments import grpo
+from alignax.experiments.runtime import config_files, config_schema, workdir_checks
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TINY = os.path.join(ROOT, "alignax", "experiments", "configs", "grpo.py") + ":tiny"
 
 
 def _tiny(**overrides):
-  c = common.load_config_file(TINY)
+  c = config_files.load_config_file(TINY)
   c.update_from_flattened_dict(overrides)
   return c
 
@@ -40,15 +41,15 @@ def test_workdir_that_is_a_file_on_the_command_line(a_file):
 @pytest.mark.parametrize("binary", ["grpo", "exsearch", "dro", "moat", "cau_unlearn"])
 def test_every_binary_refuses_a_file_as_workdir_before_any_work(binary, a_file):
   module = __import__(f"alignax.experiments.{binary}", fromlist=["run"])
-  config = common.load_config_file(module.DEFAULT_CONFIG + ":tiny")
-  with pytest.raises(common.ConfigError, match="it is a file, not a folder"):
+  config = config_files.load_config_file(module.DEFAULT_CONFIG + ":tiny")
+  with pytest.raises(config_schema.ConfigError, match="it is a file, not a folder"):
     module.run(config, a_file, progress=False) if binary == "grpo" else module.run(
         config, a_file)
 
 
 def test_workdir_below_a_file(a_file):
-  with pytest.raises(common.ConfigError) as e:
-    common.check_workdir(os.path.join(a_file, "run"))
+  with pytest.raises(config_schema.ConfigError) as e:
+    workdir_checks.check_workdir(os.path.join(a_file, "run"))
   assert f"{a_file} is a file" in str(e.value)
 
 
@@ -57,22 +58,22 @@ def test_unwritable_workdir_names_the_folder(tmp_path, monkeypatch):
   real_access = os.access
   monkeypatch.setattr(os, "access", lambda p, mode: False if os.fspath(p) == str(tmp_path)
                       else real_access(p, mode))
-  with pytest.raises(common.ConfigError) as e:
-    common.check_workdir(str(tmp_path / "new" / "run"))
+  with pytest.raises(config_schema.ConfigError) as e:
+    workdir_checks.check_workdir(str(tmp_path / "new" / "run"))
   msg = str(e.value)
   assert f"its nearest existing folder {tmp_path}" in msg and "not writable" in msg, msg
 
 
 def test_empty_workdir():
-  with pytest.raises(common.ConfigError, match="give a folder path"):
-    common.check_workdir("")
+  with pytest.raises(config_schema.ConfigError, match="give a folder path"):
+    workdir_checks.check_workdir("")
 
 
 def test_a_new_or_existing_folder_is_accepted(tmp_path):
-  common.check_workdir(str(tmp_path))
-  common.check_workdir(str(tmp_path / "a" / "b"))
+  workdir_checks.check_workdir(str(tmp_path))
+  workdir_checks.check_workdir(str(tmp_path / "a" / "b"))
   assert not os.path.exists(tmp_path / "a")  # checking creates nothing
-  common.make_workdir(str(tmp_path / "a" / "b"))
+  workdir_checks.make_workdir(str(tmp_path / "a" / "b"))
   assert os.path.isdir(tmp_path / "a" / "b")
 
 
@@ -84,8 +85,8 @@ def test_a_new_or_existing_folder_is_accepted(tmp_path):
 ])
 def test_model_and_adapter_paths(key, value, words, a_file, tmp_path):
   path = {"FILE": a_file, "DIR": str(tmp_path), "MISSING": str(tmp_path / "x" / "y")}[value]
-  with pytest.raises(common.ConfigError) as e:
-    common.validate_config(_tiny(**{key: path}), grpo.DEFAULT_CONFIG)
+  with pytest.raises(config_schema.ConfigError) as e:
+    config_schema.validate_config(_tiny(**{key: path}), grpo.DEFAULT_CONFIG)
   msg = str(e.value)
   assert f"config.{key}={path!r}" in msg, msg
   for w in words:
@@ -103,7 +104,7 @@ def test_data_and_reward_paths_fail_before_any_work(key, value, words, a_file, t
   path = value.replace("DIR", str(tmp_path)).replace("FILE", a_file).replace(
       "MISSING", str(tmp_path / "nope.jsonl"))
   workdir = tmp_path / "wd"
-  with pytest.raises((common.ConfigError, ValueError, FileNotFoundError)) as e:
+  with pytest.raises((config_schema.ConfigError, ValueError, FileNotFoundError)) as e:
     grpo.run(_tiny(**{key: path}), str(workdir), progress=False)
   msg = str(e.value)
   assert path.split(":")[0] in msg, msg

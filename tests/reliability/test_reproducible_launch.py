@@ -10,7 +10,7 @@ The CPU pinning is the one that mattered: XLA:CPU sizes its intra-op thread
 pool from the process's affinity mask (unless NPROC is set), and the pool size
 changes how Eigen splits the contraction of the weight-gradient dots and how
 YNNPACK splits its reductions, so the warm-start weights already differed (by up
-to 8e-3). `common.run_binary` pins NPROC to the machine's CPU count. The
+to 8e-3). `launch.run_binary` pins NPROC to the machine's CPU count. The
 other differences never changed a bit (23 launches of the five binaries, tiny
 presets and the EXSEARCH default, with other environment, argv and workdir
 sizes and random hash seeds were identical). XLA makes the pool at least the

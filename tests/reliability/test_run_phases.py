@@ -1,4 +1,4 @@
-"""The EM binaries' shared loop (`common.run_phases`) on a toy state: kills at
+"""The EM binaries' shared loop (`loop.run_phases`) on a toy state: kills at
 any checkpoint write resume to the same metrics, summary and final
 checkpoint; a NaN left by a phase stops the run naming the phase and keeps
 the last good checkpoint."""
@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from alignax.experiments import common
+from alignax.experiments.runtime import loop
 from tests.experiments.resume import (Killed, _metrics, assert_same_final_checkpoints,
                                       kill_during_save, summary_without_time)
 
@@ -27,12 +27,13 @@ def _phase(poison_at=None):
 
 
 def _run(workdir, poison_at=None, stop_after=None):
-  return common.run_phases(
-      workdir, {"w": jnp.zeros(4)}, {"a": _phase(poison_at), "b": _phase(poison_at)},
-      ITERATIONS, start=lambda: {"seconds": 0.0}, start_scores=lambda e, m: {"score": 0.0},
+  phases = loop.Phases(
+      {"a": _phase(poison_at), "b": _phase(poison_at)}, ITERATIONS,
+      start=lambda: {"seconds": 0.0}, start_scores=lambda e, m: {"score": 0.0},
       summarize=lambda e: {"curves": e["curves"], "seen": e["seen"]},
-      plot=lambda e: None, desc="toy", postfix={"s": "score"}, stop_after=stop_after,
-      progress=False)
+      plot=lambda e: None, desc="toy", postfix={"s": "score"})
+  return loop.run_phases(workdir, {"w": jnp.zeros(4)}, phases, stop_after=stop_after,
+                         progress=False)
 
 
 @pytest.fixture(scope="module")

@@ -8,9 +8,9 @@ Any field can be overridden: `--config.unlearn.lr=0.5`.
 """
 import ml_collections
 
-from alignax.experiments import common
-from alignax.experiments.common import (Rule, boolean, directory_or_empty, number,
-                                        one_of, string)
+from alignax.experiments.runtime import config_schema, model_setup
+from alignax.experiments.runtime.config_schema import (Rule, boolean, directory_or_empty,
+                                                       number, one_of, string)
 
 
 def _base() -> ml_collections.ConfigDict:
@@ -90,10 +90,11 @@ def get_config(preset: str = "default") -> ml_collections.ConfigDict:
   return c
 
 
-# What each key may hold, checked before any work (`common.validate_config`).
-_POS, _NONNEG = common.POSITIVE, common.NON_NEGATIVE
-_FRACTION, _LR, _TOP_P = common.FRACTION, common.LEARNING_RATE, common.TOP_P
-_MODEL = common.builtin_model_rules()
+# What each key may hold, checked before any work (`config_schema.validate_config`).
+_POS, _NONNEG = config_schema.POSITIVE, config_schema.NON_NEGATIVE
+_FRACTION, _LR = config_schema.FRACTION, config_schema.LEARNING_RATE
+_TOP_P = config_schema.TOP_P
+_MODEL = model_setup.builtin_model_rules()
 SCHEMA = {
     "seed": _NONNEG,
     "data.name": one_of(("synthetic", "movielens_1m", "amazon_beauty", "amazon_games")),

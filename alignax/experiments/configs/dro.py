@@ -6,9 +6,10 @@ Presets: `default` (a few minutes on a 2-core CPU) and `tiny` (tests).
 """
 import ml_collections
 
-from alignax.experiments import common
-from alignax.experiments.common import (boolean, lora_config,
-                                        lora_schema, many_of, number, one_of, string)
+from alignax.experiments.runtime import config_schema, model_setup
+from alignax.experiments.runtime.config_schema import (boolean, many_of, number, one_of,
+                                                       string)
+from alignax.experiments.runtime.model_setup import lora_config, lora_schema
 
 
 def get_config(preset: str = "default") -> ml_collections.ConfigDict:
@@ -38,12 +39,12 @@ def get_config(preset: str = "default") -> ml_collections.ConfigDict:
   # 20 candidates, on a GPU budget).
   c.candidates = ml_collections.ConfigDict(dict(num=12, insert_gold=True, keep_top=0,
                                                 shuffle=True))
-  # param_dtype / dtype (common.PRECISION) apply to any starting model.
+  # param_dtype / dtype (model_setup.PRECISION) apply to any starting model.
   c.model = ml_collections.ConfigDict(dict(
       hidden_size=128, intermediate_size=256, num_layers=2, num_heads=4, num_kv_heads=2,
-      max_position_embeddings=256, tie_word_embeddings=True, **common.PRECISION))
-  # Rematerialisation in the updates (common.REMAT).
-  c.train = ml_collections.ConfigDict(dict(common.REMAT))
+      max_position_embeddings=256, tie_word_embeddings=True, **model_setup.PRECISION))
+  # Rematerialisation in the updates (model_setup.REMAT).
+  c.train = ml_collections.ConfigDict(dict(model_setup.REMAT))
   # One model with two prompts (the paper's option), or separate selector and
   # generator models (shared_model=False).
   c.shared_model = True
@@ -155,24 +156,26 @@ def get_config(preset: str = "default") -> ml_collections.ConfigDict:
   return c
 
 
-# What each key may hold, checked before any work (`common.validate_config`).
-_POS, _NONNEG = common.POSITIVE, common.NON_NEGATIVE
-_FRACTION, _LR, _TOP_P = common.FRACTION, common.LEARNING_RATE, common.TOP_P
-_MODEL = common.builtin_model_rules()
+# What each key may hold, checked before any work (`config_schema.validate_config`).
+_POS, _NONNEG = config_schema.POSITIVE, config_schema.NON_NEGATIVE
+_FRACTION, _LR = config_schema.FRACTION, config_schema.LEARNING_RATE
+_TOP_P = config_schema.TOP_P
+_MODEL = model_setup.builtin_model_rules()
 SCHEMA = {
     "seed": _NONNEG,
     "dataset": one_of("alignax.agents.data.qa_data:DATASETS"),
     "data_dir": string(),
-    "world.num_questions": _POS, "world.name_pieces": common.integer(2), "world.bridge_decoys": _NONNEG,
+    "world.num_questions": _POS, "world.name_pieces": config_schema.integer(2),
+    "world.bridge_decoys": _NONNEG,
     "world.distractors_per_question": _NONNEG,
     "world.max_fillers": _NONNEG, "world.heldout_fraction": _FRACTION,
     "candidates.num": _POS, "candidates.insert_gold": boolean(),
     "candidates.keep_top": _NONNEG, "candidates.shuffle": boolean(),
-    **_MODEL, **common.precision_schema(),
+    **_MODEL, **model_setup.precision_schema(),
     "shared_model": boolean(),
-    "model_path": common.model_dir_or_empty(),
-    "selector_model_path": common.model_dir_or_empty(),
-    "generator_model_path": common.model_dir_or_empty(),
+    "model_path": config_schema.model_dir_or_empty(),
+    "selector_model_path": config_schema.model_dir_or_empty(),
+    "generator_model_path": config_schema.model_dir_or_empty(),
     "selector.top_k": _POS, "selector.temperature": number(0, lo_open=True),
     "selector.top_p": _TOP_P, "selector.no_repeat_ids": boolean(),
     "generator.max_answer_tokens": _POS,
@@ -185,7 +188,7 @@ SCHEMA = {
     "em.renormalize_after_filter": boolean(), "em.epochs": _POS, "em.selector_epochs": _POS,
     "em.batch_size": _POS, "em.micro_batches": _POS, "em.learning_rate": _LR,
     "em.min_weight": number(0, 1),
-    "methods": many_of("alignax.experiments.dro:METHODS"),
+    "methods": many_of("alignax.agents.methods.dro_em:METHODS"),
     "eval.size": _POS,
     **lora_schema(),
 }

@@ -6,9 +6,9 @@ Presets: `default` (a few minutes on a 2-core CPU) and `tiny` (tests).
 """
 import ml_collections
 
-from alignax.experiments import common
-from alignax.experiments.common import (lora_config, lora_schema,
-                                        many_of, number, one_of, string)
+from alignax.experiments.runtime import config_schema, model_setup
+from alignax.experiments.runtime.config_schema import many_of, number, one_of, string
+from alignax.experiments.runtime.model_setup import lora_config, lora_schema
 
 
 def get_config(preset: str = "default") -> ml_collections.ConfigDict:
@@ -30,12 +30,12 @@ def get_config(preset: str = "default") -> ml_collections.ConfigDict:
   # A Hugging Face checkpoint folder to start from ('' = the built-in model
   # below); its tokenizer gets the markers as special tokens.
   c.model_path = ""
-  # param_dtype / dtype (common.PRECISION) apply to any starting model.
+  # param_dtype / dtype (model_setup.PRECISION) apply to any starting model.
   c.model = ml_collections.ConfigDict(dict(
       hidden_size=128, intermediate_size=256, num_layers=2, num_heads=4, num_kv_heads=2,
-      max_position_embeddings=256, tie_word_embeddings=True, **common.PRECISION))
-  # Rematerialisation in the updates (common.REMAT).
-  c.train = ml_collections.ConfigDict(dict(common.REMAT))
+      max_position_embeddings=256, tie_word_embeddings=True, **model_setup.PRECISION))
+  # Rematerialisation in the updates (model_setup.REMAT).
+  c.train = ml_collections.ConfigDict(dict(model_setup.REMAT))
   c.retrieval = ml_collections.ConfigDict(dict(top_k=3))
   c.rollout = ml_collections.ConfigDict(dict(
       max_turns=3, max_turn_tokens=12, max_tool_tokens=40, max_total_tokens=160,
@@ -91,19 +91,20 @@ def get_config(preset: str = "default") -> ml_collections.ConfigDict:
   return c
 
 
-# What each key may hold, checked before any work (`common.validate_config`).
-_POS, _NONNEG = common.POSITIVE, common.NON_NEGATIVE
-_FRACTION, _LR, _TOP_P = common.FRACTION, common.LEARNING_RATE, common.TOP_P
-_MODEL = common.builtin_model_rules()
+# What each key may hold, checked before any work (`config_schema.validate_config`).
+_POS, _NONNEG = config_schema.POSITIVE, config_schema.NON_NEGATIVE
+_FRACTION, _LR = config_schema.FRACTION, config_schema.LEARNING_RATE
+_TOP_P = config_schema.TOP_P
+_MODEL = model_setup.builtin_model_rules()
 SCHEMA = {
     "seed": _NONNEG,
     "dataset": one_of("alignax.agents.data.qa_data:DATASETS"),
     "data_dir": string(),
-    "model_path": common.model_dir_or_empty(),
+    "model_path": config_schema.model_dir_or_empty(),
     "world.num_people": _POS, "world.num_cities": _POS, "world.num_countries": _POS,
     "world.num_companies": _POS, "world.heldout_fraction": _FRACTION,
     "world.split": one_of(("question", "person")), "world.name_words": _POS,
-    **_MODEL, **common.precision_schema(),
+    **_MODEL, **model_setup.precision_schema(),
     "retrieval.top_k": _POS,
     "rollout.max_turns": _POS, "rollout.max_turn_tokens": _POS,
     "rollout.max_tool_tokens": _POS, "rollout.max_total_tokens": _POS,

@@ -17,10 +17,10 @@ and, at weight 0 (logged, not trained on), `has_number`: the well-formed share.
 import ml_collections
 from ml_collections import config_dict
 
-from alignax.experiments import common
-from alignax.experiments.common import (boolean, integer,
-                                        lora_config, lora_schema, number, one_of,
-                                        optional, string)
+from alignax.experiments.runtime import config_schema, model_setup
+from alignax.experiments.runtime.config_schema import (boolean, integer, number, one_of,
+                                                       optional, string)
+from alignax.experiments.runtime.model_setup import lora_config, lora_schema
 
 
 def get_config(preset: str = "default") -> ml_collections.ConfigDict:
@@ -71,7 +71,7 @@ def get_config(preset: str = "default") -> ml_collections.ConfigDict:
   # (float32/bfloat16), or bfloat16 throughout.
   c.model = ml_collections.ConfigDict(dict(
       hidden_size=128, intermediate_size=256, num_layers=2, num_heads=4, num_kv_heads=2,
-      max_position_embeddings=64, tie_word_embeddings=True, **common.PRECISION))
+      max_position_embeddings=64, tie_word_embeddings=True, **model_setup.PRECISION))
   # Supervised warm-start of the built-in model on demonstrations, a
   # `flawed_fraction` of which come from a flawed demonstrator (the task's
   # typical error): the policy starts with a non-zero reward, and RL with the
@@ -130,9 +130,9 @@ def get_config(preset: str = "default") -> ml_collections.ConfigDict:
       steps=200, num_iterations=1, micro_batches=1, learning_rate=5e-4, warmup_steps=5,
       max_grad_norm=1.0, eval_every=25, checkpoint_every=25, keep_checkpoints=3,
       pack=False, pack_buckets=4, share_prompt=config_dict.placeholder(bool),
-      # Decoder-layer rematerialisation in the update (common.REMAT: none |
+      # Decoder-layer rematerialisation in the update (model_setup.REMAT: none |
       # full | dots_saveable | dots_with_no_batch_dims_saveable).
-      **common.REMAT))
+      **model_setup.REMAT))
 
   c.mesh = ml_collections.ConfigDict(dict(data=1, fsdp=1, tensor=1))
 
@@ -173,11 +173,11 @@ def get_config(preset: str = "default") -> ml_collections.ConfigDict:
   return c
 
 
-# What each key may hold, checked before any work (`common.validate_config`).
-_POS, _NONNEG = common.POSITIVE, common.NON_NEGATIVE
+# What each key may hold, checked before any work (`config_schema.validate_config`).
+_POS, _NONNEG = config_schema.POSITIVE, config_schema.NON_NEGATIVE
 SCHEMA = {
     "seed": _NONNEG,
-    "model_path": common.model_dir_or_empty(),
+    "model_path": config_schema.model_dir_or_empty(),
     "task.name": one_of("alignax.agents.data.tasks:TASKS"),
     "task.train_size": _POS,
     # Paths, formats and reward names are checked when the data and reward
@@ -197,7 +197,7 @@ SCHEMA = {
     "task.reverse.eval_fraction": number(0, 1, lo_open=True, hi_open=True),
     "task.addition.num_digits": _POS, "task.addition.reverse_answer": boolean(),
     "task.addition.eval_fraction": number(0, 1, lo_open=True, hi_open=True),
-    **common.builtin_model_rules(),
+    **model_setup.builtin_model_rules(),
     "warmup.steps": _NONNEG, "warmup.batch_size": _POS,
     "warmup.learning_rate": number(0, lo_open=True),
     "warmup.flawed_fraction": number(0, 1),
@@ -226,7 +226,7 @@ SCHEMA = {
     "train.keep_checkpoints": _POS,
     "train.pack": boolean(), "train.pack_buckets": _POS,
     "train.share_prompt": optional(boolean()),
-    **common.precision_schema(),
+    **model_setup.precision_schema(),
     "mesh.data": _POS, "mesh.fsdp": _POS, "mesh.tensor": _POS,
     **lora_schema(),
 }

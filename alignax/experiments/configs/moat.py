@@ -35,10 +35,10 @@ import ml_collections
 
 from alignax.agents.worlds import moat_world as mw
 
-from alignax.experiments import common
-from alignax.experiments.common import (boolean, file_or_empty,
-                                        integer, lora_config, lora_schema, number, one_of,
-                                        string)
+from alignax.experiments.runtime import config_schema, model_setup
+from alignax.experiments.runtime.config_schema import (boolean, file_or_empty, integer,
+                                                       number, one_of, string)
+from alignax.experiments.runtime.model_setup import lora_config, lora_schema
 
 
 def get_config(preset: str = "default") -> ml_collections.ConfigDict:
@@ -75,10 +75,10 @@ def get_config(preset: str = "default") -> ml_collections.ConfigDict:
   c.grounder = ml_collections.ConfigDict(dict(agent))
   c.planner_dir = ""
   c.grounder_dir = ""
-  # Precision of both agents (common.PRECISION) and rematerialisation in
-  # their updates (common.REMAT).
-  c.model = ml_collections.ConfigDict(dict(common.PRECISION))
-  c.train = ml_collections.ConfigDict(dict(common.REMAT))
+  # Precision of both agents (model_setup.PRECISION) and rematerialisation in
+  # their updates (model_setup.REMAT).
+  c.model = ml_collections.ConfigDict(dict(model_setup.PRECISION))
+  c.train = ml_collections.ConfigDict(dict(model_setup.REMAT))
   # Hugging Face checkpoints to start from instead of the built-in decoders
   # (warm-started by `warmup` as the built-in ones; the steps may be 0). They
   # may be the same folder and must share one tokenizer; subgoals and actions
@@ -146,10 +146,11 @@ def get_config(preset: str = "default") -> ml_collections.ConfigDict:
   return c
 
 
-# What each key may hold, checked before any work (`common.validate_config`).
-_POS, _NONNEG = common.POSITIVE, common.NON_NEGATIVE
-_FRACTION, _LR, _TOP_P = common.FRACTION, common.LEARNING_RATE, common.TOP_P
-_MODEL = common.builtin_model_rules()
+# What each key may hold, checked before any work (`config_schema.validate_config`).
+_POS, _NONNEG = config_schema.POSITIVE, config_schema.NON_NEGATIVE
+_FRACTION, _LR = config_schema.FRACTION, config_schema.LEARNING_RATE
+_TOP_P = config_schema.TOP_P
+_MODEL = model_setup.builtin_model_rules()
 _AGENT = {f"{a}.{k}": v for a in ("planner", "grounder")
           for k, v in ((k.split(".", 1)[1], v) for k, v in _MODEL.items())}
 SCHEMA = {
@@ -164,10 +165,11 @@ SCHEMA = {
     "data.search_result": one_of("alignax.agents.worlds.moat_world:SEARCH_RESULTS"),
     "data.eval_fraction": number(0, 1, hi_open=True),
     "data.heldout_fraction": number(0, 1, hi_open=True),
-    **_AGENT, **common.precision_schema(),
-    "planner_dir": common.model_dir_or_empty(), "grounder_dir": common.model_dir_or_empty(),
-    "planner_model_path": common.model_dir_or_empty(),
-    "grounder_model_path": common.model_dir_or_empty(),
+    **_AGENT, **model_setup.precision_schema(),
+    "planner_dir": config_schema.model_dir_or_empty(),
+    "grounder_dir": config_schema.model_dir_or_empty(),
+    "planner_model_path": config_schema.model_dir_or_empty(),
+    "grounder_model_path": config_schema.model_dir_or_empty(),
     "mesh.data": _POS, "mesh.fsdp": _POS, "mesh.tensor": _POS,
     "lengths.plan_prompt_len": _POS, "lengths.plan_len": _POS,
     "lengths.ground_prompt_len": _POS, "lengths.action_len": _POS,
@@ -183,7 +185,7 @@ SCHEMA = {
     "stage2.top_p": _TOP_P, "stage2.learning_rate": _LR, "stage2.batch_size": _POS,
     "stage2.epochs": _POS, "stage2.accumulate": boolean(), "stage2.replay_gold": boolean(),
     "critic.name": one_of("alignax.agents.methods.moat_critic:CRITICS"),
-    "critic.model_dir": common.model_dir_or_empty(), "critic.max_new_tokens": _POS,
+    "critic.model_dir": config_schema.model_dir_or_empty(), "critic.max_new_tokens": _POS,
     "critic.rewrite_subgoals": boolean(),
     "num_iterations": _POS, "optimizer_warmup_steps": _NONNEG,
     "separate.enabled": boolean(), "separate.gold_pool": boolean(),
