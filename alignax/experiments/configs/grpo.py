@@ -162,8 +162,8 @@ def get_config(preset: str = "default") -> ml_collections.ConfigDict:
     c.eval.update(size=256, batch_size=128, num_samples=4, log_samples=4)
     c.rollout.update(prompts_per_step=4, num_generations=8, max_prompt_length=128,
                      max_new_tokens=16 if task == "addition" else 128)
-    # Addition: lr 2e-5 reached 0.71-0.73 held-out greedy accuracy at step 60 in
-    # 3 seeds, still rising; 90 steps (~9-10 min on 2 quiet cores) reach >= 0.75.
+    # Addition: 90 steps fit 10 minutes on 2 cores; held-out figures per seed in
+    # docs/results.md.
     c.train.update(steps=90 if task == "addition" else 150, learning_rate=2e-5,
                    warmup_steps=2, eval_every=30 if task == "addition" else 25,
                    checkpoint_every=30 if task == "addition" else 25)
