@@ -76,7 +76,8 @@ def get_config(preset: str = "default") -> ml_collections.ConfigDict:
     c.model.kwargs = dict(hidden=16)
     c.train.update(epochs=3, batch_size=32, eval_every=3, checkpoint_every=2)
     # Embedding difficulty and one ablation: fewer compilations, so the
-    # end-to-end test stays well under a minute on 2 shared cores.
+    # end-to-end test stays short (timing: docs/results.md, "Tuning notes",
+    # cau_unlearn).
     c.unlearn.update(batch_size=4, max_steps_per_batch=2, passes=1,
                      difficulty="embedding")
     c.ablations = ("soft",)

@@ -63,44 +63,24 @@ def get_config(preset: str = "default") -> ml_collections.ConfigDict:
   # under the proposal and under the selector itself, from
   # dro_agents.selection_logprobs), so the paper's sharpened 0.7 / 0.95 is
   # exact too; at 1 / 1 the ratio is 1 and is not computed. (The reference
-  # code drops p_phi / q; on the previous world -- 24 cities, 6 countries,
-  # whose bridge facts the generator memorised; git history of this file --
-  # 0.7 / 0.95 without the ratio gave iteration-1 EM 40.2, recall 40.6,
-  # against 1 / 1: 42.9, 42.9.)
+  # code drops p_phi / q; measured without the ratio: docs/results.md,
+  # "Tuning notes", dro.)
   # no_repeat_ids: constrained decoding, each candidate id at most once per
-  # output (DEVIATION: the paper samples freely and parse_ranking drops
-  # repeats; unconstrained, the greedy selector repeated ids, `[1] > [1] >
-  # ...`, in 96-100 % of held-out outputs).
+  # output. DEVIATION: the paper samples freely and parse_ranking drops
+  # repeats; see docs/results.md, "Tuning notes", dro.
   c.selector = ml_collections.ConfigDict(dict(top_k=5, temperature=1.0, top_p=1.0,
                                               no_repeat_ids=True))
   c.generator = ml_collections.ConfigDict(dict(max_answer_tokens=4))
-  # (The figures in the warm-up and em notes below were measured on the
-  # previous world, whose bridge facts -- 24 cities, 6 countries -- the
-  # generator memorised; the world changed, the settings did not.)
   # Warm-up SFT on the first `num_questions` train questions: generator on
   # its gold passages (shuffled among candidates), selector on oracle
   # rankings (gold ids first, then random ids), as the paper's selector
   # starts from a trained ranker (RankZephyr data). selector_steps=600 (was
-  # 200): the selector then reads its passages (seed 0: held-out gold
-  # passage recall 77.1, against 42.0 = chance with 200 steps; held-out EM
-  # 43.9 against 38.0). From 200 steps no EM variant taught it to read within
-  # the budget (see `em` below); 1500 steps left the shared model a weaker
-  # generator (warm-up EM 29.1).
+  # 200): with fewer the selector does not learn to read its passages; see
+  # docs/results.md, "Tuning notes", dro.
   # The generator must *read*: counterfactual (answers swapped for a random
   # entity of their type, passages and target alike) and generator_prompt_loss
-  # (the question and passages are trained too). Held-out generator EM given
-  # the gold passages among 4 other candidates, born_city / employer /
-  # born_country / employer_city:
-  #   answer loss only, 1000 steps         24.1 / 57.1 / 97.6 / 75.3 (wrong
-  #     1-hop answers are mostly entities absent from the passages: recalled
-  #     from other questions about the same person)
-  #   counterfactual only, 1000 steps      57.8 /  4.8 / 98.8 / 59.7
-  #   both, 1000 steps                     12.0 / 75.0 / 15.9 /  1.3
-  #   both, 2000 steps                     68.7 / 78.6 / 100  / 59.7
-  # Reading appears between 800 and 1200 generator steps. From the 1000-step
-  # warm-up DRO went 19.6 -> 40.5, 39.9, 49.1, but that was the generator
-  # finishing to learn reading (gold_passage_recall fell 57.8 -> 45.7); from
-  # 2000 steps (m=8) 42.0 -> 50.3, 53.7, 54.0.
+  # (the question and passages are trained too), for generator_steps=2000;
+  # the measurements that chose them: docs/results.md, "Tuning notes", dro.
   c.warmup = ml_collections.ConfigDict(dict(
       num_questions=640, generator_steps=2000, selector_steps=600, batch_size=16,
       learning_rate=3e-3, counterfactual=True, generator_prompt_loss=True))
@@ -110,21 +90,15 @@ def get_config(preset: str = "default") -> ml_collections.ConfigDict:
   # dropped, and with renormalize_after_filter the rest re-normalised (the
   # reference: False). M-step: `epochs` of `weighted_sequence_nll` for the
   # selector's sampled rankings and the generator's gold answers.
-  # temperature: the E-step softmax's tau. DEVIATION: the paper uses 1; 0.25
-  # here (as EXSEARCH's default). Measured from one answer-loss-only warm-up
-  # (before warmup.counterfactual; 400 people):
-  # tau=1, lr 1e-3 gave held-out EM 33.5 -> 18.0, 20.0, 26.5 -- near-uniform
-  # weights (max 0.3) train the generator on the gold answer behind passages
-  # that do not hold it; tau=0.25, lr 3e-4 gave 33.5 -> 40.5, 37.5, 38.0
-  # (eval on 200). 192 questions x 2 epochs (same M-step cost as 128 x 3):
-  # 33.1 -> 39.6, 42.0, 40.8 against 41.4, 36.8, 39.3 (eval on all 326).
-  # num_samples: the paper's m=16 (was 8). From the 2000-step warm-up: m=8
-  # 42.0 -> 50.3, 53.7, 54.0; m=16 42.0 -> 48.8, 58.6, 59.5; m=8 with
-  # tau=0.1 42.0 -> 46.9, 55.5, 48.2.
+  # temperature: the E-step softmax's tau. DEVIATION from the paper's tau=1:
+  # 0.25 here (as EXSEARCH's default), with learning_rate 3e-4 and 192
+  # questions x 2 epochs; see docs/results.md, "Tuning notes", dro.
+  # num_samples: the paper's m=16 (was 8; measured: docs/results.md, "Tuning
+  # notes", dro).
   # selector_epochs: the M-step's epochs over the selector's rows (`epochs`:
   # the generator's). 6 (was 2 for both): the selector's signal is one gold
   # id among its own 4 others per weighted sample, weaker than the
-  # generator's; at 0.7 / 0.95 sampling, iteration 1 gave EM 40.2 against 39.0.
+  # generator's; see docs/results.md, "Tuning notes", dro.
   c.em = ml_collections.ConfigDict(dict(
       num_iterations=3, questions_per_iteration=192, num_samples=16, temperature=0.25,
       renormalize_after_filter=True, epochs=2, selector_epochs=6, batch_size=32,

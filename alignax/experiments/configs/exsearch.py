@@ -18,8 +18,8 @@ def get_config(preset: str = "default") -> ml_collections.ConfigDict:
   c.dataset = "builtin"
   c.data_dir = ""
   # name_words=2: people are "first last" from shared word inventories, so a
-  # name the warm-up never wrote can still be copied into a query (with
-  # one-word names the warm-up copied 0 of 150 unseen held-out names).
+  # name the warm-up never wrote can still be copied into a query (one-word
+  # names measured: docs/results.md, "Tuning notes", exsearch).
   # 400 people give ~300 held-out questions (all evaluated).
   c.world = ml_collections.ConfigDict(dict(
       num_people=400, num_cities=24, num_countries=6, num_companies=16,
@@ -40,31 +40,22 @@ def get_config(preset: str = "default") -> ml_collections.ConfigDict:
   c.rollout = ml_collections.ConfigDict(dict(
       max_turns=3, max_turn_tokens=12, max_tool_tokens=40, max_total_tokens=160,
       max_answer_tokens=8, temperature=0.8, top_p=0.95))
-  # E-step sampling as the paper (temperature 0.8, top_p 0.95). Measured
-  # (exsearch alone, 3 iterations, same warm-up): 43.8 -> 49.8, 49.5, 54.5 and
-  # sample EM 31 -> 45 %, against 46.1, 50.2, 54.2 and 23 -> 22 % at
-  # temperature 1 without top_p.
-  # Warm-up SFT on a few oracle trajectories (the "annotated" set), 150 steps.
-  # Held-out EM of the warm-up model by steps (seed 0): 50: 14.5, 80: 13.5,
-  # 110: 25.3, 120: 32.7, 150: 43.8. 120 steps sat on that cliff: over seeds
-  # 0, 1, 2 it gave warm-ups of 32.7, 35.2, 16.1 and EM gains of +13.5, +11.1,
-  # +3.3. With 150 steps (benchmarks/results/seeds_exsearch.json): warm-up
-  # 43.8, 41.1, 28.0 -> 62.0, 62.7, 41.7 after 6 iterations (+17.8 +- 4.0).
+  # E-step sampling as the paper (temperature 0.8, top_p 0.95); measured
+  # against temperature 1: docs/results.md, "Tuning notes", exsearch.
+  # Warm-up SFT on a few oracle trajectories (the "annotated" set), 150 steps
+  # (fewer sit on a cliff of the warm-up's held-out EM; see docs/results.md,
+  # "Tuning notes", exsearch).
   c.warmup = ml_collections.ConfigDict(dict(num_oracle=64, steps=150, batch_size=16,
                                             learning_rate=3e-3))
   # E-step: `num_samples` (K) trajectories for each of `questions_per_iteration`
   # train questions (the next slice of the questions after the oracle ones
   # every iteration, wrapping around the 1216 of them), weighted per
   # `methods`; M-step: `epochs` passes of the re-weighted NLL, one Adam
-  # optimizer continuing across a method's iterations. 6 iterations: the
-  # default run (seed 0) gives 43.8 -> 47.8, 51.9, 57.6, 57.9, 60.9, 62.0.
-  # temperature: the E-step softmax's tau. DEVIATION: the paper uses 1; 0.25
-  # here. Measured on this world (two-word names, 64 oracle warm-up, 256
-  # questions x K=8, 3 iterations, exsearch alone): tau=1 gave held-out EM
-  # 43.8 -> 46.5, 45.1, 48.5; with tau=1 a question whose K samples all fail
-  # spreads its weight over all of them, and the M-step then mostly teaches
-  # "say the gold answer whatever was retrieved" (answer log-lik. rose from
-  # -2.9 to -1.3 while sample EM fell 23 -> 18 %).
+  # optimizer continuing across a method's iterations; 6 iterations (the
+  # default run's EM by iteration: docs/results.md, "Tuning notes", exsearch).
+  # temperature: the E-step softmax's tau; 0.25 sharpens the weights toward a
+  # question's best samples. DEVIATION from the paper's tau=1: see
+  # docs/results.md, "Tuning notes", exsearch.
   c.em = ml_collections.ConfigDict(dict(
       num_iterations=6, questions_per_iteration=256, num_samples=8, temperature=0.25,
       epochs=1, batch_size=32, micro_batches=1, learning_rate=1e-3, min_weight=0.01))

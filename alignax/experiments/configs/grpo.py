@@ -142,7 +142,7 @@ def get_config(preset: str = "default") -> ml_collections.ConfigDict:
 
   if preset == "tiny":
     # Seconds on a laptop CPU, and still learning: reward and held-out accuracy
-    # rise over the 12 steps (e.g. 0.16 -> 0.75 and 0.28 -> 0.88).
+    # rise over the 12 steps (figures: docs/results.md, "Tuning notes", grpo).
     c.eval.update(size=32, num_samples=2)
     c.task.update(train_size=1024)
     c.task.reverse.max_len = 4
@@ -162,8 +162,9 @@ def get_config(preset: str = "default") -> ml_collections.ConfigDict:
     c.eval.update(size=256, batch_size=128, num_samples=4, log_samples=4)
     c.rollout.update(prompts_per_step=4, num_generations=8, max_prompt_length=128,
                      max_new_tokens=16 if task == "addition" else 128)
-    # Addition: 90 steps fit 10 minutes on 2 cores; held-out figures per seed in
-    # docs/results.md.
+    # Addition: 90 steps, sized to the 10-minute training budget on 2 cores
+    # (docs/results.md, "Tuning notes", grpo; held-out figures per seed: its
+    # claims table).
     c.train.update(steps=90 if task == "addition" else 150, learning_rate=2e-5,
                    warmup_steps=2, eval_every=30 if task == "addition" else 25,
                    checkpoint_every=30 if task == "addition" else 25)

@@ -4,29 +4,9 @@ r"""MOAT (joint alignment of a planner and a grounder) on the built-in QA world.
 
 Presets: `default` (at most 15 minutes on a 2-core CPU) and `tiny` (tests).
 
-Deviations of the default from docs/algorithms.md §8, each with its measured
-reason (success in points on 500 held-in / 500 held-out tasks; "it" =
-iteration; `sep/` = the `separate/` baseline, which matches MOAT's update
-counts and so changes with MOAT's budget; figures from seed 0 unless a seed
-is named):
-- stage1.tasks_per_iteration=256 (§8.1: every training task, each iteration;
-  the 6,166 pool tasks would take ~24x the stage time). DPO then gets 45-62
-  pairs (3-4 updates) per iteration. More pairs did not help, see below.
-- stage1.num_samples (K)=8 (§8.1: 15): K=15 gave smaller gains (held-in 85.6,
-  held-out 32.4 after 4 its, against 87.0 / 33.6 with K=8, on the world of
-  the session that measured it) and twice the stage-1 time.
-- stage1.min_gap=0.02 (§8.1: 0.1): the grounder's token-mean CE scores of the
-  K plans of a task differ by 0.045-0.056 on average; at 0.1 most tasks give
-  no pair.
-- stage1.learning_rate=2e-4 (§8.1: 4e-7 for Lumos' 7B agents): the tiny
-  agents get 3-4 DPO updates per iteration; 4e-7 leaves them unchanged.
-- stage1.rpo_alpha=1.0 (TRL's option; §8.1 has plain DPO): without the chosen
-  plans' NLL term DPO collapsed the tiny planner.
-- stage2.accumulate / replay_gold (§8.2: SFT on this iteration's corrected
-  pairs only): replaying earlier pairs and the warm-up gold keeps the grounder
-  from forgetting between iterations.
-- num_iterations=4 (§8.3's run script: 2); optimisers: linear warm-up over
-  optimizer_warmup_steps, then ~constant (§8.1: cosine over one epoch).
+Where the default deviates from docs/algorithms.md §8, its option's comment
+says so (DEVIATION); the measured reasons: docs/results.md, "Tuning notes",
+moat.
 
 What the default measures, and what was measured and not taken: docs/results.md
 (MOAT).
@@ -98,6 +78,10 @@ def get_config(preset: str = "default") -> ml_collections.ConfigDict:
   # rpo_alpha: + that times the chosen plans' token-mean NLL (TRL's rpo_alpha);
   # max_chosen_score > 0: a pair only when its chosen plan scores at most that
   # (the grounder reproduces the gold actions from it; 0: off).
+  # DEVIATIONS from §8.1: tasks_per_iteration=256 (§8.1: every training task,
+  # each iteration), num_samples (K)=8 (§8.1: 15), min_gap=0.02 (§8.1: 0.1),
+  # learning_rate=2e-4 (§8.1: 4e-7 for Lumos' 7B agents), rpo_alpha=1.0
+  # (§8.1 has plain DPO); see docs/results.md, "Tuning notes", moat.
   c.stage1 = ml_collections.ConfigDict(dict(
       tasks_per_iteration=256, num_samples=8, temperature=1.0, top_p=0.95, min_gap=0.02,
       beta=0.2, learning_rate=2e-4, batch_size=16, epochs=1, rpo_alpha=1.0,
@@ -106,17 +90,23 @@ def get_config(preset: str = "default") -> ml_collections.ConfigDict:
   # `plans_per_task` distinct sampled plans per task; the critic's corrected
   # pairs are the grounder's SFT set; `accumulate`: the corrected pairs of
   # earlier iterations stay in it; `replay_gold`: so do the warm-up gold rows.
+  # DEVIATION: accumulate / replay_gold (§8.2: SFT on this iteration's
+  # corrected pairs only); see docs/results.md, "Tuning notes", moat.
   c.stage2 = ml_collections.ConfigDict(dict(
       plans_per_task=2, temperature=0.1, top_p=0.95, learning_rate=1e-4, batch_size=32,
       epochs=1, accumulate=True, replay_gold=True))
   # "builtin" (world execution) or "llm" (model_dir: an HF causal LM).
   # rewrite_subgoals (builtin): rewrite the planner's subgoals to match the
   # corrected actions (docs/algorithms.md §8.2's critic returns both); False keeps the
-  # planner's own subgoals (measured above).
+  # planner's own subgoals (measured and not taken: docs/results.md, MOAT).
   c.critic = ml_collections.ConfigDict(dict(name="builtin", model_dir="",
                                             max_new_tokens=96, rewrite_subgoals=True))
+  # DEVIATION: 4 iterations (§8.3's run script: 2); see docs/results.md,
+  # "Tuning notes", moat.
   c.num_iterations = 4
-  # Linear learning-rate warm-up (updates) of the stage and baseline optimisers.
+  # Linear learning-rate warm-up (updates) of the stage and baseline optimisers,
+  # then ~constant. DEVIATION: §8.1 uses cosine over one epoch; see
+  # docs/results.md, "Tuning notes", moat.
   c.optimizer_warmup_steps = 10
   # The baselines: each agent SFT alone, the same number of updates per
   # iteration as MOAT's stage 1 / stage 2 used, at its stage's learning rate
