@@ -2,7 +2,8 @@
 
   python examples/make_arithmetic.py
     # -> examples/addition_{train,eval}.jsonl       two-digit additions
-    # -> examples/word_problems_{train,eval}.jsonl  multi-step word problems
+    # -> examples/two_step_{train,eval}.jsonl       two-operation word problems
+    # -> examples/word_problems_{train,eval}.jsonl  three-to-four-operation ones
 
 `prompt_answer` format (one JSON object a line, `prompt` and `answer`), so
 `--config.data.train=...` reads them and the chat template renders each prompt
@@ -10,6 +11,10 @@ as a user message. Rewards: `examples/arithmetic_rewards.py`. Train and eval
 prompts are disjoint. Deterministic (seed 0).
 
 - addition: "What is 17 + 25?" -> "42" (both operands 10..99).
+- two_step: two operations over one quantity (buy then give away, lose then
+  find, packs plus what one has, packs minus what one gives away), numbers
+  small enough for a short chain ("46 + 39 = 85, 85 - 40 = 45"): the
+  `smollm2_words` preset's task, which a 135M model can learn on 2 cores.
 - word_problems: three to four operations over two or three named quantities
   (buy k packs of n, give away, share equally, ...); each answer is a
   non-negative integer, every intermediate too, so a model must chain steps.
@@ -87,7 +92,45 @@ def word_problem(rng):
   return text, str(answer)
 
 
-TASKS = {"addition": (addition, 4000, 256), "word_problems": (word_problem, 4000, 256)}
+def _buy_give(rng, name, item):
+  a, b = rng.randint(10, 60, size=2)
+  c = rng.randint(1, a + b)
+  return (f"{name} has {a} {item}, buys {b} more and then gives away {c}. How many"
+          f" {item} does {name} have now?", a + b - c)
+
+
+def _lose_find(rng, name, item):
+  a = rng.randint(20, 80)
+  b, c = rng.randint(1, a), rng.randint(5, 40)
+  return (f"{name} has {a} {item}, loses {b} of them and then finds {c} more. How many"
+          f" {item} does {name} have now?", a - b + c)
+
+
+def _packs_plus(rng, name, item):
+  k, per, a = rng.randint(2, 10), rng.randint(2, 10), rng.randint(5, 50)
+  return (f"{name} has {a} {item} and buys {k} packs with {per} {item} in each pack."
+          f" How many {item} does {name} have now?", a + k * per)
+
+
+def _packs_minus(rng, name, item):
+  k, per = rng.randint(2, 10), rng.randint(3, 10)
+  c = rng.randint(1, k * per)
+  return (f"{name} buys {k} packs with {per} {item} in each pack and gives away {c}"
+          f" {item}. How many {item} does {name} have left?", k * per - c)
+
+
+TWO_STEP = (_buy_give, _lose_find, _packs_plus, _packs_minus)
+
+
+def two_step(rng):
+  template = TWO_STEP[rng.randint(len(TWO_STEP))]
+  text, answer = template(rng, NAMES[rng.randint(len(NAMES))], ITEMS[rng.randint(len(ITEMS))])
+  assert answer >= 0, text
+  return text, str(answer)
+
+
+TASKS = {"addition": (addition, 4000, 256), "two_step": (two_step, 4000, 256),
+         "word_problems": (word_problem, 4000, 256)}
 
 
 def write(task: str, folder: str = HERE, seed: int = 0) -> dict[str, str]:

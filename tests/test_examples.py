@@ -75,6 +75,30 @@ def test_word_problem_answers_follow_from_their_numbers():
   del make
 
 
+def test_two_step_answers_follow_from_their_numbers():
+  # An independent check of each template's arithmetic, from its text.
+  import re
+  rows = [json.loads(l) for l in open(os.path.join(EXAMPLES, "two_step_eval.jsonl"))]
+  kinds = set()
+  for row in rows:
+    n = list(map(int, re.findall(r"\d+", row["prompt"])))
+    p = row["prompt"]
+    if "gives away" in p and "packs" in p:
+      kinds.add("packs_minus")
+      want = n[0] * n[1] - n[2]
+    elif "packs" in p:
+      kinds.add("packs_plus")
+      want = n[0] + n[1] * n[2]
+    elif "loses" in p:
+      kinds.add("lose_find")
+      want = n[0] - n[1] + n[2]
+    else:
+      kinds.add("buy_give")
+      want = n[0] + n[1] - n[2]
+    assert len(n) == 3 and float(row["answer"]) == want and want >= 0, row
+  assert len(kinds) == 4
+
+
 def test_arithmetic_rewards_in_trl_convention():
   r = _load("arithmetic_rewards")
   completions = ["17 + 25 = 42", "The answer is 41.", "forty-two", "1,042",
