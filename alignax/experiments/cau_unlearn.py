@@ -23,22 +23,18 @@ import dataclasses
 import functools
 import json
 import os
-import sys
 import time
 from typing import Any
 
-from absl import app
-from absl import flags
 from absl import logging
 import jax
 import jax.numpy as jnp
-from ml_collections import config_flags
 import numpy as np
 import optax
 from flax import nnx
 import tqdm
 
-from alignax.experiments.runtime import config_files, launch, loop
+from alignax.experiments.runtime import launch, loop
 from alignax.framework import checkpoint
 from alignax.framework import run_records
 from alignax.recsys import cau
@@ -68,18 +64,15 @@ ABLATIONS: dict[str, dict[str, Any]] = {
 
 
 # ------------------------------------------------------------------- main
-def main(argv):
-  del argv
-  logging.get_absl_handler().addFilter(_DropOrbaxInfo())
-  summary = run(flags.FLAGS.config, flags.FLAGS.workdir)
-  print(json.dumps({k: summary[k] for k in summary if k != "details"},
-                   indent=2))
+def show(summary: dict) -> None:
+  """Prints the summary (without the per-run details) as JSON."""
+  print(json.dumps({k: summary[k] for k in summary if k != "details"}, indent=2))
 
 
 def run(cfg, workdir: str) -> dict:
   """Runs every phase and returns the summary (also written to workdir)."""
   # Before any work; multi-host init (the recommender runs unsharded).
-  launch.start_run(cfg, workdir, DEFAULT_CONFIG)
+  cfg = launch.start_run(cfg, workdir, DEFAULT_CONFIG).config
   data = load_data(cfg)
   model = recommenders.make_recommender(
       cfg.model.name, data.num_items, seed=cfg.seed, max_len=cfg.data.max_len,
@@ -354,13 +347,6 @@ def _checks(r) -> dict[str, bool]:
   }
 
 
-class _DropOrbaxInfo:
-  """absl log filter: orbax logs every checkpoint step at INFO; keep WARNING+."""
-
-  def filter(self, record) -> bool:
-    return record.levelno >= 30 or "orbax" not in record.pathname
-
-
 @run_records.writer_only
 def plot_methods(results: dict[str, dict], path: str) -> None:
   """Bar charts of forget HR@10, retain NDCG@10 and seconds per method."""
@@ -387,11 +373,4 @@ def plot_methods(results: dict[str, dict], path: str) -> None:
 
 
 if __name__ == "__main__":
-  # Flags are defined only when run as a binary, so tests can import this
-  # module beside other binaries without duplicate-flag errors.
-  config_flags.DEFINE_config_file("config", DEFAULT_CONFIG,
-                                  "Experiment config file (ml_collections).")
-  flags.DEFINE_string("workdir", "runs/cau_unlearn",
-                      "Output folder; re-use it to resume.")
-  config_files.check_config_overrides(sys.argv, DEFAULT_CONFIG)
-  app.run(main)
+  launch.run_binary(run, DEFAULT_CONFIG, "runs/cau_unlearn", show=show)

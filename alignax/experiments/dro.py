@@ -80,29 +80,13 @@ def run(config, workdir: str, *, stop_after: int | None = None, progress: bool =
   (`config.methods`, each `em.num_iterations` E/M iterations from the warm-up)
   in `workdir`, resuming; `stop_after` ends after that many method iterations
   (as a kill would). Returns the summary dict."""
-  launch.start_run(config, workdir, DEFAULT_CONFIG, _check_config)  # runs unsharded
+  config = launch.start_run(config, workdir, DEFAULT_CONFIG).config  # runs unsharded
   setup, fresh = make_setup(config, workdir)
   return loop.run_phases(workdir, fresh, make_phases(setup, fresh), stop_after=stop_after,
                          progress=progress)
 
 
 # ----------------------------------------------------------------- config
-def _check_config(config):
-  """What the config's SCHEMA and CHECKS (run first, by `launch.start_run`)
-  cannot say: they already bound every count, rate and `selector.top_k`."""
-  if "dro" not in config.methods:
-    raise ValueError(f"config.methods={tuple(config.methods)!r} must include 'dro' (the"
-                     f" baselines {sorted(set(METHODS) - {'dro'})} run beside it).")
-  cand = config.candidates
-  if not 0 <= cand.keep_top <= cand.num:
-    raise ValueError(f"config.candidates.keep_top={cand.keep_top} must be in"
-                     f" [0, config.candidates.num={cand.num}].")
-  from_checkpoint = any(model_sources(config).values())
-  if not from_checkpoint and min(config.warmup.generator_steps, config.warmup.selector_steps) < 1:
-    raise ValueError("config.warmup.generator_steps and selector_steps must be >= 1 unless"
-                     " the model starts from a checkpoint (config.model_path ...).")
-
-
 def model_sources(config) -> dict[str, str]:
   """State name -> the checkpoint it starts from ('' = the built-in model)."""
   if config.shared_model:

@@ -60,20 +60,10 @@ def run(config, workdir: str, *, stop_after: int | None = None, progress: bool =
   """Runs the oracle warm-up, then every method of `config.methods` (EXSEARCH
   and its baselines) from it in `workdir`, resuming. `stop_after` ends after
   that many method iterations (as a kill would). Returns the summary dict."""
-  launch.start_run(config, workdir, DEFAULT_CONFIG, _check_config)  # runs unsharded
+  config = launch.start_run(config, workdir, DEFAULT_CONFIG).config  # runs unsharded
   setup, fresh = make_setup(config, workdir)
   return loop.run_phases(workdir, fresh, make_phases(setup, fresh), stop_after=stop_after,
                          progress=progress)
-
-
-# ----------------------------------------------------------------- config
-def _check_config(config):
-  unknown = [m for m in config.methods if m not in objectives.EM_WEIGHTINGS]
-  if unknown or "exsearch" not in config.methods:
-    raise ValueError(f"config.methods={tuple(config.methods)!r} must include 'exsearch' and"
-                     f" only name {sorted(objectives.EM_WEIGHTINGS)}.")
-  if config.em.num_samples < 1 or config.em.num_iterations < 1:
-    raise ValueError("config.em.num_samples and num_iterations must be >= 1.")
 
 
 # ----------------------------------------------------------------- make_*

@@ -41,8 +41,7 @@ from flax import nnx
 
 from alignax import objectives, rl
 from alignax.agents.data import prompt_data, tasks
-from alignax.experiments.runtime import (config_schema, launch, model_setup, outputs,
-                                         pretrained, workdir_checks)
+from alignax.experiments.runtime import launch, model_setup, outputs, pretrained
 from alignax.framework import checkpoint, hf, lora, run_records, sharding, train
 from alignax.rl import evaluation, pending as pending_lib
 from alignax.rl import update as update_lib
@@ -59,10 +58,8 @@ def run(config, workdir: str, *, stop_after: int | None = None, progress: bool =
   `stop_after` ends the loop after that many steps without a final checkpoint,
   as a kill would (tests use it); a re-run resumes from the last periodic one.
   """
-  task, rewards, (train_data, eval_data) = prepare(config, workdir)
-  mesh = model_setup.setup_mesh(config)
-  workdir_checks.make_workdir(workdir)
-  run_records.check_or_store_config(workdir, config)
+  config, mesh, (task, rewards, (train_data, eval_data)) = launch.start_run(
+      config, workdir, DEFAULT_CONFIG, prepare=lambda c: prepare(c, workdir))
   trainee, state = make_trainee(config, workdir, task, rewards, mesh)
   return train_loop(trainee, state, config, workdir, train_data, eval_data,
                     stop_after=stop_after, progress=progress)
@@ -70,10 +67,10 @@ def run(config, workdir: str, *, stop_after: int | None = None, progress: bool =
 
 # ----------------------------------------------------------------- config
 def prepare(config, workdir: str):
-  """Everything that can fail on bad input, checked before any compilation:
-  config, reward functions, tokenizer and data. Returns (task, rewards,
-  (train data, eval data or None))."""
-  config_schema.validate_config(config, DEFAULT_CONFIG)
+  """What can fail on bad input beyond the config (checked first, by
+  `launch.start_run`), before anything is written or compiled: reward
+  functions, tokenizer and data. Returns (task, rewards, (train data, eval
+  data or None))."""
   task = tasks.make_task(config.task.name, seed=config.seed,
                          **config.task.get(config.task.name, {}))
   r = config.reward

@@ -69,18 +69,6 @@ DEFAULT_CONFIG = os.path.join(os.path.dirname(__file__), "configs", "moat.py")
 ROLES = ("planner", "grounder")
 
 
-def _check_config(config):
-  if config.num_iterations < 1:
-    raise ValueError(f"config.num_iterations must be >= 1, got {config.num_iterations}.")
-  if config.stage1.num_samples < 2:
-    raise ValueError("config.stage1.num_samples (K) must be >= 2 to form DPO pairs.")
-  if config.critic.name not in moat_critic.CRITICS:
-    raise ValueError(f"config.critic.name={config.critic.name!r}; choose one of"
-                     f" {sorted(moat_critic.CRITICS)}.")
-  if bool(config.planner_dir) != bool(config.grounder_dir):
-    raise ValueError("Set both config.planner_dir and config.grounder_dir, or neither.")
-
-
 def make_world(config, index_dir: str | None = None):
   """The built-in world of `config.world`, or, with `config.data.tasks_path`,
   the tasks and tools of `config.data`'s files (BM25 index saved under
@@ -187,7 +175,7 @@ def run(config, workdir: str, *, stop_after: int | None = None, progress: bool =
   `stop_after` ends after that many (method, iteration) phases, as a kill
   would. `critic` overrides `config.critic` (e.g. a stub). Returns the summary.
   """
-  mesh = launch.start_run(config, workdir, DEFAULT_CONFIG, _check_config)  # before any work
+  config, mesh, _ = launch.start_run(config, workdir, DEFAULT_CONFIG)  # before any work
   setup, fresh = make_setup(config, workdir, mesh, critic)
   return loop.run_phases(workdir, fresh, make_phases(setup, fresh), stop_after=stop_after,
                          progress=progress)

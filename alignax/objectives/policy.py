@@ -297,23 +297,25 @@ for _name, _agg, _glob in (("grpo", "seq_mean_token_mean", False),
                            ("dr_grpo", "seq_sum_const", False),
                            ("dapo", "token_mean", True),
                            ("luspo", "seq_length_weighted", False)):
-  register_policy_loss(_name, _agg, uses_global_token_count=_glob)(_clipped)
+  register_policy_loss(_name, _agg, uses_global_token_count=_glob,
+                       reads=("epsilon_low", "epsilon_high", "delta"))(_clipped)
 
 
 @register_policy_loss("cispo", "token_mean", uses_global_token_count=True,
-                      clip_metrics="cispo")
+                      clip_metrics="cispo", reads=("epsilon_high",))
 def _cispo(x: PolicyLossInputs):
   return cispo_per_token(x.coef_1, x.advantages, x.logprobs, x.epsilon_high)
 
 
-@register_policy_loss("sapo", "seq_mean_token_mean", clip_metrics=None)
+@register_policy_loss("sapo", "seq_mean_token_mean", clip_metrics=None,
+                      reads=("sapo_temperature_pos", "sapo_temperature_neg"))
 def _sapo(x: PolicyLossInputs):
   return sapo_per_token(x.coef_1, x.advantages, x.sapo_temperature_pos,
                         x.sapo_temperature_neg)
 
 
 @register_policy_loss("vespo", "token_mean", uses_global_token_count=True,
-                      clip_metrics=None)
+                      clip_metrics=None, reads=("vespo_params",))
 def _vespo(x: PolicyLossInputs):
   phi = vespo_weights(x.log_ratio, x.mask, x.advantages, *x.vespo_params)
   return -phi * x.advantages * x.logprobs

@@ -16,7 +16,7 @@ Registries:
     label_smoothing) -> per-pair loss.
 """
 import inspect
-from typing import Any, Callable, Dict, Mapping, NamedTuple
+from typing import Any, Callable, Dict, Mapping, NamedTuple, Optional, Tuple
 
 from alignax.registry import Registry, UnknownNameError  # noqa: F401  (re-exported)
 
@@ -31,11 +31,15 @@ class PolicyLossDef(NamedTuple):
       (dapo, cispo, vespo), so a caller-supplied global count replaces the local
       token count.
     clip_metrics: which clip-fraction metrics TRL logs ("ppo", "cispo", None).
+    reads: the loss-specific `PolicyLossConfig` options its per-token loss reads
+      (e.g. ("epsilon_low", "epsilon_high", "delta") for the clipped losses), so
+      a config can refuse the others when set; None: not declared (any).
   """
   per_token: Callable
   aggregation: str
   uses_global_token_count: bool = False
   clip_metrics: str = "ppo"
+  reads: Optional[Tuple[str, ...]] = None
 
 
 POLICY_LOSSES = Registry("policy loss")
@@ -51,11 +55,13 @@ def register_aggregation(*names: str):
 
 def register_policy_loss(name: str, aggregation: str, *,
                          uses_global_token_count: bool = False,
-                         clip_metrics: str = "ppo"):
-  """Decorator: registers a per-token policy loss with its aggregation."""
+                         clip_metrics: str = "ppo",
+                         reads: Optional[Tuple[str, ...]] = None):
+  """Decorator: registers a per-token policy loss with its aggregation (and
+  the loss-specific options it reads, see `PolicyLossDef.reads`)."""
   def wrap(fn):
     POLICY_LOSSES.add(name, PolicyLossDef(fn, aggregation, uses_global_token_count,
-                                          clip_metrics))
+                                          clip_metrics, reads))
     return fn
   return wrap
 

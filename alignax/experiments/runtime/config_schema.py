@@ -1,15 +1,36 @@
-"""Config validation: each config file keeps `SCHEMA = {"dotted.key": rule}`
-(and optionally `CHECKS`, functions of the whole config returning an error
-string or None) next to its defaults; `validate_config` applies them before
-any work or compilation and raises one `ConfigError` listing every problem."""
+"""Typed configs: each option declared once, checked once.
+
+A binary's config file declares its options as a tree of frozen dataclasses
+(`Section`s) whose fields are `option(default, rule, help)`: type (the
+annotation), default, what it may hold (a `Rule`; by default the one of its
+type) and what it means, in one place. From that tree:
+
+- `config_dict(Config())` is the `ml_collections.ConfigDict` that the file's
+  `get_config(preset)` starts from (presets then change values), so
+  `--config=file.py:preset` and `--config.x=y` work as ml_collections does;
+- `validate_config(config, file)` walks the fields, checks every value against
+  its rule, reports keys that are missing or are no option, runs the file's
+  `CHECKS` (functions of the whole typed config returning an error string or
+  None: cross-key rules, options that do not apply to the chosen algorithm)
+  and returns the frozen typed tree the binary reads (`config.train.steps`).
+  It raises one `ConfigError` listing every problem, before any work or
+  compilation.
+"""
 from __future__ import annotations
 
+import collections.abc
+import dataclasses
+import difflib
 import importlib
 import importlib.util
 import os
-from typing import Callable
+import types
+import typing
+from typing import Any, Callable
 
+import ml_collections
 import numpy as np
+from ml_collections import config_dict as config_dict_lib
 
 
 class ConfigError(ValueError):
@@ -166,11 +187,168 @@ def file_or_empty() -> Rule:
                   "'' or an existing file")
 
 
-# Rules that several configs' SCHEMAs share.
+# Rules that several configs share.
 POSITIVE, NON_NEGATIVE = integer(1), integer(0)
 FRACTION = number(0, 1, lo_open=True, hi_open=True)
 LEARNING_RATE = number(0, lo_open=True)
 TOP_P = number(0, 1, lo_open=True)
+
+
+def mapping_of() -> Rule:
+  """A free-form mapping (e.g. model-specific keyword arguments checked by
+  what receives them); any keys."""
+  return Rule(lambda v: isinstance(v, collections.abc.Mapping), "a mapping of options")
+
+
+# ------------------------------------------------------------ typed configs
+class Section(collections.abc.Mapping):
+  """Base of a config section: subclass it as a frozen dataclass whose fields
+  are `option(...)`s (leaves) or `option(SubSection())` (nested sections).
+
+  Attribute access is the typed way to read it (`config.train.steps`); it also
+  reads as a read-only mapping (`section["steps"]`, `.get`, `**section`,
+  `.to_dict()`), as the `ConfigDict` it was built from did.
+  """
+
+  def __getitem__(self, key: str):
+    if key not in self._names():
+      raise KeyError(key)
+    return getattr(self, key)
+
+  def __iter__(self):
+    return iter(self._names())
+
+  def __len__(self) -> int:
+    return len(self._names())
+
+  def _names(self) -> tuple[str, ...]:
+    return tuple(f.name for f in dataclasses.fields(self))
+
+  def to_dict(self) -> dict:
+    """Plain nested dicts, as `ConfigDict.to_dict()` gives (config.json)."""
+    return {k: (v.to_dict() if isinstance(v, Section) else
+                dict(v) if isinstance(v, collections.abc.Mapping) else v)
+            for k, v in self.items()}
+
+
+def option(default, rule: Rule | None = None, help: str = "") -> Any:  # pylint: disable=redefined-builtin
+  """One config option: `default` (a value, or a `Section` instance for a
+  nested section), `rule` (what it may hold; None: the rule of the field's
+  annotated type, see `rule_for_type`) and `help` (what it means)."""
+  metadata = {"rule": rule, "help": help}
+  if isinstance(default, (Section, dict, list)):
+    make = (lambda: default) if isinstance(default, Section) else (
+        lambda: type(default)(default))
+    return dataclasses.field(default_factory=make, metadata=metadata)
+  return dataclasses.field(default=default, metadata=metadata)
+
+
+def rule_for_type(hint) -> Rule:
+  """The rule of an annotation: bool, int, float, str, a Mapping, or
+  Optional[one of them]."""
+  args = typing.get_args(hint)
+  if typing.get_origin(hint) in (typing.Union, types.UnionType) and type(None) in args:
+    inner = [a for a in args if a is not type(None)]
+    if len(inner) == 1:
+      return optional(rule_for_type(inner[0]))
+  simple = {bool: boolean, int: integer, float: number, str: string, dict: mapping_of}
+  base = typing.get_origin(hint) or hint
+  if base in simple:
+    return simple[base]()
+  if isinstance(base, type) and issubclass(base, collections.abc.Mapping):
+    return mapping_of()
+  raise TypeError(f"no default rule for type {hint!r}; give option(..., rule=...)")
+
+
+def _hints(cls) -> dict:
+  try:
+    return typing.get_type_hints(cls)
+  except (NameError, TypeError):  # a config file loaded from a path, string annotations
+    return {f.name: f.type for f in dataclasses.fields(cls)}
+
+
+def _default(field: dataclasses.Field):
+  if field.default_factory is not dataclasses.MISSING:
+    return field.default_factory()
+  return field.default
+
+
+def _rule(cls, field: dataclasses.Field) -> Rule:
+  return field.metadata.get("rule") or rule_for_type(_hints(cls)[field.name])
+
+
+def _placeholder_type(hint):
+  inner = [a for a in typing.get_args(hint) if a is not type(None)]
+  return inner[0] if len(inner) == 1 and isinstance(inner[0], type) else object
+
+
+def config_dict(section: Section) -> ml_collections.ConfigDict:
+  """The `ConfigDict` of `section`'s values (a None of an Optional[T] option
+  becomes `placeholder(T)`, so `--config.x=...` can set it to a T)."""
+  out, hints = {}, _hints(type(section))
+  for f in dataclasses.fields(section):
+    value = getattr(section, f.name)
+    if isinstance(value, Section):
+      out[f.name] = config_dict(value)
+    elif value is None:
+      out[f.name] = config_dict_lib.placeholder(_placeholder_type(hints[f.name]))
+    else:
+      out[f.name] = dict(value) if isinstance(value, collections.abc.Mapping) else value
+  return ml_collections.ConfigDict(out)
+
+
+def options_of(cls, prefix: str = "") -> dict[str, tuple[Any, Rule, str]]:
+  """`{"dotted.key": (default, rule, help)}` of every leaf option of `cls`."""
+  out = {}
+  for f in dataclasses.fields(cls):
+    default = _default(f)
+    if isinstance(default, Section):
+      out.update(options_of(type(default), f"{prefix}{f.name}."))
+    else:
+      out[prefix + f.name] = (default, _rule(cls, f), f.metadata.get("help", ""))
+  return out
+
+
+def rules_of(cls, prefix: str = "") -> dict[str, Rule]:
+  """`{"dotted.key": rule}` of every leaf option of `cls` (what a config's
+  `SCHEMA` dict used to spell out)."""
+  return {k: rule for k, (_, rule, _) in options_of(cls, prefix).items()}
+
+
+def _build(cls, node, prefix: str, errors: list[str]):
+  """`cls` from the mapping `node` (a ConfigDict level), appending to
+  `errors` every value that breaks its rule and every missing or unknown key."""
+  names = [f.name for f in dataclasses.fields(cls)]
+  for key in (node.keys() if hasattr(node, "keys") else ()):
+    if key not in names:
+      near = difflib.get_close_matches(key, names, n=1)
+      errors.append(f"config.{prefix}{key} is not an option"
+                    + (f"; did you mean config.{prefix}{near[0]}?" if near else
+                       f" (the options here: {', '.join(names)})"))
+  values = {}
+  for f in dataclasses.fields(cls):
+    key, default = prefix + f.name, _default(f)
+    try:
+      value = node[f.name]
+    except (KeyError, AttributeError, TypeError):
+      errors.append(f"config.{key} is missing")
+      continue
+    if isinstance(default, Section):
+      if not hasattr(value, "keys"):
+        errors.append(f"config.{key}={value!r}: must be a section of options"
+                      f" ({', '.join(default)})")
+        continue
+      values[f.name] = _build(type(default), value, key + ".", errors)
+      continue
+    if hasattr(value, "to_dict"):
+      value = value.to_dict()
+    elif isinstance(value, list):
+      value = tuple(value)
+    expect = _rule(cls, f)(value)
+    if expect is not None:
+      errors.append(f"config.{key}={value!r}: must be {expect}")
+    values[f.name] = value
+  return cls(**values)
 
 
 def _lookup(config, key: str):
@@ -180,37 +358,63 @@ def _lookup(config, key: str):
   return value
 
 
+_MODULES: dict = {}
+
+
+def _config_module(config_file: str):
+  """The config file's module, loaded once per version of the file (so its
+  dataclasses are the same classes on every call)."""
+  path = os.path.abspath(config_file.partition(":")[0])
+  key = (path, os.stat(path).st_mtime_ns)
+  if key not in _MODULES:
+    spec = importlib.util.spec_from_file_location("_alignax_config_schema", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    _MODULES[key] = module
+  return _MODULES[key]
+
+
 def _schema_of(config_file: str):
-  path = config_file.partition(":")[0]
-  spec = importlib.util.spec_from_file_location("_alignax_config_schema", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return getattr(module, "SCHEMA", {}), getattr(module, "CHECKS", ())
+  """(`{"dotted.key": rule}`, CHECKS) of a config file (the old SCHEMA view)."""
+  module = _config_module(config_file)
+  return rules_of(module.Config), getattr(module, "CHECKS", ())
 
 
-def validate_config(config, config_file: str) -> None:
-  """Checks `config` against the `SCHEMA` and `CHECKS` of `config_file`.
+def validate_config(config, config_file: str):
+  """Checks `config` (a `ConfigDict`, a mapping or an already typed tree)
+  against the options declared in `config_file` (its `Config` dataclass) and
+  its `CHECKS`; returns the frozen typed tree (`Config`).
 
-  Called first thing by each binary's `run`, so a bad value fails in a second,
-  not after minutes of work or inside a JAX trace.
+  Called once, first thing by each binary's `run` (`launch.start_run`), so a
+  bad value fails in a second, not after minutes of work or inside a JAX trace.
 
   Raises:
-    ConfigError: listing every key that is missing or out of range, with its
-      value and what it must be.
+    ConfigError: listing every key that is missing, unknown or out of range,
+      with its value and what it must be, or the cross-key checks' messages.
   """
-  schema, checks = _schema_of(config_file)
-  errors = []
-  for key, rule in schema.items():
-    try:
-      value = _lookup(config, key)
-    except (KeyError, AttributeError):
-      errors.append(f"config.{key} is missing")
-      continue
-    expect = rule(value)
-    if expect is not None:
-      errors.append(f"config.{key}={value!r}: must be {expect}")
+  module = _config_module(config_file)
+  errors: list[str] = []
+  typed = _build(module.Config, config, "", errors)
   if not errors:  # cross-key checks assume each key is valid on its own
-    errors += [m for m in (check(config) for check in checks) if m]
+    errors += [m for m in (check(typed) for check in getattr(module, "CHECKS", ())) if m]
   if errors:
     raise ConfigError("Invalid config (" + os.path.basename(config_file.partition(":")[0])
                       + "):\n  " + "\n  ".join(errors))
+  return typed
+
+
+def default_of(config: Section, key: str):
+  """The declared default of option `key` in `config`'s tree."""
+  return _lookup(type(config)(), key)
+
+
+def not_applicable(config: Section, key: str, applies: bool, algorithm: str) -> str | None:
+  """A CHECKS helper: the error for option `key` when it does not apply
+  (`applies` is False) to `algorithm` (e.g. "config.loss.advantage='rloo'")
+  but holds a value other than its declared default, so it is never silently
+  dropped. A default that does not apply stays silent."""
+  value, default = _lookup(config, key), default_of(config, key)
+  if applies or value == default:
+    return None
+  return (f"config.{key}={value!r} does not apply to {algorithm}; leave it at its"
+          f" default ({default!r}) or choose what it applies to")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+from typing import Any, Callable, NamedTuple
 
 from alignax.experiments.runtime import model_setup
 from alignax.experiments.runtime.config_files import check_config_overrides
@@ -11,12 +12,19 @@ from alignax.experiments.runtime.config_schema import ConfigError, validate_conf
 from alignax.experiments.runtime.workdir_checks import check_workdir, make_workdir
 
 
-def run_binary(run_fn, default_config: str, default_workdir: str) -> None:
+def _print_summary(summary) -> None:
+  print("\n".join(f"{k}: {v}" for k, v in summary.items()))
+
+
+def run_binary(run_fn, default_config: str, default_workdir: str, *,
+               show: Callable[[Any], None] = _print_summary) -> None:
   """The `__main__` of an experiment binary: `--config`, `--workdir`, absl app.
 
-  `run_fn(config, workdir) -> summary dict`. Flags are defined only here, when
-  run as a binary, so tests and notebooks can import several binaries side by
-  side without duplicate-flag errors.
+  `run_fn(config, workdir) -> summary`, printed by `show` (default: one
+  `key: value` a line). `run_fn` validates the config (`start_run`); a
+  `ConfigError` ends the process with its message, no traceback. Flags are
+  defined only here, when run as a binary, so tests and notebooks can import
+  several binaries side by side without duplicate-flag errors.
   """
   # Before JAX creates its CPU client: XLA sizes the intra-op thread pool from
   # NPROC, else from the CPUs in this process's affinity mask, and that count
@@ -38,28 +46,36 @@ def run_binary(run_fn, default_config: str, default_workdir: str) -> None:
       logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO.
     try:
       check_workdir(flags.FLAGS.workdir)
-      # The schema lives in the default config file (a --config file of the
-      # user's own holds only values).
-      validate_config(flags.FLAGS.config, default_config)
       summary = run_fn(flags.FLAGS.config, flags.FLAGS.workdir)
     except ConfigError as e:
       sys.exit(str(e))
-    print("\n".join(f"{k}: {v}" for k, v in summary.items()))
+    show(summary)
 
   app.run(main)
 
 
-def start_run(config, workdir: str, default_config: str, check=None):
+class Start(NamedTuple):
+  """What `start_run` returns: the validated, typed `config`, the device
+  `mesh` (None: unsharded) and what the binary's `prepare` returned."""
+
+  config: Any
+  mesh: Any
+  prepared: Any = None
+
+
+def start_run(config, workdir: str, default_config: str,
+              prepare: Callable[[Any], Any] | None = None) -> Start:
   """What a binary's `run` does first, before any work: validates `config`
-  against `default_config`'s schema, joins the other processes and makes the
-  mesh (`model_setup.setup_mesh`), runs the binary's own `check(config)`,
-  makes `workdir` and stores the config there (a resumed run must match it).
-  Returns the mesh (None: unsharded)."""
+  once against the options declared in `default_config` (a `ConfigDict` or an
+  already typed config; see `config_schema.validate_config`), runs the
+  binary's `prepare(typed config)` (inputs that can fail on bad data, read
+  before anything is written), joins the other processes and makes the mesh
+  (`model_setup.setup_mesh`), makes `workdir` and stores the config there (a
+  resumed run must match it)."""
   from alignax.framework import run_records  # pylint: disable=g-import-not-at-top
-  validate_config(config, default_config)
+  config = validate_config(config, default_config)
+  prepared = prepare(config) if prepare is not None else None
   mesh = model_setup.setup_mesh(config)
-  if check is not None:
-    check(config)
   make_workdir(workdir)
   run_records.check_or_store_config(workdir, config)
-  return mesh
+  return Start(config, mesh, prepared)
