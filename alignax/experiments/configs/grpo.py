@@ -256,7 +256,7 @@ def get_config(preset: str = "default") -> ml_collections.ConfigDict:
     # Addition: 90 steps, sized to the 10-minute training budget on 2 cores
     # (docs/results.md, "Tuning notes", grpo; held-out figures per seed: its
     # claims table).
-    c.train.update(steps=90 if task == "addition" else 150, learning_rate=2e-5,
+    c.train.update(steps=90 if task == "addition" else 150, learning_rate=1e-5,
                    warmup_steps=2, eval_every=30 if task == "addition" else 25,
                    checkpoint_every=30 if task == "addition" else 25)
   elif preset != "default":
