@@ -12,7 +12,6 @@ from alignax.rl.batch import GroupBatch
 from alignax.rl.batch import GroupRewards
 from alignax.rl.batch import as_group_batch
 from alignax.rl.batch import combine_rewards
-from alignax.rl.batch import fill_unscorable
 from alignax.rl.batch import group_advantages
 from alignax.rl.batch import group_rewards
 from alignax.rl.batch import make_group_batch

@@ -7,9 +7,10 @@ become what a GRPO-family update trains on (docs/algorithms.md §2.1):
    [N], `sum_k w_k R[:, k]` over the functions that scored it (a function that
    returned None, NaN here, counts 0); NaN where *every* function returned None
    (an unscorable completion). TRL's `GRPOTrainer` does the same.
-2. `fill_unscorable`: an unscorable completion carries no signal: its reward is
-   set to its group's mean of the scorable ones (so it does not move the mean)
-   and its advantage is set to 0 afterwards.
+2. An unscorable completion carries no signal: the estimator leaves it out of
+   its group's mean and std (and the batch std), and its advantage is 0. TRL
+   1.16 does the same (NaN rows, `nanmean`/`nanstd`); filling it with its
+   group's mean instead would keep the mean but shrink the std.
 3. An advantage estimator of `objectives.ADVANTAGE_ESTIMATORS`, chosen by name
    ("grpo", "dr_grpo", "rloo", "f_grpo"), with the options it takes.
 
@@ -119,66 +120,52 @@ def combine_rewards(rewards_per_function, weights=None) -> np.ndarray:
   return total
 
 
-def fill_unscorable(total, group_size: int) -> tuple[np.ndarray, np.ndarray]:
-  """(rewards [N] with unscorable (NaN) rows set to their group's mean of the
-  scorable rows, or 0 if none is scorable; the unscorable mask [N]).
-
-  >>> filled, unscorable = fill_unscorable(np.array([1.0, np.nan, 0.0, 0.5]), 2)
-  >>> filled, unscorable
-  (array([1. , 1. , 0. , 0.5]), array([False,  True, False, False]))
-  """
-  total = np.asarray(total)
-  unscorable = np.isnan(total)
-  if not unscorable.any():
-    return total, unscorable
-  grouped = total.reshape(-1, group_size)
-  with np.errstate(all="ignore"):
-    means = np.nan_to_num(np.nanmean(grouped, axis=1, keepdims=True))
-  return np.where(np.isnan(grouped), means, grouped).reshape(-1), unscorable
-
-
 class GroupRewards(NamedTuple):
   """The rewards of a group batch, on the host (NumPy).
 
   per_function: float32 [N, F] (NaN: the function returned None).
-  total:        float32 [N], `combine_rewards` (NaN: unscorable).
-  filled:       [N], `total` with unscorable rows set to their group's mean:
-                what the advantage estimator sees.
+  total:        float32 [N], `combine_rewards` (NaN: unscorable); what the
+                advantage estimator sees.
   unscorable:   bool [N].
   group_size:   G.
   """
   per_function: np.ndarray
   total: np.ndarray
-  filled: np.ndarray
   unscorable: np.ndarray
   group_size: int
 
   def group_metrics(self) -> dict[str, float]:
-    """`reward_std_in_group` (mean over groups of the filled rewards' std,
-    ddof 0) and `solved_groups` (share of groups with a reward > 0)."""
-    grouped = self.filled.reshape(-1, self.group_size)
-    return {"reward_std_in_group": float(grouped.std(axis=1).mean()),
-            "solved_groups": float((grouped.max(axis=1) > 0).mean())}
+    """`reward_std_in_group` (mean over groups of the std of their scorable
+    rewards, ddof 0; groups with none left out) and `solved_groups` (share of
+    groups with a scorable reward > 0)."""
+    grouped = self.total.reshape(-1, self.group_size)
+    scored = ~np.isnan(grouped)
+    has_any = scored.any(axis=1)
+    with np.errstate(all="ignore"):
+      std = np.nanstd(grouped[has_any], axis=1)
+    solved = np.where(scored, grouped, -np.inf).max(axis=1) > 0
+    return {"reward_std_in_group": float(std.mean()) if has_any.any() else 0.0,
+            "solved_groups": float(solved.mean())}
 
 
 def group_rewards(rewards_per_function, weights=None, *, group_size: int) -> GroupRewards:
-  """`combine_rewards` then `fill_unscorable`, kept together (host)."""
+  """`combine_rewards`, with the unscorable rows and the group size (host)."""
   per = _per_function(rewards_per_function)
   if per.shape[0] % group_size:
     raise ValueError(f"{per.shape[0]} completions are not whole groups of"
                      f" group_size={group_size}.")
   total = combine_rewards(per, weights)
-  filled, unscorable = fill_unscorable(total, group_size)
-  return GroupRewards(per, total, filled, unscorable, group_size)
+  return GroupRewards(per, total, np.isnan(total), group_size)
 
 
 def group_advantages(rewards: GroupRewards, *, advantage: str = "grpo",
                      advantage_options: Optional[Mapping[str, Any]] = None) -> jax.Array:
-  """Advantages [N] of `rewards.filled` by the estimator registered as
+  """Advantages [N] of `rewards.total` by the estimator registered as
   `advantage` (called with the `advantage_options` it takes, see
-  `objectives.accepted_options`); unscorable rows get 0."""
+  `objectives.accepted_options`); the estimators leave unscorable (NaN) rows
+  out of their statistics, and those rows get 0."""
   estimator = objectives.ADVANTAGE_ESTIMATORS[advantage]
-  adv = estimator(jnp.asarray(rewards.filled), rewards.group_size,
+  adv = estimator(jnp.asarray(rewards.total), rewards.group_size,
                   **objectives.accepted_options(estimator, advantage_options or {}))
   if rewards.unscorable.any():
     adv = jnp.where(jnp.asarray(rewards.unscorable), 0.0, adv)

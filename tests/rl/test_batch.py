@@ -27,47 +27,47 @@ def np_combine(per, weights):
   return out
 
 
-def np_fill(r, g):
-  """Unscorable rows take the mean of their group's scorable rows (0 if none)."""
-  out = r.copy()
+def np_grpo(r, g, scale="group", eps=1e-4):
+  """TRL 1.16: unscorable (NaN) rows are left out of the group mean and the
+  ddof-1 std (and of the batch std); NaN advantages (unscorable rows, groups
+  with one scorable row) become 0."""
+  adv = np.full_like(r, np.nan)
   for s in range(0, len(r), g):
     group = r[s:s + g]
     ok = group[~np.isnan(group)]
-    out[s:s + g] = np.where(np.isnan(group), ok.mean() if len(ok) else 0.0, group)
-  return out
-
-
-def np_grpo(r, g, scale="group", eps=1e-4):
-  adv = np.empty_like(r)
-  for s in range(0, len(r), g):
-    group = r[s:s + g]
-    adv[s:s + g] = group - group.mean()
+    if not len(ok):
+      continue
+    adv[s:s + g] = group - ok.mean()
     if scale == "group":
-      adv[s:s + g] /= (group.std(ddof=1) if g > 1 else 0.0) + eps
+      adv[s:s + g] /= (ok.std(ddof=1) if len(ok) > 1 else np.nan) + eps
   if scale == "batch":
-    adv /= r.std(ddof=1) + eps
-  return adv
+    ok = r[~np.isnan(r)]
+    adv /= ok.std(ddof=1) + eps
+  return np.nan_to_num(adv, nan=0.0)
 
 
 def np_rloo(r, g):
-  adv = np.empty_like(r)
+  """Leave-one-out baseline over the other scorable rows of the group."""
+  adv = np.zeros_like(r)
   for s in range(0, len(r), g):
     group = r[s:s + g]
-    adv[s:s + g] = group - (group.sum() - group) / (g - 1)
+    ok = group[~np.isnan(group)]
+    for i, v in enumerate(group):
+      if not np.isnan(v) and len(ok) > 1:
+        adv[s + i] = v - (ok.sum() - v) / (len(ok) - 1)
   return adv
 
 
 def np_advantages(per, weights, g, estimator, options):
   r = np_combine(per, weights)
   unscorable = np.isnan(r)
-  filled = np_fill(r, g)
   if estimator == "grpo":
-    adv = np_grpo(filled, g, **options)
+    adv = np_grpo(r, g, **options)
   elif estimator == "dr_grpo":
-    adv = np_grpo(filled, g, scale="none")
+    adv = np_grpo(r, g, scale="none")
   elif estimator == "rloo":
-    adv = np_rloo(filled, g)
-  return np.where(unscorable, 0.0, adv), r, filled
+    adv = np_rloo(r, g)
+  return np.where(unscorable, 0.0, adv), r
 
 
 def _rewards():
@@ -106,13 +106,12 @@ def test_make_group_batch_matches_numpy(estimator, options):
   gen = _Gen(len(per))
   batch = rl.make_group_batch(gen, per, group_size=G, weights=weights, advantage=estimator,
                               advantage_options=options)
-  want, total, filled = np_advantages(per.astype(np.float64), weights, G, estimator, options)
+  want, total = np_advantages(per.astype(np.float64), weights, G, estimator, options)
   np.testing.assert_allclose(np.asarray(batch.advantages), want, rtol=1e-5, atol=1e-5)
   assert np.all(np.asarray(batch.advantages)[np.isnan(total)] == 0.0)
   np.testing.assert_array_equal(np.asarray(batch.rewards), per)  # per function, NaN kept
   r = rl.group_rewards(per, weights, group_size=G)
   np.testing.assert_allclose(r.total, total, rtol=1e-6)
-  np.testing.assert_allclose(r.filled, filled, rtol=1e-6)
   np.testing.assert_array_equal(r.unscorable, np.isnan(total))
   # The tokens, masks and log-probs are the sampler's, unchanged.
   for field, value in [("sequences", gen.sequences), ("attention_mask", gen.attention_mask),
@@ -125,7 +124,7 @@ def test_make_group_batch_matches_numpy(estimator, options):
 def test_one_reward_function_and_default_weights():
   r = np.array([1.0, 0.0, np.nan, 1.0, 0.0, 0.0, 0.0, 0.0], np.float32)
   batch = rl.make_group_batch(_Gen(8), r, group_size=G)
-  want, _, _ = np_advantages(r[:, None].astype(np.float64), [1.0], G, "grpo", {})
+  want, _ = np_advantages(r[:, None].astype(np.float64), [1.0], G, "grpo", {})
   np.testing.assert_allclose(np.asarray(batch.advantages), want, rtol=1e-5, atol=1e-5)
   assert batch.rewards.shape == (8, 1)
 
@@ -176,9 +175,24 @@ def test_group_batch_is_a_pytree_through_jit():
 
 def test_group_metrics():
   r = rl.group_rewards(_rewards(), [1.0, 0.1], group_size=G)
-  grouped = r.filled.reshape(-1, G)
-  assert r.group_metrics() == {"reward_std_in_group": pytest.approx(grouped.std(1).mean()),
+  total = np_combine(_rewards().astype(np.float64), [1.0, 0.1])
+  stds = [np.std(grp[~np.isnan(grp)]) for grp in total.reshape(-1, G)]
+  assert r.group_metrics() == {"reward_std_in_group": pytest.approx(np.mean(stds)),
                                "solved_groups": pytest.approx(1.0)}
+  # A group no function scored is left out of the std and is not solved.
+  r = rl.group_rewards(np.array([1.0, 0.0, np.nan, np.nan], np.float32), group_size=2)
+  assert r.group_metrics() == {"reward_std_in_group": pytest.approx(0.5),
+                               "solved_groups": pytest.approx(0.5)}
+
+
+def test_unscorable_rows_do_not_shrink_the_group_std():
+  # One group: rewards 1, 0 and two rows no function scored. TRL: mean 0.5,
+  # std (ddof 1) of (1, 0) = 0.7071; filling the NaNs with 0.5 would give 0.4082.
+  batch = rl.make_group_batch(_Gen(4), np.array([1.0, 0.0, np.nan, np.nan], np.float32),
+                              group_size=4)
+  np.testing.assert_allclose(np.asarray(batch.advantages),
+                             [0.5 / (0.5 ** 0.5 + 1e-4), -0.5 / (0.5 ** 0.5 + 1e-4), 0, 0],
+                             rtol=1e-5)
 
 
 # ------------------------------------------------------------ update and step
