@@ -80,6 +80,15 @@ CLAIMS: dict[str, dict[str, Claim]] = {
         "at most 10 minutes of training":
             Claim(lambda s: s["train/seconds"] / 60, "<=", 10),
     },
+    # The harder task (two operations on three numbers, base model below 10%).
+    "grpo:smollm2_two_ops": {
+        "held-out greedy accuracy +30 points":
+            Claim(lambda s: _gain(s, "eval/accuracy"), ">=", 0.30),
+        "still well-formed (a number in >= 95% of answers)":
+            Claim(lambda s: s["eval/reward/has_number_after"], ">=", 0.95),
+        "at most 45 minutes of training":
+            Claim(lambda s: s["train/seconds"] / 60, "<=", 45),
+    },
     "exsearch": {
         "held-out EM +15 over the warm-up": Claim(lambda s: _gain(s, "eval/em"), ">=", 15),
         "beats uniform":

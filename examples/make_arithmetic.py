@@ -2,6 +2,7 @@
 
   python examples/make_arithmetic.py
     # -> examples/addition_{train,eval}.jsonl       two-digit additions
+    # -> examples/two_ops_{train,eval}.jsonl        two operations, three numbers
     # -> examples/two_step_{train,eval}.jsonl       two-operation word problems
     # -> examples/word_problems_{train,eval}.jsonl  three-to-four-operation ones
 
@@ -11,10 +12,15 @@ as a user message. Rewards: `examples/arithmetic_rewards.py`. Train and eval
 prompts are disjoint. Deterministic (seed 0).
 
 - addition: "What is 17 + 25?" -> "42" (both operands 10..99).
+- two_ops: "What is 46 + 39 - 40?" -> "45": two additions or subtractions on
+  three two-digit numbers, left to right, the intermediate and the answer
+  non-negative: the `smollm2_two_ops` preset's task (SmolLM2-135M starts at a
+  few percent and answers in a short chain, so 2 cores can train it).
 - two_step: two operations over one quantity (buy then give away, lose then
   find, packs plus what one has, packs minus what one gives away), numbers
-  small enough for a short chain ("46 + 39 = 85, 85 - 40 = 45"): the
-  `smollm2_words` preset's task, which a 135M model can learn on 2 cores.
+  small enough for a short chain ("46 + 39 = 85, 85 - 40 = 45"); the base
+  model writes long explanations (97% of completions run past 64 new
+  tokens), so training it needs longer completions than 2 cores afford.
 - word_problems: three to four operations over two or three named quantities
   (buy k packs of n, give away, share equally, ...); each answer is a
   non-negative integer, every intermediate too, so a model must chain steps.
@@ -34,6 +40,16 @@ ITEMS = ("apples", "pencils", "stickers", "marbles", "cookies", "books", "cards"
 def addition(rng):
   a, b = rng.randint(10, 100, size=2)
   return f"What is {a} + {b}?", str(a + b)
+
+
+def two_ops(rng):
+  while True:
+    a, b, c = rng.randint(10, 100, size=3)
+    plus1, plus2 = rng.randint(2, size=2) == 1
+    first = a + b if plus1 else a - b
+    answer = first + c if plus2 else first - c
+    if first >= 0 and answer >= 0:
+      return f"What is {a} {'+' if plus1 else '-'} {b} {'+' if plus2 else '-'} {c}?", str(answer)
 
 
 def _packs(rng, name, item):
@@ -129,7 +145,8 @@ def two_step(rng):
   return text, str(answer)
 
 
-TASKS = {"addition": (addition, 4000, 256), "two_step": (two_step, 4000, 256),
+TASKS = {"addition": (addition, 4000, 256), "two_ops": (two_ops, 4000, 256),
+         "two_step": (two_step, 4000, 256),
          "word_problems": (word_problem, 4000, 256)}
 
 

@@ -106,3 +106,21 @@ def test_arithmetic_rewards_in_trl_convention():
   answers = ["42", "42", "42", "1042", "42"]
   assert r.last_number_correct([None] * 5, completions, answer=answers) == [1, 0, 0, 1, 1]
   assert r.has_number([None] * 5, completions) == [1, 1, 0, 1, 1]
+
+
+def test_two_ops_answers_follow_from_their_expressions():
+  # Left to right, from the prompt's text; every operator pair occurs.
+  import re
+  rows = [json.loads(l) for l in open(os.path.join(EXAMPLES, "two_ops_eval.jsonl"))]
+  pairs = set()
+  for row in rows:
+    a, op1, b, op2, c = re.fullmatch(r"What is (\d+) ([+-]) (\d+) ([+-]) (\d+)\?",
+                                     row["prompt"]).groups()
+    first = int(a) + int(b) if op1 == "+" else int(a) - int(b)
+    want = first + int(c) if op2 == "+" else first - int(c)
+    assert first >= 0 and want >= 0 and row["answer"] == str(want), row
+    assert all(10 <= int(x) <= 99 for x in (a, b, c)), row
+    pairs.add(op1 + op2)
+  assert pairs == {"++", "+-", "-+", "--"}
+  train = {json.loads(l)["prompt"] for l in open(os.path.join(EXAMPLES, "two_ops_train.jsonl"))}
+  assert len(train) == 4000 and not train & {r["prompt"] for r in rows}

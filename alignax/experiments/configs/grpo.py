@@ -229,6 +229,16 @@ class Config(Section):
                             " format) and final_model/ (merged)")
 
 
+# SmolLM2-135M-Instruct presets (README, "A real model"): preset -> (task of
+# examples/make_arithmetic.py, max new tokens, steps, evaluation and checkpoint
+# interval).
+SMOLLM2_TASKS = {
+    "smollm2": ("addition", 16, 90, 30),
+    "smollm2_two_ops": ("two_ops", 32, 120, 40),
+    "smollm2_words": ("word_problems", 128, 150, 25),
+}
+
+
 def get_config(preset: str = "default") -> ml_collections.ConfigDict:
   c = config_dict(Config())
   if preset == "tiny":
@@ -243,8 +253,8 @@ def get_config(preset: str = "default") -> ml_collections.ConfigDict:
     c.warmup.update(steps=400, batch_size=32)
     c.rollout.update(prompts_per_step=8, num_generations=8)
     c.train.update(steps=12, eval_every=4, checkpoint_every=4, warmup_steps=1)
-  elif preset in ("smollm2", "smollm2_words"):
-    task = "addition" if preset == "smollm2" else "word_problems"
+  elif preset in SMOLLM2_TASKS:
+    task, new_tokens, steps, every = SMOLLM2_TASKS[preset]
     c.model_path = "runs/smollm2"
     rewards = "examples/arithmetic_rewards.py"
     c.data.update(train=f"examples/{task}_train.jsonl", eval=f"examples/{task}_eval.jsonl")
@@ -252,16 +262,14 @@ def get_config(preset: str = "default") -> ml_collections.ConfigDict:
                     weights="1.0,0.0")
     c.eval.update(size=256, batch_size=128, num_samples=4, log_samples=4)
     c.rollout.update(prompts_per_step=4, num_generations=8, max_prompt_length=128,
-                     max_new_tokens=16 if task == "addition" else 128)
-    # Addition: 90 steps, sized to the 10-minute training budget on 2 cores
-    # (docs/results.md, "Tuning notes", grpo; held-out figures per seed: its
-    # claims table).
-    c.train.update(steps=90 if task == "addition" else 150, learning_rate=1e-5,
-                   warmup_steps=2, eval_every=30 if task == "addition" else 25,
-                   checkpoint_every=30 if task == "addition" else 25)
+                     max_new_tokens=new_tokens)
+    # Steps sized to the training budget on 2 cores (docs/results.md, "Tuning
+    # notes", grpo; held-out figures per seed: its claims table).
+    c.train.update(steps=steps, learning_rate=1e-5, warmup_steps=2, eval_every=every,
+                   checkpoint_every=every)
   elif preset != "default":
-    raise ValueError(f"Unknown preset {preset!r}; use 'default', 'tiny', 'smollm2' or"
-                     " 'smollm2_words'.")
+    raise ValueError(f"Unknown preset {preset!r}; use one of"
+                     f" {['default', 'tiny', *SMOLLM2_TASKS]}.")
   return c
 
 
