@@ -14,8 +14,8 @@ prompts are disjoint. Deterministic (seed 0).
 - addition: "What is 17 + 25?" -> "42" (both operands 10..99).
 - two_ops: "What is 46 + 39 - 40?" -> "45": two additions or subtractions on
   three two-digit numbers, left to right, the intermediate and the answer
-  non-negative: the `smollm2_two_ops` preset's task (SmolLM2-135M starts at a
-  few percent and answers in a short chain, so 2 cores can train it).
+  non-negative: the `smollm2_two_ops` preset's task. Held-out prompts are all
+  two-operation; half the training prompts are one-operation (`one_or_two_ops`).
 - two_step: two operations over one quantity (buy then give away, lose then
   find, packs plus what one has, packs minus what one gives away), numbers
   small enough for a short chain ("46 + 39 = 85, 85 - 40 = 45"); the base
@@ -50,6 +50,20 @@ def two_ops(rng):
     answer = first + c if plus2 else first - c
     if first >= 0 and answer >= 0:
       return f"What is {a} {'+' if plus1 else '-'} {b} {'+' if plus2 else '-'} {c}?", str(answer)
+
+
+def one_or_two_ops(rng):
+  """two_ops' training prompts: half of them one operation ("What is 54 - 17?"),
+  a curriculum: the base model rarely answers a two-operation prompt right
+  (0.4% greedy), but often enough a one-operation one to learn the answer's
+  form from it."""
+  if rng.randint(2):
+    return two_ops(rng)
+  a, b = rng.randint(10, 100, size=2)
+  if rng.randint(2):
+    return f"What is {a} + {b}?", str(a + b)
+  a, b = max(a, b), min(a, b)
+  return f"What is {a} - {b}?", str(a - b)
 
 
 def _packs(rng, name, item):
@@ -145,18 +159,21 @@ def two_step(rng):
   return text, str(answer)
 
 
-TASKS = {"addition": (addition, 4000, 256), "two_ops": (two_ops, 4000, 256),
+# task -> (held-out maker, train size, held-out size[, train maker if other]).
+TASKS = {"addition": (addition, 4000, 256),
+         "two_ops": (two_ops, 4000, 256, one_or_two_ops),
          "two_step": (two_step, 4000, 256),
          "word_problems": (word_problem, 4000, 256)}
 
 
 def write(task: str, folder: str = HERE, seed: int = 0) -> dict[str, str]:
   """Writes `<task>_train.jsonl` and `<task>_eval.jsonl`; returns their paths."""
-  make, num_train, num_eval = TASKS[task]
+  make, num_train, num_eval, *train_make = TASKS[task]
   rng = np.random.RandomState(seed)
   seen, rows = set(), []
   while len(rows) < num_train + num_eval:
-    prompt, answer = make(rng)
+    maker = train_make[0] if train_make and len(rows) >= num_eval else make
+    prompt, answer = maker(rng)
     if prompt not in seen:  # eval prompts never appear in train
       seen.add(prompt)
       rows.append({"prompt": prompt, "answer": answer})

@@ -111,16 +111,22 @@ def test_arithmetic_rewards_in_trl_convention():
 def test_two_ops_answers_follow_from_their_expressions():
   # Left to right, from the prompt's text; every operator pair occurs.
   import re
-  rows = [json.loads(l) for l in open(os.path.join(EXAMPLES, "two_ops_eval.jsonl"))]
-  pairs = set()
-  for row in rows:
-    a, op1, b, op2, c = re.fullmatch(r"What is (\d+) ([+-]) (\d+) ([+-]) (\d+)\?",
-                                     row["prompt"]).groups()
-    first = int(a) + int(b) if op1 == "+" else int(a) - int(b)
-    want = first + int(c) if op2 == "+" else first - int(c)
-    assert first >= 0 and want >= 0 and row["answer"] == str(want), row
-    assert all(10 <= int(x) <= 99 for x in (a, b, c)), row
-    pairs.add(op1 + op2)
-  assert pairs == {"++", "+-", "-+", "--"}
-  train = {json.loads(l)["prompt"] for l in open(os.path.join(EXAMPLES, "two_ops_train.jsonl"))}
-  assert len(train) == 4000 and not train & {r["prompt"] for r in rows}
+  # Held-out: two operations only; train: about half one operation (a curriculum).
+  def ops(split):
+    rows = [json.loads(l) for l in open(os.path.join(EXAMPLES, f"two_ops_{split}.jsonl"))]
+    out = []
+    for row in rows:
+      m = re.fullmatch(r"What is (\d+) ([+-]) (\d+)(?: ([+-]) (\d+))?\?", row["prompt"])
+      a, op1, b, op2, c = m.groups()
+      value = int(a) + int(b) if op1 == "+" else int(a) - int(b)
+      assert value >= 0, row
+      if op2:
+        value = value + int(c) if op2 == "+" else value - int(c)
+      assert value >= 0 and row["answer"] == str(value), row
+      assert all(10 <= int(x) <= 99 for x in (a, b, c or 10)), row
+      out.append((row["prompt"], op1 + (op2 or "")))
+    return out
+  held_out, train = ops("eval"), ops("train")
+  assert {k for _, k in held_out} == {"++", "+-", "-+", "--"}
+  assert 0.4 < sum(len(k) == 1 for _, k in train) / len(train) < 0.6
+  assert len(train) == 4000 and not {p for p, _ in train} & {p for p, _ in held_out}
