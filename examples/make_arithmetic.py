@@ -19,7 +19,7 @@ prompts are disjoint. Deterministic (seed 0).
 - two_step: two operations over one quantity (buy then give away, lose then
   find, packs plus what one has, packs minus what one gives away), numbers
   small enough for a short chain ("46 + 39 = 85, 85 - 40 = 45"); the base
-  model writes long explanations (97% of completions run past 64 new
+  model writes long explanations (completions average 62 of 64 new
   tokens), so training it needs longer completions than 2 cores afford.
 - word_problems: three to four operations over two or three named quantities
   (buy k packs of n, give away, share equally, ...); each answer is a
