@@ -276,7 +276,8 @@ def warm_up(models: dict, fmt, examples, config, roles):
                                      total_steps=total)
     graphdef, state = train.init_train_state(model, optimizer)
     update = train.make_weighted_update(graphdef, optimizer)
-    for step in tqdm.trange(total, desc=f"warm-up SFT ({name})", leave=False):
+    bar = tqdm.trange(total, desc=f"warm-up SFT ({name})", leave=False)
+    for step in bar:
       for role in mine:
         # The selector's steps are spread evenly over the generator's.
         if (step * steps[role]) // total == ((step + 1) * steps[role]) // total:
@@ -289,7 +290,8 @@ def warm_up(models: dict, fmt, examples, config, roles):
               examples[i], gen_docs[i],
               fmt.counterfactual_swap(examples[i], rng) if w.counterfactual else None,
               train_prompt=w.generator_prompt_loss) for i in idx], lengths[1])
-        state, _ = update(state, batch)
+        state, metrics = update(state, batch)
+        bar.set_postfix(loss=f"{float(metrics['loss']):.3f}")  # waits: the bar shows real steps
     out[name] = nnx.merge(graphdef, state.params)
   return out
 

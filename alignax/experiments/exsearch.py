@@ -199,9 +199,11 @@ def warm_up(model, agent, examples, config):
   update = train.make_weighted_update(graphdef, optimizer)
   batch = agent.batch([agent.oracle_row(e) for e in examples])
   rng = np.random.RandomState(config.seed)
-  for _ in tqdm.trange(w.steps, desc="warm-up SFT", leave=False):
+  bar = tqdm.trange(w.steps, desc="warm-up SFT", leave=False)
+  for _ in bar:
     idx = rng.randint(0, len(examples), w.batch_size)
-    state, _ = update(state, {k: v[idx] for k, v in batch.items()})
+    state, metrics = update(state, {k: v[idx] for k, v in batch.items()})
+    bar.set_postfix(loss=f"{float(metrics['loss']):.3f}")  # waits: the bar shows real steps
   return nnx.merge(graphdef, state.params)
 
 

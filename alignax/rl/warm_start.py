@@ -56,8 +56,10 @@ def warm_start(model, tokenizer, task, *, steps: int, batch_size: int, learning_
   optimizer = train.make_optimizer(learning_rate, warmup_steps=10, total_steps=steps)
   graphdef, state = train.init_train_state(model, optimizer)
   update = train.make_sft_update(graphdef, optimizer)
-  for i in tqdm.trange(steps, desc="warm-start SFT", leave=False):
+  bar = tqdm.trange(steps, desc="warm-start SFT", leave=False)
+  for i in bar:
     batch = sft_batch(tokenizer, demonstrations(task, 10**6 + i, batch_size, flawed_fraction),
                       max_new_tokens)
-    state, _ = update(state, batch)
+    state, metrics = update(state, batch)
+    bar.set_postfix(loss=f"{float(metrics['loss']):.3f}")  # waits: the bar shows real steps
   return nnx.merge(graphdef, state.params)
