@@ -18,8 +18,13 @@ the held-out prompts and mean@4 (the sampled accuracy at temperature 1, the
 check that both sample from the same distribution). A segment's first step
 holds compilation (alignax) or warm-up, so it is reported apart.
 
+After each pair of segments the step's dense-matmul floor is timed too, so
+the alignax/floor ratio compares timings taken under the same load (one floor
+timing at the end moved 35% between two runs).
+
 Writes benchmarks/results/real_model_vs_trl.json (per-step seconds with the
-split into generation / update, evaluations, peak memory per side) and
+split into generation / update, evaluations, peak memory per side, the floor
+of each round) and
 real_model_vs_trl.png (held-out accuracy and mean reward against step and
 against training seconds), and prints a table.
 """
@@ -252,6 +257,12 @@ def matmul_floor(args, prompt_len: int) -> dict:
 # --- orchestration --------------------------------------------------------------
 
 
+def run_floor(args, until: int) -> dict:
+  """One timing of the floor (a side of its own, so it runs in a fresh process)."""
+  del until
+  return matmul_floor(args, same_rendered_prompts(args)["prompt_bucket"])
+
+
 def _segment(args, side, until):
   cmd = [sys.executable, os.path.abspath(__file__), "--side", side, "--until", str(until),
          *(f"--{k}={v}" for k, v in vars(args).items() if k not in ("side", "until", "out"))]
@@ -318,6 +329,9 @@ def _plot(result, path):
   fig.savefig(path, dpi=110)
 
 
+SIDES = {"alignax": run_alignax, "trl": run_trl, "floor": run_floor}
+
+
 def main():
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   p.add_argument("--model", default=os.path.join(ROOT, "runs", "smollm2"))
@@ -327,11 +341,11 @@ def main():
   p.add_argument("--seed", type=int, default=0)
   p.add_argument("--workdir", default=os.path.join(ROOT, "runs", "real_model_vs_trl"))
   p.add_argument("--out", default=os.path.join(RESULTS, "real_model_vs_trl.json"))
-  p.add_argument("--side", choices=("alignax", "trl"), help=argparse.SUPPRESS)
+  p.add_argument("--side", choices=tuple(SIDES), help=argparse.SUPPRESS)
   p.add_argument("--until", type=int, help=argparse.SUPPRESS)
   args = p.parse_args()
   if args.side:  # one segment, in its own process
-    result = (run_alignax if args.side == "alignax" else run_trl)(args, args.until)
+    result = SIDES[args.side](args, args.until)
     result["peak_rss_gib"] = _peak_rss_gib()
     print(json.dumps(result))
     return
@@ -341,13 +355,15 @@ def main():
   if os.path.exists(args.workdir):
     sys.exit(f"--workdir={args.workdir} exists: remove it or pass another (both sides"
              " resume from it, and a fresh comparison must start from step 0).")
-  segments = {"alignax": [], "trl": []}
+  segments, floors = {"alignax": [], "trl": []}, []
   for until in range(args.segment, args.steps + 1, args.segment):
     for side in ("alignax", "trl"):
       segments[side].append(_segment(args, side, until))
       seg = segments[side][-1]
       print(f"{side:8s} to step {until:3d}: {seg['wall']:6.1f} s wall,"
             f" accuracy {seg['evals'][-1]['accuracy']:.3f}", flush=True)
+    floors.append(_segment(args, "floor", until))
+    print(f"floor    at step {until:3d}: {floors[-1]['seconds']:.2f} s", flush=True)
   result = {side: _summary(segs) for side, segs in segments.items()}
   result["config"] = {"model": args.model, "steps": args.steps, "segment": args.segment,
                       "group": GROUP, "prompts_per_step": PROMPTS, "max_new_tokens": NEW_TOKENS,
@@ -359,8 +375,14 @@ def main():
   result["prompts"] = same_rendered_prompts(args)
   print(f"rendered prompts: {result['prompts']['differing_rows']} of"
         f" {result['prompts']['rows']} differ between alignax and TRL", flush=True)
-  result["floor"] = matmul_floor(args, result["prompts"]["prompt_bucket"])
+  # The floor of the median round; each round's ratio: its alignax segment's
+  # steady median over the floor timed right after it.
+  result["floor"] = sorted(floors, key=lambda f: f["seconds"])[len(floors) // 2]
+  result["floor_seconds_per_round"] = [f["seconds"] for f in floors]
   result["alignax_over_floor"] = a["median_step_seconds"] / result["floor"]["seconds"]
+  result["alignax_over_floor_per_round"] = [
+      _median([s["seconds"] for s in seg["steps"][1:]]) / f["seconds"]
+      for seg, f in zip(segments["alignax"], floors)]
   os.makedirs(os.path.dirname(args.out), exist_ok=True)
   with open(args.out, "w") as f:
     json.dump(result, f, indent=1)
@@ -375,6 +397,8 @@ def main():
   print(f"| alignax's dense-matmul floor ({fl['gflop']:.0f} GFLOP) | {fl['seconds']:.2f}"
         f" (generation {fl['generation_seconds']:.2f}, update {fl['update_seconds']:.2f})"
         f" = step / {result['alignax_over_floor']:.2f} | |")
+  print(f"| floor per round (s) | {', '.join(f'{x:.2f}' for x in result['floor_seconds_per_round'])}"
+        f" (step / floor per round: {', '.join(f'{x:.2f}' for x in result['alignax_over_floor_per_round'])}) | |")
   print(f"| first step of each segment (s) | {', '.join(f'{x:.1f}' for x in a['first_step_of_segment_seconds'])}"
         f" | {', '.join(f'{x:.1f}' for x in t['first_step_of_segment_seconds'])} |")
   for e_a, e_t in zip(sorted(a["evals"], key=lambda e: e["step"]),

@@ -120,14 +120,15 @@ def sft_batches(io, tasks):
   return planner, grounder
 
 
-def _warm_up(model, batch, w, steps, seed):
+def _warm_up(model, batch, w, steps, seed, name):
   if steps == 0:
     return model
   optimizer = train.make_optimizer(w.learning_rate, warmup_steps=min(10, steps),
                                    total_steps=steps)
   graphdef, state = train.init_train_state(model, optimizer)
   update = train.make_sft_update(graphdef, optimizer)
-  state, _, _ = train.train_minibatches(update, state, batch, w.batch_size, seed, steps=steps)
+  state, _, _ = train.train_minibatches(update, state, batch, w.batch_size, seed, steps=steps,
+                                        desc=f"warm-up SFT ({name})")
   return nnx.merge(graphdef, state.params)
 
 
@@ -149,7 +150,7 @@ def build_builtin_agents(config, world, gold_tasks):
     if name not in models:
       models[name] = model_setup.new_decoder(tokenizer, config[name], config.seed + i)
     models[name] = _warm_up(models[name], batch, config.warmup,
-                            config.warmup[f"{name}_steps"], config.seed + i)
+                            config.warmup[f"{name}_steps"], config.seed + i, name)
   return models, tokenizer
 
 

@@ -25,6 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import tqdm
 from flax import nnx
 
 from alignax import objectives
@@ -472,14 +473,23 @@ def minibatch_indices(num_rows: int, batch_size: int, seed: int, *,
 
 
 def train_minibatches(update, state, batch: Mapping[str, np.ndarray], batch_size: int,
-                      seed: int, *, epochs: int | None = None, steps: int | None = None):
+                      seed: int, *, epochs: int | None = None, steps: int | None = None,
+                      desc: str | None = None):
   """Runs `update(state, minibatch)` over `minibatch_indices` of the rows of `batch`.
 
+  desc: show a progress bar with this label and each update's loss (each
+    update is then waited for, so the bar shows real steps, not dispatches).
   Returns (state, number of updates, the last update's metrics or {}).
   """
   num_rows = len(next(iter(batch.values())))
   count, metrics = 0, {}
-  for idx in minibatch_indices(num_rows, batch_size, seed, epochs=epochs, steps=steps):
+  indices = minibatch_indices(num_rows, batch_size, seed, epochs=epochs, steps=steps)
+  if desc is not None:
+    total = steps if steps is not None else epochs * -(-num_rows // batch_size)
+    indices = tqdm.tqdm(indices, total=total if num_rows else 0, desc=desc, leave=False)
+  for idx in indices:
     state, metrics = update(state, {k: v[idx] for k, v in batch.items()})
     count += 1
+    if desc is not None and "loss" in metrics:
+      indices.set_postfix(loss=f"{float(metrics['loss']):.3f}")
   return state, count, metrics

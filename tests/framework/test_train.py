@@ -184,6 +184,16 @@ def test_train_minibatches_counts_updates_and_returns_last_metrics():
   assert (state, count, metrics) == (0, 0, {})
 
 
+def test_train_minibatches_progress_bar_shows_each_update_and_its_loss(capsys):
+  batch = {"x": np.arange(10.0)}
+  update = lambda state, mb: (state + mb["x"].sum(), {"loss": np.float32(mb["x"][0])})
+  plain = train.train_minibatches(update, 0.0, batch, 4, 3, epochs=2)
+  shown = train.train_minibatches(update, 0.0, batch, 4, 3, epochs=2, desc="warm-up")
+  assert plain[:2] == shown[:2] and plain[2] == shown[2]  # the bar changes nothing
+  err = capsys.readouterr().err
+  assert "warm-up" in err and "/6 [" in err and f"loss={float(plain[2]['loss']):.3f}" in err
+
+
 def test_policy_loss_config_checks_and_rejects_a_plain_dict():
   cfg = objectives.PolicyLossConfig.from_mapping(
       {"loss_type": "grpo", "beta": 0.04, "advantage": "rloo"}, max_completion_length=8)
