@@ -304,7 +304,9 @@ def _plot(result, path):
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
   fig, axes = plt.subplots(1, 3, figsize=(15, 4))
-  for side, style in (("alignax", "-o"), ("trl", "--s")):
+  for side, style in (("alignax", "-o"), ("trl", "--s"), ("tunix", ":^")):
+    if side not in result:
+      continue
     r = result[side]
     ev = sorted(r["evals"], key=lambda e: e["step"])
     secs, clock = {0: 0.0}, 0.0
@@ -329,7 +331,14 @@ def _plot(result, path):
   fig.savefig(path, dpi=110)
 
 
-SIDES = {"alignax": run_alignax, "trl": run_trl, "floor": run_floor}
+def run_tunix(args, until: int) -> dict:
+  """tunix (benchmarks/tunix_side.py, its own venv): steps 0..until in one process."""
+  sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+  import tunix_side  # pylint: disable=g-import-not-at-top
+  return tunix_side.run_tunix(args, until)
+
+
+SIDES = {"alignax": run_alignax, "trl": run_trl, "floor": run_floor, "tunix": run_tunix}
 
 
 def main():
@@ -341,12 +350,14 @@ def main():
   p.add_argument("--seed", type=int, default=0)
   p.add_argument("--workdir", default=os.path.join(ROOT, "runs", "real_model_vs_trl"))
   p.add_argument("--out", default=os.path.join(RESULTS, "real_model_vs_trl.json"))
+  p.add_argument("--sides", default="alignax,trl",
+                 help="alignax,trl or alignax,trl,tunix (tunix: benchmarks/tunix_side.py)")
   p.add_argument("--side", choices=tuple(SIDES), help=argparse.SUPPRESS)
   p.add_argument("--until", type=int, help=argparse.SUPPRESS)
   args = p.parse_args()
   if args.side:  # one segment, in its own process
     result = SIDES[args.side](args, args.until)
-    result["peak_rss_gib"] = _peak_rss_gib()
+    result.setdefault("peak_rss_gib", _peak_rss_gib())  # tunix: its subprocess's
     print(json.dumps(result))
     return
   if not os.path.isfile(os.path.join(args.model, "config.json")):
@@ -364,7 +375,18 @@ def main():
             f" accuracy {seg['evals'][-1]['accuracy']:.3f}", flush=True)
     floors.append(_segment(args, "floor", until))
     print(f"floor    at step {until:3d}: {floors[-1]['seconds']:.2f} s", flush=True)
+  if "tunix" in args.sides.split(","):  # no resume: one run, evaluating every --segment steps
+    segments["tunix"] = [_segment(args, "tunix", args.steps)]
+    print(f"tunix    to step {args.steps:3d}: {segments['tunix'][0]['wall']:6.1f} s wall,"
+          f" accuracy {segments['tunix'][0]['evals'][-1]['accuracy']:.3f}", flush=True)
   result = {side: _summary(segs) for side, segs in segments.items()}
+  if "tunix" in result:
+    result["tunix"]["differences"] = segments["tunix"][0]["differences"]
+    x = result["tunix"]
+    print(f"tunix: {x['median_step_seconds']:.2f} s/step (generation"
+          f" {x['median_generation_seconds']:.2f}, update {x['median_update_seconds']:.2f}),"
+          f" first step {x['first_step_of_segment_seconds'][0]:.1f} s, peak RSS"
+          f" {x['peak_rss_gib']:.2f} GiB; evals {x['evals']}", flush=True)
   result["config"] = {"model": args.model, "steps": args.steps, "segment": args.segment,
                       "group": GROUP, "prompts_per_step": PROMPTS, "max_new_tokens": NEW_TOKENS,
                       "learning_rate": LR, "loss_type": "dapo", "beta": 0.0, "seed": args.seed,
