@@ -363,6 +363,15 @@ def main():
   if not os.path.isfile(os.path.join(args.model, "config.json")):
     sys.exit(f"--model={args.model} is not a model folder; run"
              f" `python -m alignax.tools.fetch_smollm2 {args.model}` first.")
+  sides = args.sides.split(",")
+  if not {"alignax", "trl"} <= set(sides) <= {"alignax", "trl", "tunix"}:
+    sys.exit(f"--sides={args.sides}: give alignax,trl or alignax,trl,tunix.")
+  if "tunix" in sides:  # checked now, not after the other sides' half hour
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import tunix_side  # pylint: disable=g-import-not-at-top
+    if not os.path.exists(tunix_side.TUNIX_PYTHON):
+      sys.exit(f"--sides=...,tunix: no {tunix_side.TUNIX_PYTHON}; make tunix's venv as"
+               " benchmarks/tunix_side.py's docstring says, or set TUNIX_PYTHON.")
   if os.path.exists(args.workdir):
     sys.exit(f"--workdir={args.workdir} exists: remove it or pass another (both sides"
              " resume from it, and a fresh comparison must start from step 0).")
@@ -375,7 +384,7 @@ def main():
             f" accuracy {seg['evals'][-1]['accuracy']:.3f}", flush=True)
     floors.append(_segment(args, "floor", until))
     print(f"floor    at step {until:3d}: {floors[-1]['seconds']:.2f} s", flush=True)
-  if "tunix" in args.sides.split(","):  # no resume: one run, evaluating every --segment steps
+  if "tunix" in sides:  # no resume: one run, evaluating every --segment steps
     segments["tunix"] = [_segment(args, "tunix", args.steps)]
     print(f"tunix    to step {args.steps:3d}: {segments['tunix'][0]['wall']:6.1f} s wall,"
           f" accuracy {segments['tunix'][0]['evals'][-1]['accuracy']:.3f}", flush=True)

@@ -2,11 +2,11 @@ r"""The third side of benchmarks/real_model_vs_trl.py: Google's tunix (GRPO).
 
 tunix (PyPI `google-tunix`) is not in alignax's venv; it lives in its own:
 
-  python3.11 -m venv /work/venv_tunix
-  /work/venv_tunix/bin/pip install google-tunix==0.1.7 jax   # jax[cpu]; not jax[tpu]
+  python3 -m venv runs/venv_tunix          # under runs/ (git-ignored)
+  runs/venv_tunix/bin/pip install google-tunix==0.1.7 jax   # jax[cpu]; not jax[tpu]
 
 `run_tunix(args, until)` (called from alignax's venv) runs this file under
-TUNIX_PYTHON (default /work/venv_tunix/bin/python) and returns what
+TUNIX_PYTHON (default runs/venv_tunix/bin/python) and returns what
 real_model_vs_trl.run_trl returns: per-step seconds with the generation /
 update split, train rewards, and evaluations (greedy accuracy and mean@4 on the
 held-out prompts), plus `differences` (what tunix cannot match of the TRL /
@@ -32,7 +32,8 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EXAMPLES = os.path.join(ROOT, "examples")
-TUNIX_PYTHON = os.environ.get("TUNIX_PYTHON", "/work/venv_tunix/bin/python")
+TUNIX_PYTHON = os.environ.get("TUNIX_PYTHON",
+                              os.path.join(ROOT, "runs", "venv_tunix", "bin", "python"))
 # The same settings as real_model_vs_trl.py.
 GROUP, PROMPTS, NEW_TOKENS, LR, EVAL_K = 8, 4, 16, 1e-5, 4
 WARMUP, MIN_LR_RATIO, MAX_GRAD_NORM = 2, 0.1, 1.0
