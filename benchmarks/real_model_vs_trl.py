@@ -331,11 +331,15 @@ def _plot(result, path):
   fig.savefig(path, dpi=110)
 
 
-def run_tunix(args, until: int) -> dict:
-  """tunix (benchmarks/tunix_side.py, its own venv): steps 0..until in one process."""
+def _tunix_side():
   sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
   import tunix_side  # pylint: disable=g-import-not-at-top
-  return tunix_side.run_tunix(args, until)
+  return tunix_side
+
+
+def run_tunix(args, until: int) -> dict:
+  """tunix (benchmarks/tunix_side.py, its own venv): steps 0..until in one process."""
+  return _tunix_side().run_tunix(args, until)
 
 
 SIDES = {"alignax": run_alignax, "trl": run_trl, "floor": run_floor, "tunix": run_tunix}
@@ -367,10 +371,9 @@ def main():
   if not {"alignax", "trl"} <= set(sides) <= {"alignax", "trl", "tunix"}:
     sys.exit(f"--sides={args.sides}: give alignax,trl or alignax,trl,tunix.")
   if "tunix" in sides:  # checked now, not after the other sides' half hour
-    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-    import tunix_side  # pylint: disable=g-import-not-at-top
-    if not os.path.exists(tunix_side.TUNIX_PYTHON):
-      sys.exit(f"--sides=...,tunix: no {tunix_side.TUNIX_PYTHON}; make tunix's venv as"
+    tunix_python = _tunix_side().TUNIX_PYTHON
+    if not os.path.exists(tunix_python):
+      sys.exit(f"--sides=...,tunix: no {tunix_python}; make tunix's venv as"
                " benchmarks/tunix_side.py's docstring says, or set TUNIX_PYTHON.")
   if os.path.exists(args.workdir):
     sys.exit(f"--workdir={args.workdir} exists: remove it or pass another (both sides"

@@ -27,15 +27,16 @@ import json
 import os
 import resource
 import subprocess
-import sys
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-EXAMPLES = os.path.join(ROOT, "examples")
+# The same settings, data and reward as the other sides (that file imports only the
+# standard library at its top, so tunix's venv can import it).
+from real_model_vs_trl import (EVAL_K, EXAMPLES, GROUP, LR, NEW_TOKENS, PROMPTS, ROOT,
+                               _rewards, _rows)
+
 TUNIX_PYTHON = os.environ.get("TUNIX_PYTHON",
                               os.path.join(ROOT, "runs", "venv_tunix", "bin", "python"))
-# The same settings as real_model_vs_trl.py.
-GROUP, PROMPTS, NEW_TOKENS, LR, EVAL_K = 8, 4, 16, 1e-5, 4
+# As real_model_vs_trl.run_trl's GRPOConfig.
 WARMUP, MIN_LR_RATIO, MAX_GRAD_NORM = 2, 0.1, 1.0
 EPSILON, EPSILON_HIGH = 0.2, 0.28
 MAX_PROMPT_TOKENS = 64  # the padded prompt length (SmolLM2's rendered prompts are ~40)
@@ -92,11 +93,6 @@ def run_tunix(args, until: int) -> dict:
 
 
 # --- inside tunix's venv ------------------------------------------------------------
-
-
-def _rows(path):
-  with open(path) as f:
-    return [json.loads(l) for l in f]
 
 
 def _hf_config(path):
@@ -174,8 +170,7 @@ def _run(args, until: int) -> dict:
   from tunix.rl import rl_cluster as rl_cluster_lib  # pylint: disable=g-import-not-at-top
   from tunix.rl.grpo import grpo_learner  # pylint: disable=g-import-not-at-top
   from tunix.rl.rollout import base_rollout  # pylint: disable=g-import-not-at-top
-  sys.path.insert(0, EXAMPLES)
-  import arithmetic_rewards  # pylint: disable=g-import-not-at-top
+  arithmetic_rewards = _rewards()
 
   tok = _tokenizer(args.model)
   train = _rows(os.path.join(EXAMPLES, "addition_train.jsonl"))

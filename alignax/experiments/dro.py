@@ -291,7 +291,7 @@ def warm_up(models: dict, fmt, examples, config, roles):
               fmt.counterfactual_swap(examples[i], rng) if w.counterfactual else None,
               train_prompt=w.generator_prompt_loss) for i in idx], lengths[1])
         state, metrics = update(state, batch)
-        bar.set_postfix(loss=f"{float(metrics['loss']):.3f}")  # waits: the bar shows real steps
+        train.show_loss(bar, metrics)
     out[name] = nnx.merge(graphdef, state.params)
   return out
 

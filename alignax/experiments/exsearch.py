@@ -203,7 +203,7 @@ def warm_up(model, agent, examples, config):
   for _ in bar:
     idx = rng.randint(0, len(examples), w.batch_size)
     state, metrics = update(state, {k: v[idx] for k, v in batch.items()})
-    bar.set_postfix(loss=f"{float(metrics['loss']):.3f}")  # waits: the bar shows real steps
+    train.show_loss(bar, metrics)
   return nnx.merge(graphdef, state.params)
 
 

@@ -472,6 +472,12 @@ def minibatch_indices(num_rows: int, batch_size: int, seed: int, *,
       yield order[s:s + batch_size]
 
 
+def show_loss(bar, metrics) -> None:
+  """Shows an update's loss on its progress bar. Reading the loss waits for the
+  update, so the bar counts finished steps, not dispatched ones."""
+  bar.set_postfix(loss=f"{float(metrics['loss']):.3f}")
+
+
 def train_minibatches(update, state, batch: Mapping[str, np.ndarray], batch_size: int,
                       seed: int, *, epochs: int | None = None, steps: int | None = None,
                       desc: str | None = None):
@@ -491,5 +497,5 @@ def train_minibatches(update, state, batch: Mapping[str, np.ndarray], batch_size
     state, metrics = update(state, {k: v[idx] for k, v in batch.items()})
     count += 1
     if desc is not None and "loss" in metrics:
-      indices.set_postfix(loss=f"{float(metrics['loss']):.3f}")
+      show_loss(indices, metrics)
   return state, count, metrics

@@ -61,5 +61,5 @@ def warm_start(model, tokenizer, task, *, steps: int, batch_size: int, learning_
     batch = sft_batch(tokenizer, demonstrations(task, 10**6 + i, batch_size, flawed_fraction),
                       max_new_tokens)
     state, metrics = update(state, batch)
-    bar.set_postfix(loss=f"{float(metrics['loss']):.3f}")  # waits: the bar shows real steps
+    train.show_loss(bar, metrics)
   return nnx.merge(graphdef, state.params)
