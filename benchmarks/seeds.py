@@ -110,10 +110,21 @@ CLAIMS: dict[str, dict[str, Claim]] = {
         "selector's gold-passage recall +10 points":
             Claim(lambda s: _gain(s, "eval/gold_passage_recall"), ">=", 10),
     },
+    # Held-out: new compositions of steps seen in training, at training
+    # lengths 2 and 3, 100 (chain, phrasing) groups (moat_world.chain_split).
     "moat": {
         "held-out success >= separate/ + 3":
             Claim(lambda s: s["eval/held_out_after"] - s["separate/eval/held_out_after"],
                   ">=", 3),
+        "held-out margin over separate/ >= 2 standard errors (paired, over groups)":
+            Claim(lambda s: s["separate/eval/held_out_moat_minus"]
+                  / s["separate/eval/held_out_moat_minus_se"], ">=", 2),
+        "held-out length-2 success >= separate/":
+            Claim(lambda s: s["eval/held_out_hops2_after"]
+                  - s["separate/eval/held_out_hops2_after"], ">=", 0),
+        "held-out length-3 success >= separate/":
+            Claim(lambda s: s["eval/held_out_hops3_after"]
+                  - s["separate/eval/held_out_hops3_after"], ">=", 0),
         "held-in success > separate/":
             Claim(lambda s: s["eval/held_in_after"] - s["separate/eval/held_in_after"], ">", 0),
         "no iteration drops more than 2 points":

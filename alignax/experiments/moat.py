@@ -6,7 +6,8 @@ r"""MOAT: joint alignment of a planning agent and a grounding agent (docs/algori
 
 Tasks come from the built-in QA world (`agents.worlds.moat_world`): relation chains
 applied to a person, with gold subgoals and gold actions; held-in chains are
-trained on, held-out chains (new compositions, longer chains) only evaluated;
+trained on, held-out chains (new compositions of steps seen in training, at
+training lengths: `moat_world.chain_split`) only evaluated;
 pool-only chains (other new compositions, `world.pool_only_fraction`) join
 the iterations' pool only: neither the warm-up's gold set nor `separate/` has
 them.
@@ -33,7 +34,8 @@ subgoals, actions and the actions' results, a BM25 corpus and a lookup table.
      with the corrected pairs of earlier iterations (`stage2.accumulate`) and
      the warm-up gold rows (`stage2.replay_gold`).
    Held-in and held-out success (greedy planner -> greedy grounder -> world
-   execution) after every iteration.
+   execution) after every iteration, per chain length, with its standard
+   error over the (chain, phrasing) groups (`summary_metrics`).
 3. Two baselines from the same warm-up agents, each agent SFT-trained alone
    (no interaction) with the same number of updates per iteration as MOAT's
    stage 1 (planner) and stage 2 (grounder), at the same learning rates:
@@ -52,6 +54,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
+import re
 import time
 from typing import Any
 
@@ -87,11 +90,16 @@ def make_world(config, index_dir: str | None = None):
                             num_companies=w.num_companies)
 
 
+def _split_args(w):
+  """`chain_split`'s options of `config.world` (as keyword arguments)."""
+  return dict(heldout_fraction=w.heldout_fraction, pool_only_fraction=w.pool_only_fraction,
+              heldout_lengths=tuple(int(x) for x in w.heldout_lengths.split()),
+              max_len=w.max_len)
+
+
 def split_tasks(world, config):
   """(train, held-in, held-out) tasks of `world` under `config.world`."""
-  w = config.world
-  return world.splits(w.eval_fraction, w.heldout_fraction, w.num_long,
-                      w.pool_only_fraction)
+  return world.splits(config.world.eval_fraction, **_split_args(config.world))
 
 
 def pool_tasks(world, config, train_tasks):
@@ -99,8 +107,7 @@ def pool_tasks(world, config, train_tasks):
   with `world.pool_only_tasks` (`config.world.pool_only_fraction`) mixed in
   evenly, so that every iteration's slice holds both in proportion."""
   labeled = list(train_tasks[config.warmup.num_gold:])
-  pool_only = world.pool_only_tasks(config.world.heldout_fraction,
-                                    config.world.pool_only_fraction)
+  pool_only = world.pool_only_tasks(**_split_args(config.world))
   key = lambda i, n: (i + 0.5) / n
   rows = [(key(i, len(labeled)), 0, t) for i, t in enumerate(labeled)]
   rows += [(key(i, len(pool_only)), 1, t) for i, t in enumerate(pool_only)]
@@ -264,7 +271,10 @@ def make_phases(setup: Setup, fresh) -> loop.Phases:
     methods["separate_gold"] = functools.partial(separate_phase, setup, gold_pool_rows)
   return loop.Phases(
       methods, setup.config.num_iterations, start=functools.partial(start, setup, fresh),
-      start_scores=start_scores, summarize=functools.partial(summarize, list(methods)),
+      start_scores=start_scores,
+      summarize=functools.partial(summarize, list(methods),
+                                  groups={s: [t.group for t in setup.tasks[s]]
+                                          for s in ("held_in", "held_out")}),
       plot=functools.partial(plot, setup.workdir), desc="MOAT",
       postfix={"held_in": "eval/held_in_success", "held_out": "eval/held_out_success"},
       on_method_end=functools.partial(export, setup))
@@ -354,13 +364,53 @@ def separate_phase(setup: Setup, rows, state, it, index, extras):
                   "rows": len(p_rows["sequences"])}, evaluate(setup, state))
 
 
-def summarize(methods, extras):
-  """MOAT's keys bare, each baseline's prefixed by its name."""
-  splits = {s: f"eval/{s}_success" for s in ("held_in", "held_out")}
-  return {"train/seconds": extras["seconds"],
-          "time/stage1_seconds": extras["stage_seconds"]["stage1"],
-          "time/stage2_seconds": extras["stage_seconds"]["stage2"],
-          **loop.per_method_summary(extras, methods, "moat", splits, start_scores)}
+def summary_metrics(scores) -> dict[str, str]:
+  """{summary name: score key} of an evaluation's `scores`: each split's
+  success (`held_in`, `held_out`), its success per chain length
+  (`held_out_hops<n>`), its standard errors (`held_out_se` over the (chain,
+  phrasing) groups, `_se_chains`, `_se_tasks`) and its numbers of groups and
+  chains."""
+  out = {}
+  for s in ("held_in", "held_out"):
+    out[s] = f"eval/{s}_success"
+    for k in sorted(scores):
+      m = re.fullmatch(rf"eval/{s}_success_(hops\d+|se|se_chains|se_tasks)", k)
+      if m:
+        out[f"{s}_{m.group(1)}"] = k
+    for k in ("groups", "chains"):
+      if f"eval/{s}_{k}" in scores:
+        out[f"{s}_{k}"] = f"eval/{s}_{k}"
+  return out
+
+
+def paired_difference(a: str, b: str, groups) -> tuple[float, float]:
+  """(mean of a - b, its standard error over `groups`), in points, of two
+  methods' per-task outcomes on the same tasks ("0" / "1" strings)."""
+  d = [int(x) - int(y) for x, y in zip(a, b)]
+  return 100.0 * sum(d) / len(d), 100.0 * mw.cluster_se(d, groups)
+
+
+def summarize(methods, extras, groups=None):
+  """MOAT's keys bare, each baseline's prefixed by its name: per split (and
+  `summary_metrics`' per-length figures and standard errors) its score
+  before, after and per iteration. With `groups` ({split: each task's
+  group}), each baseline's `<method>/eval/<split>_moat_minus` (MOAT's success
+  minus the baseline's after the last iteration, on the same tasks) and
+  `_moat_minus_se` (the paired difference's standard error over groups: the
+  SE that decides whether a margin is resolved)."""
+  splits = summary_metrics(extras["before"])
+  out = {"train/seconds": extras["seconds"],
+         "time/stage1_seconds": extras["stage_seconds"]["stage1"],
+         "time/stage2_seconds": extras["stage_seconds"]["stage2"],
+         **loop.per_method_summary(extras, methods, "moat", splits, start_scores)}
+  last = {m: (extras["curves"][m] or [extras["before"]])[-1] for m in methods}
+  for m in methods if groups else ():
+    for s, g in groups.items():
+      key = f"eval/{s}_outcomes"
+      if m != "moat" and key in last[m] and key in last["moat"]:
+        diff, se = paired_difference(last["moat"][key], last[m][key], g)
+        out[f"{m}/eval/{s}_moat_minus"], out[f"{m}/eval/{s}_moat_minus_se"] = diff, se
+  return out
 
 
 def plot(workdir, extras):

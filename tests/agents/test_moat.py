@@ -168,31 +168,7 @@ def test_parse_and_execute_actions(world):
   assert mw.success(world, task, named)
   assert mw.parse_actions("Answer [ x ] Lookup [ a , b ]") == [mw.Action("answer", ("x",))]
   assert mw.parse_subgoals(mw.gold_subgoals(task))[-1].startswith("answer #")
-  rels = world.relations
-  chains_in, chains_out, none = mw.chain_split(0, relations=rels)
-  assert not set(chains_in) & set(chains_out) and none == []
-  assert max(len(c) for c in chains_in) == 3 and max(len(c) for c in chains_out) == 4
-  for c in mw.all_chains(4, rels):  # type-valid: each hop starts where the last ended
-    assert all(mw.RELATIONS[a][1] == mw.RELATIONS[b][0] for a, b in zip(c, c[1:]))
-  assert len(mw.all_chains(3, rels)) > 3 * len(mw.all_chains(3))  # 11 vs 7 relations
-  train_tasks, held_in, held_out = world.splits()
-  # (a chain from a type with few entities may have every task in eval)
-  assert {t.chain for t in train_tasks + held_in} == set(chains_in)
-  assert {t.chain for t in held_in} <= set(chains_in)
-  assert {t.chain for t in held_out} == set(chains_out)
-  assert not {t.id for t in train_tasks} & {t.id for t in held_in}
-  assert world.pool_only_tasks() == []
-  # pool_only_fraction: a hashed share of the held-out length-3 chains become
-  # pool-only training chains; held-in chains (and so the train and held-in
-  # tasks) stay as they were, and no pool-only chain is evaluated.
-  split = mw.chain_split(0, relations=rels, pool_only_fraction=0.5)
-  assert split[0] == chains_in and split[2] and {len(c) for c in split[2]} == {3}
-  assert sorted(split[1] + split[2]) == sorted(chains_out)
-  tasks = world.splits(pool_only_fraction=0.5)
-  pool_only = world.pool_only_tasks(pool_only_fraction=0.5)
-  assert [t.id for t in tasks[0] + tasks[1]] == [t.id for t in train_tasks + held_in]
-  assert {t.chain for t in pool_only} == set(split[2])
-  assert {t.chain for t in tasks[2]} == set(split[1])
+  train_tasks = world.splits()[0]
   # Both phrasings occur; the nested one lists the relations in reverse.
   nested = [t for t in train_tasks if t.nested]
   assert 0.3 < len(nested) / len(train_tasks) < 0.7
@@ -219,6 +195,105 @@ def _corruptions(task, rng):
   outs.append(gold + gold)
   outs.append([mw.Action("answer", ("nowhere",))])
   return [mw.actions_text(o) for o in outs]
+
+
+
+# ------------------------------------------------------------- the split
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_chain_split_holds_out_new_compositions_of_seen_steps(world, seed):
+  """The held-out split (issue 32): new compositions whose every step is in
+  some training chain, at training lengths, >= 50 (chain, phrasing) groups,
+  deterministic per seed."""
+  rels = world.relations
+  for c in mw.all_chains(4, rels):  # type-valid: each hop starts where the last ended
+    assert all(mw.RELATIONS[a][1] == mw.RELATIONS[b][0] for a, b in zip(c, c[1:]))
+  assert len(mw.all_chains(3, rels)) > 3 * len(mw.all_chains(3))  # 11 vs 7 relations
+  chains_in, chains_out, none = mw.chain_split(seed, relations=rels)
+  assert none == [] and mw.chain_split(seed, relations=rels) == (chains_in, chains_out, [])
+  assert sorted(chains_in + chains_out) == sorted(mw.all_chains(3, rels))
+  assert not set(chains_in) & set(chains_out)  # no held-out composition in training
+  seen = set().union(*(mw.chain_steps(c) for c in chains_in))
+  for c in chains_out:  # every step (relation at its position, answer at the end)
+    assert mw.chain_steps(c) <= seen, c
+    assert {(i, r) for i, r in enumerate(c)} <= seen
+  lengths_in = {len(c) for c in chains_in}
+  assert {len(c) for c in chains_out} == {2, 3} and lengths_in == {1, 2, 3}
+  # ~40% of each held-out length (the default), 50 chains
+  assert [sum(len(c) == n for c in chains_out) for n in (2, 3)] == [13, 37]
+  assert mw.chain_split(seed + 10, relations=rels)[1] != chains_out  # the seed matters
+  # On the tasks: the world's splits use these chains; both phrasings of
+  # each held-out chain give >= 50 independent (chain, phrasing) groups.
+  w = mw.make_moat_world(seed, relations=rels, nested_fraction=0.5, num_people=24,
+                         num_cities=6, num_countries=3, num_companies=4)
+  train_tasks, held_in, held_out = w.splits()
+  assert {t.chain for t in train_tasks + held_in} == set(chains_in)
+  assert {t.chain for t in held_out} == set(chains_out)
+  assert not {t.id for t in train_tasks} & {t.id for t in held_in}
+  assert len({t.group for t in held_out}) >= 50
+  assert {t.group.split("/")[0] for t in held_out} == {".".join(c) for c in chains_out}
+  train_subgoals = {s for t in train_tasks for s in mw.parse_subgoals(mw.gold_subgoals(t))}
+  train_actions = {a for t in train_tasks for a in mw.gold_actions(t)}
+  for t in held_out:  # the gold subgoals and actions, word for word
+    assert set(mw.parse_subgoals(mw.gold_subgoals(t))) <= train_subgoals
+    assert set(mw.gold_actions(t)) <= train_actions
+  assert [t.id for t in w.splits()[2]] == [t.id for t in held_out]
+  assert w.pool_only_tasks() == []
+  # pool_only_fraction: a hashed share of the new compositions become
+  # pool-only training chains; held-in chains (and so the train and held-in
+  # tasks) stay as they were, and no pool-only chain is evaluated.
+  split = mw.chain_split(seed, relations=rels, pool_only_fraction=0.5)
+  assert split[0] == chains_in and split[2]
+  assert sorted(split[1] + split[2]) == sorted(chains_out)
+  tasks = w.splits(pool_only_fraction=0.5)
+  pool_only = w.pool_only_tasks(pool_only_fraction=0.5)
+  assert [t.id for t in tasks[0] + tasks[1]] == [t.id for t in train_tasks + held_in]
+  assert {t.chain for t in pool_only} == set(split[2])
+  assert {t.chain for t in tasks[2]} == set(split[1])
+  # Longer chains: held-out lengths must be training lengths.
+  long_in, long_out, _ = mw.chain_split(seed, relations=rels, heldout_lengths=(3, 4),
+                                        max_len=4)
+  assert {len(c) for c in long_out} == {3, 4} and max(len(c) for c in long_in) == 4
+  seen = set().union(*(mw.chain_steps(c) for c in long_in))
+  assert all(mw.chain_steps(c) <= seen for c in long_out)
+  with pytest.raises(ValueError, match="heldout_lengths"):
+    mw.chain_split(seed, relations=rels, heldout_lengths=(4,), max_len=3)
+
+
+def test_chain_split_never_removes_a_steps_last_training_chain():
+  """With every chain a candidate, a step found in one chain only keeps it."""
+  rels = mw.BASE_RELATIONS
+  chains_in, chains_out, _ = mw.chain_split(0, heldout_fraction=0.99, relations=rels)
+  seen = set().union(*(mw.chain_steps(c) for c in chains_in))
+  assert chains_out and all(mw.chain_steps(c) <= seen for c in chains_out)
+  assert seen == set().union(*(mw.chain_steps(c) for c in mw.all_chains(3, rels)))
+
+
+def test_cluster_se_matches_numpy():
+  """The standard error over groups (CR1 sandwich of a mean) vs a NumPy
+  re-derivation: a regression of the values on a constant with clustered
+  residuals; one value per group is the ordinary ddof=1 standard error."""
+  rng = np.random.RandomState(0)
+  groups = rng.randint(0, 17, size=200)
+  values = (rng.rand(200) < 0.3 + 0.04 * groups).astype(np.float64)
+  # NumPy: X = 1, beta = mean, V = (X'X)^-1 (sum_g X_g' e_g e_g' X_g) (X'X)^-1 * G/(G-1)
+  x = np.ones((200, 1))
+  e = values - values.mean()
+  meat = sum(np.outer(x[groups == g].T @ e[groups == g], x[groups == g].T @ e[groups == g])
+             for g in np.unique(groups))
+  bread = np.linalg.inv(x.T @ x)
+  g = len(np.unique(groups))
+  want = np.sqrt((bread @ meat @ bread)[0, 0] * g / (g - 1))
+  np.testing.assert_allclose(mw.cluster_se(values, list(groups)), want, rtol=1e-12)
+  np.testing.assert_allclose(mw.cluster_se(values, range(200)),
+                             values.std(ddof=1) / np.sqrt(200), rtol=1e-12)
+  # Perfectly correlated groups: the SE of the group means (ddof=1 over groups,
+  # equal group sizes).
+  means = rng.rand(12) < 0.5
+  v = np.repeat(means, 5).astype(float)
+  np.testing.assert_allclose(mw.cluster_se(v, np.repeat(np.arange(12), 5).tolist()),
+                             means.astype(float).std(ddof=1) / np.sqrt(12), rtol=1e-12)
+  assert np.isnan(mw.cluster_se([1.0, 0.0], ["a", "a"]))
+  assert np.isnan(mw.cluster_se([], []))
 
 
 @pytest.mark.parametrize("rewrite_subgoals", [False, True])

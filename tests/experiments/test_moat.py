@@ -33,6 +33,27 @@ def test_run_resume_outputs_and_summary(tmp_path):
       curve = written[f"{prefix}eval/{split}_per_iteration"]
       assert len(curve) == 2
       assert written[f"{prefix}eval/{split}_after"] == curve[-1]
+    # Per-length held-out success and its standard errors (issue 32): the
+    # tiny held-out set is 8 length-2 tasks, 8 (chain, phrasing) groups of
+    # one task, so the SE over groups is the ordinary one of 8 outcomes.
+    for key in ("before", "after"):
+      p = written[f"{prefix}eval/held_out_{key}"] / 100
+      assert written[f"{prefix}eval/held_out_hops2_{key}"] == 100 * p
+      assert written[f"{prefix}eval/held_out_groups_{key}"] == 8
+      want = 100 * (p * (1 - p) / 7) ** 0.5
+      for se in ("se", "se_chains", "se_tasks"):
+        assert abs(written[f"{prefix}eval/held_out_{se}_{key}"] - want) < 1e-9
+    assert len(written[f"{prefix}eval/held_in_se_per_iteration"]) == 2
+    assert f"{prefix}eval/held_in_hops1_after" in written
+  # The paired difference MOAT - baseline on the same tasks, and its SE over
+  # groups (one task a group here: the ordinary SE of the 8 differences).
+  for prefix in ("separate/", "separate_gold/"):
+    for split in SPLITS:
+      diff = written[f"{prefix}eval/{split}_moat_minus"]
+      assert abs(diff - (written[f"eval/{split}_after"]
+                         - written[f"{prefix}eval/{split}_after"])) < 1e-9
+      assert written[f"{prefix}eval/{split}_moat_minus_se"] >= 0
+  assert "eval/held_out_moat_minus" not in written
   assert written["train/seconds"] > 0
   assert len(written["time/stage1_seconds"]) == len(written["time/stage2_seconds"]) == 2
   rows = [json.loads(l) for l in open(os.path.join(workdir, "metrics.jsonl"))]

@@ -121,11 +121,16 @@ def ground(graphdef, params, io: AgentIO, tasks, subgoal_ids, *, temperature: fl
 
 
 def evaluate(planner, grounder, io: AgentIO, world: mw.MoatWorld, tasks,
-             search_fn=None, mesh=None) -> dict[str, float]:
+             search_fn=None, mesh=None) -> dict:
   """End to end (greedy planner -> greedy grounder -> world execution):
   success rate in points (0-100), and the share of exactly-gold plans, over
   all `tasks` and per group: `success_hops<n>` (tasks of n gold hops) and
-  `success_nested` / `success_possessive` (the task's phrasing).
+  `success_nested` / `success_possessive` (the task's phrasing). The success
+  rate's standard error (points) over the (chain, phrasing) groups
+  (`success_se`, `moat_world.cluster_se` of `task.group`), over the chains
+  (`success_se_chains`) and over tasks as if independent (`success_se_tasks`),
+  with the numbers of groups and chains (`groups`, `chains`); `outcomes`:
+  each task's success as a string of "0" / "1" (for paired comparisons).
   planner, grounder: `(graphdef, params)` of each agent."""
   gen = sample_plans(*planner, io, tasks, num_samples=1, temperature=0.0, top_p=None,
                      seed=0, mesh=mesh)
@@ -136,7 +141,13 @@ def evaluate(planner, grounder, io: AgentIO, world: mw.MoatWorld, tasks,
   plan_ok = [mw.normalize(io.decode(s)) == mw.normalize(mw.gold_subgoals(t))
              for t, s in zip(tasks, subgoals)]
   out = {"success": 100.0 * float(np.mean(ok)),
-         "plan_exact": 100.0 * float(np.mean(plan_ok))}
+         "plan_exact": 100.0 * float(np.mean(plan_ok)),
+         "success_se": 100.0 * mw.cluster_se(ok, [t.group for t in tasks]),
+         "success_se_chains": 100.0 * mw.cluster_se(ok, [t.chain for t in tasks]),
+         "success_se_tasks": 100.0 * mw.cluster_se(ok, range(len(tasks))),
+         "groups": float(len({t.group for t in tasks})),
+         "chains": float(len({t.chain for t in tasks})),
+         "outcomes": "".join("1" if k else "0" for k in ok)}
   groups = {}
   for t, k in zip(tasks, ok):
     for g in (f"hops{len(mw.gold_actions(t)) - 1}", "nested" if t.nested else "possessive"):

@@ -11,8 +11,8 @@ capital) so that relation *chains* from a person compose in many ways:
 
 Four more generated relations (mentor, twin city, rival company, country
 president) are available (`make_moat_world(relations=...)`); with all eleven
-there are 135 chains of length <= 3 and 265 of length 4, so the held-out
-split can hold many distinct compositions.
+there are 11 / 32 / 92 chains of length 1 / 2 / 3, so the held-out split can
+hold many distinct compositions.
 
 A task is a chain `(r1, ..., rn)` applied to an entity, phrased either
 possessively (relations in execution order) or nested (reverse order, a
@@ -30,9 +30,13 @@ literal name is accepted too). Actions run against the world:
                 ends with its object, so a good query finds the fact);
   Answer[x]     ends the episode with x (or the value of #k).
 Chains start from any entity type; `chain_split` keeps held-in chains (seen in
-training) apart from held-out ones (new compositions of length 3, and length 4)
-and, optionally, pool-only ones (other new length-3 compositions, whose tasks
-only the iterations' pool holds: `MoatWorld.pool_only_tasks`).
+training) apart from held-out ones: new compositions (chains no training task
+has) of lengths the training chains have (2 and 3), each of whose steps
+(relation at its position, answer at its length) some training chain has;
+optionally some new compositions are pool-only instead (their tasks only the
+iterations' pool holds: `MoatWorld.pool_only_tasks`). A task's `group` (its
+chain and phrasing) is the unit its plan depends on: evaluation reports the
+standard error over groups (`cluster_se`).
 The actions are the `TOOLS` registry; `agents.data.moat_data` reads tasks, a corpus
 and a lookup table from files into a `MoatWorld` instead.
 """
@@ -81,33 +85,80 @@ def all_chains(max_len: int = 4, relations: Sequence[str] = BASE_RELATIONS
   return out
 
 
+def cluster_se(values: Sequence[float], groups: Sequence) -> float:
+  """The standard error of `mean(values)` with tasks correlated within their
+  group (clustered by `groups`; the CR1 "sandwich" estimator of a mean):
+  sqrt(G / (G - 1) * sum_g (sum_{i in g} (v_i - mean))^2) / n over G groups
+  and n values. With one value per group it is the ordinary standard error
+  (ddof=1); with one group, nan."""
+  v = np.asarray(values, dtype=np.float64)
+  if v.size == 0:
+    return float("nan")
+  ids = {g: i for i, g in enumerate(dict.fromkeys(groups))}
+  if len(ids) < 2:
+    return float("nan")
+  sums = np.zeros(len(ids))
+  np.add.at(sums, [ids[g] for g in groups], v - v.mean())
+  return float(np.sqrt(len(ids) / (len(ids) - 1) * np.sum(sums ** 2)) / v.size)
+
+
 def hash_fraction(*key) -> float:
   """A stable number in [0, 1) of `key` (the same in every run and process)."""
   h = hashlib.sha256(":".join(map(str, key)).encode()).digest()
   return int.from_bytes(h[:4], "little") / 2**32
 
 
-def chain_split(seed: int = 0, heldout_fraction: float = 0.25, num_long: int = 4,
+def chain_steps(chain: Sequence[str]) -> set[tuple[int, str]]:
+  """The steps of `chain`'s gold plan: (position, relation) for each hop
+  (the subgoal "find r of #i" and action "Lookup [ #i , r ]") and
+  (length, "answer") for the final "answer #n"."""
+  return {(i, r) for i, r in enumerate(chain)} | {(len(chain), "answer")}
+
+
+def chain_split(seed: int = 0, heldout_fraction: float = 0.4,
+                heldout_lengths: Sequence[int] = (2, 3), max_len: int = 3,
                 relations: Sequence[str] = BASE_RELATIONS,
                 pool_only_fraction: float = 0.0):
-  """(held-in chains, held-out chains, pool-only chains). Held-in: every chain
-  of length 1-2 and the length-3 chains outside a hashed `heldout_fraction`;
-  of those new length-3 compositions, a hashed `pool_only_fraction` are
-  pool-only (training tasks outside any warm-up gold set, never evaluated)
-  and the rest held-out, with `num_long` length-4 chains (longer than any
-  training chain)."""
-  held_in, held_out, pool_only = [], [], []
-  short = all_chains(3, relations)
-  for c in short:
-    if len(c) < 3 or hash_fraction(seed, c) >= heldout_fraction:
-      held_in.append(c)
-    elif hash_fraction(seed, "unlabeled", c) < pool_only_fraction:
-      pool_only.append(c)
-    else:
-      held_out.append(c)
-  longer = sorted(all_chains(4, relations)[len(short):],
-                  key=lambda c: hash_fraction(seed, "long", c))
-  return held_in, held_out + longer[:num_long], pool_only
+  """(held-in chains, held-out chains, pool-only chains): every type-valid
+  chain of length 1..`max_len`, split so that the new compositions measure
+  generalisation, not unseen lengths.
+
+  At each length in `heldout_lengths`, about `heldout_fraction` of the chains
+  (taken in a seeded hash order) become new compositions, each only if every
+  step of it (`chain_steps`: each relation at its position, and the final
+  answer at its length) stays in some held-in chain; so every new
+  composition's gold subgoals and actions are seen in training, its length
+  is a training length, and no held-in chain equals it. Chains of length 1
+  are always held-in. Of the new compositions a hashed `pool_only_fraction`
+  are pool-only (training tasks outside any warm-up gold set, never
+  evaluated) and the rest held-out."""
+  if max_len < 2 or not set(heldout_lengths) <= set(range(2, max_len + 1)):
+    raise ValueError(f"heldout_lengths={tuple(heldout_lengths)} must lie in 2..max_len"
+                     f" (max_len={max_len}): held-out chains are new compositions of"
+                     " lengths the training chains also have.")
+  chains = all_chains(max_len, relations)
+  held_in = set(chains)
+  cover: dict = {}  # step -> number of held-in chains with it
+  for c in chains:
+    for s in chain_steps(c):
+      cover[s] = cover.get(s, 0) + 1
+  new = []
+  for length in sorted(set(heldout_lengths)):
+    pool = sorted((c for c in chains if len(c) == length),
+                  key=lambda c: hash_fraction(seed, "heldout", c))
+    want, taken = int(round(heldout_fraction * len(pool))), 0
+    for c in pool:
+      if taken >= want:
+        break
+      if all(cover[s] > 1 for s in chain_steps(c)):  # every step stays in training
+        held_in.discard(c)
+        for s in chain_steps(c):
+          cover[s] -= 1
+        new.append(c)
+        taken += 1
+  pool_only = [c for c in new if hash_fraction(seed, "unlabeled", c) < pool_only_fraction]
+  held_out = [c for c in new if c not in set(pool_only)]
+  return [c for c in chains if c in held_in], held_out, pool_only
 
 _REF_RE = re.compile(r"#\s*(\d+)")
 
@@ -125,6 +176,13 @@ class MoatTask:
   text: str = ""
   actions: tuple = ()  # gold `Action`s, the last one an Answer
   subgoals: tuple[str, ...] = ()  # one per gold action, numbering left out
+
+  @property
+  def group(self) -> str:
+    """The (chain, phrasing) unit: every task of a group has the same gold
+    plan and the same words but the subject, so the agents' success is
+    correlated within a group (the unit of `cluster_se`)."""
+    return ".".join(self.chain) + ("/nested" if self.nested else "/possessive")
 
   @property
   def question(self) -> str:
@@ -180,8 +238,9 @@ class MoatWorld:
     rel = next(r for r in self.relations if RELATIONS[r][0] == entity_type)
     return sorted(self.facts[rel])
 
-  def splits(self, eval_fraction: float = 0.2, heldout_fraction: float = 0.25,
-             num_long: int = 4, pool_only_fraction: float = 0.0):
+  def splits(self, eval_fraction: float = 0.2, heldout_fraction: float = 0.4,
+             heldout_lengths: Sequence[int] = (2, 3), pool_only_fraction: float = 0.0,
+             max_len: int = 3):
     """(train held-in, eval held-in, eval held-out) task lists.
 
     A world read from files returns its files' split (the arguments are
@@ -193,25 +252,27 @@ class MoatWorld:
     """
     if self.tasks is not None:
       return tuple(list(x) for x in self.tasks)
-    chains_in, chains_out, _ = chain_split(self.seed, heldout_fraction, num_long,
-                                           self.relations, pool_only_fraction)
+    chains_in, chains_out, _ = chain_split(self.seed, heldout_fraction, heldout_lengths,
+                                           max_len, self.relations, pool_only_fraction)
     rng = np.random.RandomState(self.seed + 7)
     train, held_in, held_out = [], [], []
     for chains, lists in ((chains_in, (train, held_in)), (chains_out, (held_out,))):
       self._round_robin(chains, lists, rng, eval_fraction)
     return train, held_in, held_out
 
-  def pool_only_tasks(self, heldout_fraction: float = 0.25,
-                      pool_only_fraction: float = 0.0) -> list[MoatTask]:
-    """The tasks of `chain_split`'s pool-only chains (new length-3
-    compositions, none held-out), round-robin over the chains; [] for a world
+  def pool_only_tasks(self, heldout_fraction: float = 0.4,
+                      pool_only_fraction: float = 0.0,
+                      heldout_lengths: Sequence[int] = (2, 3),
+                      max_len: int = 3) -> list[MoatTask]:
+    """The tasks of `chain_split`'s pool-only chains (new compositions, none
+    held-out), round-robin over the chains; [] for a world
     read from files. No warm-up gold set holds them: only the iterations'
     pool does (MOAT's stage 1 scores plans by their gold actions, as for
     every pool task; `separate_gold/` trains on their gold subgoals too)."""
     if self.tasks is not None:
       return []
-    chains = chain_split(self.seed, heldout_fraction, 0, self.relations,
-                         pool_only_fraction)[2]
+    chains = chain_split(self.seed, heldout_fraction, heldout_lengths, max_len,
+                         self.relations, pool_only_fraction)[2]
     out = []
     self._round_robin(chains, (out,), np.random.RandomState(self.seed + 11), 0.0)
     return out

@@ -29,13 +29,18 @@ frozen = dataclasses.dataclass(frozen=True)
 
 @frozen
 class WorldConfig(Section):
-  """Tasks: relation chains over `relations` (space-separated); new
-  compositions are a hashed `heldout_fraction` of the length-3 chains, of which
-  a hashed `pool_only_fraction` are pool-only (their tasks join the
-  iterations' pool, never the warm-up's gold set nor any evaluation) and the
-  rest held-out, with `num_long` length-4 chains; `nested_fraction` of the
-  tasks are phrased "the r2 of the r1 of P" (the plan must reverse the
-  relations)."""
+  """Tasks: relation chains over `relations` (space-separated), of length
+  1..`max_len`; new compositions are about a `heldout_fraction` of the chains
+  at each of `heldout_lengths` (hash order), each only if every one of its
+  steps (relation at its position, answer at its length) stays in some
+  training chain (`moat_world.chain_split`): held-out tasks are new
+  compositions of seen steps at seen lengths. Of them a hashed
+  `pool_only_fraction` are pool-only (their tasks join the iterations' pool,
+  never the warm-up's gold set nor any evaluation), the rest held-out.
+  `nested_fraction` of the tasks are phrased "the r2 of the r1 of P" (the
+  plan must reverse the relations). The default: 85 training chains (11 / 19
+  / 55 of length 1 / 2 / 3), 50 held-out ones (13 / 37 of length 2 / 3), 100
+  (chain, phrasing) groups."""
 
   num_people: int = option(200, POSITIVE)
   num_cities: int = option(24, POSITIVE)
@@ -44,8 +49,12 @@ class WorldConfig(Section):
   eval_fraction: float = option(0.2, FRACTION)
   relations: str = option(" ".join(mw.RELATIONS))
   nested_fraction: float = option(0.5, number(0, 1))
-  heldout_fraction: float = option(0.25, FRACTION)
-  num_long: int = option(24, NON_NEGATIVE)
+  max_len: int = option(3, integer(2), "the longest chain (training and held-out)")
+  heldout_fraction: float = option(0.4, number(0, 1, hi_open=True),
+                                   "share of the chains of each held-out length that"
+                                   " are new compositions")
+  heldout_lengths: str = option("2 3", help="space-separated chain lengths (2..max_len)"
+                                " that new compositions are drawn from")
   pool_only_fraction: float = option(0.0, number(0, 1))
 
 
@@ -207,7 +216,7 @@ def get_config(preset: str = "default") -> ml_collections.ConfigDict:
   c = config_dict(Config())
   if preset == "tiny":
     c.world.update(num_people=24, num_cities=6, num_countries=3, num_companies=4,
-                   num_long=4, pool_only_fraction=0.5)
+                   pool_only_fraction=0.5)
     for a in (c.planner, c.grounder):
       a.update(hidden_size=32, intermediate_size=64, num_layers=1, num_heads=2,
                num_kv_heads=1, max_position_embeddings=128)
@@ -228,6 +237,18 @@ def _check_relations(c):
   if unknown or not c.world.relations.split():
     return (f"config.world.relations={c.world.relations!r}: give space-separated names"
             f" from {sorted(mw.RELATIONS)} (unknown: {unknown})")
+
+
+def _check_heldout_lengths(c):
+  w = c.world
+  try:
+    lengths = [int(x) for x in w.heldout_lengths.split()]
+  except ValueError:
+    lengths = None
+  if not lengths or not all(2 <= n <= w.max_len for n in lengths):
+    return (f"config.world.heldout_lengths={w.heldout_lengths!r}: give space-separated"
+            f" chain lengths in 2..config.world.max_len={w.max_len} (held-out chains are"
+            " new compositions at lengths the training chains also have)")
 
 
 def _check_model_paths(c):
@@ -253,4 +274,4 @@ def _check_data(c):
             f" + {d.heldout_fraction} leaves no training tasks; keep the sum below 1")
 
 
-CHECKS = (_check_relations, _check_model_paths, _check_data)
+CHECKS = (_check_relations, _check_heldout_lengths, _check_model_paths, _check_data)
