@@ -59,7 +59,12 @@ ABLATIONS: dict[str, dict[str, Any]] = {
     "soft": dict(curriculum="soft"),
     "embedding_difficulty": dict(difficulty="embedding"),
     "no_mgda": dict(combiner="fixed"),
-    "full_kl": dict(kl_exclude_target=False),  # §9.1 literally
+    "full_kl": dict(kl_exclude_target=False, kl_exclude_forget_set=False),  # §9.1 literally
+    "kl_own_target": dict(kl_exclude_forget_set=False),  # drop only the row's item
+    # Fixed weights (forget, normal, KL) around no_mgda's equal ones, curriculum
+    # kept: with no_mgda, the fixed-weight front that MGDA is compared with.
+    "fixed_forget_heavy": dict(combiner="fixed", weights=(0.6, 0.2, 0.2)),
+    "fixed_retain_heavy": dict(combiner="fixed", weights=(0.2, 0.4, 0.4)),
 }
 
 
@@ -256,12 +261,25 @@ def evaluate(graphdef, params, data: Data, cfg) -> dict[str, float]:
   return out
 
 
-def unlearn_batch(u: sessions.UnlearningSet, orig_logits, idx):
-  """The unlearning rows `idx` (-1: padding, masked out by `row_mask`)."""
+def unlearn_batch(u: sessions.UnlearningSet, orig_logits, idx, kl_drop=None):
+  """The unlearning rows `idx` (-1: padding, masked out by `row_mask`).
+
+  `kl_drop` [I] bool: items left out of L_KL (see `cau.loss_vector`); None: none.
+  """
   valid = idx >= 0
   ii = np.where(valid, idx, 0)
-  return dict(prefixes=u.prefixes[ii], targets=u.targets[ii], next_items=u.next_items[ii],
-              has_next=u.has_next[ii], orig_logits=orig_logits[ii], row_mask=valid)
+  batch = dict(prefixes=u.prefixes[ii], targets=u.targets[ii], next_items=u.next_items[ii],
+               has_next=u.has_next[ii], orig_logits=orig_logits[ii], row_mask=valid)
+  if kl_drop is not None:
+    batch["kl_drop"] = kl_drop
+  return batch
+
+
+def forget_set_items(u: sessions.UnlearningSet, num_logits: int) -> np.ndarray:
+  """[num_logits] bool: True at every item some unlearning sample forgets."""
+  items = np.zeros(num_logits, bool)
+  items[u.targets] = True
+  return items
 
 
 def unlearn(name, ucfg, data: Data, graphdef, orig_params, orig_logits, tx,
@@ -273,7 +291,9 @@ def unlearn(name, ucfg, data: Data, graphdef, orig_params, orig_logits, tx,
   """
   u = data.unlearn
   bs = min(ucfg["batch_size"], len(u.targets))
-  make_batch = functools.partial(unlearn_batch, u, orig_logits)
+  kl_drop = (forget_set_items(u, orig_logits.shape[-1])
+             if ucfg["kl_exclude_forget_set"] else None)
+  make_batch = functools.partial(unlearn_batch, u, orig_logits, kl_drop=kl_drop)
 
   opt_state = tx.init(orig_params)
   weights = jnp.asarray(ucfg.get("weights", ucfg["fixed_weights"]),

@@ -51,3 +51,22 @@ def test_every_binary_has_claims():
   assert seeds.BINARIES == ["cau_unlearn", "dro", "exsearch", "grpo", "moat"]
   assert seeds.claims_of("grpo", "smollm2") is seeds.CLAIMS["grpo:smollm2"]
   assert seeds.claims_of("grpo", "tiny") is seeds.CLAIMS["grpo"]
+
+
+def test_pareto_margin_is_positive_iff_no_run_dominates():
+  def summary(points):  # name -> (forget HR@10, retain NDCG@10); retrained at 0.1
+    s = {"retrained/forget/hr@10": 0.1}
+    for n, (f, r) in points.items():
+      s[f"{n}/forget/hr@10"], s[f"{n}/retain/ndcg@10"] = f, r
+    return s
+  # a: as close to retraining as m (0.05 away) and better on retain: dominates m.
+  s = summary({"m": (0.05, 0.60), "a": (0.15, 0.62), "b": (0.0, 0.70)})
+  assert np.isclose(seeds._pareto_margin(s, "m", ("a", "b")), 0.0, atol=1e-12)
+  # m closer to retraining than both, worse on retain than both: not dominated;
+  # the margin is the smaller of its leads (0.1 - 0.05 over b, 0.3 - 0.05 over a).
+  s = summary({"m": (0.05, 0.60), "a": (0.40, 0.62), "b": (0.2, 0.70)})
+  assert np.isclose(seeds._pareto_margin(s, "m", ("a", "b")), 0.05)
+  # a closer to retraining (0.05 vs 0.1 away) and better on retain: strictly
+  # dominated, the margin is m's smaller deficit (0.01 on retain).
+  s = summary({"m": (0.0, 0.66), "a": (0.05, 0.67)})
+  assert np.isclose(seeds._pareto_margin(s, "m", ("a",)), -0.01)

@@ -138,3 +138,23 @@ def test_left_pad_and_unlearning_set():
   p, t = sessions.next_item_examples([np.array([1, 2, 3])], 2)
   np.testing.assert_array_equal(p, [[0, 1], [1, 2]])
   np.testing.assert_array_equal(t, [2, 3])
+
+
+def test_synthetic_same_cluster_forget_items():
+  kw = dict(num_items=60, num_clusters=6, num_train=100, num_test=20, num_patterns=3,
+            sessions_per_pattern=4)
+  default = sessions.synthetic_sessions(sessions.SyntheticConfig(**kw))
+  other = sessions.synthetic_sessions(
+      sessions.SyntheticConfig(forget_item="other_cluster", **kw))
+  # The default is unchanged by the option (same draws, same data).
+  assert all(np.array_equal(x, y) for x, y in zip(default.train, other.train))
+  cfg = sessions.SyntheticConfig(forget_item="same_cluster", **kw)
+  ds = sessions.synthetic_sessions(cfg)
+  # Rebuild the planted chain from the same seed: the first draws are the chain's.
+  chain = sessions._Chain(cfg, np.random.default_rng(cfg.seed))
+  for s, t in ds.forget:
+    a, b = int(ds.train[s][t - 1]), int(ds.train[s][t])
+    assert chain.cluster_of[a] == chain.cluster_of[b]
+    assert b != a and b not in chain.successors[a]
+  with pytest.raises(ValueError, match="forget_item"):
+    sessions.synthetic_sessions(sessions.SyntheticConfig(forget_item="x", **kw))

@@ -12,7 +12,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 CONFIGS = os.path.join(ROOT, "alignax", "experiments", "configs")
 PRESETS = {"grpo": ("default", "tiny"), "exsearch": ("default", "tiny"),
            "dro": ("default", "tiny"), "moat": ("default", "tiny"),
-           "cau_unlearn": ("default", "tiny", "ml1m")}
+           "cau_unlearn": ("default", "tiny", "conflict", "ml1m")}
 # Keys whose values another component validates (model-specific kwargs; the
 # user-data keys of grpo, checked by its data loader).
 NOT_IN_SCHEMA = ("model.kwargs.", "data.", "reward.")
@@ -83,6 +83,8 @@ BAD = [
     ("cau_unlearn", "data.name", "movielens_20m", ["'movielens_1m'"]),
     ("cau_unlearn", "train.lr", 0.0, ["> 0"]),
     ("cau_unlearn", "unlearn.normalization", "l1", ["'l2'"]),
+    ("cau_unlearn", "data.synthetic.forget_item", "nearby", ["'same_cluster'"]),
+    ("cau_unlearn", "unlearn.kl_exclude_forget_set", 1, ["True or False"]),
 ]
 
 

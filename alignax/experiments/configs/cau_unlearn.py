@@ -3,6 +3,10 @@
 Presets: `--config=alignax/experiments/configs/cau_unlearn.py:<preset>` with
   default   synthetic planted-structure sessions, SASRec (paper size), CPU < 10 min
   tiny      a seconds-scale end-to-end run for tests
+  conflict  the default with each forgotten item drawn from its context's own
+            cluster (retain data supports it: forgetting and retaining conflict),
+            and fixed-weight ablations on both sides of the equal weights, for
+            MGDA against the fixed-weight front
   ml1m      MovieLens-1M through the tfds builder (needs the download or manual_dir)
 Any field can be overridden: `--config.unlearn.lr=0.5`.
 """
@@ -31,6 +35,11 @@ class SyntheticData(Section):
   max_len: int = option(20, POSITIVE)
   num_patterns: int = option(10, POSITIVE)
   sessions_per_pattern: int = option(20, POSITIVE)
+  forget_item: str = option("other_cluster", one_of(("other_cluster", "same_cluster")),
+                            "where a pattern's forgotten item b comes from: another"
+                            " cluster than a (retraining drops it) or a's own cluster"
+                            " (retain sessions still support it: the objectives"
+                            " conflict; the conflict preset)")
   seed: int = option(0, NON_NEGATIVE)
 
 
@@ -95,9 +104,15 @@ class UnlearnConfig(Section):
   kl_exclude_target: bool = option(True, help="KL over all items but the forgotten one"
                                    " [DEVIATION from §9.1, see alignax/recsys/cau.py]; the"
                                    " full_kl ablation runs the literal form")
+  kl_exclude_forget_set: bool = option(True, help="also leave every other item of the"
+                                       " unlearning set out of the KL [DEVIATION, see"
+                                       " cau.loss_vector]: two requests with the same"
+                                       " context otherwise pull each other's item back"
+                                       " up (the kl_own_target ablation)")
 
 
-_ABLATIONS = ("no_curriculum", "hard", "soft", "embedding_difficulty", "no_mgda", "full_kl")
+_ABLATIONS = ("no_curriculum", "hard", "soft", "embedding_difficulty", "no_mgda", "full_kl",
+              "kl_own_target", "fixed_forget_heavy", "fixed_retain_heavy")
 
 
 @frozen
@@ -114,7 +129,8 @@ class Config(Section):
                                    " train here")
   unlearn: UnlearnConfig = option(UnlearnConfig())
   ablations: tuple = option(
-      ("no_curriculum", "soft", "embedding_difficulty", "no_mgda", "full_kl"),
+      ("no_curriculum", "soft", "embedding_difficulty", "no_mgda", "full_kl",
+       "kl_own_target"),
       Rule(lambda v: isinstance(v, (tuple, list)) and all(a in _ABLATIONS for a in v),
            "a tuple of names from " + ", ".join(map(repr, sorted(_ABLATIONS)))
            + " (may be empty)"),
@@ -141,10 +157,13 @@ def get_config(preset: str = "default") -> ml_collections.ConfigDict:
                      difficulty="embedding")
     c.ablations = ("soft",)
     c.eval_batch_size = 64
+  elif preset == "conflict":
+    c.data.synthetic.forget_item = "same_cluster"
+    c.ablations = ("no_mgda", "fixed_forget_heavy", "fixed_retain_heavy")
   elif preset == "ml1m":
     c.data.name = "movielens_1m"
     c.data.max_len = 200   # SASRec / BERT4Rec setting for ML-1M
     c.train.epochs = 200
   else:
-    raise ValueError(f"unknown preset {preset!r}; use default, tiny or ml1m")
+    raise ValueError(f"unknown preset {preset!r}; use default, tiny, conflict or ml1m")
   return c

@@ -13,6 +13,10 @@ that unlearning must remove:
   the inserted item b, after which the walk continues from a. Deleting b gives
   back a clean Markov session, so a model retrained without the forget data
   has no reason to predict b after a, while the original model memorises it.
+  With `forget_item="same_cluster"`, b is drawn from a's own cluster (not a,
+  not one of a's preferred successors): the retained sessions still support
+  b after a (in-cluster moves), so a retrained model keeps b fairly high, and
+  pushing b down after a conflicts with the retain data.
 An unlearning request is (session index, position t) of an inserted b.
 """
 from __future__ import annotations
@@ -38,6 +42,7 @@ class SyntheticConfig:
   max_len: int = 20
   num_patterns: int = 10
   sessions_per_pattern: int = 20
+  forget_item: str = "other_cluster"  # or "same_cluster" (see the module docstring)
   seed: int = 0
 
 
@@ -110,8 +115,15 @@ def synthetic_sessions(cfg: SyntheticConfig = SyntheticConfig()) -> SessionDatas
       cfg.num_train, (cfg.num_patterns, cfg.sessions_per_pattern), replace=False)
   for p in range(cfg.num_patterns):
     a = int(rng.integers(1, cfg.num_items + 1))
-    others = np.setdiff1d(np.arange(1, cfg.num_items + 1),
-                          chain.cluster_items[chain.cluster_of[a]])
+    if cfg.forget_item == "same_cluster":
+      others = np.setdiff1d(chain.cluster_items[chain.cluster_of[a]],
+                            np.append(chain.successors[a], a))
+    elif cfg.forget_item == "other_cluster":
+      others = np.setdiff1d(np.arange(1, cfg.num_items + 1),
+                            chain.cluster_items[chain.cluster_of[a]])
+    else:
+      raise ValueError(f"forget_item={cfg.forget_item!r}: use other_cluster or "
+                       "same_cluster")
     b = int(rng.choice(others))
     for s in pattern_sessions[p]:
       n = length() - 1  # the inserted item brings it back to <= max_len
