@@ -133,9 +133,11 @@ CLAIMS: dict[str, dict[str, Claim]] = {
         "held-out success >= separate/ + 3":
             Claim(lambda s: s["eval/held_out_after"] - s["separate/eval/held_out_after"],
                   ">=", 3),
+        # (a zero SE: the methods agree on every group, or one group decides)
         "held-out margin over separate/ >= 2 standard errors (paired, over groups)":
-            Claim(lambda s: s["separate/eval/held_out_moat_minus"]
-                  / s["separate/eval/held_out_moat_minus_se"], ">=", 2),
+            Claim(lambda s: (lambda d, se: d / se if se > 0 else float(np.sign(d)) * 1e9)(
+                s["separate/eval/held_out_moat_minus"],
+                s["separate/eval/held_out_moat_minus_se"]), ">=", 2),
         "held-out length-2 success >= separate/":
             Claim(lambda s: s["eval/held_out_hops2_after"]
                   - s["separate/eval/held_out_hops2_after"], ">=", 0),

@@ -34,11 +34,13 @@ def test_run_resume_outputs_and_summary(tmp_path):
       assert len(curve) == 2
       assert written[f"{prefix}eval/{split}_after"] == curve[-1]
     # Per-length held-out success and its standard errors (issue 32): the
-    # tiny held-out set is 8 length-2 tasks, 8 (chain, phrasing) groups of
-    # one task, so the SE over groups is the ordinary one of 8 outcomes.
+    # tiny held-out set is 8 tasks (1 of length 2, 7 of length 3), 8 (chain,
+    # phrasing) groups of one task, so the SE over groups is the ordinary one
+    # of 8 outcomes.
     for key in ("before", "after"):
       p = written[f"{prefix}eval/held_out_{key}"] / 100
-      assert written[f"{prefix}eval/held_out_hops2_{key}"] == 100 * p
+      per_length = [written[f"{prefix}eval/held_out_hops{n}_{key}"] for n in (2, 3)]
+      assert abs(1 * per_length[0] + 7 * per_length[1] - 800 * p) < 1e-9
       assert written[f"{prefix}eval/held_out_groups_{key}"] == 8
       want = 100 * (p * (1 - p) / 7) ** 0.5
       for se in ("se", "se_chains", "se_tasks"):
@@ -74,7 +76,8 @@ def test_run_resume_outputs_and_summary(tmp_path):
   # MOAT drew so far (their gold subgoals and actions).
   config = load_config_file(TINY)
   world = moat.make_world(config)
-  train_tasks = moat.split_tasks(world, config)[0]
+  train_tasks, _, held_out = moat.split_tasks(world, config)
+  assert [len(t.chain) for t in held_out[:config.eval.held_out_size]].count(2) == 1
   pool, q = moat.pool_tasks(world, config, train_tasks), config.stage1.tasks_per_iteration
   # The pool: the training tasks after the gold set, with the pool-only
   # chains' tasks mixed in (the tiny preset sets world.pool_only_fraction=0.5).
