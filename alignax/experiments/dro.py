@@ -236,12 +236,24 @@ def build_builtin(config, world, candidates, names):
                  roles_of(config)), tokenizer
 
 
+def warmup_passages(fmt, ex, rng) -> list[int]:
+  """A warm-up generator input: the question's gold passages and top_k - |gold|
+  other candidates drawn at random, in a random order."""
+  gold = list(fmt.world.gold[ex.id])
+  others = [int(i) for i in fmt.candidates[ex.id] if int(i) not in gold]
+  docs = gold + [others[i] for i in rng.permutation(len(others))[:fmt.top_k - len(gold)]]
+  return [docs[i] for i in rng.permutation(len(docs))]
+
+
 def warm_up(models: dict, fmt, examples, config, roles):
   """SFT: each step one generator batch (gold passages shuffled among
   candidates) and one selector batch (oracle ranking), on the state that
   plays each role.
 
-  Generator rows are built per batch. With `warmup.counterfactual`, each
+  Generator rows are built per batch. With `warmup.fresh_passages` each
+  row's passages (`warmup_passages`) are drawn anew each time, so where the
+  answer sits cannot be memorised per question; otherwise once per question.
+  With `warmup.counterfactual`, each
   row's answer is swapped for a random entity of its type, drawn anew each
   time (`DroPrompts.counterfactual_swap`); with `warmup.generator_prompt_loss` the
   loss covers the question and passages as well as the answer. Both make
@@ -251,11 +263,7 @@ def warm_up(models: dict, fmt, examples, config, roles):
   rng = np.random.RandomState(config.seed)
   gen_docs, sel_rows = [], []
   for e in examples:
-    gold = list(fmt.world.gold[e.id])
-    others = [int(i) for i in fmt.candidates[e.id] if int(i) not in gold]
-    fill = [others[i] for i in rng.permutation(len(others))[:fmt.top_k - len(gold)]]
-    docs = gold + fill
-    gen_docs.append([docs[i] for i in rng.permutation(len(docs))])
+    gen_docs.append(warmup_passages(fmt, e, rng))
     # Oracle ranking: gold ids first, then random other candidates (not BM25
     # order, which would teach the selector to copy "[1] > [2] > ...").
     gold_pos = fmt.gold_positions(e)
@@ -285,9 +293,10 @@ def warm_up(models: dict, fmt, examples, config, roles):
         idx = rng.randint(0, len(examples), w.batch_size)
         if role == "selector":
           batch = {k: v[idx] for k, v in selector_data.items()}
-        else:  # a counterfactual answer is drawn anew each time
+        else:  # a counterfactual answer (and, fresh_passages, the passages) drawn anew
           batch = fmt.batch([fmt.generator_row(
-              examples[i], gen_docs[i],
+              examples[i],
+              warmup_passages(fmt, examples[i], rng) if w.fresh_passages else gen_docs[i],
               fmt.counterfactual_swap(examples[i], rng) if w.counterfactual else None,
               train_prompt=w.generator_prompt_loss) for i in idx], lengths[1])
         state, metrics = update(state, batch)

@@ -207,3 +207,36 @@ def test_answer_pools_and_vocabulary():
   assert len(words) < 8 * 12 + 80
   with pytest.raises(ValueError, match="name_pieces"):
     dro_world.make_dro_world(num_questions=200, name_pieces=12)
+
+
+def test_one_word_object_names():
+  # object_names=N: cities, companies and countries are one word each, N per
+  # type (persons keep two words); facts are still drawn per question.
+  world = dro_world.make_dro_world(num_questions=200, name_pieces=16, object_names=40)
+  d = world.dataset
+  pools = {}
+  for e in d.train + d.eval:
+    assert e.answers[0] in world.answer_pool[e.id] and len(e.answers[0].split()) == 1
+    assert len(e.id.split(":")[1].split()) == 2  # the subject: a two-word person
+    pools.setdefault(e.id.split(":")[0], set()).update(world.answer_pool[e.id])
+  assert len(pools["born_city"]) == len(pools["employer"]) == len(pools["born_country"]) == 40
+  assert pools["born_city"] == pools["employer_city"]
+  assert not pools["born_city"] & pools["employer"]
+  assert world.name_pieces["city"][1] == () and len(world.name_pieces["person"][1]) == 16
+  words = {w for t in dro_world.vocabulary_text(world) for w in t.split()}
+  assert all(w in words for first, second in world.name_pieces.values() for w in first + second)
+  # Every 2-hop question reads its bridge: the hop-1 object names the bridge's subject.
+  for e in (d.train + d.eval)[:40]:
+    gold = [d.corpus[i].text for i in world.gold[e.id]]
+    assert gold[-1].split()[-2] == e.answers[0]
+    if e.hops == 2:
+      assert gold[0].split()[-2] == gold[1].split()[0]
+  # Facts differ across questions: an object's bridge fact is drawn per question.
+  bridges = collections.defaultdict(set)
+  for e in d.train + d.eval:
+    if e.hops == 2:
+      s, o = d.corpus[world.gold[e.id][1]].text.split()[0], e.answers[0]
+      bridges[s].add(o)
+  assert max(len(v) for v in bridges.values()) > 1
+  with pytest.raises(ValueError, match="object_names"):
+    dro_world.make_dro_world(num_questions=100, name_pieces=12, object_names=5)

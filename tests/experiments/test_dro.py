@@ -151,6 +151,22 @@ def test_counterfactual_warmup_rows(tiny_run):
     assert loss.all() and decode(toks[answer]) == decode(new) + " </s>"
 
 
+def test_warmup_passages_drawn_per_row(tiny_run):
+  # warmup.fresh_passages: each warm-up row draws its passages anew (the gold
+  # ones and top_k - |gold| other candidates, shuffled), so the answer's
+  # position cannot be memorised per question.
+  world, _, _, task = _tiny_task(tiny_run[0])
+  rng = np.random.RandomState(0)
+  for ex in world.dataset.train[:6]:
+    gold = set(world.gold[ex.id])
+    draws = [dro.warmup_passages(task, ex, rng) for _ in range(20)]
+    for d in draws:
+      assert len(d) == len(set(d)) == task.top_k and gold <= set(d)
+      assert set(d) <= {int(i) for i in task.candidates[ex.id]}
+    assert len({tuple(d) for d in draws}) > 10
+    assert len({d.index(min(gold)) for d in draws}) > 1  # the gold moves
+
+
 def test_swap_tokens():
   assert dro_agents.swap_tokens([1, 2, 3, 2, 3, 4], [2, 3], [9]) == [1, 9, 9, 4]
   assert dro_agents.swap_tokens([1, 2, 3], [5], [6, 7]) == [1, 2, 3]

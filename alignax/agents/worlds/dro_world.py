@@ -11,6 +11,8 @@ passages, and a generator that is not given the right ones cannot know it.
   of its type (`name_pieces`**2 names a type, 48**2 = 2304 by default). The
   word-level tokenizer of the built-in model then holds 8 * name_pieces name
   words, whatever the number of questions; every name word is in many names.
+  With `object_names` > 0, cities, companies and countries are instead one
+  made-up word each, `object_names` per type (persons keep two words).
   Subjects are distinct across questions; the other entities are drawn per
   question (distinct within it), so two questions share a fact only by
   chance (about 1 in name_pieces**2 per pair of facts).
@@ -90,7 +92,8 @@ class DroWorld:
   # question id -> the passages its candidates must hold (`insert_gold`): its
   # gold passages (hop order), then its decoys. Loaded data sets: the gold ones.
   context: dict = dataclasses.field(default_factory=dict)
-  # type -> (first words, second words) of the generated names (built-in world).
+  # type -> (first words, second words) of the generated names (built-in world;
+  # one-word names: (words, ())).
   name_pieces: dict = dataclasses.field(default_factory=dict)
 
 
@@ -101,8 +104,14 @@ def _hash_fraction(seed: int, key: str) -> float:
 
 def make_dro_world(seed: int = 0, num_questions: int = 1600, name_pieces: int = 48,
                    distractors_per_question: int = 4, bridge_decoys: int = 3,
-                   max_fillers: int = 1, heldout_fraction: float = 0.2) -> DroWorld:
-  """Generates the world deterministically (see the module docstring)."""
+                   max_fillers: int = 1, heldout_fraction: float = 0.2,
+                   object_names: int = 0) -> DroWorld:
+  """Generates the world deterministically (see the module docstring).
+
+  object_names: 0 = every entity a two-word name from `name_pieces` words per
+  slot; > 0 = cities, companies and countries (the answers and bridges) are
+  one made-up word each, `object_names` of each type (persons keep two-word
+  names, so subjects stay distinct across questions)."""
   if not 0 <= distractors_per_question <= len(_DISTRACTORS):
     raise ValueError(f"distractors_per_question must be in [0, {len(_DISTRACTORS)}],"
                      f" got {distractors_per_question}.")
@@ -111,13 +120,22 @@ def make_dro_world(seed: int = 0, num_questions: int = 1600, name_pieces: int = 
                      f" num_questions={num_questions} distinct subjects; raise name_pieces.")
   if name_pieces**2 < 2 * (bridge_decoys + distractors_per_question + 4):
     raise ValueError(f"name_pieces={name_pieces} is too small for one question's entities.")
+  if object_names < 0 or 0 < object_names < 2 * (bridge_decoys + distractors_per_question + 4):
+    raise ValueError(f"object_names={object_names} is too small for one question's"
+                     " entities (0 = two-word names from name_pieces).")
   rng = np.random.RandomState(seed)
   taken: set[str] = set()
+  one_word = {t for t in ENTITY_TYPES if t != "person"} if object_names else set()
   pieces = {t: (tuple(qa_world._names(rng, name_pieces, taken)),  # pylint: disable=protected-access
-                tuple(qa_world._names(rng, name_pieces, taken))) for t in ENTITY_TYPES}
+                tuple(qa_world._names(rng, name_pieces, taken))) for t in ENTITY_TYPES
+            if t not in one_word}
+  for t in sorted(one_word):
+    pieces[t] = (tuple(qa_world._names(rng, object_names, taken)), ())  # pylint: disable=protected-access
   n2 = name_pieces * name_pieces
-  name = lambda t, i: f"{pieces[t][0][i // name_pieces]} {pieces[t][1][i % name_pieces]}"
-  pools = {t: tuple(sorted(name(t, i) for i in range(n2))) for t in ENTITY_TYPES}
+  size = {t: (object_names if t in one_word else n2) for t in ENTITY_TYPES}
+  name = lambda t, i: (pieces[t][0][i] if t in one_word else
+                       f"{pieces[t][0][i // name_pieces]} {pieces[t][1][i % name_pieces]}")
+  pools = {t: tuple(sorted(name(t, i) for i in range(size[t]))) for t in ENTITY_TYPES}
   subjects = [name("person", i) for i in rng.choice(n2, num_questions, replace=False)]
   subject_set = set(subjects)
 
@@ -132,7 +150,7 @@ def make_dro_world(seed: int = 0, num_questions: int = 1600, name_pieces: int = 
 
     def fresh(t):  # an entity of type t not yet in this question
       while True:
-        x = name(t, rng.randint(n2))
+        x = name(t, rng.randint(size[t]))
         if x not in used and not (t == "person" and x in subject_set):
           used.add(x)
           return x
@@ -269,5 +287,6 @@ def vocabulary_text(world: DroWorld) -> list[str]:
   d = world.dataset
   texts = [p.text for p in d.corpus] + [p.title for p in d.corpus]
   texts += [e.question for e in d.train + d.eval] + [a for e in d.train + d.eval for a in e.answers]
-  texts += [" ".join(w) for first, second in world.name_pieces.values() for w in (first, second)]
+  texts += [" ".join(w) for first, second in world.name_pieces.values() for w in (first, second)
+            if w]
   return texts + [EXTRA_WORDS]
