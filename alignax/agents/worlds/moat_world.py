@@ -159,7 +159,7 @@ def chain_split(seed: int = 0, heldout_fraction: float = 0.4,
   pool_only = [c for c in new if hash_fraction(seed, "unlabeled", c) < pool_only_fraction]
   # In a seeded hash order, so that a prefix of the held-out tasks (which
   # `MoatWorld.splits` interleaves chain by chain) mixes the lengths.
-  held_out = sorted((c for c in new if c not in set(pool_only)),
+  held_out = sorted(set(new) - set(pool_only),
                     key=lambda c: hash_fraction(seed, "order", c))
   return [c for c in chains if c in held_in], held_out, pool_only
 
