@@ -201,8 +201,10 @@ def flatten(tree, prefix: str = "") -> dict[str, float]:
   return out
 
 
-def run_seed(binary: str, preset: str, seed: int, workdir: str) -> dict:
-  """Runs (or resumes) one seed; returns its flat summary."""
+def run_seed(binary: str, preset: str, seed: int, workdir: str,
+             overrides: Mapping[str, object] = ()) -> dict:
+  """Runs (or resumes) one seed, with `--config.<key>=<value>` for each of
+  `overrides`; returns its flat summary."""
   path = os.path.join(workdir, "summary.json")
   wall = os.path.join(workdir, "wall_seconds.txt")
   if not os.path.exists(path):
@@ -210,7 +212,8 @@ def run_seed(binary: str, preset: str, seed: int, workdir: str) -> dict:
     config = os.path.join(_ROOT, "alignax", "experiments", "configs", f"{binary}.py")
     cmd = [sys.executable, "-m", f"alignax.experiments.{binary}",
            f"--config={config}" + ("" if preset == "default" else f":{preset}"),
-           f"--config.seed={seed}", f"--workdir={workdir}"]
+           f"--config.seed={seed}", f"--workdir={workdir}",
+           *(f"--config.{k}={v}" for k, v in dict(overrides).items())]
     print("$", " ".join(cmd), flush=True)
     subprocess.run(cmd, check=True, cwd=_ROOT)
     # This launch's wall time (a resumed seed's earlier launches are not in it).

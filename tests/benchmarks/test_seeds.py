@@ -70,3 +70,21 @@ def test_pareto_margin_is_positive_iff_no_run_dominates():
   # dominated, the margin is m's smaller deficit (0.01 on retain).
   s = summary({"m": (0.0, 0.66), "a": (0.05, 0.67)})
   assert np.isclose(seeds._pareto_margin(s, "m", ("a",)), -0.01)
+
+
+def test_run_seed_passes_overrides_and_reads_the_summary(tmp_path, monkeypatch):
+  calls = []
+
+  def fake_run(cmd, check, cwd):
+    del check, cwd
+    calls.append(cmd)
+    (tmp_path / "summary.json").write_text('{"eval": {"accuracy_after": 0.5}}')
+
+  monkeypatch.setattr(seeds.subprocess, "run", fake_run)
+  out = seeds.run_seed("grpo", "smollm2", 3, str(tmp_path), {"rollout.off_policy_steps": 1})
+  assert calls[0][-3:] == ["--config.seed=3", f"--workdir={tmp_path}",
+                           "--config.rollout.off_policy_steps=1"]
+  assert calls[0][3].endswith("grpo.py:smollm2")
+  assert out["eval/accuracy_after"] == 0.5
+  seeds.run_seed("grpo", "smollm2", 3, str(tmp_path))  # finished: read, not run again
+  assert len(calls) == 1
