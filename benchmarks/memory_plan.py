@@ -19,6 +19,20 @@ a measurement.
 Batch: 64 rows = 8 prompts x 8 generations, prompt 256 + completion 1024
 tokens, 8 micro-batches (a micro-batch is one prompt group).
 
+Off-policy (`--off_policy`, `rollout.off_policy_steps=1`, alignax/rl/step.py):
+the sampling of the next batch is dispatched before the update of the current
+one, from the parameters before it, so at the peak both are alive. The
+sampler (`sampling.prefill` of the 8 prompts, then `sampling.decode` of the 64
+rows over prompt + completion slots, rows sharded over the data and fsdp axes
+as `sampling.generate` places them) is compiled too; the peak adds to the
+update's total the sampler's memory other than the parameters (KV cache,
+logits, token buffers, temporaries; the larger of prefill and decode) and one
+more copy of the parameters it reads: the update donates them, but the
+runtime keeps the old buffers until the sampler has read them. The sampler
+reads `TrainState.params` as they are (f32 master weights here), so the copy
+is f32. The KV cache's arithmetic (2 x layers x rows x slots x kv_heads x
+head_dim x 2 B of bf16, per device) stands next to it.
+
 Hook for other trainable sets (LoRA): `plan(...)` takes
 `build_state(config, optimizer) -> (graphdef, TrainState)`; the default trains
 every parameter. A LoRA row passes a builder whose TrainState holds only the
@@ -43,9 +57,9 @@ from flax import nnx  # noqa: E402
 from jax.sharding import NamedSharding, PartitionSpec as P  # noqa: E402
 
 from alignax import objectives  # noqa: E402
-from alignax.framework import sharding, train  # noqa: E402
-from alignax.framework.config import ModelConfig  # noqa: E402
-from alignax.framework.model import Decoder  # noqa: E402
+from alignax.framework import sampling, sharding, train  # noqa: E402
+from alignax.framework.config import ModelConfig, as_dtype  # noqa: E402
+from alignax.framework.model import Decoder, KVCache  # noqa: E402
 
 GIB = 1 << 30
 LLAMA3_ROPE = (("factor", 32.0), ("high_freq_factor", 4.0), ("low_freq_factor", 1.0),
@@ -117,8 +131,56 @@ def count_params(state) -> int:
   return int(sum(np.prod(x.shape) for x in jax.tree.leaves(state.params)))
 
 
+def _gib(mem):
+  return dict(arguments=mem.argument_size_in_bytes / GIB, temporaries=mem.temp_size_in_bytes / GIB,
+              outputs=mem.output_size_in_bytes / GIB, aliased=mem.alias_size_in_bytes / GIB)
+
+
+def sampler_plan(config, graphdef, params, params_sh, mesh, *, rows, groups, prompt,
+                 completion):
+  """Compiles the sampler of one off-policy step (`sampling.prefill` of the
+  `groups` prompts, repeated to `rows` rows, then `sampling.decode` of those
+  rows over prompt + completion slots; rows on the mesh's batch axes) and
+  returns its memory per phase and what it adds to the update's peak (GiB
+  per device)."""
+  def sds(shape, dtype, replicated=False):
+    return jax.ShapeDtypeStruct(shape, dtype, sharding=NamedSharding(mesh, P()) if replicated
+                                else sharding.batch_sharding(mesh, len(shape)))
+  params = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                        params, params_sh)
+  param_bytes = sum(np.prod(x.sharding.shard_shape(x.shape)) * x.dtype.itemsize
+                    for x in jax.tree.leaves(params))
+  slots, dtype = prompt + completion, as_dtype(config.dtype)
+  kv = sds((rows, config.num_kv_heads, slots, config.dim_per_head), dtype)
+  cache = KVCache((kv,) * config.num_layers, (kv,) * config.num_layers, sds((rows, slots), bool))
+  key = jax.eval_shape(lambda: jax.random.key(0)).dtype
+  sampling_params = sampling.SamplingParams(max_new_tokens=completion, temperature=1.0,
+                                            stop_token_ids=(1,))
+  t0 = time.perf_counter()
+  phases = dict(
+      prefill=sampling.prefill.lower(graphdef, params, sds((groups, prompt), np.int32),
+                                     sds((groups, prompt), bool), slots=slots,
+                                     repeats=rows // groups),
+      decode=sampling.decode.lower(graphdef, params, cache,
+                                   sds((rows, config.vocab_size), np.float32),
+                                   sds((rows,), np.int32), sds((), np.int32, True),
+                                   sds((), key, True), sampling_params=sampling_params))
+  out = {k: _gib(v.compile().memory_analysis()) for k, v in phases.items()}
+  seconds = time.perf_counter() - t0
+  for m in out.values():
+    m["total"] = m["arguments"] + m["temporaries"] + m["outputs"] - m["aliased"]
+  shards = mesh.shape["data"] * mesh.shape["fsdp"]
+  return dict(
+      **out, param_copy=param_bytes / GIB,
+      sampler_non_param=max(m["total"] for m in out.values()) - param_bytes / GIB,
+      kv_cache_arithmetic=2 * config.num_layers * rows * slots * config.num_kv_heads
+      * config.dim_per_head * np.dtype(dtype).itemsize / shards / GIB,
+      compile_seconds=seconds)
+
+
 def plan(name, model_kwargs, mesh_name, *, remat, fused_remat, rows, prompt,
-         completion, groups, micro_batches, build_state=default_build_state):
+         completion, groups, micro_batches, build_state=default_build_state,
+         off_policy=False):
   """Compiles one update and returns a result row (sizes in GiB per device)."""
   config = ModelConfig(**model_kwargs, param_dtype="float32", dtype="bfloat16",
                        remat=remat)
@@ -145,7 +207,7 @@ def plan(name, model_kwargs, mesh_name, *, remat, fused_remat, rows, prompt,
   tmp = mem.temp_size_in_bytes / GIB
   out = mem.output_size_in_bytes / GIB
   alias = mem.alias_size_in_bytes / GIB
-  return dict(
+  row = dict(
       model=name, mesh=mesh_name, remat=remat,
       fused_logprobs="recompute" if fused_remat else "keep logits",
       params_billion=n / 1e9, rows=rows, prompt=prompt, completion=completion,
@@ -156,6 +218,12 @@ def plan(name, model_kwargs, mesh_name, *, remat, fused_remat, rows, prompt,
       compiled_gib=dict(arguments=arg, temporaries=tmp, outputs=out, aliased=alias,
                         total=arg + tmp + out - alias),
       compile_seconds=seconds)
+  if off_policy:
+    off = sampler_plan(config, graphdef, state.params, state_sh.params, mesh, rows=rows,
+                       groups=groups, prompt=prompt, completion=completion)
+    off["peak_total"] = row["compiled_gib"]["total"] + off["sampler_non_param"] + off["param_copy"]
+    row["off_policy_gib"] = off
+  return row
 
 
 def _fits(total):
@@ -163,8 +231,12 @@ def _fits(total):
 
 
 def print_table(rows):
+  off_policy = any("off_policy_gib" in r for r in rows)
   head = ("| model | mesh | remat | log-probs | params | f32 master + Adam /dev "
           "| args /dev | temps /dev | total /dev | fits (90%) |")
+  if off_policy:
+    head += (" sampler w/o params /dev | KV cache (arith.) /dev | param copy /dev "
+             "| off-policy peak /dev | peak fits (90%) |")
   print(head)
   print("|" + " --- |" * (head.count("|") - 1))
   for r in rows:
@@ -172,7 +244,15 @@ def print_table(rows):
     print(f"| {r['model']} | {r['mesh']} | {r['remat']} | {r['fused_logprobs']} "
           f"| {r['params_billion']:.2f} B | {a['master_f32'] + a['adam']:.2f} GiB "
           f"| {c['arguments']:.2f} GiB | {c['temporaries']:.2f} GiB "
-          f"| {c['total']:.2f} GiB | {_fits(c['total'])} |")
+          f"| {c['total']:.2f} GiB | {_fits(c['total'])} |", end="")
+    o = r.get("off_policy_gib")
+    if o:
+      print(f" {o['sampler_non_param']:.2f} GiB | {o['kv_cache_arithmetic']:.2f} GiB "
+            f"| {o['param_copy']:.2f} GiB | {o['peak_total']:.2f} GiB "
+            f"| {_fits(o['peak_total'])} |", end="")
+    elif off_policy:
+      print(" |" * 5, end="")
+    print()
 
 
 def main(argv=None):
@@ -191,6 +271,9 @@ def main(argv=None):
                       help="override num_layers (0: the model's own)")
   parser.add_argument("--lora_rank", type=int, default=0,
                       help="> 0: train LoRA adapters of this rank only (frozen base)")
+  parser.add_argument("--off_policy", action="store_true",
+                      help="also compile the sampler of the next batch (one-step off-policy"
+                           " GRPO) and add its memory to the peak")
   parser.add_argument("--quick", action="store_true",
                       help="Llama-3.2-1B shapes with 2 layers, 16 x (64 + 256) tokens,"
                            " fsdp8: a smoke run in seconds")
@@ -226,14 +309,17 @@ def main(argv=None):
                      rows=args.rows, prompt=args.prompt, completion=args.completion,
                      groups=args.groups, micro_batches=args.micro_batches,
                      **({"build_state": lora_build_state(args.lora_rank)}
-                        if args.lora_rank else {}))
+                        if args.lora_rank else {}), off_policy=args.off_policy)
           row["lora_rank"] = args.lora_rank
           if args.layers:
             row["num_layers"] = args.layers
           rows.append(row)
           print(f"# {name} {mesh_name} remat={remat} log-probs={fused}: "
                 f"{row['compiled_gib']['total']:.2f} GiB/device "
-                f"(compiled in {row['compile_seconds']:.0f} s)", file=sys.stderr, flush=True)
+                f"(compiled in {row['compile_seconds']:.0f} s)"
+                + (f"; off-policy peak {row['off_policy_gib']['peak_total']:.2f} GiB/device"
+                   f" (sampler compiled in {row['off_policy_gib']['compile_seconds']:.0f} s)"
+                   if args.off_policy else ""), file=sys.stderr, flush=True)
   print_table(rows)
   os.makedirs(os.path.dirname(args.out), exist_ok=True)
   with open(args.out, "w") as f:
