@@ -1,23 +1,15 @@
 """benchmarks/claims_table.py: the docs/results.md table from seeds files."""
-import importlib.util
 import json
 import os
-import sys
 
 import pytest
 
-_DIR = os.path.join(os.path.dirname(__file__), "..", "..", "benchmarks")
+from tests.benchmarks import scripts
+
+_DIR = scripts.BENCHMARKS
 
 
-def _load(name):
-  spec = importlib.util.spec_from_file_location(name, os.path.join(_DIR, f"{name}.py"))
-  module = importlib.util.module_from_spec(spec)
-  sys.modules[name] = module
-  spec.loader.exec_module(module)
-  return module
-
-
-claims_table = _load("claims_table")
+claims_table = scripts.load("claims_table")
 
 
 def _seeds_file(tmp_path, per_seed):

@@ -1,23 +1,12 @@
 """benchmarks/off_policy_curve.py: a run's curves read back from its workdir."""
-import importlib.util
 import json
-import os
-import sys
 
-_DIR = os.path.join(os.path.dirname(__file__), "..", "..", "benchmarks")
-
-
-def _load(name):
-  spec = importlib.util.spec_from_file_location(name, os.path.join(_DIR, f"{name}.py"))
-  module = importlib.util.module_from_spec(spec)
-  sys.modules[name] = module
-  spec.loader.exec_module(module)
-  return module
+from tests.benchmarks import scripts
 
 
 def test_read_run(tmp_path):
-  _load("seeds")
-  curve = _load("off_policy_curve")
+  scripts.load("seeds")  # off_policy_curve imports it, and benchmarks/ is not on sys.path
+  curve = scripts.load("off_policy_curve")
   ratio = "train/sampling/importance_sampling_ratio/"
   rows = [{"step": 0, "eval/accuracy": 0.03},
           {"step": 1, "train/reward": 0.25, ratio + "mean": 1.0, ratio + "min": 0.9},

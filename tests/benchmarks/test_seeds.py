@@ -1,15 +1,9 @@
 """benchmarks/seeds.py: flattening, mean/std over seeds, and the 2-of-3 rule."""
-import importlib.util
-import os
-import sys
-
 import numpy as np
 
-_PATH = os.path.join(os.path.dirname(__file__), "..", "..", "benchmarks", "seeds.py")
-_spec = importlib.util.spec_from_file_location("seeds", _PATH)
-seeds = importlib.util.module_from_spec(_spec)
-sys.modules["seeds"] = seeds  # dataclasses resolve the module's annotations through it
-_spec.loader.exec_module(seeds)
+from tests.benchmarks import scripts
+
+seeds = scripts.load("seeds")
 
 
 def test_flatten_nested_and_lists():
