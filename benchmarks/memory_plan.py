@@ -131,9 +131,13 @@ def count_params(state) -> int:
   return int(sum(np.prod(x.shape) for x in jax.tree.leaves(state.params)))
 
 
-def _gib(mem):
-  return dict(arguments=mem.argument_size_in_bytes / GIB, temporaries=mem.temp_size_in_bytes / GIB,
-              outputs=mem.output_size_in_bytes / GIB, aliased=mem.alias_size_in_bytes / GIB)
+def memory_gib(mem) -> dict:
+  """A compiled call's `memory_analysis()` in GiB per device, with its total
+  (arguments + temporaries + outputs, aliased outputs counted once)."""
+  sizes = dict(arguments=mem.argument_size_in_bytes / GIB, temporaries=mem.temp_size_in_bytes / GIB,
+               outputs=mem.output_size_in_bytes / GIB, aliased=mem.alias_size_in_bytes / GIB)
+  return dict(sizes, total=sizes["arguments"] + sizes["temporaries"] + sizes["outputs"]
+              - sizes["aliased"])
 
 
 def sampler_plan(config, graphdef, params, params_sh, mesh, *, rows, groups, prompt,
@@ -165,10 +169,8 @@ def sampler_plan(config, graphdef, params, params_sh, mesh, *, rows, groups, pro
                                    sds((rows, config.vocab_size), np.float32),
                                    sds((rows,), np.int32), sds((), np.int32, True),
                                    sds((), key, True), sampling_params=sampling_params))
-  out = {k: _gib(v.compile().memory_analysis()) for k, v in phases.items()}
+  out = {k: memory_gib(v.compile().memory_analysis()) for k, v in phases.items()}
   seconds = time.perf_counter() - t0
-  for m in out.values():
-    m["total"] = m["arguments"] + m["temporaries"] + m["outputs"] - m["aliased"]
   shards = mesh.shape["data"] * mesh.shape["fsdp"]
   return dict(
       **out, param_copy=param_bytes / GIB,
@@ -198,15 +200,10 @@ def plan(name, model_kwargs, mesh_name, *, remat, fused_remat, rows, prompt,
   t0 = time.perf_counter()
   compiled = step.lower(state, batch).compile()
   seconds = time.perf_counter() - t0
-  mem = compiled.memory_analysis()
   n = count_params(state)
   trained = int(sum(np.prod(x.shape) for x in jax.tree.leaves(
       train.trainable_params(state.params))))  # < n with LoRA adapters
   devices = mesh.size
-  arg = mem.argument_size_in_bytes / GIB
-  tmp = mem.temp_size_in_bytes / GIB
-  out = mem.output_size_in_bytes / GIB
-  alias = mem.alias_size_in_bytes / GIB
   row = dict(
       model=name, mesh=mesh_name, remat=remat,
       fused_logprobs="recompute" if fused_remat else "keep logits",
@@ -215,8 +212,7 @@ def plan(name, model_kwargs, mesh_name, *, remat, fused_remat, rows, prompt,
       trained_billion=trained / 1e9,
       arithmetic_gib=dict(master_f32=4 * n / devices / GIB, adam=8 * trained / devices / GIB,
                           bf16_weights=2 * n / devices / GIB),
-      compiled_gib=dict(arguments=arg, temporaries=tmp, outputs=out, aliased=alias,
-                        total=arg + tmp + out - alias),
+      compiled_gib=memory_gib(compiled.memory_analysis()),
       compile_seconds=seconds)
   if off_policy:
     off = sampler_plan(config, graphdef, state.params, state_sh.params, mesh, rows=rows,
