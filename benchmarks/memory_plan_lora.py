@@ -28,6 +28,7 @@ import argparse
 import json
 import os
 import platform
+import sys
 import time
 
 if "--xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
@@ -45,7 +46,9 @@ from alignax.framework import lora, sharding, train  # noqa: E402
 from alignax.framework.config import ModelConfig  # noqa: E402
 from alignax.framework.model import Decoder  # noqa: E402
 
-GIB = 1 << 30
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from memory_plan import GIB, memory_gib  # noqa: E402  pylint: disable=g-import-not-at-top
+
 # Qwen2.5-7B's config.json shapes.
 QWEN25_7B = dict(vocab_size=152064, hidden_size=3584, intermediate_size=18944,
                  num_layers=28, num_heads=28, num_kv_heads=4, qkv_bias=True,
@@ -108,14 +111,11 @@ def plan(rank: int, args) -> dict:
     persistent = (base_bytes * (total - trained) + 16 * trained) / devices
   else:
     persistent = 16 * total / devices
-  arg, tmp = mem.argument_size_in_bytes / GIB, mem.temp_size_in_bytes / GIB
-  out, alias = mem.output_size_in_bytes / GIB, mem.alias_size_in_bytes / GIB
   return dict(method=f"lora r={rank}" if rank else "full", mesh=args.mesh,
               weights_dtype=base_dtype, compute_dtype=args.compute_dtype,
               params_billion=total / 1e9, trainable_million=trained / 1e6,
               arithmetic_state_gib=persistent / GIB,
-              compiled_gib=dict(arguments=arg, temporaries=tmp, outputs=out, aliased=alias,
-                                total=arg + tmp + out - alias),
+              compiled_gib=memory_gib(mem),
               compile_seconds=seconds)
 
 
