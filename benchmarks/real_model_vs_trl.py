@@ -2,9 +2,17 @@ r"""GRPO on SmolLM2-135M-Instruct: alignax against TRL's GRPOTrainer, same work.
 
   python -m alignax.tools.fetch_smollm2 runs/smollm2     # once
   python benchmarks/real_model_vs_trl.py                  # 40 steps each, ~30 min on 2 cores
+  python benchmarks/real_model_vs_trl.py --workload=word_problems --steps=4 --segment=2 \
+      --eval_size=16 --out=benchmarks/results/real_model_vs_trl_words.json   # issue 34's workload
 
-Both sides train the same HF folder on the same data (examples/addition_*.jsonl,
-chat-templated with the model's default system prompt), with the same reward
+`--workload` (WORKLOADS) picks the task and batch: `addition` (the default:
+examples/addition_*.jsonl, the model's default system prompt, 4 prompts x 8,
+16 new tokens) or `word_problems` (examples/word_problems_*.jsonl with a
+step-by-step system prompt, 8 prompts x 8, 256 new tokens, the update in one
+micro-batch per prompt group: `train.micro_batches` for alignax,
+`gradient_accumulation_steps` for TRL; the workload of
+benchmarks/rollout_step.py). Both sides train the same HF folder on the same
+data, chat-templated alike, with the same reward
 function (examples/arithmetic_rewards.py:last_number_correct, one plain
 function in TRL's signature, used unchanged by both), group size, prompts per
 step, max new tokens, sampling temperature, learning rate and schedule (AdamW,
@@ -14,8 +22,9 @@ Steps are interleaved: the sides run in alternating segments of `--segment`
 steps, each a fresh process resuming from the previous segment's checkpoint
 (alignax: its own resume; TRL: `resume_from_checkpoint`), so both see the
 same machine load. Every segment boundary is an evaluation: greedy accuracy on
-the held-out prompts and mean@4 (the sampled accuracy at temperature 1, the
-check that both sample from the same distribution). A segment's first step
+the held-out prompts and mean@k (k = the workload's eval_k; the sampled
+accuracy at temperature 1, the check that both sample from the same
+distribution). A segment's first step
 holds compilation (alignax) or warm-up, so it is reported apart.
 
 After each pair of segments the step's dense-matmul floor is timed too, so
@@ -29,6 +38,7 @@ real_model_vs_trl.png (held-out accuracy and mean reward against step and
 against training seconds), and prints a table.
 """
 import argparse
+import dataclasses
 import json
 import os
 import resource
@@ -39,8 +49,43 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EXAMPLES = os.path.join(ROOT, "examples")
 RESULTS = os.path.join(ROOT, "benchmarks", "results")
-CONFIG = os.path.join(ROOT, "alignax", "experiments", "configs", "grpo.py") + ":smollm2"
-GROUP, PROMPTS, NEW_TOKENS, LR, EVAL_K = 8, 4, 16, 1e-5, 4
+CONFIG = os.path.join(ROOT, "alignax", "experiments", "configs", "grpo.py")
+LR = 1e-5
+STEP_BY_STEP = ("Solve the problem step by step, showing each calculation, then give the"
+                " final answer as a number on the last line.")
+
+
+@dataclasses.dataclass(frozen=True)
+class Workload:
+  """A comparison's task and batch, the same for every side."""
+  title: str
+  preset: str              # the grpo config preset the alignax side starts from
+  data: str                # examples/<data>_{train,eval}.jsonl
+  prompts: int             # prompts per step
+  group: int               # completions per prompt
+  new_tokens: int
+  system_prompt: str = ""  # "": the chat template's default
+  micro_batches: int = 1   # update micro-batches (TRL: gradient_accumulation_steps)
+  eval_k: int = 4          # k of the evaluations' mean@k
+
+  def file(self, split: str) -> str:
+    return os.path.join(EXAMPLES, f"{self.data}_{split}.jsonl")
+
+  def messages(self, prompt: str) -> list:
+    """The conversation both sides render with the chat template."""
+    system = [{"role": "system", "content": self.system_prompt}] if self.system_prompt else []
+    return system + [{"role": "user", "content": prompt}]
+
+
+WORKLOADS = {
+    "addition": Workload("two-digit addition (4 prompts x 8, 16 tokens)", "smollm2",
+                         "addition", prompts=4, group=8, new_tokens=16),
+    # Issue 34's workload (benchmarks/rollout_step.py): long completions of varying length.
+    "word_problems": Workload(
+        "word problems, step by step (8 prompts x 8, 256 tokens)", "smollm2_words",
+        "word_problems", prompts=8, group=8, new_tokens=256, system_prompt=STEP_BY_STEP,
+        micro_batches=8, eval_k=0),  # greedy only: each sampled token costs a decode step
+}
 
 
 def _peak_rss_gib() -> float:
@@ -61,16 +106,25 @@ def _rewards():
 # --- alignax side -------------------------------------------------------------
 
 
-def run_alignax(args, until: int) -> dict:
-  from alignax.experiments import grpo  # pylint: disable=g-import-not-at-top
-  from alignax.experiments.runtime import config_files, outputs  # pylint: disable=g-import-not-at-top
-  config = config_files.load_config_file(CONFIG)
+def alignax_config(args):
+  """The grpo binary's config for `args.workload` (its preset, then the shared settings)."""
+  from alignax.experiments.runtime import config_files  # pylint: disable=g-import-not-at-top
+  w = WORKLOADS[args.workload]
+  config = config_files.load_config_file(f"{CONFIG}:{w.preset}")
   config.update_from_flattened_dict({
       "model_path": args.model, "seed": args.seed, "train.steps": args.steps,
-      "train.learning_rate": LR, "rollout.num_generations": GROUP,
-      "rollout.prompts_per_step": PROMPTS, "rollout.max_new_tokens": NEW_TOKENS,
+      "train.learning_rate": LR, "rollout.num_generations": w.group,
+      "rollout.prompts_per_step": w.prompts, "rollout.max_new_tokens": w.new_tokens,
+      "data.system_prompt": w.system_prompt, "train.micro_batches": w.micro_batches,
       "train.eval_every": args.segment, "train.checkpoint_every": args.segment,
-      "eval.size": args.eval_size, "eval.num_samples": EVAL_K})
+      "eval.size": args.eval_size, "eval.num_samples": w.eval_k})
+  return config
+
+
+def run_alignax(args, until: int) -> dict:
+  from alignax.experiments import grpo  # pylint: disable=g-import-not-at-top
+  from alignax.experiments.runtime import outputs  # pylint: disable=g-import-not-at-top
+  config = alignax_config(args)
   workdir = os.path.join(args.workdir, "alignax")
   start = until - args.segment  # resumes from the checkpoint the last segment wrote
   grpo.run(config, workdir, stop_after=args.segment, progress=False)
@@ -78,8 +132,9 @@ def run_alignax(args, until: int) -> dict:
   steps = [{"step": r["step"], "seconds": r["perf/step_seconds"],
             "generation": r["perf/rollout_seconds"], "update": r["perf/update_seconds"],
             "reward": r["train/reward"]} for r in rows if start < r["step"] <= until]
+  k = WORKLOADS[args.workload].eval_k
   evals = [{"step": r["step"], "accuracy": r["eval/accuracy"],
-            "mean@4": r[f"eval/mean@{EVAL_K}"]} for r in rows
+            **({f"mean@{k}": r[f"eval/mean@{k}"]} if k else {})} for r in rows
            if "eval/accuracy" in r and (start < r["step"] <= until or r["step"] == start == 0)]
   return {"steps": steps, "evals": evals}
 
@@ -87,27 +142,53 @@ def run_alignax(args, until: int) -> dict:
 # --- TRL side -----------------------------------------------------------------
 
 
-def _trl_eval(model, tokenizer, prompts, answers, reward_fn, seed):
+def _trl_eval(model, tokenizer, prompts, answers, reward_fn, seed, w: Workload):
   """Greedy accuracy and mean@k at temperature 1 with `transformers.generate`."""
   import torch  # pylint: disable=g-import-not-at-top
   tokenizer.padding_side = "left"
   greedy, sampled = [], []
   for lo in range(0, len(prompts), 64):
-    texts = [tokenizer.apply_chat_template([{"role": "user", "content": p}],
-                                           tokenize=False, add_generation_prompt=True)
+    texts = [tokenizer.apply_chat_template(w.messages(p), tokenize=False,
+                                           add_generation_prompt=True)
              for p in prompts[lo:lo + 64]]
     enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
     gold = answers[lo:lo + 64]
     with torch.no_grad():
-      out = model.generate(**enc, max_new_tokens=NEW_TOKENS, do_sample=False)
+      out = model.generate(**enc, max_new_tokens=w.new_tokens, do_sample=False)
       dec = tokenizer.batch_decode(out[:, enc.input_ids.shape[1]:], skip_special_tokens=True)
       greedy += reward_fn(None, dec, answer=gold)
+      if not w.eval_k:
+        continue
       torch.manual_seed(seed + lo)
-      out = model.generate(**enc, max_new_tokens=NEW_TOKENS, do_sample=True, temperature=1.0,
-                           top_k=0, top_p=1.0, num_return_sequences=EVAL_K)
+      out = model.generate(**enc, max_new_tokens=w.new_tokens, do_sample=True, temperature=1.0,
+                           top_k=0, top_p=1.0, num_return_sequences=w.eval_k)
       dec = tokenizer.batch_decode(out[:, enc.input_ids.shape[1]:], skip_special_tokens=True)
-      sampled += reward_fn(None, dec, answer=[a for a in gold for _ in range(EVAL_K)])
-  return sum(greedy) / len(greedy), sum(sampled) / len(sampled)
+      sampled += reward_fn(None, dec, answer=[a for a in gold for _ in range(w.eval_k)])
+  return sum(greedy) / len(greedy), (sum(sampled) / len(sampled) if sampled else None)
+
+
+def trl_config(args, out_dir: str):
+  """TRL's GRPOConfig for `args.workload`: one optimizer step per batch of
+  prompts x group completions, generated at once and, with micro-batches,
+  split into gradient-accumulation steps (one step's generation)."""
+  import trl  # pylint: disable=g-import-not-at-top
+  w = WORKLOADS[args.workload]
+  rows = w.group * w.prompts
+  if rows % w.micro_batches:
+    raise ValueError(f"{args.workload}: micro_batches={w.micro_batches} does not divide"
+                     f" {rows} rows.")
+  return trl.GRPOConfig(
+      output_dir=out_dir, max_steps=args.steps,
+      per_device_train_batch_size=rows // w.micro_batches,
+      gradient_accumulation_steps=w.micro_batches, steps_per_generation=w.micro_batches,
+      num_generations=w.group, max_completion_length=w.new_tokens, temperature=1.0,
+      top_p=1.0, top_k=0, learning_rate=LR, lr_scheduler_type="cosine_with_min_lr",
+      lr_scheduler_kwargs={"min_lr_rate": 0.1}, warmup_steps=2, weight_decay=0.0,
+      adam_beta1=0.9, adam_beta2=0.999, adam_epsilon=1e-8, max_grad_norm=1.0,
+      loss_type="dapo", beta=0.0, epsilon=0.2, epsilon_high=0.28, scale_rewards="group",
+      reward_weights=[1.0, 0.0], logging_steps=1, save_strategy="steps",
+      save_steps=args.segment, save_only_model=False, report_to="none", seed=args.seed,
+      use_cpu=True, bf16=False, disable_tqdm=True, dataloader_num_workers=0)
 
 
 def run_trl(args, until: int) -> dict:
@@ -118,22 +199,13 @@ def run_trl(args, until: int) -> dict:
 
   torch.manual_seed(args.seed)
   rewards = _rewards()
-  train = _rows(os.path.join(EXAMPLES, "addition_train.jsonl"))
-  held_out = _rows(os.path.join(EXAMPLES, "addition_eval.jsonl"))[:args.eval_size]
+  w = WORKLOADS[args.workload]
+  train = _rows(w.file("train"))
+  held_out = _rows(w.file("eval"))[:args.eval_size]
   dataset = datasets.Dataset.from_list(
-      [{"prompt": [{"role": "user", "content": r["prompt"]}], "answer": r["answer"]}
-       for r in train])
+      [{"prompt": w.messages(r["prompt"]), "answer": r["answer"]} for r in train])
   out_dir = os.path.join(args.workdir, "trl")
-  cfg = trl.GRPOConfig(
-      output_dir=out_dir, max_steps=args.steps, per_device_train_batch_size=GROUP * PROMPTS,
-      num_generations=GROUP, max_completion_length=NEW_TOKENS, temperature=1.0, top_p=1.0,
-      top_k=0, learning_rate=LR, lr_scheduler_type="cosine_with_min_lr",
-      lr_scheduler_kwargs={"min_lr_rate": 0.1}, warmup_steps=2, weight_decay=0.0,
-      adam_beta1=0.9, adam_beta2=0.999, adam_epsilon=1e-8, max_grad_norm=1.0,
-      loss_type="dapo", beta=0.0, epsilon=0.2, epsilon_high=0.28, scale_rewards="group",
-      reward_weights=[1.0, 0.0], logging_steps=1, save_strategy="steps",
-      save_steps=args.segment, save_only_model=False, report_to="none", seed=args.seed,
-      use_cpu=True, bf16=False, disable_tqdm=True, dataloader_num_workers=0)
+  cfg = trl_config(args, out_dir)
   model = transformers.AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32)
   tokenizer = transformers.AutoTokenizer.from_pretrained(args.model)
   trainer = trl.GRPOTrainer(model=model, args=cfg, train_dataset=dataset,
@@ -175,9 +247,10 @@ def run_trl(args, until: int) -> dict:
     model.eval()
     acc, mean_k = _trl_eval(model, tokenizer, [r["prompt"] for r in held_out],
                             [r["answer"] for r in held_out], rewards.last_number_correct,
-                            args.seed + step)
+                            args.seed + step, w)
     model.train()
-    evals.append({"step": step, "accuracy": acc, "mean@4": mean_k})
+    evals.append({"step": step, "accuracy": acc, **({f"mean@{w.eval_k}": mean_k} if w.eval_k
+                                                     else {})})
 
   trainer.add_callback(Segment())
   ckpts = sorted((int(d.split("-")[1]) for d in os.listdir(out_dir)
@@ -209,10 +282,12 @@ def same_rendered_prompts(args, count: int = 256) -> dict:
   import transformers  # pylint: disable=g-import-not-at-top
   from alignax.agents.data import prompt_data  # pylint: disable=g-import-not-at-top
   from alignax.framework import hf, sampling  # pylint: disable=g-import-not-at-top
-  prompts = [r["prompt"] for r in _rows(os.path.join(EXAMPLES, "addition_train.jsonl"))[:count]]
-  ours = prompt_data.PromptEncoder(hf.load_tokenizer(args.model)).encode(prompts)
+  w = WORKLOADS[args.workload]
+  prompts = [r["prompt"] for r in _rows(w.file("train"))[:count]]
+  ours = prompt_data.PromptEncoder(hf.load_tokenizer(args.model),
+                                   system_prompt=w.system_prompt).encode(prompts)
   tok = transformers.AutoTokenizer.from_pretrained(args.model)
-  theirs = [tok(tok.apply_chat_template([{"role": "user", "content": p}], tokenize=False,
+  theirs = [tok(tok.apply_chat_template(w.messages(p), tokenize=False,
                                         add_generation_prompt=True),
                 add_special_tokens=False)["input_ids"] for p in prompts]
   lengths = [len(x) for x in ours]
@@ -227,7 +302,7 @@ def matmul_floor(args, prompt_len: int) -> dict:
   """The dense-matmul floor of one alignax step (benchmarks/matmul_floor.py's plan).
 
   Every matmul of the step (generation: prefill of each prompt once, then
-  NEW_TOKENS decode steps at PROMPTS x GROUP rows; update: forward of the
+  new_tokens decode steps at prompts x group rows; update: forward of the
   prompts once per group and of the completions, LM head on the completion
   rows, and two backward matmuls per forward one), each shape timed alone, jitted.
   """
@@ -238,11 +313,12 @@ def matmul_floor(args, prompt_len: int) -> dict:
   spec.loader.exec_module(floor)
   with open(os.path.join(args.model, "config.json")) as f:
     cfg = json.load(f)
+  w = WORKLOADS[args.workload]
   shape = argparse.Namespace(
       layers=cfg["num_hidden_layers"], hidden=cfg["hidden_size"],
       intermediate=cfg["intermediate_size"], vocab=cfg["vocab_size"],
       kv_width=cfg["num_key_value_heads"] * cfg["hidden_size"] // cfg["num_attention_heads"],
-      prompts_per_step=PROMPTS, generations=GROUP, prompt=prompt_len, new=NEW_TOKENS,
+      prompts_per_step=w.prompts, generations=w.group, prompt=prompt_len, new=w.new_tokens,
       repeats=3)
   phases, _ = floor.measure(floor.grpo_plan(shape), shape, with_torch=False)
   gen = [r for r in phases if r["phase"].startswith("generate")]
@@ -299,7 +375,7 @@ def _summary(segments):
       "segment_wall_seconds": [seg["wall"] for seg in segments]}
 
 
-def _plot(result, path):
+def _plot(result, path, title):
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
@@ -326,7 +402,7 @@ def _plot(result, path):
   for ax in axes:
     ax.legend()
     ax.grid(alpha=0.3)
-  fig.suptitle("GRPO on SmolLM2-135M-Instruct, two-digit addition (4 prompts x 8, 16 tokens)")
+  fig.suptitle(f"GRPO on SmolLM2-135M-Instruct, {title}")
   fig.tight_layout()
   fig.savefig(path, dpi=110)
 
@@ -352,6 +428,7 @@ def main():
   p.add_argument("--segment", type=int, default=10)
   p.add_argument("--eval_size", type=int, default=256)
   p.add_argument("--seed", type=int, default=0)
+  p.add_argument("--workload", default="addition", choices=tuple(WORKLOADS))
   p.add_argument("--workdir", default=os.path.join(ROOT, "runs", "real_model_vs_trl"))
   p.add_argument("--out", default=os.path.join(RESULTS, "real_model_vs_trl.json"))
   p.add_argument("--sides", default="alignax,trl",
@@ -370,6 +447,9 @@ def main():
   sides = args.sides.split(",")
   if not {"alignax", "trl"} <= set(sides) <= {"alignax", "trl", "tunix"}:
     sys.exit(f"--sides={args.sides}: give alignax,trl or alignax,trl,tunix.")
+  if "tunix" in sides and args.workload != "addition":
+    sys.exit(f"--sides=...,tunix: benchmarks/tunix_side.py runs the addition workload"
+             f" only, not --workload={args.workload}.")
   if "tunix" in sides:  # checked now, not after the other sides' half hour
     tunix_python = _tunix_side().TUNIX_PYTHON
     if not os.path.exists(tunix_python):
@@ -392,6 +472,7 @@ def main():
     print(f"tunix    to step {args.steps:3d}: {segments['tunix'][0]['wall']:6.1f} s wall,"
           f" accuracy {segments['tunix'][0]['evals'][-1]['accuracy']:.3f}", flush=True)
   result = {side: _summary(segs) for side, segs in segments.items()}
+  w = WORKLOADS[args.workload]
   if "tunix" in result:
     result["tunix"]["differences"] = segments["tunix"][0]["differences"]
     x = result["tunix"]
@@ -400,7 +481,7 @@ def main():
           f" first step {x['first_step_of_segment_seconds'][0]:.1f} s, peak RSS"
           f" {x['peak_rss_gib']:.2f} GiB; evals {x['evals']}", flush=True)
   result["config"] = {"model": args.model, "steps": args.steps, "segment": args.segment,
-                      "group": GROUP, "prompts_per_step": PROMPTS, "max_new_tokens": NEW_TOKENS,
+                      "workload": args.workload, **dataclasses.asdict(w),
                       "learning_rate": LR, "loss_type": "dapo", "beta": 0.0, "seed": args.seed,
                       "eval_size": args.eval_size, "machine": os.uname().machine,
                       "cpus": os.cpu_count()}
@@ -420,7 +501,7 @@ def main():
   os.makedirs(os.path.dirname(args.out), exist_ok=True)
   with open(args.out, "w") as f:
     json.dump(result, f, indent=1)
-  _plot(result, os.path.splitext(args.out)[0] + ".png")
+  _plot(result, os.path.splitext(args.out)[0] + ".png", w.title)
   print(f"\n| | alignax | TRL {__import__('trl').__version__} |\n|---|---|---|")
   for key, name in (("median_step_seconds", "s / step (median, steady)"),
                     ("median_generation_seconds", "  generation"),
@@ -435,10 +516,11 @@ def main():
         f" (step / floor per round: {', '.join(f'{x:.2f}' for x in result['alignax_over_floor_per_round'])}) | |")
   print(f"| first step of each segment (s) | {', '.join(f'{x:.1f}' for x in a['first_step_of_segment_seconds'])}"
         f" | {', '.join(f'{x:.1f}' for x in t['first_step_of_segment_seconds'])} |")
+  keys = ["accuracy"] + [f"mean@{w.eval_k}"] * bool(w.eval_k)
   for e_a, e_t in zip(sorted(a["evals"], key=lambda e: e["step"]),
                       sorted(t["evals"], key=lambda e: e["step"])):
-    print(f"| step {e_a['step']} accuracy / mean@4 | {e_a['accuracy']:.3f} / {e_a['mean@4']:.3f}"
-          f" | {e_t['accuracy']:.3f} / {e_t['mean@4']:.3f} |")
+    print(f"| step {e_a['step']} {' / '.join(keys)} | {' / '.join(f'{e_a[k]:.3f}' for k in keys)}"
+          f" | {' / '.join(f'{e_t[k]:.3f}' for k in keys)} |")
   print(f"\nTRL / alignax seconds per step: {result['step_time_ratio_trl_over_alignax']:.2f}x;"
         f" wrote {args.out}")
 

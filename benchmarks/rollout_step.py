@@ -57,6 +57,7 @@ import json
 import os
 import platform
 import statistics
+import sys
 import tempfile
 import time
 
@@ -67,8 +68,11 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
-SYSTEM_PROMPT = ("Solve the problem step by step, showing each calculation, then give the"
-                 " final answer as a number on the last line.")
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+# The workload, as benchmarks/real_model_vs_trl.py --workload=word_problems runs it against TRL.
+from real_model_vs_trl import WORKLOADS  # noqa: E402  pylint: disable=g-import-not-at-top
+
+WORKLOAD = WORKLOADS["word_problems"]
 VARIANTS = {
     "baseline": {},
     "compact": {"rollout.compact": True},
@@ -125,7 +129,7 @@ def build(a, workdir):
   from alignax.framework import hf
   if a.random_tiny:
     a.model = random_tiny_model(a.model, os.path.join(workdir, "random_tiny"))
-  config = config_files.load_config_file(grpo.DEFAULT_CONFIG + ":smollm2_words")
+  config = config_files.load_config_file(f"{grpo.DEFAULT_CONFIG}:{WORKLOAD.preset}")
   config.update_from_flattened_dict({
       "model_path": a.model, "data.system_prompt": a.system_prompt,
       "rollout.max_new_tokens": a.new_tokens, "rollout.prompts_per_step": a.prompts,
@@ -142,9 +146,9 @@ def build(a, workdir):
 def main():
   ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   ap.add_argument("--model", default="runs/smollm2")
-  ap.add_argument("--new_tokens", type=int, default=256)
-  ap.add_argument("--prompts", type=int, default=8)
-  ap.add_argument("--generations", type=int, default=8)
+  ap.add_argument("--new_tokens", type=int, default=WORKLOAD.new_tokens)
+  ap.add_argument("--prompts", type=int, default=WORKLOAD.prompts)
+  ap.add_argument("--generations", type=int, default=WORKLOAD.group)
   ap.add_argument("--steps", type=int, default=4, help="timed steps per variant (after one"
                   " compiling step)")
   ap.add_argument("--variants", default=",".join(VARIANTS))
@@ -153,7 +157,7 @@ def main():
   ap.add_argument("--remat", default="none", help="train.remat of the update")
   ap.add_argument("--lr", type=float, default=1e-5)
   ap.add_argument("--seed", type=int, default=0)
-  ap.add_argument("--system_prompt", default=SYSTEM_PROMPT)
+  ap.add_argument("--system_prompt", default=WORKLOAD.system_prompt)
   ap.add_argument("--random_tiny", action="store_true",
                   help="a random 2-layer model with --model's tokenizer (smoke tests only)")
   ap.add_argument("--out", default="benchmarks/results/rollout_step.json")

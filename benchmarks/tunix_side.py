@@ -31,8 +31,11 @@ import time
 
 # The same settings, data and reward as the other sides (that file imports only the
 # standard library at its top, so tunix's venv can import it).
-from real_model_vs_trl import (EVAL_K, EXAMPLES, GROUP, LR, NEW_TOKENS, PROMPTS, ROOT,
-                               _rewards, _rows)
+from real_model_vs_trl import EXAMPLES, LR, ROOT, WORKLOADS, _rewards, _rows
+
+# The addition workload only (real_model_vs_trl refuses tunix with another).
+_W = WORKLOADS["addition"]
+GROUP, PROMPTS, NEW_TOKENS, EVAL_K = _W.group, _W.prompts, _W.new_tokens, _W.eval_k
 
 TUNIX_PYTHON = os.environ.get("TUNIX_PYTHON",
                               os.path.join(ROOT, "runs", "venv_tunix", "bin", "python"))
