@@ -2,7 +2,7 @@ r"""GRPO on SmolLM2-135M-Instruct: alignax against TRL's GRPOTrainer, same work.
 
   python -m alignax.tools.fetch_smollm2 runs/smollm2     # once
   python benchmarks/real_model_vs_trl.py                  # 40 steps each, ~30 min on 2 cores
-  python benchmarks/real_model_vs_trl.py --workload=word_problems --steps=4 --segment=2 \
+  python benchmarks/real_model_vs_trl.py --workload=word_problems --steps=2 --segment=2 \
       --eval_size=16 --out=benchmarks/results/real_model_vs_trl_words.json   # issue 34's workload
 
 `--workload` (WORKLOADS) picks the task and batch: `addition` (the default:
