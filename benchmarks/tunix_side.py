@@ -31,7 +31,7 @@ import time
 
 # The same settings, data and reward as the other sides (that file imports only the
 # standard library at its top, so tunix's venv can import it).
-from real_model_vs_trl import EXAMPLES, LR, ROOT, WORKLOADS, _rewards, _rows
+from real_model_vs_trl import LR, ROOT, WORKLOADS, _rewards, _rows
 
 # The addition workload only (real_model_vs_trl refuses tunix with another).
 _W = WORKLOADS["addition"]
@@ -176,8 +176,8 @@ def _run(args, until: int) -> dict:
   arithmetic_rewards = _rewards()
 
   tok = _tokenizer(args.model)
-  train = _rows(os.path.join(EXAMPLES, "addition_train.jsonl"))
-  held_out = _rows(os.path.join(EXAMPLES, "addition_eval.jsonl"))[:args.eval_size]
+  train = _rows(_W.file("train"))
+  held_out = _rows(_W.file("eval"))[:args.eval_size]
   order = np.random.default_rng(args.seed).permutation(len(train))
 
   def batches():
